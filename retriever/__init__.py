@@ -1,0 +1,53 @@
+"""Dense retrieval with LLM embeddings and an EmbedFilter-reduced FAISS index.
+
+The public names are imported on first use, so that ``retriever --help`` (which imports
+this package) does not pay for torch, transformers and faiss.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+
+_EXPORTS = {
+    "EmbedFilter": "retriever.embedfilter",
+    "Encoder": "retriever.encoder",
+    "EncoderConfig": "retriever.config",
+    "FilterSpec": "retriever.config",
+    "Hit": "retriever.searcher",
+    "Indexer": "retriever.indexing",
+    "RetrieverError": "retriever.errors",
+    "Searcher": "retriever.searcher",
+    "build_index": "retriever.indexing",
+}
+
+__all__ = [
+    "EmbedFilter",
+    "Encoder",
+    "EncoderConfig",
+    "FilterSpec",
+    "Hit",
+    "Indexer",
+    "RetrieverError",
+    "Searcher",
+    "__version__",
+    "build_index",
+]
+
+if TYPE_CHECKING:
+    from retriever.config import EncoderConfig, FilterSpec
+    from retriever.embedfilter import EmbedFilter
+    from retriever.encoder import Encoder
+    from retriever.errors import RetrieverError
+    from retriever.indexing import Indexer, build_index
+    from retriever.searcher import Hit, Searcher
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'retriever' has no attribute {name!r}")
+    value = getattr(importlib.import_module(_EXPORTS[name]), name)
+    globals()[name] = value
+    return value

@@ -1,0 +1,249 @@
+"""The ``retriever`` command: a thin shell over the Python API.
+
+Heavy imports (torch, transformers, faiss) happen inside each subcommand, so ``--help``
+answers at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import textwrap
+from collections.abc import Sequence
+
+from retriever.config import BANDS, DTYPES, POOLINGS, PROMPTS
+from retriever.errors import RetrieverError
+
+DEFAULT_MODEL = "smollm2-135m"  # kept in step with retriever.models.DEFAULT_MODEL by a test
+
+
+def _add_model_options(parser: argparse.ArgumentParser, *, for_search: bool) -> None:
+    group = parser.add_argument_group("model")
+    if for_search:
+        group.add_argument(
+            "--model",
+            default=None,
+            help="load this model instead of the one named in the manifest (its weights "
+            "must be the same, e.g. a local copy)",
+        )
+    else:
+        group.add_argument(
+            "--model",
+            default=DEFAULT_MODEL,
+            help=f"bundled alias ({DEFAULT_MODEL}), local model folder, or Hugging Face hub "
+            "id (default: %(default)s)",
+        )
+        group.add_argument("--revision", default=None, help="hub revision (branch, tag, commit)")
+        group.add_argument(
+            "--unembedding-from",
+            metavar="MODEL",
+            default=None,
+            help="take the unembedding matrix from this model (for embedding models "
+            "without an LM head: give the LLM they were trained from)",
+        )
+    group.add_argument(
+        "--dtype",
+        choices=DTYPES,
+        default="auto",
+        help="weights dtype; auto = bfloat16 on a GPU or a CPU with AVX-512 BF16/AMX, "
+        "float32 otherwise (default: %(default)s)",
+    )
+    group.add_argument("--device", default=None, help="torch device (default: cuda if present)")
+    group.add_argument(
+        "--batch-size", type=int, default=16, help="texts per forward pass (default: %(default)s)"
+    )
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="retriever",
+        description="Dense retrieval with LLM embeddings and an EmbedFilter-reduced FAISS index.",
+    )
+    parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    index = commands.add_parser(
+        "index",
+        help="encode a collection and build a filtered index folder",
+        description="Encode documents with an LLM, project them with EmbedFilter and write a "
+        "self-describing index folder (manifest.json, filter.npy, index.faiss, docstore/).",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=textwrap.dedent(
+            """\
+            example:
+              retriever index ../shared/datasets/scifact --out indexes/scifact --tau 2
+            """
+        ),
+    )
+    index.add_argument(
+        "dataset",
+        help="BEIR dataset folder (with corpus.jsonl) or a JSONL file of "
+        '{"_id", "title", "text"} documents',
+    )
+    index.add_argument("--out", required=True, help="index folder to create")
+    index.add_argument(
+        "--overwrite", action="store_true", help="replace an existing index at --out"
+    )
+    index.add_argument(
+        "--limit",
+        type=int,
+        default=None,
+        metavar="N",
+        help="index only the first N documents in file order",
+    )
+    _add_model_options(index, for_search=False)
+
+    encoding = index.add_argument_group("encoding")
+    encoding.add_argument(
+        "--prompt",
+        choices=list(PROMPTS),
+        default="prompteol",
+        help='prompt template: prompteol = \'This sentence : "{text}" means in one word:"\', '
+        "echo = text twice, pooled over the second copy, none = bare text "
+        "(default: %(default)s)",
+    )
+    encoding.add_argument(
+        "--pooling",
+        choices=POOLINGS,
+        default="mean",
+        help="mean over the prompted tokens, or the last token (default: %(default)s)",
+    )
+    encoding.add_argument(
+        "--max-length",
+        type=int,
+        default=256,
+        help="tokens per input including the prompt; longer texts keep their head and "
+        "tail halves (default: %(default)s)",
+    )
+    encoding.add_argument(
+        "--query-instruction", default="", help="text put before every query's prompt"
+    )
+    encoding.add_argument(
+        "--document-instruction", default="", help="text put before every document's prompt"
+    )
+
+    filtering = index.add_argument_group("EmbedFilter")
+    size = filtering.add_mutually_exclusive_group()
+    size.add_argument(
+        "--tau",
+        type=float,
+        default=None,
+        help="keep d // tau dimensions; 1 = unfiltered baseline (default: 2)",
+    )
+    size.add_argument("--dim", type=int, default=None, help="keep exactly this many dimensions")
+    filtering.add_argument(
+        "--band",
+        choices=BANDS,
+        default="edge",
+        help="which singular directions to keep: edge = middle band (drops the top and the "
+        "bottom equally), tail = top k, head = bottom k, rand = random k "
+        "(default: %(default)s)",
+    )
+    filtering.add_argument(
+        "--start", type=int, default=None, help="explicit first kept direction (overrides --band)"
+    )
+    filtering.add_argument("--seed", type=int, default=0, help="seed of --band rand")
+
+    faiss_group = index.add_argument_group("FAISS")
+    faiss_group.add_argument(
+        "--index-type",
+        default="Flat",
+        help="faiss.index_factory string, e.g. Flat, HNSW32, IVF256,Flat, IVF256,PQ16 "
+        "(inner product on normalised vectors; default: %(default)s)",
+    )
+
+    search = commands.add_parser(
+        "search",
+        help="search an index folder",
+        description="Encode a query with the index's model, prompt and filter, and print "
+        "the best documents.",
+    )
+    search.add_argument("index", help="index folder built by `retriever index`")
+    search.add_argument("query", help="the query text")
+    search.add_argument("-k", type=int, default=10, help="number of hits (default: %(default)s)")
+    search.add_argument("--json", action="store_true", help="print hits as JSON")
+    _add_model_options(search, for_search=True)
+    return parser
+
+
+def _run_index(args: argparse.Namespace) -> int:
+    from retriever.config import EncoderConfig, FilterSpec
+    from retriever.indexing import build_index
+
+    out = build_index(
+        args.dataset,
+        args.out,
+        model=args.model,
+        revision=args.revision,
+        encoder_config=EncoderConfig(
+            prompt=args.prompt,
+            pooling=args.pooling,
+            max_length=args.max_length,
+            query_instruction=args.query_instruction,
+            document_instruction=args.document_instruction,
+        ),
+        filter_spec=FilterSpec(
+            tau=args.tau, dim=args.dim, band=args.band, start=args.start, seed=args.seed
+        ),
+        index_type=args.index_type,
+        limit=args.limit,
+        batch_size=args.batch_size,
+        dtype=args.dtype,
+        device=args.device,
+        unembedding_from=args.unembedding_from,
+        overwrite=args.overwrite,
+    )
+    print(out)
+    return 0
+
+
+def _run_search(args: argparse.Namespace) -> int:
+    from retriever.searcher import Searcher
+
+    if not args.query.strip():
+        raise RetrieverError("empty query: give some text to search for")
+    searcher = Searcher.load(
+        args.index,
+        model=args.model,
+        dtype=args.dtype,
+        device=args.device,
+        batch_size=args.batch_size,
+    )
+    hits = searcher.search(args.query, k=args.k)
+    if args.json:
+        print(json.dumps([hit.to_dict() for hit in hits], ensure_ascii=False, indent=2))
+        return 0
+    for rank, hit in enumerate(hits, start=1):
+        snippet = " ".join(hit.text.split())
+        print(f"{rank:>3}. {hit.score:.4f}  {hit.id}  {hit.title}")
+        if snippet:
+            print(f"     {snippet[:160]}{'...' if len(snippet) > 160 else ''}")
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.WARNING if args.quiet else logging.INFO,
+        format="[retriever] %(message)s",
+    )
+    # Third-party chatter (faiss's loader, transformers' load reports) would drown the
+    # few lines that matter.
+    logging.getLogger("faiss.loader").setLevel(logging.WARNING)
+    logging.getLogger("transformers").setLevel(logging.ERROR)
+    try:
+        if args.command == "index":
+            return _run_index(args)
+        return _run_search(args)
+    except RetrieverError as exc:
+        print(f"retriever: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("retriever: interrupted; nothing was written", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

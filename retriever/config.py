@@ -1,0 +1,103 @@
+"""Settings shared by every step, as frozen dataclasses that round-trip through JSON.
+
+The manifest of an index is built from these, so a searcher can rebuild exactly the
+encoder and filter that the indexer used.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+from retriever.errors import RetrieverError
+
+MANIFEST_VERSION = 1
+
+# Prompt templates; "{text}" is replaced by the (truncated) input text.
+PROMPTS: dict[str, str] = {
+    "prompteol": 'This sentence : "{text}" means in one word:"',
+    "echo": "Rewrite the following paragraph: {text}. The rewritten paragraph: {text}",
+    "none": "{text}",
+}
+POOLINGS = ("mean", "last")
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+BANDS = ("edge", "head", "tail", "rand")
+
+
+@dataclass(frozen=True)
+class EncoderConfig:
+    """How text becomes a pooled embedding (everything the manifest must pin)."""
+
+    prompt: str = "prompteol"
+    pooling: str = "mean"
+    max_length: int = 256
+    query_instruction: str = ""
+    document_instruction: str = ""
+
+    def __post_init__(self) -> None:
+        if self.prompt not in PROMPTS:
+            raise RetrieverError(
+                f"unknown prompt style {self.prompt!r}; choose one of {', '.join(PROMPTS)}"
+            )
+        if self.pooling not in POOLINGS:
+            raise RetrieverError(
+                f"unknown pooling {self.pooling!r}; choose one of {', '.join(POOLINGS)}"
+            )
+        if self.max_length < 16:
+            raise RetrieverError(f"--max-length must be at least 16 tokens, got {self.max_length}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> EncoderConfig:
+        return cls(**{f.name: data[f.name] for f in fields(cls) if f.name in data})
+
+
+@dataclass(frozen=True)
+class FilterSpec:
+    """Which EmbedFilter to build: size by ``tau`` (k = d // tau) or by ``dim`` (k = dim);
+    with neither, ``tau`` is 2.
+
+    ``band`` is ``edge``, ``head``, ``tail`` or ``rand``; ``start`` overrides it with an
+    explicit first row. ``tau == 1`` (or ``dim == d``) is the identity: the unfiltered
+    baseline.
+    """
+
+    tau: float | None = None
+    dim: int | None = None
+    band: str = "edge"
+    start: int | None = None
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.tau is None and self.dim is None:
+            object.__setattr__(self, "tau", 2.0)
+        if self.tau is not None and self.dim is not None:
+            raise RetrieverError("give exactly one of --tau and --dim")
+        if self.tau is not None and not self.tau >= 1:
+            raise RetrieverError(f"--tau must be >= 1 (1 keeps every dimension), got {self.tau}")
+        if self.dim is not None and self.dim < 1:
+            raise RetrieverError(f"--dim must be a positive number of dimensions, got {self.dim}")
+        if self.band not in BANDS:
+            raise RetrieverError(f"unknown band {self.band!r}; choose one of {', '.join(BANDS)}")
+        if self.start is not None and self.start < 0:
+            raise RetrieverError(f"--start must be >= 0, got {self.start}")
+
+    def kept_dims(self, model_dim: int) -> int:
+        """The number k of directions kept for a model of hidden size ``model_dim``."""
+        k = int(model_dim // self.tau) if self.tau is not None else int(self.dim)
+        if not 1 <= k <= model_dim:
+            asked = f"--tau {self.tau:g}" if self.tau is not None else f"--dim {self.dim}"
+            raise RetrieverError(
+                f"{asked} keeps {k} of the model's {model_dim} dimensions; "
+                f"it must keep between 1 and {model_dim}"
+            )
+        return k
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> FilterSpec:
+        return cls(**{f.name: data[f.name] for f in fields(cls) if f.name in data})

@@ -1,0 +1,142 @@
+"""EmbedFilter: a fixed projection onto a band of the unembedding matrix's right singular vectors.
+
+Data-free: only the model's unembedding matrix ``W`` (``V x d``) is needed. Its right
+singular vectors, sorted by decreasing singular value, span directions from the
+frequent-token ones (top) to the "dark" tail (bottom); the default ``edge`` band keeps a
+contiguous middle block and drops the same number from each end. See docs in
+``shared/docs/method.md`` section 1.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from retriever.config import FilterSpec
+from retriever.errors import RetrieverError
+
+MATRIX_FILE = "filter.npy"
+SPEC_FILE = "filter.json"
+
+
+def right_singular_vectors(unembedding: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(Vh, sigma)`` of ``W = U S Vh``, largest singular value first.
+
+    Computed as the eigenvectors of the ``d x d`` Gram matrix ``W^T W`` in float64, which
+    equals the SVD's ``Vh`` up to the sign of each row; signs are fixed so that each
+    row's largest-magnitude entry is positive, making the filter reproducible.
+    """
+    w = np.asarray(unembedding, dtype=np.float64)
+    if w.ndim != 2 or w.shape[0] < w.shape[1]:
+        raise ValueError(f"expected a V x d unembedding matrix with V >= d, got {w.shape}")
+    eigenvalues, eigenvectors = np.linalg.eigh(w.T @ w)
+    order = np.argsort(eigenvalues)[::-1]
+    vh = eigenvectors[:, order].T
+    pivots = np.abs(vh).argmax(axis=1)
+    vh *= np.sign(vh[np.arange(len(vh)), pivots])[:, None]
+    return vh, np.sqrt(np.clip(eigenvalues[order], 0.0, None))
+
+
+def band_rows(spec: FilterSpec, model_dim: int) -> np.ndarray:
+    """Indices of the rows of ``Vh`` (0 = largest singular value) that the filter keeps."""
+    k = spec.kept_dims(model_dim)
+    if spec.start is not None:
+        if spec.start + k > model_dim:
+            raise RetrieverError(
+                f"--start {spec.start} with {k} kept dimensions runs past the model's "
+                f"{model_dim}; the largest start for that size is {model_dim - k}"
+            )
+        start = spec.start
+    elif spec.band == "rand":
+        return np.sort(np.random.default_rng(spec.seed).choice(model_dim, size=k, replace=False))
+    elif spec.band == "edge":
+        start = (model_dim - k) // 2
+    elif spec.band == "tail":  # keeps the top k: drops the small-sigma end
+        start = 0
+    else:  # "head" keeps the bottom k: drops the large-sigma end
+        start = model_dim - k
+    return np.arange(start, start + k)
+
+
+class EmbedFilter:
+    """A ``k x d`` matrix ``F`` with orthonormal rows; ``transform(h)`` is ``F h``, normalised."""
+
+    def __init__(self, matrix: np.ndarray, spec: FilterSpec, rows: np.ndarray) -> None:
+        self.matrix = np.ascontiguousarray(matrix, dtype=np.float32)
+        self.spec = spec
+        self.rows = np.asarray(rows, dtype=np.int64)
+        if self.matrix.shape != (len(self.rows), self.matrix.shape[1]):
+            raise ValueError(f"filter matrix {self.matrix.shape} does not match {len(rows)} rows")
+
+    @classmethod
+    def from_unembedding(cls, unembedding: np.ndarray, spec: FilterSpec) -> EmbedFilter:
+        """Build the filter of ``spec`` from a ``V x d`` unembedding matrix."""
+        model_dim = int(np.shape(unembedding)[1])
+        rows = band_rows(spec, model_dim)
+        if len(rows) == model_dim:
+            # Every direction kept: the identity, i.e. the unfiltered baseline (a rotation
+            # by Vh would give the same dot products, only less exactly).
+            return cls(np.eye(model_dim, dtype=np.float32), spec, rows)
+        vh, _ = right_singular_vectors(unembedding)
+        return cls(vh[rows], spec, rows)
+
+    @property
+    def dim(self) -> int:
+        """Output dimension k."""
+        return int(self.matrix.shape[0])
+
+    @property
+    def model_dim(self) -> int:
+        """Input dimension d (the model's hidden size)."""
+        return int(self.matrix.shape[1])
+
+    @property
+    def is_identity(self) -> bool:
+        return self.dim == self.model_dim
+
+    def transform(self, embeddings: np.ndarray, *, normalize: bool = True) -> np.ndarray:
+        """Project ``(n, d)`` pooled embeddings to ``(n, k)``, L2-normalised by default."""
+        embeddings = np.asarray(embeddings, dtype=np.float32)
+        if embeddings.ndim != 2 or embeddings.shape[1] != self.model_dim:
+            raise ValueError(
+                f"expected embeddings of shape (n, {self.model_dim}), got {embeddings.shape}"
+            )
+        projected = embeddings @ self.matrix.T
+        if normalize:
+            norms = np.linalg.norm(projected, axis=1, keepdims=True)
+            projected /= np.maximum(norms, np.finfo(np.float32).tiny)
+        return projected
+
+    def describe(self) -> dict[str, Any]:
+        rows = self.rows.tolist()
+        contiguous = rows == list(range(rows[0], rows[0] + len(rows)))
+        return {
+            "spec": self.spec.to_dict(),
+            "model_dim": self.model_dim,
+            "dim": self.dim,
+            "rows": [rows[0], rows[-1] + 1] if contiguous else rows,
+            "rows_are_range": contiguous,
+        }
+
+    def save(self, folder: str | Path) -> None:
+        """Write ``filter.npy`` (the matrix) and ``filter.json`` (spec and rows)."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        np.save(folder / MATRIX_FILE, self.matrix, allow_pickle=False)
+        (folder / SPEC_FILE).write_text(json.dumps(self.describe(), indent=2) + "\n")
+
+    @classmethod
+    def load(cls, folder: str | Path) -> EmbedFilter:
+        folder = Path(folder)
+        try:
+            matrix = np.load(folder / MATRIX_FILE, allow_pickle=False)
+            info = json.loads((folder / SPEC_FILE).read_text())
+        except (OSError, ValueError) as exc:
+            raise RetrieverError(f"cannot read the filter in {folder}: {exc}") from exc
+        rows = info["rows"]
+        if info["rows_are_range"]:
+            rows = list(range(rows[0], rows[1]))
+        return cls(matrix, FilterSpec.from_dict(info["spec"]), np.asarray(rows))

@@ -1,0 +1,116 @@
+"""Shared fixtures: tiny random models saved as local folders, and small corpora.
+
+Nothing is downloaded: tokenizers are trained on the fly and weights are random, so the
+full load path (resolve -> hash -> transformers) runs exactly as for a real model.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+SHARED_SCIFACT = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "scifact"
+
+TRAINING_TEXTS = [
+    "The quick brown fox jumps over the lazy dog.",
+    "Dense retrieval encodes queries and documents into vectors.",
+    "Protein folding, gene expression and cell biology.",
+    "Vitamin D deficiency is associated with bone disease.",
+    "This sentence means in one word: rewrite the following paragraph.",
+    "Unembedding matrices project hidden states onto the vocabulary.",
+    "Café, naïve, 東京, and emoji ☕ are unicode text.",
+] * 20
+
+
+def _save_tiny_model(folder: Path, *, seed: int, with_head: bool = True, tied: bool = True) -> Path:
+    import torch
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import LlamaConfig, LlamaForCausalLM, LlamaModel, PreTrainedTokenizerFast
+
+    bpe = Tokenizer(models.BPE())
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=400,
+        special_tokens=["<|endoftext|>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+    )
+    bpe.train_from_iterator(TRAINING_TEXTS, trainer)
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=bpe, eos_token="<|endoftext|>", pad_token="<|endoftext|>"
+    )
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        tie_word_embeddings=tied,
+        pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=tokenizer.eos_token_id,
+    )
+    torch.manual_seed(seed)
+    model = LlamaForCausalLM(config) if with_head else LlamaModel(config)
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch):
+    """Keep unit tests' hash memos out of the user's cache."""
+    monkeypatch.setenv("RETRIEVER_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tied 2-layer Llama with hidden size 32, as a local model folder."""
+    return _save_tiny_model(tmp_path_factory.mktemp("tiny-model"), seed=0)
+
+
+@pytest.fixture(scope="session")
+def other_tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Same architecture and tokenizer as ``tiny_model``, different weights."""
+    return _save_tiny_model(tmp_path_factory.mktemp("other-tiny-model"), seed=1)
+
+
+@pytest.fixture(scope="session")
+def headless_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An untied base model without an LM head, like an embedding-only checkpoint."""
+    return _save_tiny_model(
+        tmp_path_factory.mktemp("headless-model"), seed=2, with_head=False, tied=False
+    )
+
+
+def write_jsonl(path: Path, records: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records))
+    return path
+
+
+TOY_DOCS = [
+    {
+        "_id": "d1",
+        "title": "Vitamin D",
+        "text": "Vitamin D deficiency is associated with bone disease.",
+    },
+    {"_id": "d2", "title": "Foxes", "text": "The quick brown fox jumps over the lazy dog."},
+    {"_id": "d3", "title": "Retrieval", "text": "Dense retrieval encodes queries into vectors."},
+    {"_id": "d4", "title": "Proteins", "text": "Protein folding and gene expression in cells."},
+    {"_id": "d5", "title": "", "text": "Unembedding matrices project hidden states."},
+    {
+        "_id": "d6",
+        "title": "Unicode",
+        "text": "Café, naïve, 東京 ☕.",
+        "metadata": {"lang": "mixed"},
+    },
+]
+
+
+@pytest.fixture
+def toy_corpus(tmp_path: Path) -> Path:
+    return write_jsonl(tmp_path / "docs.jsonl", TOY_DOCS)

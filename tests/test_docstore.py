@@ -1,0 +1,44 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from retriever import docstore as docstore_module
+from retriever.datasets import Document
+from retriever.docstore import DocStore
+
+
+def _documents(n: int) -> list[Document]:
+    return [Document(f"id-{i}", f"title {i}", f"text {i} 東京 ☕", {"n": i}) for i in range(n)]
+
+
+def test_rows_ids_and_iteration_round_trip(tmp_path: Path) -> None:
+    documents = _documents(2500)  # more than one write batch
+    assert DocStore.write(tmp_path / "store", documents, batch_size=1000) == 2500
+    store = DocStore.open(tmp_path / "store")
+    assert len(store) == 2500
+    assert store.get(1234) == documents[1234]
+    assert store.get_many([5, 0, 2499]) == [documents[5], documents[0], documents[2499]]
+    assert store.row_of("id-777") == 777
+    assert store.row_of("missing") is None
+    assert list(store) == documents
+    with pytest.raises(KeyError):
+        store.get(2500)
+    store.close()
+
+
+def test_map_grows_when_full(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(docstore_module, "_INITIAL_MAP_SIZE", 64 * 1024)
+    big = [Document(f"d{i}", "", "x" * 5000, {}) for i in range(200)]  # ~1 MB >> 64 KiB
+    DocStore.write(tmp_path / "store", big, batch_size=50)
+    store = DocStore.open(tmp_path / "store")
+    assert len(store) == 200 and store.get(199) == big[199]
+
+
+def test_searchers_open_read_only(tmp_path: Path) -> None:
+    DocStore.write(tmp_path / "store", _documents(3))
+    store = DocStore.open(tmp_path / "store")
+    with pytest.raises(Exception, match="(?i)read-only|permission|EACCES"):
+        with store._env.begin(write=True) as txn:
+            txn.put(b"k", b"v")
