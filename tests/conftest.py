@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 
+from retriever.models import cache_dir
+
 SHARED_SCIFACT = Path(__file__).resolve().parents[2] / "shared" / "datasets" / "scifact"
 
 TRAINING_TEXTS = [
@@ -61,10 +63,20 @@ def _save_tiny_model(folder: Path, *, seed: int, with_head: bool = True, tied: b
     return folder
 
 
-@pytest.fixture(autouse=True)
-def _isolated_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch):
-    """Keep unit tests' hash memos out of the user's cache."""
-    monkeypatch.setenv("RETRIEVER_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+# The cache the user has (converted default model, embeddings), read before tests move it.
+USER_CACHE = cache_dir()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _isolated_cache(tmp_path_factory: pytest.TempPathFactory):
+    """Keep tests' hash memos and embeddings out of the user's cache.
+
+    Session-scoped so that it is in force before any module-scoped fixture runs. Slow
+    tests opt back into ``USER_CACHE``, where the converted default model lives.
+    """
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("RETRIEVER_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))
+        yield
 
 
 @pytest.fixture(scope="session")

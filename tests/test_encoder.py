@@ -168,3 +168,16 @@ def test_dtype_resolution() -> None:
     assert pick_dtype("float16", torch.device("cpu")) == torch.float16
     with pytest.raises(RetrieverError, match="unknown dtype"):
         pick_dtype("int8", torch.device("cpu"))
+
+
+def test_one_forward_pass_pools_every_way(tiny_model: Path) -> None:
+    both = _encoder(tiny_model, prompt="prompteol").encode_poolings(
+        TEXTS, ("mean", "last"), show_progress=False
+    )
+    for pooling in ("mean", "last"):
+        alone = _encoder(tiny_model, prompt="prompteol", pooling=pooling)
+        np.testing.assert_allclose(
+            both[pooling], alone.encode_documents(TEXTS, show_progress=False), rtol=1e-5
+        )
+    with pytest.raises(RetrieverError, match="unknown pooling"):
+        _encoder(tiny_model).encode_poolings(TEXTS, ("max",))

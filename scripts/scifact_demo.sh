@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# The main job on the embedded defaults: build a filtered SciFact index with SmolLM2-135M
+# (PromptEOL, mean pooling, EmbedFilter edge band at tau 2), then run example searches
+# from the command line and from Python. Reuses the index if it is already built.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+dataset=${SCIFACT:-../shared/datasets/scifact}
+index=${INDEX:-indexes/scifact-smollm2}
+retriever=.venv/bin/retriever
+
+if [ ! -f "$index/manifest.json" ]; then
+    "$retriever" index "$dataset" --out "$index"
+fi
+
+echo "== retriever search (command line)"
+"$retriever" --quiet search "$index" "Vitamin D deficiency is associated with bone disease." -k 5
+
+echo "== Searcher (Python API)"
+.venv/bin/python - "$index" "$dataset" <<'PY'
+import logging
+import sys
+
+from retriever import Searcher
+from retriever.datasets import load_qrels, load_queries
+
+logging.basicConfig(level=logging.WARNING)
+index, dataset = sys.argv[1], sys.argv[2]
+searcher = Searcher.load(index)
+queries, qrels = load_queries(dataset), load_qrels(dataset)
+for query_id in ["1", "13", "36"]:
+    hits = searcher.search(queries[query_id], k=10)
+    gold = set(qrels[query_id])
+    ranks = [rank for rank, hit in enumerate(hits, 1) if hit.id in gold]
+    print(f"\nquery {query_id}: {queries[query_id]}")
+    for rank, hit in enumerate(hits[:3], 1):
+        print(f"  {rank}. {hit.score:.3f} {hit.id} {hit.title[:90]}")
+    print(f"  gold document rank in top 10: {ranks[0] if ranks else 'not in top 10'}")
+PY
