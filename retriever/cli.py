@@ -9,11 +9,13 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import shlex
 import sys
 import textwrap
 from collections.abc import Sequence
+from pathlib import Path
 
-from retriever.config import BANDS, DTYPES, POOLINGS, PROMPTS
+from retriever.config import BANDS, DTYPES, POOLINGS, PROMPTS, EncoderConfig
 from retriever.errors import RetrieverError
 
 DEFAULT_MODEL = "smollm2-135m"  # kept in step with retriever.models.DEFAULT_MODEL by a test
@@ -145,6 +147,12 @@ def _build_parser() -> argparse.ArgumentParser:
         "--start", type=int, default=None, help="explicit first kept direction (overrides --band)"
     )
     filtering.add_argument("--seed", type=int, default=0, help="seed of --band rand")
+    filtering.add_argument(
+        "--remove-mean-direction",
+        action="store_true",
+        help="after the band, also project out the direction of the mean unembedding row "
+        "seen through the filter (data-free refinement; see benchmarks/)",
+    )
 
     faiss_group = index.add_argument_group("FAISS")
     faiss_group.add_argument(
@@ -165,7 +173,116 @@ def _build_parser() -> argparse.ArgumentParser:
     search.add_argument("-k", type=int, default=10, help="number of hits (default: %(default)s)")
     search.add_argument("--json", action="store_true", help="print hits as JSON")
     _add_model_options(search, for_search=True)
+
+    evaluate = commands.add_parser(
+        "eval",
+        help="evaluate an index on a BEIR dataset's queries and judgements",
+        description="Search every judged query of a split and report nDCG@10 (headline), "
+        "nDCG@100, Recall@100 and MAP@100 (pytrec_eval), per-query latency split into "
+        "query encoding and index search (median, p95), batched QPS, and the index's bytes.",
+    )
+    evaluate.add_argument("index", help="index folder built by `retriever index`")
+    evaluate.add_argument(
+        "dataset", help="BEIR dataset folder with queries.jsonl and qrels/SPLIT.tsv"
+    )
+    evaluate.add_argument("--split", default="test", help="qrels split (default: %(default)s)")
+    evaluate.add_argument(
+        "-k", type=int, default=100, help="hits per query in the run (default: %(default)s)"
+    )
+    evaluate.add_argument("--json", metavar="FILE", help="also write the report as JSON")
+    evaluate.add_argument(
+        "--run", metavar="FILE", help="write the TREC run file (gzipped if FILE ends in .gz)"
+    )
+    _add_model_options(evaluate, for_search=True)
+
+    bench = commands.add_parser(
+        "bench",
+        help="benchmark EmbedFilter against the unfiltered index and fitted baselines",
+        description="Encode the corpus and queries once per prompt (cached on disk), then "
+        "build, search and score every variant side by side: the unfiltered index, "
+        "EmbedFilter for every band and tau, the mean-direction refinement, and the PCA, "
+        "whitening, all-but-the-top and random-projection baselines. Writes results.json, "
+        "results.md, plot.png and gzipped TREC runs to --out.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=textwrap.dedent(
+            """\
+            example:
+              retriever bench ../shared/datasets/scifact --pooling mean,last \\
+                  --out benchmarks/results/scifact-smollm2
+            """
+        ),
+    )
+    bench.add_argument("dataset", help="BEIR dataset folder (corpus, queries, qrels/)")
+    bench.add_argument(
+        "--out",
+        default=None,
+        help="results folder (default: benchmarks/results/<dataset>-<model>)",
+    )
+    bench.add_argument(
+        "--model",
+        default=DEFAULT_MODEL,
+        help="bundled alias, local model folder, or hub id (default: %(default)s)",
+    )
+    bench.add_argument(
+        "--prompt",
+        default="prompteol",
+        help=f"comma list of prompt styles among {', '.join(PROMPTS)} (default: %(default)s)",
+    )
+    bench.add_argument(
+        "--pooling",
+        default="mean",
+        help="comma list of poolings (mean,last share one forward pass; default: %(default)s)",
+    )
+    bench.add_argument(
+        "--max-length", type=int, default=256, help="tokens per input (default: %(default)s)"
+    )
+    bench.add_argument(
+        "--taus", default="1,2,4,8", help="comma list of tau values (default: %(default)s)"
+    )
+    bench.add_argument(
+        "--bands",
+        default="edge,head,tail",
+        help="comma list of EmbedFilter bands (default: %(default)s)",
+    )
+    bench.add_argument(
+        "--baselines",
+        default="pca,whiten,abtt,random",
+        help="comma list of fitted baselines, or 'none' (default: %(default)s)",
+    )
+    bench.add_argument(
+        "--no-mean-direction",
+        action="store_true",
+        help="skip the rows of the mean-direction refinement (embedfilter-nomean)",
+    )
+    bench.add_argument(
+        "--index-types",
+        nargs="+",
+        default=["Flat"],
+        metavar="TYPE",
+        help="faiss.index_factory strings, space separated (default: Flat)",
+    )
+    bench.add_argument("--split", default="test", help="qrels split (default: %(default)s)")
+    bench.add_argument(
+        "--limit", type=int, default=None, metavar="N", help="only the first N documents"
+    )
+    bench.add_argument(
+        "-k", type=int, default=100, help="hits per query in the runs (default: %(default)s)"
+    )
+    bench.add_argument(
+        "--dtype",
+        choices=DTYPES,
+        default="auto",
+        help="weights dtype, as for `retriever index` (default: %(default)s)",
+    )
+    bench.add_argument("--device", default=None, help="torch device (default: cuda if present)")
+    bench.add_argument(
+        "--batch-size", type=int, default=16, help="texts per forward pass (default: %(default)s)"
+    )
     return parser
+
+
+def _comma_list(value: str) -> list[str]:
+    return [item.strip() for item in value.split(",") if item.strip()]
 
 
 def _run_index(args: argparse.Namespace) -> int:
@@ -185,7 +302,12 @@ def _run_index(args: argparse.Namespace) -> int:
             document_instruction=args.document_instruction,
         ),
         filter_spec=FilterSpec(
-            tau=args.tau, dim=args.dim, band=args.band, start=args.start, seed=args.seed
+            tau=args.tau,
+            dim=args.dim,
+            band=args.band,
+            start=args.start,
+            seed=args.seed,
+            remove_mean_direction=args.remove_mean_direction,
         ),
         index_type=args.index_type,
         limit=args.limit,
@@ -223,7 +345,76 @@ def _run_search(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_eval(args: argparse.Namespace) -> int:
+    from retriever.datasets import load_qrels, load_queries
+    from retriever.evaluation import evaluate_index, write_trec_run
+    from retriever.searcher import Searcher
+
+    queries = load_queries(args.dataset)
+    qrels = load_qrels(args.dataset, args.split)
+    searcher = Searcher.load(
+        args.index,
+        model=args.model,
+        dtype=args.dtype,
+        device=args.device,
+        batch_size=args.batch_size,
+    )
+    report, run = evaluate_index(searcher, queries, qrels, k=args.k)
+    report = {"index": str(searcher.folder), "dataset": args.dataset, "split": args.split, **report}
+    if args.run:
+        write_trec_run(run, args.run, tag=searcher.folder.name)
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+    width = max(len(key) for key in report)
+    for key, value in report.items():
+        shown = f"{value:.4f}" if isinstance(value, float) else str(value)
+        print(f"{key:<{width}}  {shown}")
+    return 0
+
+
+def _run_bench(args: argparse.Namespace, argv: Sequence[str]) -> int:
+    from retriever.bench import BenchSettings, run_bench
+
+    try:
+        taus = tuple(float(t) for t in _comma_list(args.taus))
+    except ValueError:
+        raise RetrieverError(
+            f"--taus must be numbers separated by commas, got {args.taus!r}"
+        ) from None
+    baselines = () if args.baselines == "none" else tuple(_comma_list(args.baselines))
+    settings = BenchSettings(
+        taus=taus,
+        bands=tuple(_comma_list(args.bands)),
+        baselines=baselines,
+        index_types=tuple(args.index_types),
+        mean_direction=not args.no_mean_direction,
+        k=args.k,
+    )
+    prompts, poolings = _comma_list(args.prompt), _comma_list(args.pooling)
+    for prompt, pooling in ((p, q) for p in prompts for q in poolings):
+        EncoderConfig(prompt=prompt, pooling=pooling, max_length=args.max_length)
+    out = args.out or (f"benchmarks/results/{Path(args.dataset).name}-{Path(args.model).name}")
+    run_bench(
+        args.dataset,
+        out,
+        model=args.model,
+        prompts=prompts,
+        poolings=poolings,
+        max_length=args.max_length,
+        dtype=args.dtype,
+        device=args.device,
+        batch_size=args.batch_size,
+        split=args.split,
+        limit=args.limit,
+        settings=settings,
+        command="retriever " + shlex.join(argv),
+    )
+    print(Path(out) / "results.md")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = _build_parser().parse_args(argv)
     logging.basicConfig(
         level=logging.WARNING if args.quiet else logging.INFO,
@@ -234,9 +425,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.getLogger("faiss.loader").setLevel(logging.WARNING)
     logging.getLogger("transformers").setLevel(logging.ERROR)
     try:
-        if args.command == "index":
-            return _run_index(args)
-        return _run_search(args)
+        if args.command == "bench":
+            return _run_bench(args, argv)
+        commands = {"index": _run_index, "search": _run_search, "eval": _run_eval}
+        return commands[args.command](args)
     except RetrieverError as exc:
         print(f"retriever: error: {exc}", file=sys.stderr)
         return 2

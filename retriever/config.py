@@ -69,6 +69,9 @@ class FilterSpec:
     band: str = "edge"
     start: int | None = None
     seed: int = 0
+    # This project's data-free refinement: after the band, project out the direction of
+    # the mean unembedding row seen through the filter (method.md section 3).
+    remove_mean_direction: bool = False
 
     def __post_init__(self) -> None:
         if self.tau is None and self.dim is None:

@@ -10,6 +10,7 @@ contiguous middle block and drops the same number from each end. See docs in
 from __future__ import annotations
 
 import json
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -61,8 +62,41 @@ def band_rows(spec: FilterSpec, model_dim: int) -> np.ndarray:
     return np.arange(start, start + k)
 
 
+class UnembeddingSpectrum:
+    """What EmbedFilter needs of an unembedding matrix, computed once and shared.
+
+    The singular vectors are computed on first use, so the identity filter (tau 1) never
+    pays for them, and a benchmark building many filters pays once.
+    """
+
+    def __init__(self, unembedding: np.ndarray) -> None:
+        self.unembedding = np.asarray(unembedding)
+        self.model_dim = int(self.unembedding.shape[1])
+        self.mean_row = self.unembedding.astype(np.float64).mean(axis=0)
+
+    @cached_property
+    def right_singular_vectors(self) -> np.ndarray:
+        return right_singular_vectors(self.unembedding)[0]
+
+
+def without_mean_direction(matrix: np.ndarray, mean_row: np.ndarray) -> np.ndarray:
+    """``(I - u u^T) F`` with ``u`` the unit vector of ``F . mean(W rows)``.
+
+    Filtered embeddings still share one strong common direction, the mean unembedding
+    row seen through the filter; this removes it from every vector alike, using nothing
+    but the model's weights.
+    """
+    direction = matrix @ mean_row
+    direction /= np.linalg.norm(direction)
+    return matrix - np.outer(direction, direction @ matrix)
+
+
 class EmbedFilter:
-    """A ``k x d`` matrix ``F`` with orthonormal rows; ``transform(h)`` is ``F h``, normalised."""
+    """A ``k x d`` matrix ``F``; ``transform(h)`` is ``F h``, L2-normalised.
+
+    The rows of a band filter are orthonormal; with ``remove_mean_direction`` the matrix
+    is ``(I - u u^T) F``, which has rank ``k - 1``.
+    """
 
     def __init__(self, matrix: np.ndarray, spec: FilterSpec, rows: np.ndarray) -> None:
         self.matrix = np.ascontiguousarray(matrix, dtype=np.float32)
@@ -72,16 +106,25 @@ class EmbedFilter:
             raise ValueError(f"filter matrix {self.matrix.shape} does not match {len(rows)} rows")
 
     @classmethod
-    def from_unembedding(cls, unembedding: np.ndarray, spec: FilterSpec) -> EmbedFilter:
-        """Build the filter of ``spec`` from a ``V x d`` unembedding matrix."""
-        model_dim = int(np.shape(unembedding)[1])
-        rows = band_rows(spec, model_dim)
-        if len(rows) == model_dim:
+    def from_unembedding(
+        cls, unembedding: np.ndarray | UnembeddingSpectrum, spec: FilterSpec
+    ) -> EmbedFilter:
+        """Build the filter of ``spec`` from a ``V x d`` unembedding matrix (or its spectrum)."""
+        spectrum = (
+            unembedding
+            if isinstance(unembedding, UnembeddingSpectrum)
+            else UnembeddingSpectrum(unembedding)
+        )
+        rows = band_rows(spec, spectrum.model_dim)
+        if len(rows) == spectrum.model_dim:
             # Every direction kept: the identity, i.e. the unfiltered baseline (a rotation
             # by Vh would give the same dot products, only less exactly).
-            return cls(np.eye(model_dim, dtype=np.float32), spec, rows)
-        vh, _ = right_singular_vectors(unembedding)
-        return cls(vh[rows], spec, rows)
+            matrix = np.eye(spectrum.model_dim)
+        else:
+            matrix = spectrum.right_singular_vectors[rows]
+        if spec.remove_mean_direction:
+            matrix = without_mean_direction(matrix, spectrum.mean_row)
+        return cls(matrix, spec, rows)
 
     @property
     def dim(self) -> int:
@@ -95,7 +138,7 @@ class EmbedFilter:
 
     @property
     def is_identity(self) -> bool:
-        return self.dim == self.model_dim
+        return self.dim == self.model_dim and not self.spec.remove_mean_direction
 
     def transform(self, embeddings: np.ndarray, *, normalize: bool = True) -> np.ndarray:
         """Project ``(n, d)`` pooled embeddings to ``(n, k)``, L2-normalised by default."""

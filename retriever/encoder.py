@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from retriever.config import PROMPTS, EncoderConfig
+from retriever.config import POOLINGS, PROMPTS, EncoderConfig
 from retriever.errors import RetrieverError
 from retriever.models import (
     DEFAULT_MODEL,
@@ -138,10 +138,35 @@ class Encoder:
         return weight.numpy()
 
     def encode_documents(self, texts: Sequence[str], *, show_progress: bool = True) -> np.ndarray:
-        return self._encode(texts, self.config.document_instruction, show_progress)
+        return self.encode_poolings(texts, (self.config.pooling,), show_progress=show_progress)[
+            self.config.pooling
+        ]
 
     def encode_queries(self, texts: Sequence[str], *, show_progress: bool = False) -> np.ndarray:
-        return self._encode(texts, self.config.query_instruction, show_progress)
+        return self.encode_poolings(
+            texts, (self.config.pooling,), queries=True, show_progress=show_progress
+        )[self.config.pooling]
+
+    def encode_poolings(
+        self,
+        texts: Sequence[str],
+        poolings: Sequence[str],
+        *,
+        queries: bool = False,
+        show_progress: bool = True,
+    ) -> dict[str, np.ndarray]:
+        """Pool one forward pass several ways: ``{pooling: (n, d) float32}``.
+
+        Mean and last-token pooling read the same hidden states, so a benchmark of both
+        pays for one encoding of the corpus.
+        """
+        if isinstance(texts, str):
+            raise TypeError("encode_* takes a sequence of texts, not one string")
+        unknown = set(poolings) - set(POOLINGS)
+        if unknown:
+            raise RetrieverError(f"unknown pooling {sorted(unknown)}; choose from {POOLINGS}")
+        instruction = self.config.query_instruction if queries else self.config.document_instruction
+        return self._encode(texts, instruction, tuple(poolings), show_progress)
 
     def _prepare(self, texts: Sequence[str], instruction: str) -> list[_Prepared]:
         parts = [
@@ -176,10 +201,10 @@ class Encoder:
         return prepared
 
     @torch.inference_mode()
-    def _encode(self, texts: Sequence[str], instruction: str, show_progress: bool) -> np.ndarray:
-        if isinstance(texts, str):
-            raise TypeError("encode_* takes a sequence of texts, not one string")
-        out = np.zeros((len(texts), self.hidden_size), dtype=np.float32)
+    def _encode(
+        self, texts: Sequence[str], instruction: str, poolings: tuple[str, ...], show_progress: bool
+    ) -> dict[str, np.ndarray]:
+        out = {p: np.zeros((len(texts), self.hidden_size), dtype=np.float32) for p in poolings}
         if not len(texts):
             return out
         prepared = self._prepare(texts, instruction)
@@ -189,31 +214,38 @@ class Encoder:
         encoder = self.model.base_model
         with tqdm(total=len(texts), desc="encoding", unit="text", disable=not show_progress) as bar:
             for lo in range(0, len(order), self.batch_size):
-                batch = [prepared[i] for i in order[lo : lo + self.batch_size]]
-                out[order[lo : lo + self.batch_size]] = self._pool_batch(encoder, batch)
-                bar.update(len(batch))
+                rows = order[lo : lo + self.batch_size]
+                pooled = self._pool_batch(encoder, [prepared[i] for i in rows], poolings)
+                for pooling, vectors in pooled.items():
+                    out[pooling][rows] = vectors
+                bar.update(len(rows))
         return out
 
-    def _pool_batch(self, encoder: Any, batch: list[_Prepared]) -> np.ndarray:
+    def _pool_batch(
+        self, encoder: Any, batch: list[_Prepared], poolings: tuple[str, ...]
+    ) -> dict[str, np.ndarray]:
         width = max(len(p.ids) for p in batch)
         # Right padding: with causal attention the real tokens never see the pads, and
         # position ids stay 0..n-1 without special handling.
         ids = torch.full((len(batch), width), self._pad_id, dtype=torch.long)
         attention = torch.zeros((len(batch), width), dtype=torch.long)
-        pool = torch.zeros((len(batch), width), dtype=torch.float32)
+        weights = {p: torch.zeros((len(batch), width), dtype=torch.float32) for p in poolings}
         for row, item in enumerate(batch):
             ids[row, : len(item.ids)] = torch.tensor(item.ids)
             attention[row, : len(item.ids)] = 1
-            if self.config.pooling == "mean":
-                pool[row, item.start : item.end] = 1.0
-            else:
-                pool[row, len(item.ids) - 1] = 1.0
+            if "mean" in weights:
+                weights["mean"][row, item.start : item.end] = 1.0
+            if "last" in weights:
+                weights["last"][row, len(item.ids) - 1] = 1.0
         hidden = encoder(
             input_ids=ids.to(self.device), attention_mask=attention.to(self.device)
         ).last_hidden_state.float()
-        pool = pool.to(self.device)
-        pooled = (hidden * pool.unsqueeze(-1)).sum(dim=1) / pool.sum(dim=1, keepdim=True)
-        return pooled.cpu().numpy()
+        pooled = {}
+        for pooling, weight in weights.items():
+            weight = weight.to(self.device)
+            vectors = (hidden * weight.unsqueeze(-1)).sum(dim=1) / weight.sum(dim=1, keepdim=True)
+            pooled[pooling] = vectors.cpu().numpy()
+        return pooled
 
     def describe(self) -> dict[str, Any]:
         """What the manifest records about the model and how text is encoded."""

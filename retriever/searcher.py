@@ -158,10 +158,14 @@ class Searcher:
             qid: {hit.id: hit.score for hit in found} for qid, found in zip(ids, hits, strict=True)
         }
 
-    def _hits(self, vectors: np.ndarray, k: int) -> list[list[Hit]]:
+    def search_vectors(self, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """FAISS search alone: ``(scores, rows)`` for already embedded queries."""
         if k < 1:
             raise RetrieverError(f"k must be at least 1, got {k}")
-        scores, rows = search_faiss_index(self.index, vectors, min(k, len(self)))
+        return search_faiss_index(self.index, vectors, min(k, len(self)))
+
+    def _hits(self, vectors: np.ndarray, k: int) -> list[list[Hit]]:
+        scores, rows = self.search_vectors(vectors, k)
         results = []
         for query_scores, query_rows in zip(scores, rows, strict=True):
             keep = query_rows >= 0

@@ -1,0 +1,469 @@
+"""``retriever bench``: EmbedFilter against the unfiltered index and fitted baselines.
+
+The corpus and queries are encoded once per setting (prompt x pooling; the cache makes
+reruns free), then every variant (filter band x tau, baselines, index types) is built,
+searched and scored in the same run, so ratios to the unfiltered row compare numbers
+measured side by side. Writes ``results.json`` (one row per variant), ``results.md``,
+``plot.png`` and gzipped TREC runs under ``runs/``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import platform
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import faiss
+import numpy as np
+
+from retriever.baselines import BASELINES, fit_baseline
+from retriever.config import BANDS, EncoderConfig, FilterSpec
+from retriever.datasets import load_corpus, load_qrels, load_queries
+from retriever.embedding_cache import cached_embeddings
+from retriever.embedfilter import EmbedFilter, UnembeddingSpectrum
+from retriever.encoder import Encoder
+from retriever.errors import RetrieverError
+from retriever.evaluation import (
+    Run,
+    evaluate_run,
+    judged_queries,
+    percentiles_ms,
+    time_each,
+    write_trec_run,
+)
+from retriever.index import build_faiss_index, search_faiss_index
+from retriever.indexing import library_versions
+
+logger = logging.getLogger(__name__)
+
+
+class Projection(Protocol):
+    @property
+    def dim(self) -> int: ...
+
+    def transform(self, embeddings: np.ndarray) -> np.ndarray: ...
+
+
+@dataclass(frozen=True)
+class BenchSettings:
+    taus: tuple[float, ...] = (1, 2, 4, 8)
+    bands: tuple[str, ...] = ("edge", "head", "tail")
+    baselines: tuple[str, ...] = BASELINES
+    index_types: tuple[str, ...] = ("Flat",)
+    # Also measure this project's refinement (edge band, mean direction removed).
+    mean_direction: bool = True
+    k: int = 100
+    fit_sample: int = 100_000
+    latency_queries: int = 100
+    warmup: int = 5
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for band in self.bands:
+            if band not in BANDS:
+                raise RetrieverError(f"unknown band {band!r}; choose from {', '.join(BANDS)}")
+        for baseline in self.baselines:
+            if baseline not in BASELINES:
+                raise RetrieverError(
+                    f"unknown baseline {baseline!r}; choose from {', '.join(BASELINES)}"
+                )
+        for tau in self.taus:
+            FilterSpec(tau=tau)  # validates the range
+
+
+@dataclass
+class Variant:
+    method: str
+    band: str | None
+    tau: float
+    projection: Projection = field(repr=False)
+
+
+def build_variants(
+    spectrum: UnembeddingSpectrum, documents: np.ndarray, settings: BenchSettings
+) -> list[Variant]:
+    """The unfiltered row, then for each tau > 1 every band, the refinement and baselines."""
+    rng = np.random.default_rng(settings.seed)
+    sample_rows = rng.choice(
+        len(documents), size=min(len(documents), settings.fit_sample), replace=False
+    )
+    sample = documents[np.sort(sample_rows)]
+    variants = [
+        Variant("unfiltered", None, 1, EmbedFilter.from_unembedding(spectrum, FilterSpec(tau=1)))
+    ]
+    for tau in settings.taus:
+        spec = FilterSpec(tau=tau)
+        if settings.mean_direction:
+            refined = FilterSpec(tau=tau, remove_mean_direction=True)
+            variants.append(
+                Variant(
+                    "embedfilter-nomean",
+                    "edge",
+                    tau,
+                    EmbedFilter.from_unembedding(spectrum, refined),
+                )
+            )
+        if tau == 1:
+            continue
+        for band in settings.bands:
+            banded = FilterSpec(tau=tau, band=band, seed=settings.seed)
+            variants.append(
+                Variant("embedfilter", band, tau, EmbedFilter.from_unembedding(spectrum, banded))
+            )
+        k = spec.kept_dims(spectrum.model_dim)
+        for method in settings.baselines:
+            variants.append(
+                Variant(method, None, tau, fit_baseline(method, sample, k, seed=settings.seed))
+            )
+    return variants
+
+
+def _run_from(
+    rows: np.ndarray, scores: np.ndarray, query_ids: list[str], doc_ids: list[str]
+) -> Run:
+    return {
+        qid: {doc_ids[r]: float(s) for r, s in zip(row, score, strict=True) if r >= 0}
+        for qid, row, score in zip(query_ids, rows, scores, strict=True)
+    }
+
+
+def measure_variant(
+    variant: Variant,
+    index_type: str,
+    documents: np.ndarray,
+    queries: np.ndarray,
+    query_ids: list[str],
+    doc_ids: list[str],
+    qrels: dict[str, dict[str, int]],
+    settings: BenchSettings,
+) -> tuple[dict[str, Any], Run]:
+    doc_vectors = variant.projection.transform(documents)
+    query_vectors = variant.projection.transform(queries)
+    started = time.perf_counter()
+    index = build_faiss_index(doc_vectors, index_type)
+    build_seconds = time.perf_counter() - started
+    k = min(settings.k, len(doc_ids))
+
+    search_faiss_index(index, query_vectors[: settings.warmup], k)
+    started = time.perf_counter()
+    scores, rows = search_faiss_index(index, query_vectors, k)
+    batch_seconds = time.perf_counter() - started
+    run = _run_from(rows, scores, query_ids, doc_ids)
+
+    timed = query_vectors[: settings.latency_queries]
+    single = percentiles_ms(
+        time_each(
+            [lambda v=v: search_faiss_index(index, v[None], k) for v in timed], settings.warmup
+        )
+    )
+    return {
+        "method": variant.method,
+        "band": variant.band,
+        "tau": variant.tau,
+        "dim": variant.projection.dim,
+        "index_type": index_type,
+        **evaluate_run(qrels, run),
+        "search_ms_p50": single["p50"],
+        "search_ms_p95": single["p95"],
+        "batch_qps": len(query_ids) / batch_seconds,
+        "index_bytes": int(faiss.serialize_index(index).nbytes),
+        "build_seconds": build_seconds,
+    }, run
+
+
+def query_encoding_ms(
+    encoder: Encoder, texts: Sequence[str], settings: BenchSettings
+) -> dict[str, float]:
+    """Live single-query encoding latency: the LLM forward that every variant pays alike."""
+    calls = [lambda t=t: encoder.encode_queries([t]) for t in texts[: settings.latency_queries]]
+    return percentiles_ms(time_each(calls, settings.warmup))
+
+
+class _PrecomputedModel:
+    """BEIR's model protocol over embeddings we already have (for the peer cross-check)."""
+
+    def __init__(self, queries: np.ndarray, documents: np.ndarray) -> None:
+        self.queries = queries
+        self.documents = documents
+
+    def encode_queries(self, texts: list[str], **kwargs: Any) -> Any:
+        import torch
+
+        # BEIR passes the queries in the order of the dict it was given, which is ours.
+        assert len(texts) == len(self.queries)
+        return torch.from_numpy(self.queries)
+
+    def encode_corpus(self, corpus: list[dict[str, Any]], **kwargs: Any) -> Any:
+        import torch
+
+        return torch.from_numpy(self.documents[[doc["_row"] for doc in corpus]])
+
+
+def beir_cross_check(
+    documents: np.ndarray,
+    queries: np.ndarray,
+    query_texts: dict[str, str],
+    doc_ids: list[str],
+    qrels: dict[str, dict[str, int]],
+    k: int,
+) -> tuple[dict[str, float], float]:
+    """BEIR's own exact search + evaluation of the unfiltered embeddings: (metrics, seconds)."""
+    from beir.retrieval.evaluation import EvaluateRetrieval
+    from beir.retrieval.search.dense import DenseRetrievalExactSearch
+
+    search = DenseRetrievalExactSearch(
+        _PrecomputedModel(queries, documents), batch_size=128, show_progress_bar=False
+    )
+    # The text fields only order BEIR's chunks; "_row" tells our model which vector is whose.
+    corpus = {doc_id: {"title": "", "text": "", "_row": row} for row, doc_id in enumerate(doc_ids)}
+    started = time.perf_counter()
+    results = search.search(corpus, query_texts, top_k=k, score_function="cos_sim")
+    seconds = time.perf_counter() - started
+    ndcg, _map, recall, _ = EvaluateRetrieval.evaluate(qrels, results, [10, 100])
+    return {"ndcg_at_10": ndcg["NDCG@10"], "recall_at_100": recall["Recall@100"]}, seconds
+
+
+def run_bench(
+    dataset: str | Path,
+    out: str | Path,
+    *,
+    model: str,
+    prompts: Sequence[str] = ("prompteol",),
+    poolings: Sequence[str] = ("mean",),
+    max_length: int = 256,
+    dtype: str = "auto",
+    device: str | None = None,
+    batch_size: int = 16,
+    split: str = "test",
+    limit: int | None = None,
+    settings: BenchSettings | None = None,
+    command: str = "",
+) -> list[dict[str, Any]]:
+    """Benchmark every variant for every (prompt, pooling) setting; returns the rows."""
+    settings = settings or BenchSettings()
+    out = Path(out)
+    corpus = load_corpus(dataset, limit=limit)
+    queries = judged_queries(load_queries(dataset), load_qrels(dataset, split))
+    qrels = {q: dict(d) for q, d in load_qrels(dataset, split).items() if q in queries}
+    query_ids, query_texts = list(queries), list(queries.values())
+    doc_ids = [d.id for d in corpus.documents]
+    doc_texts = [d.embedding_text for d in corpus.documents]
+
+    rows: list[dict[str, Any]] = []
+    for prompt in prompts:
+        config = EncoderConfig(prompt=prompt, pooling=poolings[0], max_length=max_length)
+        encoder = Encoder.load(model, config, dtype=dtype, device=device, batch_size=batch_size)
+        spectrum = UnembeddingSpectrum(encoder.unembedding())
+        documents = cached_embeddings(encoder, doc_texts, poolings, queries=False)
+        query_embeddings = cached_embeddings(
+            encoder, query_texts, poolings, queries=True, show_progress=False
+        )
+        for pooling in poolings:
+            encoder.config = EncoderConfig(prompt=prompt, pooling=pooling, max_length=max_length)
+            encode_ms = query_encoding_ms(encoder, query_texts, settings)
+            setting_rows = _bench_setting(
+                spectrum,
+                documents[pooling],
+                query_embeddings[pooling],
+                query_ids,
+                dict(zip(query_ids, query_texts, strict=True)),
+                doc_ids,
+                qrels,
+                settings,
+                out,
+                tag=f"{prompt}-{pooling}",
+            )
+            for row in setting_rows:
+                row.update(
+                    prompt=prompt,
+                    pooling=pooling,
+                    model=model,
+                    dtype=str(encoder.dtype).removeprefix("torch."),
+                    encode_ms_p50=encode_ms["p50"],
+                    encode_ms_p95=encode_ms["p95"],
+                )
+            rows += setting_rows
+    out.mkdir(parents=True, exist_ok=True)
+    meta = {
+        "command": command,
+        "dataset": str(dataset),
+        "documents": len(doc_ids),
+        "queries": len(query_ids),
+        "split": split,
+        "model": model,
+        "max_length": max_length,
+        "weights_sha256": encoder.resolved.weights_sha256,
+        "machine": f"{platform.machine()}, {faiss.omp_get_max_threads()} threads",
+        "versions": library_versions(),
+    }
+    (out / "results.json").write_text(json.dumps(rows, indent=2) + "\n")
+    (out / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+    (out / "results.md").write_text(markdown_report(rows, meta))
+    plot_results(rows, out / "plot.png")
+    logger.info("benchmark written to %s", out)
+    return rows
+
+
+def _bench_setting(
+    spectrum: UnembeddingSpectrum,
+    documents: np.ndarray,
+    queries: np.ndarray,
+    query_ids: list[str],
+    query_texts: dict[str, str],
+    doc_ids: list[str],
+    qrels: dict[str, dict[str, int]],
+    settings: BenchSettings,
+    out: Path,
+    tag: str,
+) -> list[dict[str, Any]]:
+    rows = []
+    for variant in build_variants(spectrum, documents, settings):
+        for index_type in settings.index_types:
+            row, run = measure_variant(
+                variant, index_type, documents, queries, query_ids, doc_ids, qrels, settings
+            )
+            name = f"{tag}-{variant.method}-{variant.band or 'na'}-tau{variant.tau:g}-{index_type}"
+            name = name.replace(",", "_")
+            write_trec_run(run, out / "runs" / f"{name}.trec.gz", tag=name)
+            row["run_file"] = f"runs/{name}.trec.gz"
+            rows.append(row)
+            logger.info(
+                "%-9s %-19s %-5s tau %-3g dim %-4d %-10s nDCG@10 %.4f",
+                tag,
+                variant.method,
+                variant.band or "",
+                variant.tau,
+                row["dim"],
+                index_type,
+                row["ndcg_at_10"],
+            )
+    for row in rows:
+        base = next(
+            r for r in rows if r["method"] == "unfiltered" and r["index_type"] == row["index_type"]
+        )
+        row["ndcg_ratio"] = row["ndcg_at_10"] / base["ndcg_at_10"] if base["ndcg_at_10"] else None
+        row["latency_ratio"] = row["search_ms_p50"] / base["search_ms_p50"]
+        row["storage_ratio"] = row["index_bytes"] / base["index_bytes"]
+
+    unfiltered = next(r for r in rows if r["method"] == "unfiltered")
+    normalised = EmbedFilter.from_unembedding(spectrum, FilterSpec(tau=1))
+    beir, beir_seconds = beir_cross_check(
+        normalised.transform(documents),
+        normalised.transform(queries),
+        query_texts,
+        doc_ids,
+        qrels,
+        settings.k,
+    )
+    flat = next(
+        (r for r in rows if r["method"] == "unfiltered" and r["index_type"] == "Flat"), unfiltered
+    )
+    ours_ms = 1000.0 / flat["batch_qps"]
+    beir_ms = 1000.0 * beir_seconds / len(query_ids)
+    unfiltered_check = {
+        "beir_ndcg_at_10": beir["ndcg_at_10"],
+        "beir_matches": abs(beir["ndcg_at_10"] - flat["ndcg_at_10"]) <= 0.001,
+        "beir_search_ms_per_query": beir_ms,
+        "search_ms_per_query_batched": ours_ms,
+    }
+    for row in rows:
+        if row["method"] == "unfiltered":
+            row.update(unfiltered_check)
+    return rows
+
+
+def _ratio(value: float | None) -> str:
+    return "" if value is None else f"{value:.2f}"
+
+
+def markdown_report(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
+    lines = [
+        f"# Benchmark: {meta['model']} on {Path(meta['dataset']).name}",
+        "",
+        "Produced by:",
+        "",
+        "```",
+        meta["command"] or "(called from Python)",
+        "```",
+        "",
+        f"{meta['documents']} documents, {meta['queries']} judged queries ({meta['split']}), "
+        f"max length {meta['max_length']}, dtype {rows[0]['dtype'] if rows else '?'}; "
+        f"{meta['machine']}. Ratios are to the unfiltered row of the same setting and index "
+        "type, measured in the same run. Latency: one query at a time, FAISS search only "
+        "(median of up to 100 queries after warm-up); query encoding is listed per setting.",
+        "",
+    ]
+    settings = dict.fromkeys((r["prompt"], r["pooling"]) for r in rows)
+    for prompt, pooling in settings:
+        group = [r for r in rows if r["prompt"] == prompt and r["pooling"] == pooling]
+        head = next(r for r in group if r["method"] == "unfiltered")
+        ours, beir = head["search_ms_per_query_batched"], head["beir_search_ms_per_query"]
+        encode = head["encode_ms_p50"]
+        verdict = "match" if head["beir_matches"] else "MISMATCH"
+        lines += [
+            f"## {prompt}, {pooling} pooling",
+            "",
+            f"Query encoding (LLM forward + filter): median {encode:.1f} ms, "
+            f"p95 {head['encode_ms_p95']:.1f} ms per query.",
+            "Peer cross-check: BEIR `DenseRetrievalExactSearch` on the unfiltered embeddings "
+            f"gives nDCG@10 {head['beir_ndcg_at_10']:.4f} vs ours {head['ndcg_at_10']:.4f} "
+            f"({verdict} to 0.001). Search per query, batched: ours {ours:.3f} ms vs BEIR "
+            f"{beir:.3f} ms (ratio {ours / beir:.3f}); end to end with query encoding, "
+            f"ratio {(encode + ours) / (encode + beir):.3f}.",
+            "",
+            "| method | band | tau | dim | index | nDCG@10 | nDCG@100 | R@100 | nDCG ratio | "
+            "search p50 ms | p95 ms | latency ratio | index bytes | storage ratio |",
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        ]
+        for r in group:
+            lines.append(
+                f"| {r['method']} | {r['band'] or ''} | {r['tau']:g} | {r['dim']} | "
+                f"{r['index_type']} | {r['ndcg_at_10']:.4f} | {r['ndcg_at_100']:.4f} | "
+                f"{r['recall_at_100']:.4f} | {_ratio(r['ndcg_ratio'])} | "
+                f"{r['search_ms_p50']:.3f} | {r['search_ms_p95']:.3f} | "
+                f"{_ratio(r['latency_ratio'])} | {r['index_bytes']:,} | "
+                f"{_ratio(r['storage_ratio'])} |"
+            )
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _series_label(row: dict[str, Any]) -> str:
+    return f"{row['method']} {row['band']}" if row["method"] == "embedfilter" else row["method"]
+
+
+def plot_results(rows: list[dict[str, Any]], path: Path) -> None:
+    """nDCG@10 and search latency against dimension, one line per method, per setting."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    settings = list(dict.fromkeys((r["prompt"], r["pooling"]) for r in rows))
+    fig, axes = plt.subplots(len(settings), 2, figsize=(12, 4.2 * len(settings)), squeeze=False)
+    for (prompt, pooling), (ax_ndcg, ax_latency) in zip(settings, axes, strict=True):
+        group = [r for r in rows if r["prompt"] == prompt and r["pooling"] == pooling]
+        flat = [r for r in group if r["index_type"] == group[0]["index_type"]]
+        unfiltered = next(r for r in flat if r["method"] == "unfiltered")
+        for label in dict.fromkeys(_series_label(r) for r in flat if r["method"] != "unfiltered"):
+            series = sorted((r for r in flat if _series_label(r) == label), key=lambda r: r["dim"])
+            dims = [r["dim"] for r in series]
+            ax_ndcg.plot(dims, [r["ndcg_at_10"] for r in series], marker="o", label=label)
+            ax_latency.plot(dims, [r["search_ms_p50"] for r in series], marker="o", label=label)
+        for ax, key in ((ax_ndcg, "ndcg_at_10"), (ax_latency, "search_ms_p50")):
+            ax.axhline(unfiltered[key], color="black", linestyle="--", label="unfiltered")
+            ax.set_xscale("log", base=2)
+            ax.set_xlabel("dimension")
+        ax_ndcg.set_ylabel("nDCG@10")
+        ax_latency.set_ylabel(f"search ms p50 ({group[0]['index_type']})")
+        ax_ndcg.set_title(f"{prompt}, {pooling} pooling: nDCG@10")
+        ax_latency.set_title(f"{prompt}, {pooling} pooling: search latency")
+        ax_ndcg.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

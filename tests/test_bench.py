@@ -1,0 +1,178 @@
+"""A small end-to-end `retriever bench` on a slice of SciFact with the tiny model."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from retriever.cli import main
+from retriever.datasets import load_qrels
+from retriever.evaluation import evaluate_run, read_trec_run
+from tests.conftest import SHARED_SCIFACT
+
+REQUIRED = {
+    "method",
+    "band",
+    "tau",
+    "dim",
+    "prompt",
+    "pooling",
+    "index_type",
+    "ndcg_at_10",
+    "recall_at_100",
+    "encode_ms_p50",
+    "search_ms_p50",
+    "search_ms_p95",
+    "index_bytes",
+    "run_file",
+    "ndcg_ratio",
+    "latency_ratio",
+    "storage_ratio",
+}
+
+
+@pytest.fixture(scope="module")
+def bench_out(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("bench") / "results"
+    code = main(
+        [
+            "bench",
+            str(SHARED_SCIFACT),
+            "--model",
+            str(tiny_model),
+            "--limit",
+            "80",
+            "--pooling",
+            "mean,last",
+            "--taus",
+            "1,2,4",
+            "--bands",
+            "edge,tail",
+            "--index-types",
+            "Flat",
+            "HNSW16",
+            "--dtype",
+            "float32",
+            "--out",
+            str(out),
+        ]
+    )
+    assert code == 0
+    return out
+
+
+def test_results_rows(bench_out: Path) -> None:
+    rows = json.loads((bench_out / "results.json").read_text())
+    # Per pooling: unfiltered, nomean x 3 taus, 2 taus x (2 bands + 4 baselines); x 2 types.
+    assert len(rows) == 2 * 2 * (1 + 3 + 2 * 6)
+    assert all(REQUIRED <= set(row) for row in rows)
+    methods = {row["method"] for row in rows}
+    assert methods == {
+        "unfiltered",
+        "embedfilter",
+        "embedfilter-nomean",
+        "pca",
+        "whiten",
+        "abtt",
+        "random",
+    }
+    for row in rows:
+        assert row["dim"] == 32 // row["tau"]
+        base = next(
+            r
+            for r in rows
+            if r["method"] == "unfiltered"
+            and (r["pooling"], r["index_type"]) == (row["pooling"], row["index_type"])
+        )
+        expected = row["ndcg_at_10"] / base["ndcg_at_10"] if base["ndcg_at_10"] else None
+        assert row["ndcg_ratio"] == (pytest.approx(expected) if expected else None)
+        assert row["storage_ratio"] == pytest.approx(row["index_bytes"] / base["index_bytes"])
+        assert row["latency_ratio"] == pytest.approx(row["search_ms_p50"] / base["search_ms_p50"])
+        if row["method"] == "unfiltered":
+            assert row["beir_matches"], (row["beir_ndcg_at_10"], row["ndcg_at_10"])
+        if row["index_type"] == "Flat":
+            # A flat index stores d floats per vector: bytes shrink by tau.
+            assert row["storage_ratio"] == pytest.approx(1 / row["tau"], rel=0.05)
+
+
+def test_run_files_reproduce_the_metrics(bench_out: Path) -> None:
+    qrels = load_qrels(SHARED_SCIFACT)
+    rows = json.loads((bench_out / "results.json").read_text())
+    for row in rows[:8]:
+        run = read_trec_run(bench_out / row["run_file"])
+        if row["index_type"] == "Flat":  # exact: k = 100 > 80 documents returns them all
+            assert {len(hits) for hits in run.values()} == {80}
+        recomputed = evaluate_run(qrels, run)
+        assert recomputed["ndcg_at_10"] == pytest.approx(row["ndcg_at_10"], abs=1e-5)
+
+
+def test_table_and_plot(bench_out: Path) -> None:
+    report = (bench_out / "results.md").read_text()
+    assert report.splitlines()[5].startswith("retriever bench ")
+    assert "## prompteol, mean pooling" in report and "## prompteol, last pooling" in report
+    assert report.count("| embedfilter | edge |") == 2 * 2 * 2
+    assert (bench_out / "plot.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_second_run_reuses_the_cached_embeddings(
+    bench_out: Path, tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from retriever.encoder import Encoder
+
+    def no_corpus_encoding(self, texts, poolings, **kwargs):
+        if len(texts) > 1:  # single queries are still timed live
+            raise AssertionError("the corpus or queries were encoded again")
+        return original(self, texts, poolings, **kwargs)
+
+    original = Encoder.encode_poolings
+    monkeypatch.setattr(Encoder, "encode_poolings", no_corpus_encoding)
+    code = main(
+        [
+            "bench",
+            str(SHARED_SCIFACT),
+            "--model",
+            str(tiny_model),
+            "--limit",
+            "80",
+            "--pooling",
+            "last",
+            "--taus",
+            "1,8",
+            "--bands",
+            "head",
+            "--baselines",
+            "none",
+            "--no-mean-direction",
+            "--dtype",
+            "float32",
+            "--out",
+            str(tmp_path / "again"),
+        ]
+    )
+    assert code == 0
+    rows = json.loads((tmp_path / "again" / "results.json").read_text())
+    assert [(r["method"], r["tau"]) for r in rows] == [("unfiltered", 1), ("embedfilter", 8)]
+
+
+def test_bench_user_mistakes(tiny_model: Path, tmp_path: Path, capsys) -> None:
+    for flags, message in [
+        (["--bands", "middle"], "unknown band 'middle'"),
+        (["--baselines", "lda"], "unknown baseline 'lda'"),
+        (["--taus", "1,x"], "--taus must be numbers"),
+        (["--taus", "0.5"], "--tau must be >= 1"),
+        (["--pooling", "max"], "unknown pooling 'max'"),
+    ]:
+        code = main(
+            [
+                "bench",
+                str(SHARED_SCIFACT),
+                "--model",
+                str(tiny_model),
+                "--out",
+                str(tmp_path / "o"),
+                *flags,
+            ]
+        )
+        assert code == 2 and message in capsys.readouterr().err

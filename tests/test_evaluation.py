@@ -1,0 +1,50 @@
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+
+from retriever.errors import RetrieverError
+from retriever.evaluation import evaluate_run, judged_queries, read_trec_run, write_trec_run
+
+QRELS = {"q1": {"a": 1, "c": 2}, "q2": {"b": 1}}
+RUN = {
+    "q1": {"a": 3.0, "b": 2.0, "c": 1.0},  # relevant at ranks 1 (gain 1) and 3 (gain 2)
+    "q2": {"a": 2.0, "b": 1.0},  # relevant at rank 2
+}
+
+
+def test_ndcg_recall_and_map_by_hand() -> None:
+    # pytrec_eval's nDCG uses gain = relevance and discount log2(rank + 1).
+    dcg_q1 = 1 / math.log2(2) + 2 / math.log2(4)
+    ideal_q1 = 2 / math.log2(2) + 1 / math.log2(3)
+    ndcg_q2 = (1 / math.log2(3)) / 1.0
+    metrics = evaluate_run(QRELS, RUN)
+    assert metrics["ndcg_at_10"] == pytest.approx((dcg_q1 / ideal_q1 + ndcg_q2) / 2, abs=1e-6)
+    assert metrics["ndcg_at_100"] == pytest.approx(metrics["ndcg_at_10"])
+    assert metrics["recall_at_100"] == pytest.approx(1.0)
+    # AP: q1 = (1/1 + 2/3) / 2, q2 = 1/2.
+    assert metrics["map_at_100"] == pytest.approx(((1 + 2 / 3) / 2 + 0.5) / 2, abs=1e-6)
+
+
+def test_a_query_missing_from_the_run_counts_as_zero() -> None:
+    alone = evaluate_run({"q2": QRELS["q2"]}, RUN)["ndcg_at_10"]
+    both = evaluate_run(QRELS, {"q2": RUN["q2"]})["ndcg_at_10"]
+    assert both == pytest.approx(alone / 2)
+
+
+def test_trec_run_round_trip(tmp_path: Path) -> None:
+    for name in ("run.trec", "run.trec.gz"):
+        path = write_trec_run(RUN, tmp_path / name, tag="t")
+        assert read_trec_run(path) == RUN
+    first = (tmp_path / "run.trec").read_text().splitlines()[0]
+    assert first == "q1 Q0 a 1 3.000000 t"
+
+
+def test_judged_queries_and_empty_qrels() -> None:
+    assert judged_queries({"q1": "x", "q9": "y"}, QRELS) == {"q1": "x"}
+    with pytest.raises(RetrieverError, match="none of the queries"):
+        judged_queries({"q9": "y"}, QRELS)
+    with pytest.raises(RetrieverError, match="no relevance judgements"):
+        evaluate_run({}, RUN)
