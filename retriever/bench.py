@@ -467,3 +467,58 @@ def plot_results(rows: list[dict[str, Any]], path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def run_scaling_bench(
+    dataset: str | Path,
+    out: str | Path,
+    *,
+    model: str,
+    prompt: str = "prompteol",
+    pooling: str = "mean",
+    max_length: int = 256,
+    dtype: str = "auto",
+    device: str | None = None,
+    batch_size: int = 16,
+    split: str = "test",
+    limit: int | None = None,
+    sizes: tuple[int, ...] = (10_000, 100_000, 1_000_000),
+    taus: tuple[float, ...] = (1, 2, 4, 8),
+    command: str = "",
+) -> list[dict[str, Any]]:
+    """Search latency, QPS and bytes against N for each dimension (see retriever.scaling)."""
+    from retriever.scaling import run_scaling, write_scaling_report
+
+    corpus = load_corpus(dataset, limit=limit)
+    queries = judged_queries(load_queries(dataset), load_qrels(dataset, split))
+    config = EncoderConfig(prompt=prompt, pooling=pooling, max_length=max_length)
+    encoder = Encoder.load(model, config, dtype=dtype, device=device, batch_size=batch_size)
+    documents = cached_embeddings(
+        encoder, [d.embedding_text for d in corpus.documents], [pooling], queries=False
+    )[pooling]
+    query_embeddings = cached_embeddings(
+        encoder, list(queries.values()), [pooling], queries=True, show_progress=False
+    )[pooling]
+    latency_queries = 50
+    rows = run_scaling(
+        documents,
+        query_embeddings,
+        encoder.unembedding(),
+        sizes=sizes,
+        taus=taus,
+        latency_queries=latency_queries,
+    )
+    meta = {
+        "command": command,
+        "description": (
+            f"{model}, {prompt} prompt, {pooling} pooling, EmbedFilter edge band; the "
+            f"{len(documents)} {Path(dataset).name} document vectors tiled to N with "
+            "Gaussian noise (std 0.1/sqrt(dim)) and renormalised; "
+            f"{faiss.omp_get_max_threads()} threads, {platform.machine()}."
+        ),
+        "queries": len(query_embeddings),
+        "latency_queries": latency_queries,
+        "versions": library_versions(),
+    }
+    write_scaling_report(rows, Path(out), meta)
+    return rows

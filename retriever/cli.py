@@ -278,6 +278,19 @@ def _build_parser() -> argparse.ArgumentParser:
     bench.add_argument(
         "--batch-size", type=int, default=16, help="texts per forward pass (default: %(default)s)"
     )
+    scaling = bench.add_argument_group("scaling mode")
+    scaling.add_argument(
+        "--scaling",
+        action="store_true",
+        help="instead of the variant table, measure search latency, QPS and bytes against "
+        "collection size: the (first prompt/pooling) SciFact vectors tiled to each --sizes "
+        "with small noise, Flat and IVF-PQ, one line per EmbedFilter dimension (--taus)",
+    )
+    scaling.add_argument(
+        "--sizes",
+        default="10000,100000,1000000",
+        help="comma list of collection sizes for --scaling (default: %(default)s)",
+    )
     return parser
 
 
@@ -393,7 +406,35 @@ def _run_bench(args: argparse.Namespace, argv: Sequence[str]) -> int:
     prompts, poolings = _comma_list(args.prompt), _comma_list(args.pooling)
     for prompt, pooling in ((p, q) for p in prompts for q in poolings):
         EncoderConfig(prompt=prompt, pooling=pooling, max_length=args.max_length)
-    out = args.out or (f"benchmarks/results/{Path(args.dataset).name}-{Path(args.model).name}")
+    out = args.out or (
+        f"benchmarks/results/{Path(args.dataset).name}-{Path(args.model).name}"
+        + ("-scaling" if args.scaling else "")
+    )
+    command = "retriever " + shlex.join(argv)
+    if args.scaling:
+        from retriever.bench import run_scaling_bench
+
+        try:
+            sizes = tuple(int(n) for n in _comma_list(args.sizes))
+        except ValueError:
+            raise RetrieverError(f"--sizes must be integers, got {args.sizes!r}") from None
+        run_scaling_bench(
+            args.dataset,
+            out,
+            model=args.model,
+            prompt=prompts[0],
+            pooling=poolings[0],
+            max_length=args.max_length,
+            dtype=args.dtype,
+            device=args.device,
+            batch_size=args.batch_size,
+            split=args.split,
+            sizes=sizes,
+            taus=taus,
+            command=command,
+        )
+        print(Path(out) / "scaling.md")
+        return 0
     run_bench(
         args.dataset,
         out,
@@ -407,7 +448,7 @@ def _run_bench(args: argparse.Namespace, argv: Sequence[str]) -> int:
         split=args.split,
         limit=args.limit,
         settings=settings,
-        command="retriever " + shlex.join(argv),
+        command=command,
     )
     print(Path(out) / "results.md")
     return 0

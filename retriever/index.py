@@ -25,24 +25,31 @@ def gpu_count() -> int:
     return faiss.get_num_gpus() if hasattr(faiss, "StandardGpuResources") else 0
 
 
+_announced: set[str] = set()
+
+
+def _announce(purpose: str, where: str) -> None:
+    """Say once per process where FAISS builds or searches (a benchmark builds many)."""
+    if purpose not in _announced:
+        _announced.add(purpose)
+        logger.info("faiss %s on %s", purpose, where)
+
+
 def _to_gpu(index: faiss.Index, use_gpu: bool | None, purpose: str) -> faiss.Index:
     if use_gpu is False or gpu_count() == 0:
         if use_gpu:
             raise RetrieverError("a GPU index was asked for, but faiss sees no GPU")
-        logger.info(
-            "faiss %s on CPU (%s)",
-            purpose,
-            "faiss-gpu not installed or no GPU visible" if use_gpu is None else "GPU not requested",
-        )
+        reason = "faiss-gpu not installed or no GPU visible" if use_gpu is None else "GPU off"
+        _announce(purpose, f"CPU ({reason})")
         return index
     try:
         gpu_index = faiss.index_cpu_to_all_gpus(index)
     except RuntimeError as exc:  # not every index type has a GPU implementation
         if use_gpu:
             raise RetrieverError(f"this index type cannot run on the GPU: {exc}") from exc
-        logger.info("faiss %s on CPU (this index type has no GPU version)", purpose)
+        _announce(purpose, "CPU (this index type has no GPU version)")
         return index
-    logger.info("faiss %s on %d GPU(s)", purpose, gpu_count())
+    _announce(purpose, f"{gpu_count()} GPU(s)")
     return gpu_index
 
 

@@ -10,6 +10,7 @@ import pytest
 from retriever.cli import main
 from retriever.datasets import load_qrels
 from retriever.evaluation import evaluate_run, read_trec_run
+from retriever.scaling import ivfpq_type
 from tests.conftest import SHARED_SCIFACT
 
 REQUIRED = {
@@ -176,3 +177,42 @@ def test_bench_user_mistakes(tiny_model: Path, tmp_path: Path, capsys) -> None:
             ]
         )
         assert code == 2 and message in capsys.readouterr().err
+
+
+def test_scaling_mode(tiny_model: Path, tmp_path: Path) -> None:
+    out = tmp_path / "scaling"
+    code = main(
+        [
+            "bench",
+            str(SHARED_SCIFACT),
+            "--model",
+            str(tiny_model),
+            "--scaling",
+            "--sizes",
+            "2000,6000",
+            "--taus",
+            "1,4",
+            "--dtype",
+            "float32",
+            "--out",
+            str(out),
+        ]
+    )
+    assert code == 0
+    report = json.loads((out / "scaling.json").read_text())
+    rows = report["rows"]
+    assert [(r["n"], r["dim"], r["index_type"]) for r in rows] == [
+        (n, dim, kind)
+        for dim in (32, 8)
+        for n in (2000, 6000)
+        for kind in ("Flat", f"{ivfpq_type(n, dim)} nprobe=16")
+    ]
+    flats = {(r["n"], r["dim"]): r for r in rows if r["index_type"] == "Flat"}
+    for (n, dim), row in flats.items():
+        assert row["recall_at_10_vs_flat"] == 1.0
+        assert row["index_bytes"] >= n * dim * 4  # d float32 per vector
+    approx = [r for r in rows if r["index_type"] != "Flat"]
+    assert all(0.0 <= r["recall_at_10_vs_flat"] <= 1.0 for r in approx)
+    assert all("nprobe=16" in r["index_type"] for r in approx)
+    assert "| 6,000 | 4 | 8 | Flat |" in (out / "scaling.md").read_text()
+    assert (out / "scaling.png").read_bytes()[:4] == b"\x89PNG"

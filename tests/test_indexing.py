@@ -305,3 +305,30 @@ def test_help_exits_cleanly(capsys: pytest.CaptureFixture) -> None:
         main(["index", "--help"])
     assert exit_info.value.code == 0
     assert "--unembedding-from" in capsys.readouterr().out
+
+
+def test_empty_documents_are_counted_in_the_manifest(
+    tiny_model: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    corpus = write_jsonl(
+        tmp_path / "docs.jsonl", [*TOY_DOCS[:3], {"_id": "blank", "title": "", "text": "  "}]
+    )
+    code, _, _ = _cli(
+        capsys,
+        "index",
+        str(corpus),
+        "--out",
+        str(tmp_path / "idx"),
+        "--model",
+        str(tiny_model),
+        "--dtype",
+        "float32",
+    )
+    assert code == 0
+    assert "skipped 1 document(s) with neither title nor text: blank" in caplog.text
+    documents = json.loads((tmp_path / "idx" / "manifest.json").read_text())["documents"]
+    assert documents["count"] == 3 and documents["skipped_empty"] == 1
+    assert documents["skipped_empty_ids"] == ["blank"]

@@ -1,0 +1,195 @@
+"""How search cost grows with the collection, for each filter dimension.
+
+SciFact is too small for search latency to matter, so real (filtered) SciFact document
+vectors are tiled to N vectors with small Gaussian noise and renormalised; the real
+query vectors search them. For each N and dimension: single-query latency, batched QPS
+and bytes for ``Flat`` and an IVF-PQ index, with the IVF-PQ recall@10 against Flat.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import faiss
+import numpy as np
+
+from retriever.config import FilterSpec
+from retriever.embedfilter import EmbedFilter, UnembeddingSpectrum
+from retriever.evaluation import percentiles_ms, time_each
+from retriever.index import build_faiss_index, search_faiss_index
+
+logger = logging.getLogger(__name__)
+
+
+def tiled_vectors(base: np.ndarray, n: int, *, noise: float, seed: int) -> np.ndarray:
+    """``n`` unit vectors: ``base`` rows repeated in order, plus N(0, noise^2/d) noise."""
+    rng = np.random.default_rng(seed)
+    dim = base.shape[1]
+    out = np.empty((n, dim), dtype=np.float32)
+    chunk = 100_000
+    for lo in range(0, n, chunk):
+        hi = min(n, lo + chunk)
+        rows = base[np.arange(lo, hi) % len(base)]
+        block = rows + rng.standard_normal((hi - lo, dim), dtype=np.float32) * (
+            noise / math.sqrt(dim)
+        )
+        out[lo:hi] = block / np.linalg.norm(block, axis=1, keepdims=True)
+    return out
+
+
+def ivfpq_type(n: int, dim: int) -> str:
+    """An IVF-PQ factory string sized for ``n`` vectors: ~4 sqrt(N) lists, dim/8 bytes."""
+    nlist = int(min(1024, max(16, 4 * math.sqrt(n))))
+    return f"IVF{nlist},PQ{max(1, dim // 8)}"
+
+
+def index_bytes(index: faiss.Index) -> int:
+    with tempfile.NamedTemporaryFile(suffix=".faiss") as handle:
+        faiss.write_index(index, handle.name)
+        return Path(handle.name).stat().st_size
+
+
+def _measure(
+    index: faiss.Index, queries: np.ndarray, k: int, latency_queries: int, warmup: int
+) -> tuple[dict[str, Any], np.ndarray]:
+    single = percentiles_ms(
+        time_each([lambda q=q: index.search(q[None], k) for q in queries[:latency_queries]], warmup)
+    )
+    started = time.perf_counter()
+    _, rows = search_faiss_index(index, queries, k)
+    batch_seconds = time.perf_counter() - started
+    return {
+        "search_ms_p50": single["p50"],
+        "search_ms_p95": single["p95"],
+        "batch_qps": len(queries) / batch_seconds,
+        "index_bytes": index_bytes(index),
+    }, rows
+
+
+def run_scaling(
+    documents: np.ndarray,
+    queries: np.ndarray,
+    unembedding: np.ndarray,
+    *,
+    sizes: tuple[int, ...] = (10_000, 100_000, 1_000_000),
+    taus: tuple[float, ...] = (1, 2, 4, 8),
+    k: int = 10,
+    noise: float = 0.1,
+    nprobe: int = 16,
+    latency_queries: int = 50,
+    warmup: int = 5,
+    seed: int = 0,
+) -> list[dict[str, Any]]:
+    """Rows of ``{n, tau, dim, index_type, search_ms_p50, ..., recall_at_10_vs_flat}``."""
+    spectrum = UnembeddingSpectrum(unembedding)
+    rows = []
+    for tau in taus:
+        embed_filter = EmbedFilter.from_unembedding(spectrum, FilterSpec(tau=tau))
+        base = embed_filter.transform(documents)
+        query_vectors = embed_filter.transform(queries)
+        for n in sizes:
+            vectors = tiled_vectors(base, n, noise=noise, seed=seed)
+            flat = build_faiss_index(vectors, "Flat")
+            flat_row, flat_hits = _measure(flat, query_vectors, k, latency_queries, warmup)
+            del flat
+            approx_type = ivfpq_type(n, embed_filter.dim)
+            started = time.perf_counter()
+            approx = build_faiss_index(vectors, approx_type)
+            build_seconds = time.perf_counter() - started
+            approx.nprobe = nprobe
+            approx_row, approx_hits = _measure(approx, query_vectors, k, latency_queries, warmup)
+            del approx, vectors
+            recall = float(
+                np.mean(
+                    [len(set(a) & set(b)) / k for a, b in zip(approx_hits, flat_hits, strict=True)]
+                )
+            )
+            common = {"n": n, "tau": tau, "dim": embed_filter.dim}
+            rows.append({**common, "index_type": "Flat", **flat_row, "recall_at_10_vs_flat": 1.0})
+            rows.append(
+                {
+                    **common,
+                    "index_type": f"{approx_type} nprobe={nprobe}",
+                    **approx_row,
+                    "recall_at_10_vs_flat": recall,
+                    "build_seconds": build_seconds,
+                }
+            )
+            logger.info(
+                "N %-8d dim %-4d Flat %.3f ms, %s %.3f ms (recall@10 %.3f)",
+                n,
+                embed_filter.dim,
+                flat_row["search_ms_p50"],
+                approx_type,
+                approx_row["search_ms_p50"],
+                recall,
+            )
+    return rows
+
+
+def write_scaling_report(rows: list[dict[str, Any]], out: Path, meta: dict[str, Any]) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "scaling.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
+    lines = [
+        "# Search cost against collection size",
+        "",
+        "Produced by:",
+        "",
+        "```",
+        meta.get("command") or "(called from Python)",
+        "```",
+        "",
+        f"{meta['description']} Latency: one query at a time (median and p95 of "
+        f"{meta['latency_queries']} queries after warm-up); QPS: all {meta['queries']} "
+        "queries in one batched call; bytes: the serialised FAISS index; recall@10 of the "
+        "approximate index against Flat on the same vectors.",
+        "",
+        "| N | tau | dim | index | search p50 ms | p95 ms | batch QPS | index bytes | "
+        "recall@10 vs Flat |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['n']:,} | {r['tau']:g} | {r['dim']} | {r['index_type']} | "
+            f"{r['search_ms_p50']:.3f} | {r['search_ms_p95']:.3f} | {r['batch_qps']:,.0f} | "
+            f"{r['index_bytes']:,} | {r['recall_at_10_vs_flat']:.3f} |"
+        )
+    (out / "scaling.md").write_text("\n".join(lines) + "\n")
+    _plot(rows, out / "scaling.png")
+
+
+def _plot(rows: list[dict[str, Any]], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    kinds = ["Flat", "IVF"]
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.2), squeeze=False)
+    for kind, ax in zip(kinds, axes[0], strict=True):
+        for dim in sorted({r["dim"] for r in rows}, reverse=True):
+            series = sorted(
+                (r for r in rows if r["dim"] == dim and r["index_type"].startswith(kind)),
+                key=lambda r: r["n"],
+            )
+            ax.plot(
+                [r["n"] for r in series],
+                [r["search_ms_p50"] for r in series],
+                marker="o",
+                label=f"dim {dim}",
+            )
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("vectors N")
+        ax.set_ylabel("single-query search ms (p50)")
+        ax.set_title(f"{'Flat (exact)' if kind == 'Flat' else 'IVF-PQ, nprobe 16'}")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
