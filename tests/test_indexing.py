@@ -294,7 +294,7 @@ def test_every_flag_has_help() -> None:
 
     parser = _build_parser()
     subcommands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    assert set(subcommands.choices) == {"index", "search"}
+    assert set(subcommands.choices) == {"index", "search", "eval", "bench"}
     for name, subparser in subcommands.choices.items():
         for action in subparser._actions:
             assert action.help, f"retriever {name} {action.option_strings or action.dest}"
