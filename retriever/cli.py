@@ -461,10 +461,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.WARNING if args.quiet else logging.INFO,
         format="[retriever] %(message)s",
     )
-    # Third-party chatter (faiss's loader, transformers' load reports) would drown the
-    # few lines that matter.
+    # Third-party chatter (faiss's loader, transformers' load reports, BEIR's metric
+    # printout in the bench cross-check) would drown the few lines that matter.
     logging.getLogger("faiss.loader").setLevel(logging.WARNING)
     logging.getLogger("transformers").setLevel(logging.ERROR)
+    logging.getLogger("beir").setLevel(logging.WARNING)
     try:
         if args.command == "bench":
             return _run_bench(args, argv)
