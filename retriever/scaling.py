@@ -110,25 +110,45 @@ def run_scaling(
                     [len(set(a) & set(b)) / k for a, b in zip(approx_hits, flat_hits, strict=True)]
                 )
             )
+            # Tiled copies of one document are near-identical, so which copy an index
+            # returns is noise: also score hits collapsed to their source document.
+            doc_recall = float(
+                np.mean(
+                    [
+                        len(set(a % len(base)) & set(f % len(base))) / len(set(f % len(base)))
+                        for a, f in zip(approx_hits, flat_hits, strict=True)
+                    ]
+                )
+            )
             common = {"n": n, "tau": tau, "dim": embed_filter.dim}
-            rows.append({**common, "index_type": "Flat", **flat_row, "recall_at_10_vs_flat": 1.0})
+            rows.append(
+                {
+                    **common,
+                    "index_type": "Flat",
+                    **flat_row,
+                    "recall_at_10_vs_flat": 1.0,
+                    "doc_recall_at_10_vs_flat": 1.0,
+                }
+            )
             rows.append(
                 {
                     **common,
                     "index_type": f"{approx_type} nprobe={nprobe}",
                     **approx_row,
                     "recall_at_10_vs_flat": recall,
+                    "doc_recall_at_10_vs_flat": doc_recall,
                     "build_seconds": build_seconds,
                 }
             )
             logger.info(
-                "N %-8d dim %-4d Flat %.3f ms, %s %.3f ms (recall@10 %.3f)",
+                "N %-8d dim %-4d Flat %.3f ms, %s %.3f ms (recall@10 %.3f, documents %.3f)",
                 n,
                 embed_filter.dim,
                 flat_row["search_ms_p50"],
                 approx_type,
                 approx_row["search_ms_p50"],
                 recall,
+                doc_recall,
             )
     return rows
 
@@ -147,18 +167,21 @@ def write_scaling_report(rows: list[dict[str, Any]], out: Path, meta: dict[str, 
         "",
         f"{meta['description']} Latency: one query at a time (median and p95 of "
         f"{meta['latency_queries']} queries after warm-up); QPS: all {meta['queries']} "
-        "queries in one batched call; bytes: the serialised FAISS index; recall@10 of the "
-        "approximate index against Flat on the same vectors.",
+        "queries in one batched call; bytes: the serialised FAISS index. Recall@10 of the "
+        "approximate index against Flat on the same vectors, per vector and per document "
+        "(hits collapsed to the SciFact document they are a noisy copy of: copies of one "
+        "document are near-identical, so which copy comes back is noise).",
         "",
         "| N | tau | dim | index | search p50 ms | p95 ms | batch QPS | index bytes | "
-        "recall@10 vs Flat |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "recall@10 vs Flat | document recall@10 |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
             f"| {r['n']:,} | {r['tau']:g} | {r['dim']} | {r['index_type']} | "
             f"{r['search_ms_p50']:.3f} | {r['search_ms_p95']:.3f} | {r['batch_qps']:,.0f} | "
-            f"{r['index_bytes']:,} | {r['recall_at_10_vs_flat']:.3f} |"
+            f"{r['index_bytes']:,} | {r['recall_at_10_vs_flat']:.3f} | "
+            f"{r['doc_recall_at_10_vs_flat']:.3f} |"
         )
     (out / "scaling.md").write_text("\n".join(lines) + "\n")
     _plot(rows, out / "scaling.png")

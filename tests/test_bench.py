@@ -213,6 +213,8 @@ def test_scaling_mode(tiny_model: Path, tmp_path: Path) -> None:
         assert row["index_bytes"] >= n * dim * 4  # d float32 per vector
     approx = [r for r in rows if r["index_type"] != "Flat"]
     assert all(0.0 <= r["recall_at_10_vs_flat"] <= 1.0 for r in approx)
+    assert all(0.0 <= r["doc_recall_at_10_vs_flat"] <= 1.0 for r in approx)
+    assert all(r["doc_recall_at_10_vs_flat"] == 1.0 for r in flats.values())
     assert all("nprobe=16" in r["index_type"] for r in approx)
     assert "| 6,000 | 4 | 8 | Flat |" in (out / "scaling.md").read_text()
     assert (out / "scaling.png").read_bytes()[:4] == b"\x89PNG"
