@@ -10,7 +10,7 @@ import gzip
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import pytrec_eval
@@ -21,6 +21,7 @@ from retriever.index import INDEX_FILE
 from retriever.indexing import folder_bytes
 from retriever.searcher import Searcher
 
+T = TypeVar("T")
 Run = dict[str, dict[str, float]]
 Qrels = Mapping[str, Mapping[str, int]]
 
@@ -89,6 +90,21 @@ def time_each(calls: list[Callable[[], Any]], warmup: int = 5) -> list[float]:
         call()
         timings.append(time.perf_counter() - started)
     return timings
+
+
+def median_seconds(call: Callable[[], T], repeats: int = 3) -> tuple[T, float]:
+    """Run ``call`` once untimed, then ``repeats`` times: ``(last result, median seconds)``.
+
+    A single timed call of a batched search is at the mercy of whatever else the machine
+    does in that second; the median of a few is not.
+    """
+    call()
+    timings = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        result = call()
+        timings.append(time.perf_counter() - started)
+    return result, float(np.median(timings))
 
 
 def judged_queries(queries: Mapping[str, str], qrels: Qrels) -> dict[str, str]:
