@@ -231,6 +231,15 @@ def beir_cross_check(
     return {"ndcg_at_10": ndcg["NDCG@10"], "recall_at_100": recall["Recall@100"]}, seconds
 
 
+def _judged_split(
+    dataset: str | Path, split: str
+) -> tuple[dict[str, str], dict[str, dict[str, int]]]:
+    """The split's judged queries and their judgements, each file read once."""
+    qrels = load_qrels(dataset, split)
+    queries = judged_queries(load_queries(dataset), qrels)
+    return queries, {q: dict(d) for q, d in qrels.items() if q in queries}
+
+
 def run_bench(
     dataset: str | Path,
     out: str | Path,
@@ -251,8 +260,7 @@ def run_bench(
     settings = settings or BenchSettings()
     out = Path(out)
     corpus = load_corpus(dataset, limit=limit)
-    queries = judged_queries(load_queries(dataset), load_qrels(dataset, split))
-    qrels = {q: dict(d) for q, d in load_qrels(dataset, split).items() if q in queries}
+    queries, qrels = _judged_split(dataset, split)
     query_ids, query_texts = list(queries), list(queries.values())
     doc_ids = [d.id for d in corpus.documents]
     doc_texts = [d.embedding_text for d in corpus.documents]
@@ -273,8 +281,7 @@ def run_bench(
                 spectrum,
                 documents[pooling],
                 query_embeddings[pooling],
-                query_ids,
-                dict(zip(query_ids, query_texts, strict=True)),
+                queries,
                 doc_ids,
                 qrels,
                 settings,
@@ -316,7 +323,6 @@ def _bench_setting(
     spectrum: UnembeddingSpectrum,
     documents: np.ndarray,
     queries: np.ndarray,
-    query_ids: list[str],
     query_texts: dict[str, str],
     doc_ids: list[str],
     qrels: dict[str, dict[str, int]],
@@ -324,6 +330,7 @@ def _bench_setting(
     out: Path,
     tag: str,
 ) -> list[dict[str, Any]]:
+    query_ids = list(query_texts)
     rows = []
     for variant in build_variants(spectrum, documents, settings):
         for index_type in settings.index_types:
@@ -494,7 +501,7 @@ def run_scaling_bench(
     from retriever.scaling import run_scaling, write_scaling_report
 
     corpus = load_corpus(dataset, limit=limit)
-    queries = judged_queries(load_queries(dataset), load_qrels(dataset, split))
+    queries, _ = _judged_split(dataset, split)
     config = EncoderConfig(prompt=prompt, pooling=pooling, max_length=max_length)
     encoder = Encoder.load(model, config, dtype=dtype, device=device, batch_size=batch_size)
     documents = cached_embeddings(
