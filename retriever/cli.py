@@ -14,9 +14,11 @@ import sys
 import textwrap
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
-from retriever.config import BANDS, DTYPES, POOLINGS, PROMPTS, EncoderConfig
+from retriever.config import BANDS, DTYPES, METHODS, POOLINGS, PROMPTS, SPACES, EncoderConfig
 from retriever.errors import RetrieverError
+from retriever.fusion import FUSIONS
 
 DEFAULT_MODEL = "smollm2-135m"  # kept in step with retriever.models.DEFAULT_MODEL by a test
 
@@ -161,6 +163,47 @@ def _build_parser() -> argparse.ArgumentParser:
         help="faiss.index_factory string, e.g. Flat, HNSW32, IVF256,Flat, IVF256,PQ16 "
         "(inner product on normalised vectors; default: %(default)s)",
     )
+    faiss_group.add_argument(
+        "--no-dense",
+        action="store_true",
+        help="write no FAISS index: the folder answers only with --sparse and/or --bm25",
+    )
+
+    sparse_group = index.add_argument_group("key-token sparse index and BM25")
+    sparse_group.add_argument(
+        "--sparse",
+        action="store_true",
+        help="also store each document as its top-K aligned tokens (weights e_t . x through "
+        "the unembedding matrix) in an inverted index (sparse/)",
+    )
+    sparse_group.add_argument(
+        "--sparse-doc-tokens",
+        type=int,
+        default=1000,
+        metavar="K",
+        help="aligned tokens kept per document (default: %(default)s)",
+    )
+    sparse_group.add_argument(
+        "--sparse-query-tokens",
+        type=int,
+        default=50,
+        metavar="M",
+        help="aligned tokens added to a query's own tokens; search can override it "
+        "(default: %(default)s)",
+    )
+    sparse_group.add_argument(
+        "--sparse-space",
+        choices=SPACES,
+        default="filtered",
+        help="align tokens with the filtered vector the index stores (F^T F h) or the raw "
+        "embedding h (default: %(default)s)",
+    )
+    sparse_group.add_argument(
+        "--bm25",
+        action="store_true",
+        help="also store a BM25 index of the documents' words (bm25s; English stopwords "
+        "and stemmer) for the lexical baseline and dense+bm25 hybrids (bm25/)",
+    )
 
     search = commands.add_parser(
         "search",
@@ -172,14 +215,69 @@ def _build_parser() -> argparse.ArgumentParser:
     search.add_argument("query", help="the query text")
     search.add_argument("-k", type=int, default=10, help="number of hits (default: %(default)s)")
     search.add_argument("--json", action="store_true", help="print hits as JSON")
+    _add_method_options(search)
+    search.add_argument(
+        "--sparse-query-tokens",
+        type=int,
+        default=None,
+        metavar="M",
+        help="aligned tokens added to the query for the sparse index (default: the index's)",
+    )
+    search.add_argument(
+        "--explain",
+        action="store_true",
+        help="under each hit, the tokens it shares with the query among both their top "
+        "aligned (filtered) tokens",
+    )
+    search.add_argument(
+        "--explain-top",
+        type=int,
+        default=50,
+        metavar="N",
+        help="how many top aligned tokens of each side --explain compares (default: %(default)s)",
+    )
     _add_model_options(search, for_search=True)
+
+    lens = commands.add_parser(
+        "lens",
+        help="show the tokens an embedding aligns with, raw and filtered",
+        description="Token lens: rank the vocabulary by W h (the raw embedding) and by "
+        "W F^T F h (the filtered vector the index stores, mapped back to model space) and "
+        "print the top tokens side by side. With --texts, measure instead how well the top "
+        "aligned tokens match the words of each text (Hit@10, local and global alignment "
+        "rate, share of stopwords/punctuation in the top 10), raw vs filtered.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=textwrap.dedent(
+            """\
+            examples:
+              retriever lens indexes/scifact "vitamin D and bone density"
+              retriever lens indexes/scifact --texts ../shared/datasets/scifact --limit 500
+            """
+        ),
+    )
+    lens.add_argument("index", help="index folder built by `retriever index`")
+    lens.add_argument("text", nargs="?", help="a text, encoded as a query")
+    lens.add_argument(
+        "--texts",
+        metavar="PATH",
+        help="instead of one text: alignment metrics over a BEIR folder, a corpus JSONL "
+        "file, or a .txt file with one text per line (encoded as documents)",
+    )
+    lens.add_argument(
+        "--limit", type=int, default=None, metavar="N", help="with --texts, the first N texts"
+    )
+    lens.add_argument("--top", type=int, default=20, help="tokens shown (default: %(default)s)")
+    lens.add_argument("--json", action="store_true", help="print JSON")
+    _add_model_options(lens, for_search=True)
 
     evaluate = commands.add_parser(
         "eval",
         help="evaluate an index on a BEIR dataset's queries and judgements",
-        description="Search every judged query of a split and report nDCG@10 (headline), "
+        description="Search every judged query of a split with every method the index "
+        "answers (dense, key-token sparse, BM25, hybrids) and report nDCG@10 (headline), "
         "nDCG@100, Recall@100 and MAP@100 (pytrec_eval), per-query latency split into "
-        "query encoding and index search (median, p95), batched QPS, and the index's bytes.",
+        "query encoding and search (median, p95), batched QPS, and the bytes each method "
+        "reads.",
     )
     evaluate.add_argument("index", help="index folder built by `retriever index`")
     evaluate.add_argument(
@@ -191,7 +289,23 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     evaluate.add_argument("--json", metavar="FILE", help="also write the report as JSON")
     evaluate.add_argument(
-        "--run", metavar="FILE", help="write the TREC run file (gzipped if FILE ends in .gz)"
+        "--runs", metavar="DIR", help="write one gzipped TREC run per method into DIR"
+    )
+    evaluate.add_argument(
+        "--methods",
+        default=None,
+        help=f"comma list among {', '.join(METHODS)} (default: every method the index answers)",
+    )
+    evaluate.add_argument(
+        "--fusion",
+        default=",".join(FUSIONS),
+        help="comma list of fusions for the hybrid methods (default: %(default)s)",
+    )
+    evaluate.add_argument(
+        "--dense-weight",
+        type=float,
+        default=0.5,
+        help="dense share of a weighted fusion (default: %(default)s)",
     )
     _add_model_options(evaluate, for_search=True)
 
@@ -294,6 +408,30 @@ def _build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_method_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("method")
+    group.add_argument(
+        "--method",
+        choices=METHODS,
+        default=None,
+        help="dense (FAISS), sparse (key tokens), bm25, or a hybrid fusing dense with one of "
+        "them (default: dense, or what the index holds)",
+    )
+    group.add_argument(
+        "--fusion",
+        choices=FUSIONS,
+        default="rrf",
+        help="hybrid fusion: rrf = reciprocal rank (k=60), weighted = weighted sum of "
+        "min-max normalised scores (default: %(default)s)",
+    )
+    group.add_argument(
+        "--dense-weight",
+        type=float,
+        default=0.5,
+        help="dense share of a weighted fusion, in [0, 1] (default: %(default)s)",
+    )
+
+
 def _comma_list(value: str) -> list[str]:
     return [item.strip() for item in value.split(",") if item.strip()]
 
@@ -301,6 +439,17 @@ def _comma_list(value: str) -> list[str]:
 def _run_index(args: argparse.Namespace) -> int:
     from retriever.config import EncoderConfig, FilterSpec
     from retriever.indexing import build_index
+    from retriever.sparse import SparseSpec
+
+    sparse = (
+        SparseSpec(
+            doc_tokens=args.sparse_doc_tokens,
+            query_tokens=args.sparse_query_tokens,
+            space=args.sparse_space,
+        )
+        if args.sparse
+        else None
+    )
 
     out = build_index(
         args.dataset,
@@ -328,60 +477,155 @@ def _run_index(args: argparse.Namespace) -> int:
         dtype=args.dtype,
         device=args.device,
         unembedding_from=args.unembedding_from,
+        dense=not args.no_dense,
+        sparse=sparse,
+        bm25=args.bm25,
         overwrite=args.overwrite,
     )
     print(out)
     return 0
 
 
-def _run_search(args: argparse.Namespace) -> int:
+def _load_searcher(args: argparse.Namespace) -> Any:
     from retriever.searcher import Searcher
 
-    if not args.query.strip():
-        raise RetrieverError("empty query: give some text to search for")
-    searcher = Searcher.load(
+    return Searcher.load(
         args.index,
         model=args.model,
         dtype=args.dtype,
         device=args.device,
         batch_size=args.batch_size,
     )
-    hits = searcher.search(args.query, k=args.k)
+
+
+def _token_list(tokens: Sequence[Any]) -> str:
+    return " ".join(repr(token.token) for token in tokens) or "(none)"
+
+
+def _run_search(args: argparse.Namespace) -> int:
+    if not args.query.strip():
+        raise RetrieverError("empty query: give some text to search for")
+    if args.explain_top < 1:
+        raise RetrieverError(f"--explain-top must be at least 1, got {args.explain_top}")
+    searcher = _load_searcher(args)
+    hits = searcher.search(
+        args.query,
+        k=args.k,
+        method=args.method,
+        fusion=args.fusion,
+        dense_weight=args.dense_weight,
+        sparse_query_tokens=args.sparse_query_tokens,
+    )
+    shared = (
+        searcher.shared_tokens(args.query, hits, top=args.explain_top) if args.explain else None
+    )
     if args.json:
-        print(json.dumps([hit.to_dict() for hit in hits], ensure_ascii=False, indent=2))
+        records = [hit.to_dict() for hit in hits]
+        for record, tokens in zip(records, shared or [], strict=False):
+            record["shared_tokens"] = [token.to_dict() for token in tokens]
+        print(json.dumps(records, ensure_ascii=False, indent=2))
         return 0
     for rank, hit in enumerate(hits, start=1):
         snippet = " ".join(hit.text.split())
         print(f"{rank:>3}. {hit.score:.4f}  {hit.id}  {hit.title}")
         if snippet:
             print(f"     {snippet[:160]}{'...' if len(snippet) > 160 else ''}")
+        if shared is not None:
+            print(f"     shared tokens: {_token_list(shared[rank - 1])}")
+    return 0
+
+
+def _run_lens(args: argparse.Namespace) -> int:
+    if (args.text is None) == (args.texts is None):
+        raise RetrieverError("give either one TEXT or --texts PATH")
+    if args.top < 1:
+        raise RetrieverError(f"--top must be at least 1, got {args.top}")
+    if args.text is not None:
+        if not args.text.strip():
+            raise RetrieverError("empty text: give some text to look at")
+        explanation = _load_searcher(args).explain(args.text, top=args.top)
+        if args.json:
+            print(json.dumps(explanation, ensure_ascii=False, indent=2))
+            return 0
+        print(f"{'rank':>4}  {'raw W h':<28} {'filtered W F^T F h':<28}")
+        for rank, (raw, filtered) in enumerate(
+            zip(explanation["raw"], explanation["filtered"], strict=True), start=1
+        ):
+            left = f"{raw['token']!r} {raw['score']:.3f}"
+            right = f"{filtered['token']!r} {filtered['score']:.3f}"
+            print(f"{rank:>4}  {left:<28} {right:<28}")
+        return 0
+
+    from retriever.datasets import load_texts
+    from retriever.lens import alignment_metrics
+
+    texts = load_texts(args.texts, limit=args.limit)
+    searcher = _load_searcher(args)
+    embeddings = searcher.encoder.encode_documents(texts)
+    token_ids = searcher.encoder.text_token_ids(texts)
+    report = {
+        space: alignment_metrics(searcher.lens, embeddings, token_ids, space) for space in SPACES
+    }
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    metrics = list(report["raw"])
+    print(f"{'metric':<24} {'raw':>8} {'filtered':>9}")
+    for metric in metrics:
+        raw, filtered = report["raw"][metric], report["filtered"][metric]
+        if isinstance(raw, int):
+            print(f"{metric:<24} {raw:>8} {filtered:>9}")
+        else:
+            print(f"{metric:<24} {raw:>8.4f} {filtered:>9.4f}")
     return 0
 
 
 def _run_eval(args: argparse.Namespace) -> int:
     from retriever.datasets import load_qrels, load_queries
-    from retriever.evaluation import evaluate_index, write_trec_run
-    from retriever.searcher import Searcher
+    from retriever.evaluation import evaluate_index, index_sizes, write_trec_run
 
     queries = load_queries(args.dataset)
     qrels = load_qrels(args.dataset, args.split)
-    searcher = Searcher.load(
-        args.index,
-        model=args.model,
-        dtype=args.dtype,
-        device=args.device,
-        batch_size=args.batch_size,
+    fusions = _comma_list(args.fusion)
+    unknown = set(fusions) - set(FUSIONS)
+    if unknown or not fusions:
+        raise RetrieverError(f"--fusion takes a comma list among {', '.join(FUSIONS)}")
+    searcher = _load_searcher(args)
+    methods = _comma_list(args.methods) if args.methods else None
+    rows, runs = evaluate_index(
+        searcher,
+        queries,
+        qrels,
+        k=args.k,
+        methods=methods,
+        fusions=fusions,
+        dense_weight=args.dense_weight,
     )
-    report, run = evaluate_index(searcher, queries, qrels, k=args.k)
-    report = {"index": str(searcher.folder), "dataset": args.dataset, "split": args.split, **report}
-    if args.run:
-        write_trec_run(run, args.run, tag=searcher.folder.name)
+    if args.runs:
+        for name, run in runs.items():
+            tag = name.replace("/", "-").replace("+", "-")
+            write_trec_run(run, Path(args.runs) / f"{tag}.trec.gz", tag=tag)
+    report = {
+        "index": str(searcher.folder),
+        "dataset": args.dataset,
+        "split": args.split,
+        "bytes": index_sizes(searcher.folder),
+        "rows": rows,
+    }
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
-    width = max(len(key) for key in report)
-    for key, value in report.items():
-        shown = f"{value:.4f}" if isinstance(value, float) else str(value)
-        print(f"{key:<{width}}  {shown}")
+    print(
+        f"{'method':<14} {'fusion':<8} {'nDCG@10':>8} {'nDCG@100':>8} {'R@100':>7} "
+        f"{'encode ms':>9} {'search ms':>9} {'QPS':>8} {'bytes':>13}"
+    )
+    for row in rows:
+        print(
+            f"{row['method']:<14} {row['fusion'] or '':<8} {row['ndcg_at_10']:>8.4f} "
+            f"{row['ndcg_at_100']:>8.4f} {row['recall_at_100']:>7.4f} "
+            f"{row['encode_ms_p50']:>9.2f} {row['search_ms_p50']:>9.3f} "
+            f"{row['batch_qps']:>8.1f} {row['index_bytes']:>13,}"
+        )
+    print(f"{rows[0]['queries']} judged queries ({args.split}); latencies are medians per query")
     return 0
 
 
@@ -469,7 +713,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "bench":
             return _run_bench(args, argv)
-        commands = {"index": _run_index, "search": _run_search, "eval": _run_eval}
+        commands = {
+            "index": _run_index,
+            "search": _run_search,
+            "lens": _run_lens,
+            "eval": _run_eval,
+        }
         return commands[args.command](args)
     except RetrieverError as exc:
         print(f"retriever: error: {exc}", file=sys.stderr)

@@ -182,3 +182,20 @@ def load_qrels(dataset: str | Path, split: str = "test") -> dict[str, dict[str, 
                     f"{path}:{number}: expected query-id<TAB>corpus-id<TAB>integer score"
                 ) from None
     return qrels
+
+
+def load_texts(path: str | Path, *, limit: int | None = None) -> list[str]:
+    """Texts to study: a corpus's documents (BEIR folder or JSONL, as the encoder sees
+    them) or the non-blank lines of a ``.txt`` file."""
+    path = Path(path).expanduser()
+    if path.suffix == ".txt":
+        try:
+            lines = path.read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise RetrieverError(f"cannot read {path}: {exc}") from None
+        texts = [line.strip() for line in lines if line.strip()][:limit]
+    else:
+        texts = [d.embedding_text for d in load_corpus(path, limit=limit).documents]
+    if not texts:
+        raise RetrieverError(f"{path} holds no text")
+    return texts

@@ -7,6 +7,7 @@ go in batched transactions and the map grows when full; searchers open it read-o
 from __future__ import annotations
 
 import json
+import weakref
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
@@ -19,6 +20,11 @@ DOCSTORE_DIR = "docstore"
 _DOCS = b"docs"
 _IDS = b"ids"
 _INITIAL_MAP_SIZE = 64 << 20
+# Read-only environments by (folder, inode of its data file); weak, so that an environment
+# closes as soon as no docstore holds it, and a rebuilt folder (new inode) opens afresh.
+_open_environments: weakref.WeakValueDictionary[tuple[str, int], lmdb.Environment] = (
+    weakref.WeakValueDictionary()
+)
 
 
 def _row_key(row: int) -> bytes:
@@ -76,12 +82,26 @@ class DocStore:
 
     @classmethod
     def open(cls, folder: Path) -> DocStore:
+        """Open read-only; docstores of one folder share one LMDB environment.
+
+        LMDB refuses a second open of an environment in one process, and a user who loads
+        the same index twice (a notebook cell run again) should not have to close the
+        first searcher.
+        """
+        data_file = Path(folder) / "data.mdb"
         try:
-            env = lmdb.open(
-                str(folder), readonly=True, lock=False, max_dbs=2, subdir=True, readahead=False
-            )
-        except lmdb.Error as exc:
-            raise RetrieverError(f"cannot open the docstore {folder}: {exc}") from None
+            key = (str(Path(folder).resolve()), data_file.stat().st_ino)
+        except OSError as exc:
+            raise RetrieverError(f"cannot open the docstore {folder}: {exc.strerror}") from None
+        env = _open_environments.get(key)
+        if env is None:
+            try:
+                env = lmdb.open(
+                    str(folder), readonly=True, lock=False, max_dbs=2, subdir=True, readahead=False
+                )
+            except lmdb.Error as exc:
+                raise RetrieverError(f"cannot open the docstore {folder}: {exc}") from None
+            _open_environments[key] = env
         return cls(env)
 
     def __len__(self) -> int:
@@ -112,7 +132,9 @@ class DocStore:
                 yield _decode(raw)
 
     def close(self) -> None:
-        self._env.close()
+        """Let go of the environment; it closes when no open docstore of the folder uses it
+        (environments are held only by docstores, so the last one's release frees it)."""
+        self._env = self._docs = self._ids = None
 
 
 def _put_batch(

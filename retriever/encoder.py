@@ -168,7 +168,15 @@ class Encoder:
         instruction = self.config.query_instruction if queries else self.config.document_instruction
         return self._encode(texts, instruction, tuple(poolings), show_progress)
 
-    def _prepare(self, texts: Sequence[str], instruction: str) -> list[_Prepared]:
+    def text_token_ids(self, texts: Sequence[str], *, queries: bool = False) -> list[list[int]]:
+        """Each text's token ids as the model reads them: without the prompt, truncated."""
+        instruction = self.config.query_instruction if queries else self.config.document_instruction
+        _, budget = self._prompt_parts(instruction)
+        text_ids = self.tokenizer(list(texts), add_special_tokens=False)["input_ids"]
+        return [head_tail(list(ids), budget) for ids in text_ids]
+
+    def _prompt_parts(self, instruction: str) -> tuple[list[list[int]], int]:
+        """The prompt's token ids around each copy of the text, and the text's budget."""
         parts = [
             list(ids)
             for ids in self.tokenizer(
@@ -184,6 +192,10 @@ class Encoder:
                 f"--max-length {self.config.max_length} leaves no room for text: the "
                 f"{self.config.prompt!r} prompt alone takes {fixed} tokens"
             )
+        return parts, budget
+
+    def _prepare(self, texts: Sequence[str], instruction: str) -> list[_Prepared]:
+        parts, budget = self._prompt_parts(instruction)
         text_ids = self.tokenizer(list(texts), add_special_tokens=False)["input_ids"]
         prepared = []
         for ids in text_ids:

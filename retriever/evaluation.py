@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import gzip
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -19,7 +19,9 @@ from retriever.docstore import DOCSTORE_DIR
 from retriever.errors import RetrieverError
 from retriever.index import INDEX_FILE
 from retriever.indexing import folder_bytes
+from retriever.lexical import BM25_DIR
 from retriever.searcher import Searcher
+from retriever.sparse import SPARSE_DIR
 
 T = TypeVar("T")
 Run = dict[str, dict[str, float]]
@@ -115,43 +117,86 @@ def judged_queries(queries: Mapping[str, str], qrels: Qrels) -> dict[str, str]:
     return kept
 
 
+def index_sizes(folder: Path) -> dict[str, int]:
+    """Bytes on disk of each part of an index folder (retrievers, docstore) and in all."""
+    paths = {
+        "dense": folder / INDEX_FILE,
+        "sparse": folder / SPARSE_DIR,
+        "bm25": folder / BM25_DIR,
+        "docstore": folder / DOCSTORE_DIR,
+    }
+    sizes = {part: folder_bytes(path) for part, path in paths.items() if path.exists()}
+    return {**sizes, "folder": folder_bytes(folder)}
+
+
 def evaluate_index(
     searcher: Searcher,
     queries: Mapping[str, str],
     qrels: Qrels,
     *,
     k: int = 100,
+    methods: Sequence[str] | None = None,
+    fusions: Sequence[str] = ("rrf",),
+    dense_weight: float = 0.5,
     warmup: int = 5,
-) -> tuple[dict[str, Any], Run]:
-    """Search every judged query; return metrics, latencies and sizes, and the run.
+) -> tuple[list[dict[str, Any]], dict[str, Run]]:
+    """Search every judged query with each method; one report row and one run per method.
 
-    Latency is per query, split into query encoding (LLM forward + filter) and the FAISS
-    search, each as median and p95 after ``warmup`` untimed queries; ``batch_qps`` is the
-    end-to-end throughput of one batched search over all queries.
+    Hybrid methods give one row per fusion. Latency is per query, split into query
+    encoding (LLM forward, paid by every method but BM25) and search (the retrievers and
+    the fusion), each as median and p95 after ``warmup`` untimed queries; ``batch_qps`` is
+    the end-to-end throughput of one batched search over all queries (median of 3).
+    ``index_bytes`` counts the files the method reads (FAISS file, sparse or BM25 folder).
+    Runs are keyed ``method`` or ``method/fusion``.
     """
     queries = judged_queries(queries, qrels)
-    texts = list(queries.values())
-    searcher.batch_search(dict(list(queries.items())[:warmup]), k)
-    started = time.perf_counter()
-    run = searcher.batch_search(queries, k)
-    batch_seconds = time.perf_counter() - started
-
-    encode = time_each([lambda t=t: searcher.embed_queries([t]) for t in texts], warmup)
-    vectors = searcher.embed_queries(texts)
-    search = time_each([lambda v=v: searcher.search_vectors(v[None], k) for v in vectors], warmup)
-    encode_ms, search_ms = percentiles_ms(encode), percentiles_ms(search)
-    folder = searcher.folder
-    report = {
-        "queries": len(texts),
-        "k": k,
-        **evaluate_run(qrels, run),
-        "encode_ms_p50": encode_ms["p50"],
-        "encode_ms_p95": encode_ms["p95"],
-        "search_ms_p50": search_ms["p50"],
-        "search_ms_p95": search_ms["p95"],
-        "batch_qps": len(texts) / batch_seconds,
-        "index_bytes": (folder / INDEX_FILE).stat().st_size,
-        "docstore_bytes": folder_bytes(folder / DOCSTORE_DIR),
-        "folder_bytes": folder_bytes(folder),
-    }
-    return report, run
+    query_ids, texts = list(queries), list(queries.values())
+    methods = list(methods or searcher.methods)
+    needs_encoder = {method: searcher.needs_encoder(method) for method in methods}
+    embeddings, encode_seconds, encode_ms = None, 0.0, {"p50": 0.0, "p95": 0.0}
+    if any(needs_encoder.values()):
+        embeddings, encode_seconds = median_seconds(lambda: searcher.encode_queries(texts), 1)
+        encode_ms = percentiles_ms(
+            time_each([lambda t=t: searcher.encode_queries([t]) for t in texts], warmup)
+        )
+    part_bytes = index_sizes(searcher.folder)
+    rows, runs = [], {}
+    for method in methods:
+        encoded = embeddings if needs_encoder[method] else None
+        for fusion in fusions if "+" in method else (None,):
+            options = {"method": method, "fusion": fusion or "rrf", "dense_weight": dense_weight}
+            ranked, batch_seconds = median_seconds(
+                lambda options=options, encoded=encoded: searcher.rank(
+                    texts, k, embeddings=encoded, **options
+                )
+            )
+            run = searcher.to_run(query_ids, ranked)
+            single = [
+                lambda i=i, options=options, encoded=encoded: searcher.rank(
+                    [texts[i]],
+                    k,
+                    embeddings=None if encoded is None else encoded[i : i + 1],
+                    **options,
+                )
+                for i in range(len(texts))
+            ]
+            search_ms = percentiles_ms(time_each(single, warmup))
+            own_encode = encode_ms if encoded is not None else {"p50": 0.0, "p95": 0.0}
+            rows.append(
+                {
+                    "method": method,
+                    "fusion": fusion,
+                    "queries": len(texts),
+                    "k": k,
+                    **evaluate_run(qrels, run),
+                    "encode_ms_p50": own_encode["p50"],
+                    "encode_ms_p95": own_encode["p95"],
+                    "search_ms_p50": search_ms["p50"],
+                    "search_ms_p95": search_ms["p95"],
+                    "batch_qps": len(texts)
+                    / (batch_seconds + (encode_seconds if encoded is not None else 0.0)),
+                    "index_bytes": sum(part_bytes[part] for part in method.split("+")),
+                }
+            )
+            runs[method if fusion is None else f"{method}/{fusion}"] = run
+    return rows, runs

@@ -1,4 +1,5 @@
-"""Corpus -> encoder -> EmbedFilter -> FAISS index + LMDB docstore -> manifest.
+"""Corpus -> encoder -> EmbedFilter -> FAISS index (+ key-token sparse index, BM25) +
+LMDB docstore -> manifest.
 
 An index is built in a hidden staging folder beside its destination and renamed into
 place only once every file, the manifest last, is written: an interrupted or failed
@@ -25,8 +26,11 @@ from retriever.docstore import DOCSTORE_DIR, DocStore
 from retriever.embedfilter import EmbedFilter
 from retriever.encoder import Encoder
 from retriever.errors import RetrieverError
-from retriever.index import METRIC, build_faiss_index, gpu_count, save_faiss_index
+from retriever.index import INDEX_FILE, METRIC, build_faiss_index, gpu_count, save_faiss_index
+from retriever.lens import TokenLens
+from retriever.lexical import BM25_DIR, STEMMER_LANGUAGE, STOPWORDS, BM25Index
 from retriever.models import DEFAULT_MODEL
+from retriever.sparse import SPARSE_DIR, KeyTokenIndex, SparseSpec
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +48,8 @@ def library_versions() -> dict[str, str | None]:
         "faiss-gpu",
         "numpy",
         "lmdb",
+        "scipy",
+        "bm25s",
     ):
         try:
             versions[package] = version(package)
@@ -77,11 +83,19 @@ class Indexer:
         *,
         index_type: str = "Flat",
         use_gpu: bool | None = None,
+        dense: bool = True,
+        sparse: SparseSpec | None = None,
+        bm25: bool = False,
     ) -> None:
+        if not (dense or sparse or bm25):
+            raise RetrieverError("--no-dense leaves nothing to search: add --sparse and/or --bm25")
         self.encoder = encoder
         self.filter_spec = filter_spec or FilterSpec()
         self.index_type = index_type
         self.use_gpu = use_gpu
+        self.dense = dense
+        self.sparse = sparse
+        self.bm25 = bm25
 
     def build(self, corpus: Corpus, out: str | Path, *, overwrite: bool = False) -> Path:
         """Encode, filter and index ``corpus`` into the folder ``out``; returns its path."""
@@ -107,17 +121,35 @@ class Indexer:
 
             mark = time.perf_counter()
             vectors = embed_filter.transform(embeddings)
-            index = build_faiss_index(vectors, self.index_type, use_gpu=self.use_gpu)
-            save_faiss_index(index, staging)
             embed_filter.save(staging)
-            timings["index"] = time.perf_counter() - mark
+            count = len(vectors)
+            if self.dense:
+                index = build_faiss_index(vectors, self.index_type, use_gpu=self.use_gpu)
+                save_faiss_index(index, staging)
+                count = index.ntotal
+                timings["index"] = time.perf_counter() - mark
+
+            if self.sparse is not None:
+                mark = time.perf_counter()
+                lens = TokenLens(self.encoder.unembedding(), embed_filter, self.encoder.tokenizer)
+                KeyTokenIndex.build(
+                    lens, lens.vectors(embeddings, self.sparse.space), self.sparse
+                ).save(staging / SPARSE_DIR)
+                timings["sparse"] = time.perf_counter() - mark
+
+            if self.bm25:
+                mark = time.perf_counter()
+                BM25Index.build([d.embedding_text for d in corpus.documents]).save(
+                    staging / BM25_DIR
+                )
+                timings["bm25"] = time.perf_counter() - mark
 
             mark = time.perf_counter()
             DocStore.write(staging / DOCSTORE_DIR, corpus.documents)
             timings["docstore"] = time.perf_counter() - mark
             timings["total"] = time.perf_counter() - started
 
-            manifest = self._manifest(corpus, embed_filter, index.ntotal, timings, staging)
+            manifest = self._manifest(corpus, embed_filter, count, timings, staging)
             (staging / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
             _move_into_place(staging, out)
         finally:
@@ -135,9 +167,15 @@ class Indexer:
     ) -> dict[str, Any]:
         config = self.encoder.config
         sizes = {
-            "index": folder_bytes(staging / "index.faiss"),
-            "docstore": folder_bytes(staging / DOCSTORE_DIR),
-            "filter": folder_bytes(staging / "filter.npy"),
+            part: folder_bytes(staging / name)
+            for part, name in (
+                ("index", INDEX_FILE),
+                ("sparse", SPARSE_DIR),
+                ("bm25", BM25_DIR),
+                ("docstore", DOCSTORE_DIR),
+                ("filter", "filter.npy"),
+            )
+            if (staging / name).exists()
         }
         sizes["total"] = folder_bytes(staging)
         return {
@@ -152,7 +190,13 @@ class Indexer:
                 "normalized": True,
                 "dim": embed_filter.dim,
                 "count": int(count),
-            },
+            }
+            if self.dense
+            else None,
+            "sparse": {**self.sparse.to_dict(), "count": int(count)} if self.sparse else None,
+            "bm25": {"stemmer": STEMMER_LANGUAGE, "stopwords": STOPWORDS, "count": int(count)}
+            if self.bm25
+            else None,
             "documents": {
                 "source": str(corpus.source),
                 "sha256": corpus.sha256,
@@ -200,12 +244,21 @@ def build_index(
     device: str | None = None,
     unembedding_from: str | None = None,
     use_gpu: bool | None = None,
+    dense: bool = True,
+    sparse: SparseSpec | None = None,
+    bm25: bool = False,
     overwrite: bool = False,
 ) -> Path:
-    """Build a filtered dense index of a BEIR folder or JSONL file; returns its folder."""
+    """Build an index of a BEIR folder or JSONL file; returns its folder.
+
+    It holds the filtered dense FAISS index (unless ``dense=False``), plus the key-token
+    sparse index with ``sparse`` and a BM25 index with ``bm25=True``.
+    """
     out_path = Path(out).expanduser().resolve()
     # Cheap checks first: a bad destination or corpus fails before the model loads.
     _check_destination(out_path, overwrite)
+    if not (dense or sparse or bm25):
+        raise RetrieverError("--no-dense leaves nothing to search: add --sparse and/or --bm25")
     corpus = load_corpus(dataset, limit=limit)
     encoder = Encoder.load(
         model,
@@ -216,5 +269,13 @@ def build_index(
         revision=revision,
         unembedding_from=unembedding_from,
     )
-    indexer = Indexer(encoder, filter_spec, index_type=index_type, use_gpu=use_gpu)
+    indexer = Indexer(
+        encoder,
+        filter_spec,
+        index_type=index_type,
+        use_gpu=use_gpu,
+        dense=dense,
+        sparse=sparse,
+        bm25=bm25,
+    )
     return indexer.build(corpus, out_path, overwrite=overwrite)

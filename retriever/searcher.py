@@ -1,4 +1,9 @@
-"""Load an index folder and answer queries with the same model and filter that built it."""
+"""Load an index folder and answer queries with the same model and filter that built it.
+
+An index answers with up to three retrievers, as its manifest says it holds them: the
+dense FAISS index, the key-token sparse index and BM25; a hybrid method fuses dense with
+one of the other two per query.
+"""
 
 from __future__ import annotations
 
@@ -6,20 +11,28 @@ import json
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from retriever.config import MANIFEST_VERSION, EncoderConfig
+from retriever.config import MANIFEST_VERSION, METHODS, EncoderConfig
 from retriever.docstore import DOCSTORE_DIR, DocStore
 from retriever.embedfilter import EmbedFilter
 from retriever.encoder import Encoder
 from retriever.errors import RetrieverError
+from retriever.fusion import fuse
 from retriever.index import load_faiss_index, search_faiss_index
 from retriever.indexing import MANIFEST_FILE, MANIFEST_FORMAT
+from retriever.lens import AlignedToken, TokenLens
+from retriever.lexical import BM25_DIR, BM25Index
+from retriever.sparse import SPARSE_DIR, KeyTokenIndex
 
 logger = logging.getLogger(__name__)
+
+# Candidates taken from each retriever before fusing (at least k).
+FUSION_DEPTH = 100
 
 
 @dataclass(frozen=True)
@@ -35,6 +48,11 @@ class Hit:
 
     def to_dict(self) -> dict[str, Any]:
         return {"id": self.id, "score": self.score, "title": self.title, "text": self.text}
+
+    @property
+    def embedding_text(self) -> str:
+        """What the encoder saw of this document (as ``Document.embedding_text``)."""
+        return f"{self.title} {self.text}".strip()
 
 
 def read_manifest(folder: Path) -> dict[str, Any]:
@@ -86,6 +104,9 @@ class Searcher:
         embed_filter: EmbedFilter,
         index: Any,
         docstore: DocStore,
+        *,
+        sparse: KeyTokenIndex | None = None,
+        bm25: BM25Index | None = None,
     ) -> None:
         self.folder = folder
         self.manifest = manifest
@@ -93,6 +114,8 @@ class Searcher:
         self.filter = embed_filter
         self.index = index
         self.docstore = docstore
+        self.sparse = sparse
+        self.bm25 = bm25
 
     @classmethod
     def load(
@@ -119,63 +142,253 @@ class Searcher:
             device=device,
             batch_size=batch_size,
             revision=built_with.get("revision") if model is None else None,
+            unembedding_from=built_with.get("unembedding_from", {}).get("name"),
         )
         check_encoder_matches(manifest, encoder, folder)
         embed_filter = EmbedFilter.load(folder)
-        index = load_faiss_index(folder, use_gpu=use_gpu)
+        index = load_faiss_index(folder, use_gpu=use_gpu) if manifest.get("index") else None
+        sparse = KeyTokenIndex.load(folder / SPARSE_DIR) if manifest.get("sparse") else None
+        bm25 = BM25Index.load(folder / BM25_DIR) if manifest.get("bm25") else None
         docstore = DocStore.open(folder / DOCSTORE_DIR)
-        expected = manifest["index"]["count"]
-        if index.ntotal != expected or len(docstore) != expected:
+        expected = manifest["documents"]["count"]
+        counts = {"docstore": len(docstore)}
+        if index is not None:
+            counts["FAISS index"] = index.ntotal
+        if sparse is not None:
+            counts["sparse index"] = sparse.num_documents
+        if bm25 is not None:
+            counts["BM25 index"] = bm25.num_documents
+        if any(count != expected for count in counts.values()):
+            found = ", ".join(f"the {name} {count}" for name, count in counts.items())
             raise RetrieverError(
-                f"{folder} is inconsistent: manifest counts {expected} documents, the FAISS "
-                f"index holds {index.ntotal} and the docstore {len(docstore)}; rebuild it"
+                f"{folder} is inconsistent: the manifest counts {expected} documents, {found}; "
+                "rebuild it"
             )
-        return cls(folder, manifest, encoder, embed_filter, index, docstore)
+        return cls(
+            folder, manifest, encoder, embed_filter, index, docstore, sparse=sparse, bm25=bm25
+        )
 
     def __len__(self) -> int:
-        return int(self.index.ntotal)
+        return len(self.docstore)
 
-    def embed_queries(self, queries: Sequence[str]) -> np.ndarray:
-        """Filtered, normalised query vectors, exactly as the index's documents were made."""
+    @property
+    def parts(self) -> tuple[str, ...]:
+        """The retrievers this index holds, among dense, sparse and bm25."""
+        held = {"dense": self.index, "sparse": self.sparse, "bm25": self.bm25}
+        return tuple(part for part, found in held.items() if found is not None)
+
+    @property
+    def methods(self) -> tuple[str, ...]:
+        """The search methods this index can answer, its default first."""
+        return tuple(m for m in METHODS if set(m.split("+")) <= set(self.parts))
+
+    def _check_method(self, method: str | None) -> str:
+        method = method or self.methods[0]
+        if method not in METHODS:
+            raise RetrieverError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+        missing = [part for part in method.split("+") if part not in self.parts]
+        if missing:
+            flags = {"dense": "(without --no-dense)", "sparse": "--sparse", "bm25": "--bm25"}
+            raise RetrieverError(
+                f"{self.folder} cannot answer {method!r}: it holds no {' or '.join(missing)} "
+                f"index (rebuild with `retriever index ... "
+                f"{' '.join(flags[p] for p in missing)}`); it answers {', '.join(self.methods)}"
+            )
+        return method
+
+    @cached_property
+    def lens(self) -> TokenLens:
+        """The token lens of this index's model and filter."""
+        return TokenLens(self.encoder.unembedding(), self.filter, self.encoder.tokenizer)
+
+    def encode_queries(self, queries: Sequence[str]) -> np.ndarray:
+        """Raw pooled query embeddings (before the filter)."""
         for query in queries:
             if not isinstance(query, str) or not query.strip():
                 raise RetrieverError("empty query: give some text to search for")
-        return self.filter.transform(self.encoder.encode_queries(list(queries)))
+        return self.encoder.encode_queries(list(queries))
 
-    def search(self, query: str, k: int = 10) -> list[Hit]:
-        """The ``k`` best documents for ``query``, best first."""
-        return self._hits(self.embed_queries([query]), k)[0]
+    def embed_queries(self, queries: Sequence[str]) -> np.ndarray:
+        """Filtered, normalised query vectors, exactly as the index's documents were made."""
+        return self.filter.transform(self.encode_queries(queries))
+
+    def search(
+        self,
+        query: str,
+        k: int = 10,
+        *,
+        method: str | None = None,
+        fusion: str = "rrf",
+        dense_weight: float = 0.5,
+        sparse_query_tokens: int | None = None,
+    ) -> list[Hit]:
+        """The ``k`` best documents for ``query``, best first.
+
+        ``method`` is one of :attr:`methods` (default: dense when the index has it);
+        hybrids fuse by ``fusion`` (``rrf`` or ``weighted``, where ``dense_weight`` is the
+        dense share of the sum of min-max normalised scores). ``sparse_query_tokens``
+        overrides the index's number M of aligned tokens added to a sparse query.
+        """
+        ranked = self.rank(
+            [query],
+            k,
+            method=method,
+            fusion=fusion,
+            dense_weight=dense_weight,
+            sparse_query_tokens=sparse_query_tokens,
+        )
+        return self._hits(ranked)[0]
 
     def batch_search(
-        self, queries: Mapping[str, str] | Sequence[str], k: int = 10
+        self,
+        queries: Mapping[str, str] | Sequence[str],
+        k: int = 10,
+        *,
+        method: str | None = None,
+        fusion: str = "rrf",
+        dense_weight: float = 0.5,
     ) -> dict[str, dict[str, float]]:
         """BEIR-style ``{query_id: {doc_id: score}}``; a list is keyed by its positions."""
         if not isinstance(queries, Mapping):
             queries = {str(i): text for i, text in enumerate(queries)}
         ids = list(queries)
-        hits = self._hits(self.embed_queries([queries[q] for q in ids]), k)
+        ranked = self.rank(
+            [queries[q] for q in ids], k, method=method, fusion=fusion, dense_weight=dense_weight
+        )
+        return self.to_run(ids, ranked)
+
+    def to_run(
+        self, query_ids: Sequence[str], ranked: Sequence[Sequence[tuple[int, float]]]
+    ) -> dict[str, dict[str, float]]:
+        """``{query_id: {doc_id: score}}`` from :meth:`rank`'s row lists."""
+        rows = sorted({row for found in ranked for row, _ in found})
+        doc_ids = {row: doc.id for row, doc in zip(rows, self.docstore.get_many(rows), strict=True)}
         return {
-            qid: {hit.id: hit.score for hit in found} for qid, found in zip(ids, hits, strict=True)
+            qid: {doc_ids[row]: score for row, score in found}
+            for qid, found in zip(query_ids, ranked, strict=True)
         }
+
+    def needs_encoder(self, method: str | None = None) -> bool:
+        """Whether ``method`` encodes the query with the LLM (all but BM25 do)."""
+        return self._check_method(method) != "bm25"
+
+    def rank(
+        self,
+        queries: Sequence[str],
+        k: int,
+        *,
+        method: str | None = None,
+        fusion: str = "rrf",
+        dense_weight: float = 0.5,
+        embeddings: np.ndarray | None = None,
+        sparse_query_tokens: int | None = None,
+    ) -> list[list[tuple[int, float]]]:
+        """Each query's ``(row, score)`` list, best first: the core every search runs.
+
+        ``embeddings`` are the queries' raw pooled embeddings when the caller has them
+        (a benchmark times encoding apart); otherwise the queries are encoded here.
+        """
+        if k < 1:
+            raise RetrieverError(f"k must be at least 1, got {k}")
+        method = self._check_method(method)
+        if embeddings is None and method != "bm25":
+            embeddings = self.encode_queries(queries)
+        parts = method.split("+")
+        depth = k if len(parts) == 1 else max(k, FUSION_DEPTH)
+        results = [
+            self.retrieve(part, queries, embeddings, depth, sparse_query_tokens=sparse_query_tokens)
+            for part in parts
+        ]
+        ranked = []
+        for row in range(len(queries)):
+            lists = [
+                {int(r): float(s) for r, s in zip(rows[row], scores[row], strict=True) if r >= 0}
+                for scores, rows in results
+            ]
+            scores = lists[0] if len(lists) == 1 else fuse(*lists, fusion, dense_weight)
+            ranked.append(sorted(scores.items(), key=lambda item: (-item[1], item[0]))[:k])
+        return ranked
+
+    def retrieve(
+        self,
+        part: str,
+        queries: Sequence[str],
+        embeddings: np.ndarray | None,
+        k: int,
+        *,
+        sparse_query_tokens: int | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """One retriever's ``(scores, rows)``, each ``(n, k)``; -1 rows pad short lists."""
+        k = min(k, len(self))
+        if part == "dense":
+            return self.search_vectors(self.filter.transform(embeddings), k)
+        if part == "sparse":
+            space = self.sparse.spec.space
+            query_matrix = self.sparse.query_matrix(
+                self.lens,
+                self.lens.vectors(embeddings, space),
+                self.encoder.text_token_ids(queries, queries=True),
+                sparse_query_tokens,
+            )
+            return self.sparse.search(query_matrix, k)
+        return self.bm25.search(queries, k)
 
     def search_vectors(self, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """FAISS search alone: ``(scores, rows)`` for already embedded queries."""
         if k < 1:
             raise RetrieverError(f"k must be at least 1, got {k}")
+        if self.index is None:
+            self._check_method("dense")
         return search_faiss_index(self.index, vectors, min(k, len(self)))
 
-    def _hits(self, vectors: np.ndarray, k: int) -> list[list[Hit]]:
-        scores, rows = self.search_vectors(vectors, k)
+    def explain(self, item: str | Hit, top: int = 20) -> dict[str, Any]:
+        """The top aligned tokens of a query text (or of a hit's document), raw and filtered.
+
+        Returns ``{"text", "raw": [{"token", "score", "id"}...], "filtered": [...]}``;
+        ``filtered`` reads the vector the index stores, mapped back by ``F^T``.
+        """
+        if isinstance(item, Hit):
+            text = item.embedding_text
+            embedding = self.encoder.encode_documents([text], show_progress=False)
+        else:
+            text = item
+            embedding = self.encode_queries([text])
+        return {
+            "text": text,
+            **{
+                space: [token.to_dict() for token in self.lens.top_tokens(embedding, space, top)[0]]
+                for space in ("raw", "filtered")
+            },
+        }
+
+    def shared_tokens(
+        self, query: str, hits: Sequence[Hit], top: int = 50
+    ) -> list[list[AlignedToken]]:
+        """For each hit, the tokens among both its and the query's ``top`` filtered tokens.
+
+        Ordered by the product of the two scores; each token carries the hit's score.
+        """
+        query_tokens = self.lens.top_tokens(self.encode_queries([query]), "filtered", top)[0]
+        query_scores = {token.id: token.score for token in query_tokens}
+        if not hits:
+            return []
+        documents = self.encoder.encode_documents(
+            [hit.embedding_text for hit in hits], show_progress=False
+        )
+        shared = []
+        for tokens in self.lens.top_tokens(documents, "filtered", top):
+            common = [t for t in tokens if t.id in query_scores]
+            shared.append(sorted(common, key=lambda t: -t.score * query_scores[t.id]))
+        return shared
+
+    def _hits(self, ranked: list[list[tuple[int, float]]]) -> list[list[Hit]]:
         results = []
-        for query_scores, query_rows in zip(scores, rows, strict=True):
-            keep = query_rows >= 0
-            documents = self.docstore.get_many(query_rows[keep].tolist())
+        for found in ranked:
+            documents = self.docstore.get_many([row for row, _ in found])
             results.append(
                 [
-                    Hit(doc.id, float(score), doc.title, doc.text, int(row), doc.metadata)
-                    for doc, score, row in zip(
-                        documents, query_scores[keep], query_rows[keep], strict=True
-                    )
+                    Hit(doc.id, score, doc.title, doc.text, row, doc.metadata)
+                    for doc, (row, score) in zip(documents, found, strict=True)
                 ]
             )
         return results

@@ -42,3 +42,13 @@ def test_searchers_open_read_only(tmp_path: Path) -> None:
     with pytest.raises(Exception, match="(?i)read-only|permission|EACCES"):
         with store._env.begin(write=True) as txn:
             txn.put(b"k", b"v")
+
+
+def test_one_folder_opened_twice_shares_its_environment(tmp_path: Path) -> None:
+    folder = tmp_path / "docs"
+    DocStore.write(folder, [Document("a", "t", "x"), Document("b", "", "y")])
+    first, second = DocStore.open(folder), DocStore.open(folder)
+    first.close()
+    assert second.get(1).id == "b"  # closing one leaves the other readable
+    second.close()
+    assert DocStore.open(folder).row_of("b") == 1

@@ -1,4 +1,4 @@
-"""`retriever eval` on a tiny-model index of a SciFact slice."""
+"""`retriever eval` on a tiny-model index of a SciFact slice, every method side by side."""
 
 from __future__ import annotations
 
@@ -11,48 +11,64 @@ from retriever import build_index
 from retriever.cli import main
 from retriever.datasets import load_qrels
 from retriever.evaluation import evaluate_run, read_trec_run
+from retriever.sparse import SparseSpec
 from tests.conftest import SHARED_SCIFACT
 
 
-def test_eval_reports_metrics_latency_and_sizes(
+def test_eval_reports_every_method_with_latency_and_sizes(
     tiny_model: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
     index = build_index(
-        SHARED_SCIFACT, tmp_path / "idx", model=str(tiny_model), limit=120, dtype="float32"
+        SHARED_SCIFACT,
+        tmp_path / "idx",
+        model=str(tiny_model),
+        limit=120,
+        dtype="float32",
+        sparse=SparseSpec(doc_tokens=40, query_tokens=10),
+        bm25=True,
     )
-    report_path, run_path = tmp_path / "report.json", tmp_path / "run.trec.gz"
+    report_path, runs = tmp_path / "report.json", tmp_path / "runs"
     code = main(
-        [
-            "eval",
-            str(index),
-            str(SHARED_SCIFACT),
-            "--json",
-            str(report_path),
-            "--run",
-            str(run_path),
-            "--dtype",
-            "float32",
-        ]
+        ["eval", str(index), str(SHARED_SCIFACT), "--json", str(report_path), "--runs", str(runs)]
+        + ["--dtype", "float32"]
     )
     assert code == 0
     report = json.loads(report_path.read_text())
-    assert report["queries"] == 300 and report["k"] == 100
-    for key in ("ndcg_at_10", "ndcg_at_100", "recall_at_100", "map_at_100"):
-        assert 0.0 <= report[key] <= 1.0
-    assert 0 < report["search_ms_p50"] <= report["search_ms_p95"]
-    assert 0 < report["encode_ms_p50"] <= report["encode_ms_p95"]
-    assert report["batch_qps"] > 0
-    assert report["index_bytes"] == (index / "index.faiss").stat().st_size
-    assert report["folder_bytes"] > report["index_bytes"] + report["docstore_bytes"]
-    run = read_trec_run(run_path)
-    assert len(run) == 300 and {len(hits) for hits in run.values()} == {100}
-    assert evaluate_run(load_qrels(SHARED_SCIFACT), run)["ndcg_at_10"] == pytest.approx(
-        report["ndcg_at_10"], abs=1e-6
-    )
-    assert "ndcg_at_10" in capsys.readouterr().out
+    rows = {(row["method"], row["fusion"]): row for row in report["rows"]}
+    assert list(rows) == [
+        ("dense", None),
+        ("sparse", None),
+        ("bm25", None),
+        ("dense+sparse", "rrf"),
+        ("dense+sparse", "weighted"),
+        ("dense+bm25", "rrf"),
+        ("dense+bm25", "weighted"),
+    ]
+    sizes = report["bytes"]
+    assert sizes["dense"] == (index / "index.faiss").stat().st_size
+    assert sizes["folder"] > sizes["dense"] + sizes["sparse"] + sizes["bm25"] + sizes["docstore"]
+    for (method, fusion), row in rows.items():
+        assert row["queries"] == 300 and row["k"] == 100
+        for key in ("ndcg_at_10", "ndcg_at_100", "recall_at_100", "map_at_100"):
+            assert 0.0 <= row[key] <= 1.0
+        assert 0 < row["search_ms_p50"] <= row["search_ms_p95"]
+        assert row["batch_qps"] > 0
+        assert row["index_bytes"] == sum(sizes[part] for part in method.split("+"))
+        # BM25 needs no LLM forward; every other method encodes the query.
+        assert (row["encode_ms_p50"] == 0) == (method == "bm25")
+        name = method.replace("+", "-") + (f"-{fusion}" if fusion else "")
+        run = read_trec_run(runs / f"{name}.trec.gz")
+        assert len(run) <= 300 and all(len(hits) <= 100 for hits in run.values())
+        assert evaluate_run(load_qrels(SHARED_SCIFACT), run)["ndcg_at_10"] == pytest.approx(
+            row["ndcg_at_10"], abs=1e-6
+        )
+    # 120 documents hold a few gold documents that BM25 finds by their words.
+    assert rows[("bm25", None)]["ndcg_at_10"] > rows[("dense", None)]["ndcg_at_10"]
+    out = capsys.readouterr().out
+    assert "dense+bm25" in out and "nDCG@10" in out
 
 
-def test_eval_user_mistakes(tiny_model: Path, tmp_path: Path, capsys) -> None:
+def test_eval_of_chosen_methods_and_user_mistakes(tiny_model: Path, tmp_path: Path, capsys) -> None:
     index = build_index(
         SHARED_SCIFACT, tmp_path / "idx", model=str(tiny_model), limit=20, dtype="float32"
     )
@@ -60,3 +76,13 @@ def test_eval_user_mistakes(tiny_model: Path, tmp_path: Path, capsys) -> None:
     assert code == 2 and "has no qrels/train.tsv" in capsys.readouterr().err
     code = main(["eval", str(index), str(tmp_path)])
     assert code == 2 and "has no queries.jsonl" in capsys.readouterr().err
+    code = main(["eval", str(index), str(SHARED_SCIFACT), "--methods", "dense,bm25"])
+    err = capsys.readouterr().err
+    assert code == 2 and "cannot answer 'bm25'" in err and "--bm25" in err
+    code = main(["eval", str(index), str(SHARED_SCIFACT), "--fusion", "max"])
+    assert code == 2 and "--fusion takes a comma list" in capsys.readouterr().err
+    report = tmp_path / "dense.json"
+    code = main(
+        ["eval", str(index), str(SHARED_SCIFACT), "--methods", "dense", "--json", str(report)]
+    )
+    assert code == 0 and [r["method"] for r in json.loads(report.read_text())["rows"]] == ["dense"]

@@ -240,6 +240,11 @@ def test_cli_index_and_search(
             "--batch-size must be at least 1",
         ),
         (["search", "{tmp}", "fox"], "is not a retriever index"),
+        (["index", "{docs}", "--out", "{tmp}/o", "--no-dense"], "leaves nothing to search"),
+        (
+            ["index", "{docs}", "--out", "{tmp}/o", "--sparse", "--sparse-doc-tokens", "0"],
+            "--sparse-doc-tokens must be >= 1",
+        ),
     ],
 )
 def test_cli_user_mistakes(
@@ -294,7 +299,7 @@ def test_every_flag_has_help() -> None:
 
     parser = _build_parser()
     subcommands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    assert set(subcommands.choices) == {"index", "search", "eval", "bench"}
+    assert set(subcommands.choices) == {"index", "search", "lens", "eval", "bench"}
     for name, subparser in subcommands.choices.items():
         for action in subparser._actions:
             assert action.help, f"retriever {name} {action.option_strings or action.dest}"

@@ -1,0 +1,69 @@
+"""Fusing ranked lists of two retrievers: reciprocal-rank fusion and a weighted sum.
+
+Both work on one query's candidates, ``{doc: score}`` per retriever, so any pair of
+retrievers (dense, key-token sparse, BM25) fuses alike.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Mapping, Sequence
+from typing import TypeVar
+
+from retriever.errors import RetrieverError
+
+Doc = TypeVar("Doc", bound=Hashable)
+
+FUSIONS = ("rrf", "weighted")
+# Cormack, Clarke & Buettcher (2009): k = 60 damps the head of each list.
+RRF_K = 60
+
+
+def reciprocal_rank_fusion(
+    rankings: Sequence[Mapping[Doc, float]], k: int = RRF_K
+) -> dict[Doc, float]:
+    """``sum over lists of 1 / (k + rank)``, rank 1 = best score of that list."""
+    fused: dict[Doc, float] = {}
+    for ranking in rankings:
+        ordered = sorted(ranking.items(), key=lambda item: -item[1])
+        for rank, (doc, _) in enumerate(ordered, start=1):
+            fused[doc] = fused.get(doc, 0.0) + 1.0 / (k + rank)
+    return fused
+
+
+def min_max(ranking: Mapping[Doc, float]) -> dict[Doc, float]:
+    """Scores rescaled to [0, 1] within the list (all 1 when they are all equal)."""
+    if not ranking:
+        return {}
+    low, high = min(ranking.values()), max(ranking.values())
+    if high == low:
+        return dict.fromkeys(ranking, 1.0)
+    return {doc: (score - low) / (high - low) for doc, score in ranking.items()}
+
+
+def weighted_fusion(
+    rankings: Sequence[Mapping[Doc, float]], weights: Sequence[float]
+) -> dict[Doc, float]:
+    """``sum of weight * min-max normalised score``; a list missing a document gives it 0."""
+    if len(rankings) != len(weights):
+        raise ValueError("one weight per ranking is needed")
+    fused: dict[Doc, float] = {}
+    for ranking, weight in zip(rankings, weights, strict=True):
+        for doc, score in min_max(ranking).items():
+            fused[doc] = fused.get(doc, 0.0) + weight * score
+    return fused
+
+
+def fuse(
+    first: Mapping[Doc, float],
+    second: Mapping[Doc, float],
+    method: str = "rrf",
+    first_weight: float = 0.5,
+) -> dict[Doc, float]:
+    """Fuse two candidate lists; ``first_weight`` (in [0, 1]) only matters for ``weighted``."""
+    if method == "rrf":
+        return reciprocal_rank_fusion([first, second])
+    if method == "weighted":
+        if not 0.0 <= first_weight <= 1.0:
+            raise RetrieverError(f"--dense-weight must lie in [0, 1], got {first_weight}")
+        return weighted_fusion([first, second], [first_weight, 1.0 - first_weight])
+    raise RetrieverError(f"unknown fusion {method!r}; choose one of {', '.join(FUSIONS)}")

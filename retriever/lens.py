@@ -1,0 +1,192 @@
+"""Token lens: read an embedding as a ranking of the vocabulary through the unembedding matrix.
+
+``W h`` scores every token against a pooled embedding ``h`` (the "raw" view). The
+"filtered" view scores the vector the index stores, ``x = F h`` normalised, mapped back
+to model space: ``W F^T x``. For a raw LLM the raw view is led by frequent junk
+(punctuation, "the", "and"); method.md section 2 says the filtered one should be led by
+the text's key words. Alignment metrics (after Nie et al. 2024) measure that on a text set.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Any
+
+import numpy as np
+
+from retriever.config import SPACES
+from retriever.embedfilter import EmbedFilter
+from retriever.errors import RetrieverError
+
+# Rows of logits scored at once: bounds memory at ~50 MB for a 49k vocabulary.
+_ROWS_PER_BLOCK = 256
+
+
+@dataclass(frozen=True)
+class AlignedToken:
+    """A vocabulary token and its alignment score ``e_t . x`` with an embedding."""
+
+    id: int
+    token: str
+    score: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"token": self.token, "score": self.score, "id": self.id}
+
+
+def _unit_rows(vectors: np.ndarray) -> np.ndarray:
+    vectors = np.asarray(vectors, dtype=np.float32)
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    return vectors / np.maximum(norms, np.finfo(np.float32).tiny)
+
+
+def _check_space(space: str) -> None:
+    if space not in SPACES:
+        raise RetrieverError(f"unknown lens space {space!r}; choose one of {', '.join(SPACES)}")
+
+
+class TokenLens:
+    """Scores embeddings against every token of a model's vocabulary, raw or filtered."""
+
+    def __init__(self, unembedding: np.ndarray, embed_filter: EmbedFilter, tokenizer: Any) -> None:
+        if unembedding.shape[1] != embed_filter.model_dim:
+            raise RetrieverError(
+                f"unembedding width {unembedding.shape[1]} does not match the filter's "
+                f"model dimension {embed_filter.model_dim}"
+            )
+        # Rows past the tokenizer's vocabulary are padding that no text can contain.
+        vocabulary = min(len(unembedding), len(tokenizer))
+        self.unembedding = np.ascontiguousarray(unembedding[:vocabulary], dtype=np.float32)
+        self.filter = embed_filter
+        self.tokenizer = tokenizer
+        self._strings: dict[int, str] = {}
+
+    @property
+    def vocabulary_size(self) -> int:
+        return int(self.unembedding.shape[0])
+
+    @cached_property
+    def _filtered_unembedding(self) -> np.ndarray:
+        # W F^T: the logits of F^T x for a filtered vector x, in one product. F^T undoes the
+        # band exactly, and also the mean-direction variant: x is orthogonal to u already.
+        return np.ascontiguousarray(self.unembedding @ self.filter.matrix.T)
+
+    def vectors(self, embeddings: np.ndarray, space: str) -> np.ndarray:
+        """The vectors a space scores: unit ``h`` (raw), or the index's unit ``F h`` (filtered)."""
+        _check_space(space)
+        if space == "raw":
+            return _unit_rows(embeddings)
+        return self.filter.transform(embeddings)
+
+    def token_matrix(self, space: str) -> np.ndarray:
+        """``(V, m)``: row ``t`` is what token ``t``'s score is the dot product with."""
+        _check_space(space)
+        return self.unembedding if space == "raw" else self._filtered_unembedding
+
+    def top_ids(self, vectors: np.ndarray, space: str, top: int) -> tuple[np.ndarray, np.ndarray]:
+        """``(ids, scores)``, each ``(n, top)``, best first, for vectors of ``space``."""
+        if top < 1:
+            raise RetrieverError(f"--top must be at least 1, got {top}")
+        matrix = self.token_matrix(space)
+        top = min(top, len(matrix))
+        vectors = np.asarray(vectors, dtype=np.float32)
+        ids = np.empty((len(vectors), top), dtype=np.int64)
+        scores = np.empty((len(vectors), top), dtype=np.float32)
+        for lo in range(0, len(vectors), _ROWS_PER_BLOCK):
+            logits = vectors[lo : lo + _ROWS_PER_BLOCK] @ matrix.T
+            best = np.argpartition(-logits, top - 1, axis=1)[:, :top]
+            best_scores = np.take_along_axis(logits, best, axis=1)
+            order = np.argsort(-best_scores, axis=1, kind="stable")
+            ids[lo : lo + len(logits)] = np.take_along_axis(best, order, axis=1)
+            scores[lo : lo + len(logits)] = np.take_along_axis(best_scores, order, axis=1)
+        return ids, scores
+
+    def token_string(self, token_id: int) -> str:
+        """The token as text (a leading space shows a word start)."""
+        token_id = int(token_id)
+        if token_id not in self._strings:
+            self._strings[token_id] = self.tokenizer.decode([token_id])
+        return self._strings[token_id]
+
+    def top_tokens(
+        self, embeddings: np.ndarray, space: str, top: int = 20
+    ) -> list[list[AlignedToken]]:
+        """The ``top`` best-aligned tokens of each pooled embedding, best first."""
+        ids, scores = self.top_ids(self.vectors(embeddings, space), space, top)
+        return [
+            [
+                AlignedToken(int(t), self.token_string(t), float(s))
+                for t, s in zip(row_ids, row_scores, strict=True)
+            ]
+            for row_ids, row_scores in zip(ids, scores, strict=True)
+        ]
+
+
+def word_key(token: str) -> str:
+    """What alignment compares: the token without its word-start space, lower-cased."""
+    return token.strip().lower()
+
+
+def is_junk(key: str, stopwords: frozenset[str]) -> bool:
+    """A key with no letter or digit (punctuation, symbols), or a stopword."""
+    return not any(c.isalnum() for c in key) or key in stopwords
+
+
+def english_stopwords() -> frozenset[str]:
+    from bm25s.stopwords import STOPWORDS_EN_PLUS
+
+    return frozenset(STOPWORDS_EN_PLUS)
+
+
+def alignment_metrics(
+    lens: TokenLens,
+    embeddings: np.ndarray,
+    text_token_ids: Sequence[Sequence[int]],
+    space: str,
+    *,
+    hit_at: int = 10,
+) -> dict[str, float]:
+    """How well the top aligned tokens of each text match the words it literally contains.
+
+    Tokens are compared as words (:func:`word_key`), so " Disease" and "disease" are one.
+    For each text, ``T`` is its set of literal words and ``A_K`` its ``K`` best-aligned
+    distinct words:
+
+    - ``hit_at_10``: share of texts with a literal word among ``A_10``;
+    - ``local_alignment_rate``: mean over texts of ``|A_K & T| / |T|`` with ``K = |T|``;
+    - ``global_alignment_rate``: ``|union(A_K & T)| / |union(T)|`` over the whole set:
+      the share of the collection's distinct words that some text containing them aligns;
+    - ``junk_at_10``: share of the ``A_10`` words that are stopwords or punctuation.
+    """
+    if len(embeddings) != len(text_token_ids):
+        raise ValueError("one list of token ids per embedding is needed")
+    stopwords = english_stopwords()
+    literal = [
+        {key for key in (word_key(lens.token_string(t)) for t in set(ids)) if key}
+        for ids in text_token_ids
+    ]
+    longest = max((len(words) for words in literal), default=0)
+    # Enough ranked ids to find `longest` distinct words despite case and space variants.
+    ids, _ = lens.top_ids(lens.vectors(embeddings, space), space, 3 * max(longest, hit_at) + 10)
+    hits, local, junk = [], [], []
+    aligned_union: set[str] = set()
+    literal_union: set[str] = set()
+    for row, words in zip(ids, literal, strict=True):
+        ranked = list(dict.fromkeys(k for k in (word_key(lens.token_string(t)) for t in row) if k))
+        head = ranked[:hit_at]
+        hits.append(bool(words.intersection(head)))
+        junk.append(sum(is_junk(k, stopwords) for k in head) / max(len(head), 1))
+        if words:
+            matched = words.intersection(ranked[: len(words)])
+            local.append(len(matched) / len(words))
+            aligned_union |= matched
+            literal_union |= words
+    return {
+        "texts": len(literal),
+        f"hit_at_{hit_at}": float(np.mean(hits)) if hits else 0.0,
+        "local_alignment_rate": float(np.mean(local)) if local else 0.0,
+        "global_alignment_rate": len(aligned_union) / len(literal_union) if literal_union else 0.0,
+        f"junk_at_{hit_at}": float(np.mean(junk)) if junk else 0.0,
+    }

@@ -1,0 +1,175 @@
+"""Key-token sparse index: every document as its top-K aligned tokens (Nie et al. 2024).
+
+A document keeps the weights ``e_t . x`` of its ``K`` best-aligned tokens ``t`` (``x`` is
+its vector in the lens space: the index's filtered vector, or the raw unit embedding). A
+query is the set of its own tokens plus its ``M`` best-aligned ones; its score for a
+document is the sum of the document's weights of those tokens. The index is stored
+term-major (a ``V x N`` scipy CSR matrix: one posting list per token), so a batch of
+queries is scored by one sparse product.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+from tqdm.auto import tqdm
+
+from retriever.config import SPACES
+from retriever.errors import RetrieverError
+from retriever.lens import TokenLens
+
+SPARSE_DIR = "sparse"
+POSTINGS_FILE = "postings.npz"
+SPEC_FILE = "sparse.json"
+# Documents scored per block while building, and queries per sparse product.
+_BUILD_BLOCK = 1024
+_QUERY_BLOCK = 256
+
+
+@dataclass(frozen=True)
+class SparseSpec:
+    """``doc_tokens`` (K) kept per document, ``query_tokens`` (M) added to each query."""
+
+    doc_tokens: int = 1000
+    query_tokens: int = 50
+    space: str = "filtered"
+
+    def __post_init__(self) -> None:
+        if self.doc_tokens < 1:
+            raise RetrieverError(f"--sparse-doc-tokens must be >= 1, got {self.doc_tokens}")
+        if self.query_tokens < 0:
+            raise RetrieverError(f"--sparse-query-tokens must be >= 0, got {self.query_tokens}")
+        if self.space not in SPACES:
+            raise RetrieverError(
+                f"unknown sparse space {self.space!r}; choose one of {', '.join(SPACES)}"
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SparseSpec:
+        return cls(**{f.name: data[f.name] for f in fields(cls) if f.name in data})
+
+
+class KeyTokenIndex:
+    """Posting lists ``token -> (documents, weights)`` as a ``V x N`` CSR matrix."""
+
+    def __init__(self, postings: sp.csr_matrix, spec: SparseSpec) -> None:
+        self.postings = postings.tocsr()
+        self.spec = spec
+
+    @classmethod
+    def build(
+        cls,
+        lens: TokenLens,
+        vectors: np.ndarray,
+        spec: SparseSpec | None = None,
+        *,
+        show_progress: bool = True,
+    ) -> KeyTokenIndex:
+        """Index documents from their vectors in ``spec.space`` (see ``TokenLens.vectors``)."""
+        spec = spec or SparseSpec()
+        top = min(spec.doc_tokens, lens.vocabulary_size)
+        ids = np.empty((len(vectors), top), dtype=np.int32)
+        weights = np.empty((len(vectors), top), dtype=np.float32)
+        blocks = range(0, len(vectors), _BUILD_BLOCK)
+        for lo in tqdm(blocks, desc="key tokens", unit="block", disable=not show_progress):
+            block_ids, block_weights = lens.top_ids(
+                vectors[lo : lo + _BUILD_BLOCK], spec.space, top
+            )
+            ids[lo : lo + len(block_ids)] = block_ids
+            weights[lo : lo + len(block_ids)] = block_weights
+        by_document = sp.csr_matrix(
+            (weights.ravel(), ids.ravel(), np.arange(0, ids.size + 1, top, dtype=np.int64)),
+            shape=(len(vectors), lens.vocabulary_size),
+        )
+        return cls(by_document.T.tocsr(), spec)
+
+    @property
+    def num_documents(self) -> int:
+        return int(self.postings.shape[1])
+
+    @property
+    def vocabulary_size(self) -> int:
+        return int(self.postings.shape[0])
+
+    def query_matrix(
+        self,
+        lens: TokenLens,
+        vectors: np.ndarray,
+        own_token_ids: Sequence[Sequence[int]],
+        query_tokens: int | None = None,
+    ) -> sp.csr_matrix:
+        """Binary ``(n, V)`` rows: each query's own tokens plus its top-M aligned tokens."""
+        m = self.spec.query_tokens if query_tokens is None else query_tokens
+        if m < 0:
+            raise RetrieverError(f"the number of aligned query tokens must be >= 0, got {m}")
+        aligned = lens.top_ids(vectors, self.spec.space, m)[0] if m else None
+        rows, columns = [], []
+        for row, own in enumerate(own_token_ids):
+            tokens = set(own) if aligned is None else set(own).union(aligned[row].tolist())
+            tokens = sorted(t for t in tokens if 0 <= t < self.vocabulary_size)
+            rows += [row] * len(tokens)
+            columns += tokens
+        return sp.csr_matrix(
+            (np.ones(len(rows), dtype=np.float32), (rows, columns)),
+            shape=(len(own_token_ids), self.vocabulary_size),
+        )
+
+    def search(self, queries: sp.csr_matrix, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """``(scores, rows)``, each ``(n, k)``, best first; like FAISS, -1 pads rows that
+        match fewer than ``k`` documents (a document sharing no token is not a match)."""
+        scores = np.full((queries.shape[0], k), -np.inf, dtype=np.float32)
+        rows = np.full((queries.shape[0], k), -1, dtype=np.int64)
+        for lo in range(0, queries.shape[0], _QUERY_BLOCK):
+            product = (queries[lo : lo + _QUERY_BLOCK] @ self.postings).tocsr()
+            for offset in range(product.shape[0]):
+                start, end = product.indptr[offset], product.indptr[offset + 1]
+                candidates, values = product.indices[start:end], product.data[start:end]
+                take = min(k, len(values))
+                if not take:
+                    continue
+                best = np.argpartition(-values, take - 1)[:take]
+                best = best[np.lexsort((candidates[best], -values[best]))]
+                scores[lo + offset, :take] = values[best]
+                rows[lo + offset, :take] = candidates[best]
+        return scores, rows
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of the posting lists in memory (weights, document ids, offsets)."""
+        postings = self.postings
+        return int(postings.data.nbytes + postings.indices.nbytes + postings.indptr.nbytes)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "spec": self.spec.to_dict(),
+            "documents": self.num_documents,
+            "vocabulary": self.vocabulary_size,
+            "postings": int(self.postings.nnz),
+        }
+
+    def save(self, folder: str | Path) -> Path:
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        # Uncompressed: loading is a read, not a decompression.
+        sp.save_npz(folder / POSTINGS_FILE, self.postings, compressed=False)
+        (folder / SPEC_FILE).write_text(json.dumps(self.describe(), indent=2) + "\n")
+        return folder
+
+    @classmethod
+    def load(cls, folder: str | Path) -> KeyTokenIndex:
+        folder = Path(folder)
+        try:
+            postings = sp.load_npz(folder / POSTINGS_FILE)
+            info = json.loads((folder / SPEC_FILE).read_text())
+        except (OSError, ValueError) as exc:
+            raise RetrieverError(f"cannot read the sparse index in {folder}: {exc}") from exc
+        return cls(postings, SparseSpec.from_dict(info["spec"]))
