@@ -12,8 +12,9 @@ from __future__ import annotations
 import json
 import logging
 import platform
+import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -37,8 +38,12 @@ from retriever.evaluation import (
     time_each,
     write_trec_run,
 )
+from retriever.fusion import FUSIONS, ranked_lists
 from retriever.index import build_faiss_index, search_faiss_index
-from retriever.indexing import library_versions
+from retriever.indexing import folder_bytes, library_versions
+from retriever.lens import TokenLens, alignment_metrics
+from retriever.lexical import BM25Index
+from retriever.sparse import KeyTokenIndex, SparseSpec
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +63,14 @@ class BenchSettings:
     index_types: tuple[str, ...] = ("Flat",)
     # Also measure this project's refinement (edge band, mean direction removed).
     mean_direction: bool = True
+    # Key-token sparse rows (one per unfiltered / edge / nomean variant), BM25, and
+    # hybrids of the edge filter at `hybrid_tau` with each, fused every way.
+    sparse: bool = True
+    sparse_spec: SparseSpec = field(default_factory=SparseSpec)
+    bm25: bool = True
+    hybrid_tau: float = 2
+    fusions: tuple[str, ...] = FUSIONS
+    alignment: bool = True
     k: int = 100
     fit_sample: int = 100_000
     latency_queries: int = 100
@@ -75,6 +88,9 @@ class BenchSettings:
                 )
         for tau in self.taus:
             FilterSpec(tau=tau)  # validates the range
+        for fusion in self.fusions:
+            if fusion not in FUSIONS:
+                raise RetrieverError(f"unknown fusion {fusion!r}; choose from {', '.join(FUSIONS)}")
 
 
 @dataclass
@@ -124,13 +140,138 @@ def build_variants(
     return variants
 
 
-def _run_from(
-    rows: np.ndarray, scores: np.ndarray, query_ids: list[str], doc_ids: list[str]
-) -> Run:
-    return {
-        qid: {doc_ids[r]: float(s) for r, s in zip(row, score, strict=True) if r >= 0}
-        for qid, row, score in zip(query_ids, rows, scores, strict=True)
+@dataclass
+class Retrieval:
+    """One retriever over every query: its ranked lists, the median seconds of the batched
+    search, one call per latency query, and its index's bytes and build seconds."""
+
+    ranked: list[list[tuple[int, float]]]
+    batch_seconds: float
+    single: list[Callable[[], Any]]
+    index_bytes: int
+    build_seconds: float
+
+
+def _timed_build(build: Callable[[], Any]) -> tuple[Any, float]:
+    started = time.perf_counter()
+    built = build()
+    return built, time.perf_counter() - started
+
+
+def _saved_bytes(save: Callable[[Path], Any]) -> int:
+    """Bytes on disk of what ``save(folder)`` writes."""
+    with tempfile.TemporaryDirectory() as folder:
+        save(Path(folder) / "part")
+        return folder_bytes(Path(folder) / "part")
+
+
+def dense_retrieval(
+    doc_vectors: np.ndarray, query_vectors: np.ndarray, index_type: str, settings: BenchSettings
+) -> Retrieval:
+    index, build_seconds = _timed_build(lambda: build_faiss_index(doc_vectors, index_type))
+    k = min(settings.k, len(doc_vectors))
+    results, seconds = median_seconds(lambda: search_faiss_index(index, query_vectors, k))
+    single = [
+        lambda v=v: search_faiss_index(index, v[None], k)
+        for v in query_vectors[: settings.latency_queries]
+    ]
+    nbytes = int(faiss.serialize_index(index).nbytes)
+    return Retrieval(ranked_lists([results], k), seconds, single, nbytes, build_seconds)
+
+
+def sparse_retrieval(
+    lens: TokenLens,
+    doc_embeddings: np.ndarray,
+    query_embeddings: np.ndarray,
+    query_token_ids: list[list[int]],
+    spec: SparseSpec,
+    settings: BenchSettings,
+) -> Retrieval:
+    """The key-token index of ``lens``'s filter; query time includes building the query."""
+    index, build_seconds = _timed_build(
+        lambda: KeyTokenIndex.build(
+            lens, lens.vectors(doc_embeddings, spec.space), spec, show_progress=False
+        )
+    )
+    k = min(settings.k, index.num_documents)
+    query_vectors = lens.vectors(query_embeddings, spec.space)
+
+    def search(rows: slice) -> tuple[np.ndarray, np.ndarray]:
+        matrix = index.query_matrix(lens, query_vectors[rows], query_token_ids[rows])
+        return index.search(matrix, k)
+
+    results, seconds = median_seconds(lambda: search(slice(None)))
+    single = [
+        lambda i=i: search(slice(i, i + 1))
+        for i in range(min(settings.latency_queries, len(query_vectors)))
+    ]
+    nbytes = _saved_bytes(index.save)
+    return Retrieval(ranked_lists([results], k), seconds, single, nbytes, build_seconds)
+
+
+def bm25_retrieval(
+    doc_texts: list[str], query_texts: list[str], settings: BenchSettings
+) -> Retrieval:
+    index, build_seconds = _timed_build(lambda: BM25Index.build(doc_texts))
+    k = min(settings.k, len(doc_texts))
+    results, seconds = median_seconds(lambda: index.search(query_texts, k))
+    single = [lambda t=t: index.search([t], k) for t in query_texts[: settings.latency_queries]]
+    nbytes = _saved_bytes(index.save)
+    return Retrieval(ranked_lists([results], k), seconds, single, nbytes, build_seconds)
+
+
+def hybrid_retrieval(
+    dense: Retrieval, other: Retrieval, fusion: str, settings: BenchSettings
+) -> Retrieval:
+    """Fuse two retrievers' lists; latency adds both searches and the fusion."""
+
+    def arrays(ranked: list[list[tuple[int, float]]]) -> tuple[np.ndarray, np.ndarray]:
+        width = max((len(found) for found in ranked), default=0)
+        rows = np.full((len(ranked), width), -1, dtype=np.int64)
+        scores = np.zeros((len(ranked), width), dtype=np.float32)
+        for query, found in enumerate(ranked):
+            for rank, (row, score) in enumerate(found):
+                rows[query, rank], scores[query, rank] = row, score
+        return scores, rows
+
+    both = [arrays(dense.ranked), arrays(other.ranked)]
+    ranked, fuse_seconds = median_seconds(lambda: ranked_lists(both, settings.k, fusion))
+    single = [
+        lambda d=d, o=o: ranked_lists([d(), o()], settings.k, fusion)
+        for d, o in zip(dense.single, other.single, strict=True)
+    ]
+    return Retrieval(
+        ranked,
+        dense.batch_seconds + other.batch_seconds + fuse_seconds,
+        single,
+        dense.index_bytes + other.index_bytes,
+        dense.build_seconds + other.build_seconds,
+    )
+
+
+def score_retrieval(
+    retrieval: Retrieval,
+    labels: dict[str, Any],
+    query_ids: list[str],
+    doc_ids: list[str],
+    qrels: dict[str, dict[str, int]],
+    settings: BenchSettings,
+) -> tuple[dict[str, Any], Run]:
+    """One results row (``labels`` first) and the run, from a retriever's lists and timings."""
+    run = {
+        qid: {doc_ids[row]: score for row, score in found}
+        for qid, found in zip(query_ids, retrieval.ranked, strict=True)
     }
+    single = percentiles_ms(time_each(retrieval.single, settings.warmup))
+    return {
+        **labels,
+        **evaluate_run(qrels, run),
+        "search_ms_p50": single["p50"],
+        "search_ms_p95": single["p95"],
+        "batch_qps": len(query_ids) / retrieval.batch_seconds,
+        "index_bytes": retrieval.index_bytes,
+        "build_seconds": retrieval.build_seconds,
+    }, run
 
 
 def measure_variant(
@@ -143,37 +284,142 @@ def measure_variant(
     qrels: dict[str, dict[str, int]],
     settings: BenchSettings,
 ) -> tuple[dict[str, Any], Run]:
-    doc_vectors = variant.projection.transform(documents)
-    query_vectors = variant.projection.transform(queries)
-    started = time.perf_counter()
-    index = build_faiss_index(doc_vectors, index_type)
-    build_seconds = time.perf_counter() - started
-    k = min(settings.k, len(doc_ids))
-
-    (scores, rows), batch_seconds = median_seconds(
-        lambda: search_faiss_index(index, query_vectors, k)
+    retrieval = dense_retrieval(
+        variant.projection.transform(documents),
+        variant.projection.transform(queries),
+        index_type,
+        settings,
     )
-    run = _run_from(rows, scores, query_ids, doc_ids)
-
-    timed = query_vectors[: settings.latency_queries]
-    single = percentiles_ms(
-        time_each(
-            [lambda v=v: search_faiss_index(index, v[None], k) for v in timed], settings.warmup
-        )
-    )
-    return {
+    labels = {
+        "family": "dense",
         "method": variant.method,
+        "source": None,
         "band": variant.band,
         "tau": variant.tau,
         "dim": variant.projection.dim,
         "index_type": index_type,
-        **evaluate_run(qrels, run),
-        "search_ms_p50": single["p50"],
-        "search_ms_p95": single["p95"],
-        "batch_qps": len(query_ids) / batch_seconds,
-        "index_bytes": int(faiss.serialize_index(index).nbytes),
-        "build_seconds": build_seconds,
-    }, run
+        "fusion": None,
+    }
+    return score_retrieval(retrieval, labels, query_ids, doc_ids, qrels, settings)
+
+
+@dataclass
+class LexicalInputs:
+    """What the sparse and BM25 rows need beyond the embeddings, shared across settings."""
+
+    tokenizer: Any
+    query_token_ids: list[list[int]]
+    bm25: Retrieval | None
+
+
+def _sparse_and_hybrid_rows(
+    spectrum: UnembeddingSpectrum,
+    variants: list[Variant],
+    documents: np.ndarray,
+    queries: np.ndarray,
+    query_ids: list[str],
+    doc_ids: list[str],
+    qrels: dict[str, dict[str, int]],
+    settings: BenchSettings,
+    lexical: LexicalInputs,
+) -> list[tuple[dict[str, Any], Run]]:
+    """Key-token sparse rows from the unfiltered, edge and nomean variants; BM25; and the
+    edge filter at ``hybrid_tau`` fused with its sparse index and with BM25."""
+    scored = []
+
+    def add(retrieval: Retrieval, **labels: Any) -> None:
+        labels = {"band": None, "tau": None, "dim": None, "source": None, "fusion": None} | labels
+        scored.append(score_retrieval(retrieval, labels, query_ids, doc_ids, qrels, settings))
+
+    spec = settings.sparse_spec
+    kind = f"keytokens K={spec.doc_tokens} M={spec.query_tokens}"
+    hybrid_parts: dict[str, Retrieval] = {}
+    for variant in variants:
+        is_edge = variant.method == "embedfilter" and variant.band == "edge"
+        if not settings.sparse or not (
+            variant.method in ("unfiltered", "embedfilter-nomean") or is_edge
+        ):
+            continue
+        space = "raw" if variant.method == "unfiltered" else "filtered"
+        lens = TokenLens(spectrum.unembedding, variant.projection, lexical.tokenizer)
+        sparse = sparse_retrieval(
+            lens,
+            documents,
+            queries,
+            lexical.query_token_ids,
+            SparseSpec(spec.doc_tokens, spec.query_tokens, space),
+            settings,
+        )
+        add(
+            sparse,
+            family="sparse",
+            method="keytokens",
+            source=variant.method,
+            band=variant.band,
+            tau=variant.tau,
+            dim=variant.projection.dim,
+            index_type=kind,
+        )
+        if is_edge and variant.tau == settings.hybrid_tau:
+            hybrid_parts["keytokens"] = sparse
+            hybrid_parts["dense"] = dense_retrieval(
+                variant.projection.transform(documents),
+                variant.projection.transform(queries),
+                settings.index_types[0],
+                settings,
+            )
+            hybrid_variant = variant
+    if lexical.bm25 is not None:
+        add(lexical.bm25, family="lexical", method="bm25", index_type="bm25s")
+        hybrid_parts["bm25"] = lexical.bm25
+    if "dense" in hybrid_parts:
+        for other in ("keytokens", "bm25"):
+            for fusion in settings.fusions if other in hybrid_parts else ():
+                add(
+                    hybrid_retrieval(hybrid_parts["dense"], hybrid_parts[other], fusion, settings),
+                    family="hybrid",
+                    method=f"dense+{other}",
+                    source=hybrid_variant.method,
+                    band=hybrid_variant.band,
+                    tau=hybrid_variant.tau,
+                    dim=hybrid_variant.projection.dim,
+                    index_type=f"{settings.index_types[0]} + {other}",
+                    fusion=fusion,
+                )
+    return scored
+
+
+def alignment_report(
+    spectrum: UnembeddingSpectrum,
+    tokenizer: Any,
+    documents: np.ndarray,
+    doc_token_ids: list[list[int]],
+    settings: BenchSettings,
+    examples: int = 3,
+) -> list[dict[str, Any]]:
+    """Alignment metrics of the documents, raw and through each edge / nomean filter,
+    with the top tokens of the first few documents as examples."""
+    entries = []
+    filters = [("raw", None, 1.0, FilterSpec(tau=1))]
+    for tau in settings.taus:
+        if tau > 1:
+            filters.append(("embedfilter", "edge", tau, FilterSpec(tau=tau)))
+        if settings.mean_direction:
+            refined = FilterSpec(tau=tau, remove_mean_direction=True)
+            filters.append(("embedfilter-nomean", "edge", tau, refined))
+    for method, band, tau, spec in filters:
+        lens = TokenLens(
+            spectrum.unembedding, EmbedFilter.from_unembedding(spectrum, spec), tokenizer
+        )
+        space = "raw" if method == "raw" else "filtered"
+        entry = {"space": method, "band": band, "tau": tau}
+        entry.update(alignment_metrics(lens, documents, doc_token_ids, space))
+        entry["examples"] = [
+            [token.token for token in tokens]
+            for tokens in lens.top_tokens(documents[:examples], space, top=10)
+        ]
+        entries.append(entry)
+    return entries
 
 
 def query_encoding_ms(
@@ -265,7 +511,9 @@ def run_bench(
     doc_ids = [d.id for d in corpus.documents]
     doc_texts = [d.embedding_text for d in corpus.documents]
 
+    bm25 = bm25_retrieval(doc_texts, query_texts, settings) if settings.bm25 else None
     rows: list[dict[str, Any]] = []
+    alignment: list[dict[str, Any]] = []
     for prompt in prompts:
         config = EncoderConfig(prompt=prompt, pooling=poolings[0], max_length=max_length)
         encoder = Encoder.load(model, config, dtype=dtype, device=device, batch_size=batch_size)
@@ -273,6 +521,9 @@ def run_bench(
         documents = cached_embeddings(encoder, doc_texts, poolings, queries=False)
         query_embeddings = cached_embeddings(
             encoder, query_texts, poolings, queries=True, show_progress=False
+        )
+        lexical = LexicalInputs(
+            encoder.tokenizer, encoder.text_token_ids(query_texts, queries=True), bm25
         )
         for pooling in poolings:
             encoder.config = EncoderConfig(prompt=prompt, pooling=pooling, max_length=max_length)
@@ -287,7 +538,17 @@ def run_bench(
                 settings,
                 out,
                 tag=f"{prompt}-{pooling}",
+                lexical=lexical,
             )
+            if settings.alignment:
+                for entry in alignment_report(
+                    spectrum,
+                    encoder.tokenizer,
+                    documents[pooling],
+                    encoder.text_token_ids(doc_texts),
+                    settings,
+                ):
+                    alignment.append({"prompt": prompt, "pooling": pooling, **entry})
             for row in setting_rows:
                 row.update(
                     prompt=prompt,
@@ -312,8 +573,10 @@ def run_bench(
         "versions": library_versions(),
     }
     (out / "results.json").write_text(json.dumps(rows, indent=2) + "\n")
+    if alignment:
+        (out / "alignment.json").write_text(json.dumps(alignment, indent=2) + "\n")
     (out / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
-    (out / "results.md").write_text(markdown_report(rows, meta))
+    (out / "results.md").write_text(markdown_report(rows, meta, alignment))
     plot_results(rows, out / "plot.png")
     logger.info("benchmark written to %s", out)
     return rows
@@ -329,10 +592,12 @@ def _bench_setting(
     settings: BenchSettings,
     out: Path,
     tag: str,
+    lexical: LexicalInputs | None = None,
 ) -> list[dict[str, Any]]:
     query_ids = list(query_texts)
     rows = []
-    for variant in build_variants(spectrum, documents, settings):
+    variants = build_variants(spectrum, documents, settings)
+    for variant in variants:
         for index_type in settings.index_types:
             row, run = measure_variant(
                 variant, index_type, documents, queries, query_ids, doc_ids, qrels, settings
@@ -352,13 +617,49 @@ def _bench_setting(
                 index_type,
                 row["ndcg_at_10"],
             )
+    if lexical is not None:
+        for row, run in _sparse_and_hybrid_rows(
+            spectrum, variants, documents, queries, query_ids, doc_ids, qrels, settings, lexical
+        ):
+            name = "-".join(
+                str(row[key]) for key in ("method", "source", "band", "tau", "fusion") if row[key]
+            )
+            name = f"{tag}-{name}".replace("+", "-")
+            write_trec_run(run, out / "runs" / f"{name}.trec.gz", tag=name)
+            row["run_file"] = f"runs/{name}.trec.gz"
+            rows.append(row)
+            logger.info(
+                "%-9s %-19s %-19s tau %-3s %-8s nDCG@10 %.4f",
+                tag,
+                row["method"],
+                row["source"] or "",
+                row["tau"] or "",
+                row["fusion"] or "",
+                row["ndcg_at_10"],
+            )
+    first_type = settings.index_types[0]
     for row in rows:
         base = next(
-            r for r in rows if r["method"] == "unfiltered" and r["index_type"] == row["index_type"]
+            r
+            for r in rows
+            if r["method"] == "unfiltered"
+            and r["index_type"] == (row["index_type"] if row["family"] == "dense" else first_type)
         )
         row["ndcg_ratio"] = row["ndcg_at_10"] / base["ndcg_at_10"] if base["ndcg_at_10"] else None
         row["latency_ratio"] = row["search_ms_p50"] / base["search_ms_p50"]
         row["storage_ratio"] = row["index_bytes"] / base["index_bytes"]
+        if row["family"] != "dense" and row["source"]:
+            # Against the dense index of the same vectors (the hybrid's dense part).
+            dense = next(
+                r
+                for r in rows
+                if r["family"] == "dense"
+                and (r["method"], r["band"], r["tau"], r["index_type"])
+                == (row["source"], row["band"], row["tau"], first_type)
+            )
+            row["share_of_dense_ndcg"] = (
+                row["ndcg_at_10"] / dense["ndcg_at_10"] if dense["ndcg_at_10"] else None
+            )
 
     unfiltered = next(r for r in rows if r["method"] == "unfiltered")
     normalised = EmbedFilter.from_unembedding(spectrum, FilterSpec(tau=1))
@@ -391,7 +692,9 @@ def _ratio(value: float | None) -> str:
     return "" if value is None else f"{value:.2f}"
 
 
-def markdown_report(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
+def markdown_report(
+    rows: list[dict[str, Any]], meta: dict[str, Any], alignment: Sequence[dict[str, Any]] = ()
+) -> str:
     lines = [
         f"# Benchmark: {meta['model']} on {Path(meta['dataset']).name}",
         "",
@@ -410,7 +713,8 @@ def markdown_report(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
     ]
     settings = dict.fromkeys((r["prompt"], r["pooling"]) for r in rows)
     for prompt, pooling in settings:
-        group = [r for r in rows if r["prompt"] == prompt and r["pooling"] == pooling]
+        everything = [r for r in rows if r["prompt"] == prompt and r["pooling"] == pooling]
+        group = [r for r in everything if r["family"] == "dense"]
         head = next(r for r in group if r["method"] == "unfiltered")
         ours, beir = head["search_ms_per_query_batched"], head["beir_search_ms_per_query"]
         encode = head["encode_ms_p50"]
@@ -441,7 +745,62 @@ def markdown_report(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
                 f"{_ratio(r['storage_ratio'])} |"
             )
         lines.append("")
+        others = [r for r in everything if r["family"] != "dense"]
+        if others:
+            lines += _other_rows_table(others)
+        entries = [a for a in alignment if (a["prompt"], a["pooling"]) == (prompt, pooling)]
+        if entries:
+            lines += _alignment_table(entries)
     return "\n".join(lines)
+
+
+def _other_rows_table(rows: list[dict[str, Any]]) -> list[str]:
+    lines = [
+        "Key-token sparse indexes (each built from the named dense variant's vectors), BM25, "
+        "and hybrids of the dense index with each. *Share of dense* is nDCG@10 over the "
+        "dense Flat index of the same vectors; *nDCG ratio* is over the unfiltered dense "
+        "row. Search latency includes building the sparse query (its top-M aligned tokens) "
+        "but not the LLM forward, which BM25 alone does without; hybrids add both searches "
+        "and the fusion.",
+        "",
+        "| method | from | band | tau | fusion | nDCG@10 | R@100 | share of dense | "
+        "nDCG ratio | search p50 ms | batch QPS | index bytes | storage ratio |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        tau = "" if r["tau"] is None else f"{r['tau']:g}"
+        lines.append(
+            f"| {r['method']} | {r['source'] or ''} | {r['band'] or ''} | {tau} | "
+            f"{r['fusion'] or ''} | {r['ndcg_at_10']:.4f} | {r['recall_at_100']:.4f} | "
+            f"{_ratio(r.get('share_of_dense_ndcg'))} | {_ratio(r['ndcg_ratio'])} | "
+            f"{r['search_ms_p50']:.3f} | {r['batch_qps']:.0f} | {r['index_bytes']:,} | "
+            f"{_ratio(r['storage_ratio'])} |"
+        )
+    return [*lines, ""]
+
+
+def _alignment_table(entries: list[dict[str, Any]]) -> list[str]:
+    texts = entries[0]["texts"]
+    lines = [
+        f"Token alignment of the {texts} documents (`retriever.lens.alignment_metrics`): "
+        "Hit@10 = share of documents with one of their own words among their 10 best-aligned "
+        "words; local rate = mean share of a document's words among its |T| best-aligned; "
+        "global rate = share of the collection's distinct words aligned in a document "
+        "holding them; junk@10 = share of stopwords and punctuation in the top 10. *raw* "
+        "reads W h, the filters read W F^T F h.",
+        "",
+        "| embedding | band | tau | Hit@10 | local rate | global rate | junk@10 | "
+        "top 10 tokens of the first document |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for e in entries:
+        example = " ".join(f"`{token.strip() or repr(token)}`" for token in e["examples"][0])
+        lines.append(
+            f"| {e['space']} | {e['band'] or ''} | {e['tau']:g} | {e['hit_at_10']:.3f} | "
+            f"{e['local_alignment_rate']:.3f} | {e['global_alignment_rate']:.3f} | "
+            f"{e['junk_at_10']:.3f} | {example} |"
+        )
+    return [*lines, ""]
 
 
 def _series_label(row: dict[str, Any]) -> str:

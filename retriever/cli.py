@@ -375,6 +375,46 @@ def _build_parser() -> argparse.ArgumentParser:
         metavar="TYPE",
         help="faiss.index_factory strings, space separated (default: Flat)",
     )
+    lexical = bench.add_argument_group("sparse, BM25, hybrids and token alignment")
+    lexical.add_argument(
+        "--no-sparse",
+        action="store_true",
+        help="skip the key-token sparse rows (built from the unfiltered, edge and nomean "
+        "vectors) and the dense+keytokens hybrids",
+    )
+    lexical.add_argument(
+        "--no-bm25", action="store_true", help="skip the BM25 row and the dense+bm25 hybrids"
+    )
+    lexical.add_argument(
+        "--sparse-doc-tokens",
+        type=int,
+        default=1000,
+        metavar="K",
+        help="aligned tokens kept per document (default: %(default)s)",
+    )
+    lexical.add_argument(
+        "--sparse-query-tokens",
+        type=int,
+        default=50,
+        metavar="M",
+        help="aligned tokens added to each query (default: %(default)s)",
+    )
+    lexical.add_argument(
+        "--hybrid-tau",
+        type=float,
+        default=2,
+        help="the edge filter whose dense index the hybrids fuse (default: %(default)s)",
+    )
+    lexical.add_argument(
+        "--fusion",
+        default=",".join(FUSIONS),
+        help="comma list of hybrid fusions (default: %(default)s)",
+    )
+    lexical.add_argument(
+        "--no-alignment",
+        action="store_true",
+        help="skip the token-alignment metrics of the documents (raw vs each filter)",
+    )
     bench.add_argument("--split", default="test", help="qrels split (default: %(default)s)")
     bench.add_argument(
         "--limit", type=int, default=None, metavar="N", help="only the first N documents"
@@ -638,6 +678,8 @@ def _run_bench(args: argparse.Namespace, argv: Sequence[str]) -> int:
         raise RetrieverError(
             f"--taus must be numbers separated by commas, got {args.taus!r}"
         ) from None
+    from retriever.sparse import SparseSpec
+
     baselines = () if args.baselines == "none" else tuple(_comma_list(args.baselines))
     settings = BenchSettings(
         taus=taus,
@@ -645,6 +687,12 @@ def _run_bench(args: argparse.Namespace, argv: Sequence[str]) -> int:
         baselines=baselines,
         index_types=tuple(args.index_types),
         mean_direction=not args.no_mean_direction,
+        sparse=not args.no_sparse,
+        sparse_spec=SparseSpec(args.sparse_doc_tokens, args.sparse_query_tokens),
+        bm25=not args.no_bm25,
+        hybrid_tau=args.hybrid_tau,
+        fusions=tuple(_comma_list(args.fusion)),
+        alignment=not args.no_alignment,
         k=args.k,
     )
     prompts, poolings = _comma_list(args.prompt), _comma_list(args.pooling)

@@ -9,6 +9,8 @@ from __future__ import annotations
 from collections.abc import Hashable, Mapping, Sequence
 from typing import TypeVar
 
+import numpy as np
+
 from retriever.errors import RetrieverError
 
 Doc = TypeVar("Doc", bound=Hashable)
@@ -67,3 +69,24 @@ def fuse(
             raise RetrieverError(f"--dense-weight must lie in [0, 1], got {first_weight}")
         return weighted_fusion([first, second], [first_weight, 1.0 - first_weight])
     raise RetrieverError(f"unknown fusion {method!r}; choose one of {', '.join(FUSIONS)}")
+
+
+def ranked_lists(
+    results: Sequence[tuple[np.ndarray, np.ndarray]],
+    k: int,
+    method: str = "rrf",
+    first_weight: float = 0.5,
+) -> list[list[tuple[int, float]]]:
+    """Per query, the best ``k`` ``(row, score)`` pairs of one retriever's ``(scores, rows)``
+    arrays, or of two retrievers' fused (rows < 0 pad short lists and are dropped)."""
+    if len(results) not in (1, 2):
+        raise ValueError("one or two retrievers' results can be ranked")
+    ranked = []
+    for query in range(len(results[0][0])):
+        lists = [
+            {int(r): float(s) for r, s in zip(rows[query], scores[query], strict=True) if r >= 0}
+            for scores, rows in results
+        ]
+        fused = lists[0] if len(lists) == 1 else fuse(lists[0], lists[1], method, first_weight)
+        ranked.append(sorted(fused.items(), key=lambda item: (-item[1], item[0]))[:k])
+    return ranked

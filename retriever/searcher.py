@@ -22,7 +22,7 @@ from retriever.docstore import DOCSTORE_DIR, DocStore
 from retriever.embedfilter import EmbedFilter
 from retriever.encoder import Encoder
 from retriever.errors import RetrieverError
-from retriever.fusion import fuse
+from retriever.fusion import ranked_lists
 from retriever.index import load_faiss_index, search_faiss_index
 from retriever.indexing import MANIFEST_FILE, MANIFEST_FORMAT
 from retriever.lens import AlignedToken, TokenLens
@@ -299,15 +299,7 @@ class Searcher:
             self.retrieve(part, queries, embeddings, depth, sparse_query_tokens=sparse_query_tokens)
             for part in parts
         ]
-        ranked = []
-        for row in range(len(queries)):
-            lists = [
-                {int(r): float(s) for r, s in zip(rows[row], scores[row], strict=True) if r >= 0}
-                for scores, rows in results
-            ]
-            scores = lists[0] if len(lists) == 1 else fuse(*lists, fusion, dense_weight)
-            ranked.append(sorted(scores.items(), key=lambda item: (-item[1], item[0]))[:k])
-        return ranked
+        return ranked_lists(results, k, fusion, dense_weight)
 
     def retrieve(
         self,

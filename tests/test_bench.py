@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -65,7 +66,9 @@ def bench_out(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
 
 
 def test_results_rows(bench_out: Path) -> None:
-    rows = json.loads((bench_out / "results.json").read_text())
+    rows = [
+        r for r in json.loads((bench_out / "results.json").read_text()) if r["family"] == "dense"
+    ]
     # Per pooling: unfiltered, nomean x 3 taus, 2 taus x (2 bands + 4 baselines); x 2 types.
     assert len(rows) == 2 * 2 * (1 + 3 + 2 * 6)
     assert all(REQUIRED <= set(row) for row in rows)
@@ -98,6 +101,74 @@ def test_results_rows(bench_out: Path) -> None:
             assert row["storage_ratio"] == pytest.approx(1 / row["tau"], rel=0.05)
 
 
+def test_sparse_bm25_and_hybrid_rows(bench_out: Path) -> None:
+    rows = json.loads((bench_out / "results.json").read_text())
+    others = [r for r in rows if r["family"] != "dense" and r["pooling"] == "mean"]
+    # Key tokens from the unfiltered, nomean (3 taus) and edge (2 taus) vectors; BM25; and
+    # the edge tau-2 dense index fused with each, both ways.
+    assert [(r["method"], r["source"], r["tau"], r["fusion"]) for r in others] == [
+        ("keytokens", "unfiltered", 1, None),
+        ("keytokens", "embedfilter-nomean", 1, None),
+        ("keytokens", "embedfilter-nomean", 2, None),
+        ("keytokens", "embedfilter", 2, None),
+        ("keytokens", "embedfilter-nomean", 4, None),
+        ("keytokens", "embedfilter", 4, None),
+        ("bm25", None, None, None),
+        ("dense+keytokens", "embedfilter", 2, "rrf"),
+        ("dense+keytokens", "embedfilter", 2, "weighted"),
+        ("dense+bm25", "embedfilter", 2, "rrf"),
+        ("dense+bm25", "embedfilter", 2, "weighted"),
+    ]
+    keytokens = {(r["source"], r["tau"]): r for r in others if r["method"] == "keytokens"}
+    bm25 = next(r for r in others if r["method"] == "bm25")
+    for row in others:
+        assert REQUIRED <= set(row), row["method"]
+        assert row["search_ms_p50"] > 0 and row["batch_qps"] > 0 and row["index_bytes"] > 0
+    # 80 documents of at most min(K, V) = 400 tokens each: a float and an int per posting.
+    assert keytokens[("unfiltered", 1)]["index_bytes"] >= 80 * 400 * 8
+    assert bm25["ndcg_at_10"] > 0  # the slice holds gold documents BM25 finds by their words
+    hybrid = next(r for r in others if r["method"] == "dense+bm25" and r["fusion"] == "rrf")
+    dense = next(
+        r
+        for r in rows
+        if r["family"] == "dense"
+        and r["method"] == "embedfilter"
+        and r["band"] == "edge"
+        and r["tau"] == 2
+        and r["index_type"] == "Flat"
+        and r["pooling"] == "mean"
+    )
+    assert hybrid["index_bytes"] == dense["index_bytes"] + bm25["index_bytes"]
+    if dense["ndcg_at_10"]:
+        assert hybrid["share_of_dense_ndcg"] == pytest.approx(
+            hybrid["ndcg_at_10"] / dense["ndcg_at_10"]
+        )
+    qrels = load_qrels(SHARED_SCIFACT)
+    for row in others:
+        run = read_trec_run(bench_out / row["run_file"])
+        assert evaluate_run(qrels, run)["ndcg_at_10"] == pytest.approx(row["ndcg_at_10"], abs=1e-5)
+
+
+def test_alignment_of_the_documents(bench_out: Path) -> None:
+    entries = json.loads((bench_out / "alignment.json").read_text())
+    mean = [e for e in entries if e["pooling"] == "mean"]
+    assert [(e["space"], e["tau"]) for e in mean] == [
+        ("raw", 1),
+        ("embedfilter-nomean", 1),
+        ("embedfilter", 2),
+        ("embedfilter-nomean", 2),
+        ("embedfilter", 4),
+        ("embedfilter-nomean", 4),
+    ]
+    for entry in entries:
+        assert entry["texts"] == 80 and len(entry["examples"]) == 3
+        for key in ("hit_at_10", "local_alignment_rate", "global_alignment_rate", "junk_at_10"):
+            assert 0.0 <= entry[key] <= 1.0
+    report = (bench_out / "results.md").read_text()
+    assert report.count("| keytokens | embedfilter | edge | 2 |") == 2
+    assert report.count("top 10 tokens of the first document") == 2
+
+
 def test_run_files_reproduce_the_metrics(bench_out: Path) -> None:
     qrels = load_qrels(SHARED_SCIFACT)
     rows = json.loads((bench_out / "results.json").read_text())
@@ -113,7 +184,10 @@ def test_table_and_plot(bench_out: Path) -> None:
     report = (bench_out / "results.md").read_text()
     assert report.splitlines()[5].startswith("retriever bench ")
     assert "## prompteol, mean pooling" in report and "## prompteol, last pooling" in report
-    assert report.count("| embedfilter | edge |") == 2 * 2 * 2
+    dense_rows = re.findall(
+        r"^\| embedfilter \| edge \| \d \| \d+ \| (?:Flat|HNSW16) \|", report, re.M
+    )
+    assert len(dense_rows) == 2 * 2 * 2
     assert (bench_out / "plot.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -146,6 +220,9 @@ def test_second_run_reuses_the_cached_embeddings(
             "--baselines",
             "none",
             "--no-mean-direction",
+            "--no-sparse",
+            "--no-bm25",
+            "--no-alignment",
             "--dtype",
             "float32",
             "--out",
@@ -155,6 +232,7 @@ def test_second_run_reuses_the_cached_embeddings(
     assert code == 0
     rows = json.loads((tmp_path / "again" / "results.json").read_text())
     assert [(r["method"], r["tau"]) for r in rows] == [("unfiltered", 1), ("embedfilter", 8)]
+    assert not (tmp_path / "again" / "alignment.json").exists()
 
 
 def test_bench_user_mistakes(tiny_model: Path, tmp_path: Path, capsys) -> None:
@@ -164,6 +242,8 @@ def test_bench_user_mistakes(tiny_model: Path, tmp_path: Path, capsys) -> None:
         (["--taus", "1,x"], "--taus must be numbers"),
         (["--taus", "0.5"], "--tau must be >= 1"),
         (["--pooling", "max"], "unknown pooling 'max'"),
+        (["--fusion", "max"], "unknown fusion 'max'"),
+        (["--sparse-doc-tokens", "0"], "--sparse-doc-tokens must be >= 1"),
     ]:
         code = main(
             [
