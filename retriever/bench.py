@@ -784,20 +784,22 @@ def _alignment_table(entries: list[dict[str, Any]]) -> list[str]:
     lines = [
         f"Token alignment of the {texts} documents (`retriever.lens.alignment_metrics`): "
         "Hit@10 = share of documents with one of their own words among their 10 best-aligned "
-        "words; local rate = mean share of a document's words among its |T| best-aligned; "
+        "words; content Hit@10 = the same without stopwords and punctuation; local rate = "
+        "mean share of a document's words among its |T| best-aligned; "
         "global rate = share of the collection's distinct words aligned in a document "
         "holding them; junk@10 = share of stopwords and punctuation in the top 10. *raw* "
         "reads W h, the filters read W F^T F h.",
         "",
-        "| embedding | band | tau | Hit@10 | local rate | global rate | junk@10 | "
-        "top 10 tokens of the first document |",
-        "|---|---|---|---|---|---|---|---|",
+        "| embedding | band | tau | Hit@10 | content Hit@10 | local rate | global rate | "
+        "junk@10 | top 10 tokens of the first document |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for e in entries:
         example = " ".join(f"`{token.strip() or repr(token)}`" for token in e["examples"][0])
         lines.append(
             f"| {e['space']} | {e['band'] or ''} | {e['tau']:g} | {e['hit_at_10']:.3f} | "
-            f"{e['local_alignment_rate']:.3f} | {e['global_alignment_rate']:.3f} | "
+            f"{e['content_hit_at_10']:.3f} | {e['local_alignment_rate']:.3f} | "
+            f"{e['global_alignment_rate']:.3f} | "
             f"{e['junk_at_10']:.3f} | {example} |"
         )
     return [*lines, ""]

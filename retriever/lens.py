@@ -155,6 +155,8 @@ def alignment_metrics(
     distinct words:
 
     - ``hit_at_10``: share of texts with a literal word among ``A_10``;
+    - ``content_hit_at_10``: the same, counting only words that are not junk (below), since
+      a stopword every text contains makes the plain Hit@10 trivial;
     - ``local_alignment_rate``: mean over texts of ``|A_K & T| / |T|`` with ``K = |T|``;
     - ``global_alignment_rate``: ``|union(A_K & T)| / |union(T)|`` over the whole set:
       the share of the collection's distinct words that some text containing them aligns;
@@ -170,14 +172,16 @@ def alignment_metrics(
     longest = max((len(words) for words in literal), default=0)
     # Enough ranked ids to find `longest` distinct words despite case and space variants.
     ids, _ = lens.top_ids(lens.vectors(embeddings, space), space, 3 * max(longest, hit_at) + 10)
-    hits, local, junk = [], [], []
+    hits, content_hits, local, junk = [], [], [], []
     aligned_union: set[str] = set()
     literal_union: set[str] = set()
     for row, words in zip(ids, literal, strict=True):
         ranked = list(dict.fromkeys(k for k in (word_key(lens.token_string(t)) for t in row) if k))
         head = ranked[:hit_at]
         hits.append(bool(words.intersection(head)))
-        junk.append(sum(is_junk(k, stopwords) for k in head) / max(len(head), 1))
+        content = [k for k in head if not is_junk(k, stopwords)]
+        content_hits.append(bool(words.intersection(content)))
+        junk.append((len(head) - len(content)) / max(len(head), 1))
         if words:
             matched = words.intersection(ranked[: len(words)])
             local.append(len(matched) / len(words))
@@ -186,6 +190,7 @@ def alignment_metrics(
     return {
         "texts": len(literal),
         f"hit_at_{hit_at}": float(np.mean(hits)) if hits else 0.0,
+        f"content_hit_at_{hit_at}": float(np.mean(content_hits)) if content_hits else 0.0,
         "local_alignment_rate": float(np.mean(local)) if local else 0.0,
         "global_alignment_rate": len(aligned_union) / len(literal_union) if literal_union else 0.0,
         f"junk_at_{hit_at}": float(np.mean(junk)) if junk else 0.0,

@@ -162,7 +162,13 @@ def test_alignment_of_the_documents(bench_out: Path) -> None:
     ]
     for entry in entries:
         assert entry["texts"] == 80 and len(entry["examples"]) == 3
-        for key in ("hit_at_10", "local_alignment_rate", "global_alignment_rate", "junk_at_10"):
+        for key in (
+            "hit_at_10",
+            "content_hit_at_10",
+            "local_alignment_rate",
+            "global_alignment_rate",
+            "junk_at_10",
+        ):
             assert 0.0 <= entry[key] <= 1.0
     report = (bench_out / "results.md").read_text()
     assert report.count("| keytokens | embedfilter | edge | 2 |") == 2

@@ -102,6 +102,7 @@ def test_alignment_metrics_by_hand() -> None:
     assert metrics == {
         "texts": 2,
         "hit_at_2": 1.0,  # A: cat, dog; B: ",", bone
+        "content_hit_at_2": 1.0,  # cat and bone are not junk
         "local_alignment_rate": 0.5,  # A: {cat, dog} in its top 2 words; B: "," is not bone
         "global_alignment_rate": pytest.approx(2 / 3),  # cat, dog of {cat, dog, bone}
         "junk_at_2": 0.25,  # A: none; B: ","
