@@ -23,7 +23,7 @@ import faiss
 import numpy as np
 
 from retriever.baselines import BASELINES, fit_baseline
-from retriever.config import BANDS, EncoderConfig, FilterSpec
+from retriever.config import BANDS, FUSIONS, EncoderConfig, FilterSpec
 from retriever.datasets import load_corpus, load_qrels, load_queries
 from retriever.embedding_cache import cached_embeddings
 from retriever.embedfilter import EmbedFilter, UnembeddingSpectrum
@@ -38,7 +38,7 @@ from retriever.evaluation import (
     time_each,
     write_trec_run,
 )
-from retriever.fusion import FUSIONS, ranked_lists
+from retriever.fusion import ranked_lists
 from retriever.index import build_faiss_index, search_faiss_index
 from retriever.indexing import folder_bytes, library_versions
 from retriever.lens import TokenLens, alignment_metrics

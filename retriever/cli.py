@@ -16,9 +16,17 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from retriever.config import BANDS, DTYPES, METHODS, POOLINGS, PROMPTS, SPACES, EncoderConfig
+from retriever.config import (
+    BANDS,
+    DTYPES,
+    FUSIONS,
+    METHODS,
+    POOLINGS,
+    PROMPTS,
+    SPACES,
+    EncoderConfig,
+)
 from retriever.errors import RetrieverError
-from retriever.fusion import FUSIONS
 
 DEFAULT_MODEL = "smollm2-135m"  # kept in step with retriever.models.DEFAULT_MODEL by a test
 

@@ -24,6 +24,8 @@ DTYPES = ("auto", "float32", "bfloat16", "float16")
 BANDS = ("edge", "head", "tail", "rand")
 # Search methods: one retriever, or dense fused with another; the default comes first.
 METHODS = ("dense", "sparse", "bm25", "dense+sparse", "dense+bm25")
+# Hybrid fusions: reciprocal rank, or a weighted sum of min-max normalised scores.
+FUSIONS = ("rrf", "weighted")
 # Token-lens spaces: the raw embedding h, or the filtered vector F h the index stores.
 SPACES = ("raw", "filtered")
 

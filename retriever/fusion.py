@@ -11,11 +11,11 @@ from typing import TypeVar
 
 import numpy as np
 
+from retriever.config import FUSIONS
 from retriever.errors import RetrieverError
 
 Doc = TypeVar("Doc", bound=Hashable)
 
-FUSIONS = ("rrf", "weighted")
 # Cormack, Clarke & Buettcher (2009): k = 60 damps the head of each list.
 RRF_K = 60
 

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The main job on the embedded defaults: build a filtered SciFact index with SmolLM2-135M
-# (PromptEOL, mean pooling, EmbedFilter edge band at tau 2), then run example searches
-# from the command line and from Python. Reuses the index if it is already built.
+# (PromptEOL, mean pooling, EmbedFilter edge band at tau 2) with its key-token sparse index
+# and BM25 beside it, then run example searches (dense, hybrid, explained), the token
+# lens, and the Python API. Reuses the index if it is already built with all three parts.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -9,12 +10,19 @@ dataset=${SCIFACT:-../shared/datasets/scifact}
 index=${INDEX:-indexes/scifact-smollm2}
 retriever=.venv/bin/retriever
 
-if [ ! -f "$index/manifest.json" ]; then
-    "$retriever" index "$dataset" --out "$index"
+if ! grep -qs '"bm25": {' "$index/manifest.json" || ! grep -qs '"sparse": {' "$index/manifest.json"; then
+    "$retriever" index "$dataset" --out "$index" --sparse --bm25 --overwrite
 fi
 
-echo "== retriever search (command line)"
-"$retriever" --quiet search "$index" "Vitamin D deficiency is associated with bone disease." -k 5
+query="Vitamin D deficiency is associated with bone disease."
+echo "== retriever search (command line, dense)"
+"$retriever" --quiet search "$index" "$query" -k 5
+
+echo "== retriever search --method dense+bm25 --explain (hybrid, with shared key tokens)"
+"$retriever" --quiet search "$index" "$query" -k 3 --method dense+bm25 --explain
+
+echo "== retriever lens (top aligned tokens, raw vs filtered)"
+"$retriever" --quiet lens "$index" "$query" --top 10
 
 echo "== Searcher (Python API)"
 .venv/bin/python - "$index" "$dataset" <<'PY'
