@@ -23,7 +23,7 @@ import faiss
 import numpy as np
 
 from retriever.baselines import BASELINES, fit_baseline
-from retriever.config import BANDS, FUSIONS, EncoderConfig, FilterSpec
+from retriever.config import BANDS, FUSIONS, EncoderConfig, FilterSpec, SparseSpec
 from retriever.datasets import load_corpus, load_qrels, load_queries
 from retriever.embedding_cache import cached_embeddings
 from retriever.embedfilter import EmbedFilter, UnembeddingSpectrum
@@ -38,12 +38,12 @@ from retriever.evaluation import (
     time_each,
     write_trec_run,
 )
-from retriever.fusion import ranked_lists
+from retriever.fusion import rank_candidates, ranked_lists
 from retriever.index import build_faiss_index, search_faiss_index
 from retriever.indexing import folder_bytes, library_versions
 from retriever.lens import TokenLens, alignment_metrics
 from retriever.lexical import BM25Index
-from retriever.sparse import KeyTokenIndex, SparseSpec
+from retriever.sparse import KeyTokenIndex
 
 logger = logging.getLogger(__name__)
 
@@ -224,18 +224,8 @@ def hybrid_retrieval(
     dense: Retrieval, other: Retrieval, fusion: str, settings: BenchSettings
 ) -> Retrieval:
     """Fuse two retrievers' lists; latency adds both searches and the fusion."""
-
-    def arrays(ranked: list[list[tuple[int, float]]]) -> tuple[np.ndarray, np.ndarray]:
-        width = max((len(found) for found in ranked), default=0)
-        rows = np.full((len(ranked), width), -1, dtype=np.int64)
-        scores = np.zeros((len(ranked), width), dtype=np.float32)
-        for query, found in enumerate(ranked):
-            for rank, (row, score) in enumerate(found):
-                rows[query, rank], scores[query, rank] = row, score
-        return scores, rows
-
-    both = [arrays(dense.ranked), arrays(other.ranked)]
-    ranked, fuse_seconds = median_seconds(lambda: ranked_lists(both, settings.k, fusion))
+    both = [[dict(found) for found in part.ranked] for part in (dense, other)]
+    ranked, fuse_seconds = median_seconds(lambda: rank_candidates(both, settings.k, fusion))
     single = [
         lambda d=d, o=o: ranked_lists([d(), o()], settings.k, fusion)
         for d, o in zip(dense.single, other.single, strict=True)
@@ -525,6 +515,8 @@ def run_bench(
         lexical = LexicalInputs(
             encoder.tokenizer, encoder.text_token_ids(query_texts, queries=True), bm25
         )
+        # The documents' literal tokens depend on the prompt's length, not on the pooling.
+        doc_token_ids = encoder.text_token_ids(doc_texts) if settings.alignment else []
         for pooling in poolings:
             encoder.config = EncoderConfig(prompt=prompt, pooling=pooling, max_length=max_length)
             encode_ms = query_encoding_ms(encoder, query_texts, settings)
@@ -545,7 +537,7 @@ def run_bench(
                     spectrum,
                     encoder.tokenizer,
                     documents[pooling],
-                    encoder.text_token_ids(doc_texts),
+                    doc_token_ids,
                     settings,
                 ):
                     alignment.append({"prompt": prompt, "pooling": pooling, **entry})

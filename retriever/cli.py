@@ -25,6 +25,7 @@ from retriever.config import (
     PROMPTS,
     SPACES,
     EncoderConfig,
+    SparseSpec,
 )
 from retriever.errors import RetrieverError
 
@@ -184,21 +185,7 @@ def _build_parser() -> argparse.ArgumentParser:
         help="also store each document as its top-K aligned tokens (weights e_t . x through "
         "the unembedding matrix) in an inverted index (sparse/)",
     )
-    sparse_group.add_argument(
-        "--sparse-doc-tokens",
-        type=int,
-        default=1000,
-        metavar="K",
-        help="aligned tokens kept per document (default: %(default)s)",
-    )
-    sparse_group.add_argument(
-        "--sparse-query-tokens",
-        type=int,
-        default=50,
-        metavar="M",
-        help="aligned tokens added to a query's own tokens; search can override it "
-        "(default: %(default)s)",
-    )
+    _add_sparse_size_options(sparse_group, query_note="; search can override it")
     sparse_group.add_argument(
         "--sparse-space",
         choices=SPACES,
@@ -304,11 +291,7 @@ def _build_parser() -> argparse.ArgumentParser:
         default=None,
         help=f"comma list among {', '.join(METHODS)} (default: every method the index answers)",
     )
-    evaluate.add_argument(
-        "--fusion",
-        default=",".join(FUSIONS),
-        help="comma list of fusions for the hybrid methods (default: %(default)s)",
-    )
+    _add_fusion_list_option(evaluate)
     evaluate.add_argument(
         "--dense-weight",
         type=float,
@@ -393,31 +376,14 @@ def _build_parser() -> argparse.ArgumentParser:
     lexical.add_argument(
         "--no-bm25", action="store_true", help="skip the BM25 row and the dense+bm25 hybrids"
     )
-    lexical.add_argument(
-        "--sparse-doc-tokens",
-        type=int,
-        default=1000,
-        metavar="K",
-        help="aligned tokens kept per document (default: %(default)s)",
-    )
-    lexical.add_argument(
-        "--sparse-query-tokens",
-        type=int,
-        default=50,
-        metavar="M",
-        help="aligned tokens added to each query (default: %(default)s)",
-    )
+    _add_sparse_size_options(lexical)
     lexical.add_argument(
         "--hybrid-tau",
         type=float,
         default=2,
         help="the edge filter whose dense index the hybrids fuse (default: %(default)s)",
     )
-    lexical.add_argument(
-        "--fusion",
-        default=",".join(FUSIONS),
-        help="comma list of hybrid fusions (default: %(default)s)",
-    )
+    _add_fusion_list_option(lexical)
     lexical.add_argument(
         "--no-alignment",
         action="store_true",
@@ -456,6 +422,32 @@ def _build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _add_sparse_size_options(group: argparse._ActionsContainer, *, query_note: str = "") -> None:
+    defaults = SparseSpec()
+    group.add_argument(
+        "--sparse-doc-tokens",
+        type=int,
+        default=defaults.doc_tokens,
+        metavar="K",
+        help="aligned tokens kept per document (default: %(default)s)",
+    )
+    group.add_argument(
+        "--sparse-query-tokens",
+        type=int,
+        default=defaults.query_tokens,
+        metavar="M",
+        help=f"aligned tokens added to a query's own tokens{query_note} (default: %(default)s)",
+    )
+
+
+def _add_fusion_list_option(group: argparse._ActionsContainer) -> None:
+    group.add_argument(
+        "--fusion",
+        default=",".join(FUSIONS),
+        help="comma list of fusions for the hybrid methods (default: %(default)s)",
+    )
+
+
 def _add_method_options(parser: argparse.ArgumentParser) -> None:
     group = parser.add_argument_group("method")
     group.add_argument(
@@ -487,7 +479,6 @@ def _comma_list(value: str) -> list[str]:
 def _run_index(args: argparse.Namespace) -> int:
     from retriever.config import EncoderConfig, FilterSpec
     from retriever.indexing import build_index
-    from retriever.sparse import SparseSpec
 
     sparse = (
         SparseSpec(
@@ -686,8 +677,6 @@ def _run_bench(args: argparse.Namespace, argv: Sequence[str]) -> int:
         raise RetrieverError(
             f"--taus must be numbers separated by commas, got {args.taus!r}"
         ) from None
-    from retriever.sparse import SparseSpec
-
     baselines = () if args.baselines == "none" else tuple(_comma_list(args.baselines))
     settings = BenchSettings(
         taus=taus,

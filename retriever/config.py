@@ -110,3 +110,30 @@ class FilterSpec:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> FilterSpec:
         return cls(**{f.name: data[f.name] for f in fields(cls) if f.name in data})
+
+
+@dataclass(frozen=True)
+class SparseSpec:
+    """The key-token sparse index: ``doc_tokens`` (K) kept per document, ``query_tokens``
+    (M) aligned tokens added to each query, read from the ``space`` vector."""
+
+    doc_tokens: int = 1000
+    query_tokens: int = 50
+    space: str = "filtered"
+
+    def __post_init__(self) -> None:
+        if self.doc_tokens < 1:
+            raise RetrieverError(f"--sparse-doc-tokens must be >= 1, got {self.doc_tokens}")
+        if self.query_tokens < 0:
+            raise RetrieverError(f"--sparse-query-tokens must be >= 0, got {self.query_tokens}")
+        if self.space not in SPACES:
+            raise RetrieverError(
+                f"unknown sparse space {self.space!r}; choose one of {', '.join(SPACES)}"
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> SparseSpec:
+        return cls(**{f.name: data[f.name] for f in fields(cls) if f.name in data})

@@ -79,14 +79,28 @@ def ranked_lists(
 ) -> list[list[tuple[int, float]]]:
     """Per query, the best ``k`` ``(row, score)`` pairs of one retriever's ``(scores, rows)``
     arrays, or of two retrievers' fused (rows < 0 pad short lists and are dropped)."""
-    if len(results) not in (1, 2):
+    candidates = [
+        [
+            {int(r): float(s) for r, s in zip(query_rows, query_scores, strict=True) if r >= 0}
+            for query_scores, query_rows in zip(scores, rows, strict=True)
+        ]
+        for scores, rows in results
+    ]
+    return rank_candidates(candidates, k, method, first_weight)
+
+
+def rank_candidates(
+    candidates: Sequence[Sequence[Mapping[int, float]]],
+    k: int,
+    method: str = "rrf",
+    first_weight: float = 0.5,
+) -> list[list[tuple[int, float]]]:
+    """Per query, the best ``k`` of one retriever's ``{row: score}`` candidates, or of two
+    retrievers' fused; ties go to the lower row."""
+    if len(candidates) not in (1, 2):
         raise ValueError("one or two retrievers' results can be ranked")
     ranked = []
-    for query in range(len(results[0][0])):
-        lists = [
-            {int(r): float(s) for r, s in zip(rows[query], scores[query], strict=True) if r >= 0}
-            for scores, rows in results
-        ]
+    for lists in zip(*candidates, strict=True):
         fused = lists[0] if len(lists) == 1 else fuse(lists[0], lists[1], method, first_weight)
         ranked.append(sorted(fused.items(), key=lambda item: (-item[1], item[0]))[:k])
     return ranked

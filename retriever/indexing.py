@@ -20,7 +20,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
-from retriever.config import MANIFEST_VERSION, PROMPTS, EncoderConfig, FilterSpec
+from retriever.config import MANIFEST_VERSION, PROMPTS, EncoderConfig, FilterSpec, SparseSpec
 from retriever.datasets import Corpus, load_corpus
 from retriever.docstore import DOCSTORE_DIR, DocStore
 from retriever.embedfilter import EmbedFilter
@@ -30,7 +30,7 @@ from retriever.index import INDEX_FILE, METRIC, build_faiss_index, gpu_count, sa
 from retriever.lens import TokenLens
 from retriever.lexical import BM25_DIR, STEMMER_LANGUAGE, STOPWORDS, BM25Index
 from retriever.models import DEFAULT_MODEL
-from retriever.sparse import SPARSE_DIR, KeyTokenIndex, SparseSpec
+from retriever.sparse import SPARSE_DIR, KeyTokenIndex
 
 logger = logging.getLogger(__name__)
 
@@ -102,7 +102,8 @@ class Indexer:
         out = Path(out).expanduser().resolve()
         _check_destination(out, overwrite)
         started = time.perf_counter()
-        embed_filter = EmbedFilter.from_unembedding(self.encoder.unembedding(), self.filter_spec)
+        unembedding = self.encoder.unembedding()
+        embed_filter = EmbedFilter.from_unembedding(unembedding, self.filter_spec)
         logger.info(
             "EmbedFilter %s: %d -> %d dimensions",
             self.filter_spec.band
@@ -131,7 +132,7 @@ class Indexer:
 
             if self.sparse is not None:
                 mark = time.perf_counter()
-                lens = TokenLens(self.encoder.unembedding(), embed_filter, self.encoder.tokenizer)
+                lens = TokenLens(unembedding, embed_filter, self.encoder.tokenizer)
                 KeyTokenIndex.build(
                     lens, lens.vectors(embeddings, self.sparse.space), self.sparse
                 ).save(staging / SPARSE_DIR)

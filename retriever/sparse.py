@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +19,7 @@ import numpy as np
 import scipy.sparse as sp
 from tqdm.auto import tqdm
 
-from retriever.config import SPACES
+from retriever.config import SparseSpec
 from retriever.errors import RetrieverError
 from retriever.lens import TokenLens
 
@@ -30,32 +29,6 @@ SPEC_FILE = "sparse.json"
 # Documents scored per block while building, and queries per sparse product.
 _BUILD_BLOCK = 1024
 _QUERY_BLOCK = 256
-
-
-@dataclass(frozen=True)
-class SparseSpec:
-    """``doc_tokens`` (K) kept per document, ``query_tokens`` (M) added to each query."""
-
-    doc_tokens: int = 1000
-    query_tokens: int = 50
-    space: str = "filtered"
-
-    def __post_init__(self) -> None:
-        if self.doc_tokens < 1:
-            raise RetrieverError(f"--sparse-doc-tokens must be >= 1, got {self.doc_tokens}")
-        if self.query_tokens < 0:
-            raise RetrieverError(f"--sparse-query-tokens must be >= 0, got {self.query_tokens}")
-        if self.space not in SPACES:
-            raise RetrieverError(
-                f"unknown sparse space {self.space!r}; choose one of {', '.join(SPACES)}"
-            )
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> SparseSpec:
-        return cls(**{f.name: data[f.name] for f in fields(cls) if f.name in data})
 
 
 class KeyTokenIndex:
