@@ -13,7 +13,7 @@ import numpy as np
 
 from retriever.config import EncoderConfig, FilterSpec
 from retriever.datasets import load_corpus, load_qrels, load_queries
-from retriever.embedding_cache import cached_embeddings
+from retriever.store import cached_embeddings
 from retriever.embedfilter import EmbedFilter, UnembeddingSpectrum
 from retriever.encoder import Encoder
 from retriever.evaluation import evaluate_run

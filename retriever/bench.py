@@ -25,7 +25,6 @@ import numpy as np
 from retriever.baselines import BASELINES, fit_baseline
 from retriever.config import BANDS, FUSIONS, EncoderConfig, FilterSpec, SparseSpec
 from retriever.datasets import load_corpus, load_qrels, load_queries
-from retriever.embedding_cache import cached_embeddings
 from retriever.embedfilter import EmbedFilter, UnembeddingSpectrum
 from retriever.encoder import Encoder
 from retriever.errors import RetrieverError
@@ -40,10 +39,11 @@ from retriever.evaluation import (
 )
 from retriever.fusion import rank_candidates, ranked_lists
 from retriever.index import build_faiss_index, search_faiss_index
-from retriever.indexing import folder_bytes, library_versions
 from retriever.lens import TokenLens, alignment_metrics
 from retriever.lexical import BM25Index
+from retriever.manifest import folder_bytes, library_versions
 from retriever.sparse import KeyTokenIndex
+from retriever.store import cached_embeddings
 
 logger = logging.getLogger(__name__)
 

@@ -56,16 +56,118 @@ def _add_model_options(parser: argparse.ArgumentParser, *, for_search: bool) -> 
             help="take the unembedding matrix from this model (for embedding models "
             "without an LM head: give the LLM they were trained from)",
         )
-    group.add_argument(
-        "--dtype",
-        choices=DTYPES,
-        default="auto",
-        help="weights dtype; auto = bfloat16 on a GPU or a CPU with AVX-512 BF16/AMX, "
-        "float32 otherwise (default: %(default)s)",
-    )
+    if for_search:
+        group.add_argument(
+            "--dtype",
+            choices=DTYPES,
+            default=None,
+            help="weights dtype (default: the one the index was built with, so queries are "
+            "encoded like its documents)",
+        )
+    else:
+        group.add_argument(
+            "--dtype",
+            choices=DTYPES,
+            default="auto",
+            help="weights dtype; auto = bfloat16 on a GPU or a CPU with AVX-512 BF16/AMX, "
+            "float32 otherwise (default: %(default)s)",
+        )
     group.add_argument("--device", default=None, help="torch device (default: cuda if present)")
     group.add_argument(
         "--batch-size", type=int, default=16, help="texts per forward pass (default: %(default)s)"
+    )
+
+
+def _add_encoding_options(parser: argparse.ArgumentParser, *, with_pooling: bool) -> None:
+    encoding = parser.add_argument_group("encoding")
+    encoding.add_argument(
+        "--prompt",
+        choices=list(PROMPTS),
+        default="prompteol",
+        help='prompt template: prompteol = \'This sentence : "{text}" means in one word:"\', '
+        "echo = text twice, pooled over the second copy, none = bare text "
+        "(default: %(default)s)",
+    )
+    if with_pooling:
+        encoding.add_argument(
+            "--pooling",
+            choices=POOLINGS,
+            default="mean",
+            help="mean over the prompted tokens, or the last token (default: %(default)s; "
+            "the store keeps both)",
+        )
+    encoding.add_argument(
+        "--max-length",
+        type=int,
+        default=256,
+        help="tokens per input including the prompt; longer texts keep their head and "
+        "tail halves (default: %(default)s)",
+    )
+    if with_pooling:
+        encoding.add_argument(
+            "--query-instruction", default="", help="text put before every query's prompt"
+        )
+    encoding.add_argument(
+        "--document-instruction", default="", help="text put before every document's prompt"
+    )
+
+
+def _add_store_options(
+    parser: argparse.ArgumentParser,
+    *,
+    with_limit: bool,
+    with_store: bool = True,
+    with_restart: bool = True,
+) -> None:
+    group = parser.add_argument_group("embedding store")
+    if with_limit:
+        group.add_argument(
+            "--limit",
+            type=int,
+            default=None,
+            metavar="N",
+            help="only the first N documents in file order",
+        )
+    if with_store:
+        group.add_argument(
+            "--store",
+            metavar="DIR",
+            default=None,
+            help="keep the raw embeddings in this store folder (default: a folder in "
+            "~/.cache/retriever/embeddings/ named by the model, settings and corpus hash, "
+            "shared by every command that encodes the same corpus the same way)",
+        )
+    group.add_argument(
+        "--chunk-size",
+        type=int,
+        default=4096,
+        metavar="N",
+        help="documents per shard: the unit of resuming and of memory (default: %(default)s)",
+    )
+    if with_restart:
+        group.add_argument(
+            "--restart",
+            action="store_true",
+            help="empty a store that holds another encoding (or a partial one) and encode "
+            "afresh, instead of refusing or resuming",
+        )
+
+
+def _add_search_param_options(group: argparse._ActionsContainer, *, at_build: bool) -> None:
+    when = "stored as the index's default" if at_build else "default: the index's"
+    group.add_argument(
+        "--nprobe",
+        type=int,
+        default=None,
+        metavar="N",
+        help=f"IVF lists searched per query ({when}; faiss's own default is 1)",
+    )
+    group.add_argument(
+        "--ef-search",
+        type=int,
+        default=None,
+        metavar="N",
+        help=f"HNSW candidate list size per query ({when}; faiss's own default is 16)",
     )
 
 
@@ -79,63 +181,45 @@ def _build_parser() -> argparse.ArgumentParser:
 
     index = commands.add_parser(
         "index",
-        help="encode a collection and build a filtered index folder",
+        help="encode a collection and build a filtered index",
         description="Encode documents with an LLM, project them with EmbedFilter and write a "
-        "self-describing index folder (manifest.json, filter.npy, index.faiss, docstore/).",
+        "self-describing index (manifest.json, filter.npy, index.faiss, docstore/). The "
+        "build streams: documents are encoded chunk by chunk into an embedding store (raw "
+        "embeddings on disk), then assembled shard by shard. Rerunning a killed build "
+        "resumes from the last complete chunk. --out becomes a link to an immutable "
+        "generation folder, swapped atomically when the build is complete.",
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=textwrap.dedent(
             """\
-            example:
+            examples:
               retriever index ../shared/datasets/scifact --out indexes/scifact --tau 2
+              retriever encode ../shared/datasets/scifact --out store --shard 0/2   # and 1/2
+              retriever index --from store --out indexes/scifact --index-type IVF256,Flat
             """
         ),
     )
     index.add_argument(
         "dataset",
+        nargs="?",
         help="BEIR dataset folder (with corpus.jsonl) or a JSONL file of "
-        '{"_id", "title", "text"} documents',
+        '{"_id", "title", "text"} documents (omit with --from)',
     )
-    index.add_argument("--out", required=True, help="index folder to create")
+    index.add_argument("--out", required=True, help="index path to create (a link)")
     index.add_argument(
         "--overwrite", action="store_true", help="replace an existing index at --out"
     )
     index.add_argument(
-        "--limit",
-        type=int,
+        "--from",
+        dest="from_store",
+        metavar="STORE",
         default=None,
-        metavar="N",
-        help="index only the first N documents in file order",
+        help="assemble from a complete embedding store written by `retriever encode` "
+        "instead of encoding DATASET; the store fixes the model, dtype, prompt, max length "
+        "and document instruction",
     )
+    _add_store_options(index, with_limit=True)
     _add_model_options(index, for_search=False)
-
-    encoding = index.add_argument_group("encoding")
-    encoding.add_argument(
-        "--prompt",
-        choices=list(PROMPTS),
-        default="prompteol",
-        help='prompt template: prompteol = \'This sentence : "{text}" means in one word:"\', '
-        "echo = text twice, pooled over the second copy, none = bare text "
-        "(default: %(default)s)",
-    )
-    encoding.add_argument(
-        "--pooling",
-        choices=POOLINGS,
-        default="mean",
-        help="mean over the prompted tokens, or the last token (default: %(default)s)",
-    )
-    encoding.add_argument(
-        "--max-length",
-        type=int,
-        default=256,
-        help="tokens per input including the prompt; longer texts keep their head and "
-        "tail halves (default: %(default)s)",
-    )
-    encoding.add_argument(
-        "--query-instruction", default="", help="text put before every query's prompt"
-    )
-    encoding.add_argument(
-        "--document-instruction", default="", help="text put before every document's prompt"
-    )
+    _add_encoding_options(index, with_pooling=True)
 
     filtering = index.add_argument_group("EmbedFilter")
     size = filtering.add_mutually_exclusive_group()
@@ -172,6 +256,7 @@ def _build_parser() -> argparse.ArgumentParser:
         help="faiss.index_factory string, e.g. Flat, HNSW32, IVF256,Flat, IVF256,PQ16 "
         "(inner product on normalised vectors; default: %(default)s)",
     )
+    _add_search_param_options(faiss_group, at_build=True)
     faiss_group.add_argument(
         "--no-dense",
         action="store_true",
@@ -200,6 +285,62 @@ def _build_parser() -> argparse.ArgumentParser:
         "and stemmer) for the lexical baseline and dense+bm25 hybrids (bm25/)",
     )
 
+    encode = commands.add_parser(
+        "encode",
+        help="encode a collection (or one slice of it) into an embedding store",
+        description="Encode documents into an embedding store: raw pooled embeddings "
+        "(every pooling) in one shard per chunk of --chunk-size documents, with the "
+        "documents beside them. --shard I/N encodes only the chunks c with c %% N == I, so "
+        "N processes or machines can share a corpus; `retriever index --from STORE` "
+        "assembles the index once every chunk is present. A rerun skips complete chunks.",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=textwrap.dedent(
+            """\
+            example (three processes, then one assembly):
+              for i in 0 1 2; do retriever encode corpus.jsonl --out store --shard $i/3 & done
+              wait; retriever index --from store --out indexes/corpus
+            """
+        ),
+    )
+    encode.add_argument("dataset", help="BEIR dataset folder or JSONL file of documents")
+    encode.add_argument("--out", required=True, metavar="STORE", help="embedding store folder")
+    encode.add_argument(
+        "--shard",
+        default="0/1",
+        metavar="I/N",
+        help="encode slice I of N (chunks c with c %% N == I; default: %(default)s, all)",
+    )
+    _add_store_options(encode, with_limit=True, with_store=False)
+    _add_model_options(encode, for_search=False)
+    _add_encoding_options(encode, with_pooling=False)
+
+    add = commands.add_parser(
+        "add",
+        help="add documents to an index (new ids, or replace with --upsert)",
+        description="Encode a corpus with the index's own model and settings and append it "
+        "to every part of the index (dense, sparse, BM25, docstore) in a new generation, "
+        "swapped in atomically. Ids already in the index are refused unless --upsert "
+        "replaces them. BM25 is rebuilt over the whole collection (its statistics change).",
+    )
+    add.add_argument("index", help="index path built by `retriever index`")
+    add.add_argument("dataset", help="BEIR dataset folder or JSONL file of documents to add")
+    add.add_argument(
+        "--upsert", action="store_true", help="replace documents whose id is already indexed"
+    )
+    _add_store_options(add, with_limit=True, with_restart=False)
+    _add_model_options(add, for_search=True)
+
+    delete = commands.add_parser(
+        "delete",
+        help="remove documents from an index by id",
+        description="Remove documents from every part of an index in a new generation, "
+        "swapped in atomically; no model is loaded. An id the index does not hold is an "
+        "error and nothing is deleted.",
+    )
+    delete.add_argument("index", help="index path built by `retriever index`")
+    delete.add_argument("ids", nargs="*", metavar="ID", help="document ids to remove")
+    delete.add_argument("--ids-file", metavar="FILE", help="a file of document ids, one per line")
+
     search = commands.add_parser(
         "search",
         help="search an index folder",
@@ -211,6 +352,7 @@ def _build_parser() -> argparse.ArgumentParser:
     search.add_argument("-k", type=int, default=10, help="number of hits (default: %(default)s)")
     search.add_argument("--json", action="store_true", help="print hits as JSON")
     _add_method_options(search)
+    _add_search_param_options(search.add_argument_group("FAISS"), at_build=False)
     search.add_argument(
         "--sparse-query-tokens",
         type=int,
@@ -298,6 +440,7 @@ def _build_parser() -> argparse.ArgumentParser:
         default=0.5,
         help="dense share of a weighted fusion (default: %(default)s)",
     )
+    _add_search_param_options(evaluate.add_argument_group("FAISS"), at_build=False)
     _add_model_options(evaluate, for_search=True)
 
     bench = commands.add_parser(
@@ -476,10 +619,22 @@ def _comma_list(value: str) -> list[str]:
     return [item.strip() for item in value.split(",") if item.strip()]
 
 
-def _run_index(args: argparse.Namespace) -> int:
-    from retriever.config import EncoderConfig, FilterSpec
-    from retriever.indexing import build_index
+def _encoder_config(args: argparse.Namespace) -> EncoderConfig:
+    return EncoderConfig(
+        prompt=args.prompt,
+        pooling=getattr(args, "pooling", "mean"),
+        max_length=args.max_length,
+        query_instruction=getattr(args, "query_instruction", ""),
+        document_instruction=args.document_instruction,
+    )
 
+
+def _run_index(args: argparse.Namespace) -> int:
+    from retriever.config import FilterSpec
+    from retriever.indexing import SearchParams, build_index
+
+    if args.dataset is not None and args.from_store is not None:
+        raise RetrieverError("give either DATASET or --from STORE, not both")
     sparse = (
         SparseSpec(
             doc_tokens=args.sparse_doc_tokens,
@@ -489,19 +644,12 @@ def _run_index(args: argparse.Namespace) -> int:
         if args.sparse
         else None
     )
-
     out = build_index(
         args.dataset,
         args.out,
         model=args.model,
         revision=args.revision,
-        encoder_config=EncoderConfig(
-            prompt=args.prompt,
-            pooling=args.pooling,
-            max_length=args.max_length,
-            query_instruction=args.query_instruction,
-            document_instruction=args.document_instruction,
-        ),
+        encoder_config=_encoder_config(args),
         filter_spec=FilterSpec(
             tau=args.tau,
             dim=args.dim,
@@ -519,9 +667,96 @@ def _run_index(args: argparse.Namespace) -> int:
         dense=not args.no_dense,
         sparse=sparse,
         bm25=args.bm25,
+        search_params=SearchParams(args.nprobe, args.ef_search),
         overwrite=args.overwrite,
+        store=args.store,
+        from_store=args.from_store,
+        chunk_size=args.chunk_size,
+        restart=args.restart,
     )
     print(out)
+    return 0
+
+
+def _run_encode(args: argparse.Namespace) -> int:
+    from retriever.datasets import scan_corpus
+    from retriever.encoder import Encoder
+    from retriever.store import encode_corpus, parse_slice
+
+    slice_ = parse_slice(args.shard)
+    config = _encoder_config(args)
+    if args.chunk_size < 1:
+        raise RetrieverError(f"--chunk-size must be at least 1, got {args.chunk_size}")
+    scan = scan_corpus(args.dataset, args.limit)
+    encoder = Encoder.load(
+        args.model,
+        config,
+        dtype=args.dtype,
+        device=args.device,
+        batch_size=args.batch_size,
+        revision=args.revision,
+        unembedding_from=args.unembedding_from,
+    )
+    store = encode_corpus(
+        encoder,
+        scan,
+        folder=args.out,
+        chunk_size=args.chunk_size,
+        slice_=slice_,
+        restart=args.restart,
+    )
+    missing = store.missing_chunks()
+    state = (
+        "complete: assemble it with `retriever index --from " + str(store.folder) + " --out DIR`"
+        if not missing
+        else f"{store.num_chunks - len(missing)} of {store.num_chunks} chunks present"
+    )
+    print(f"{store.folder} ({state})")
+    return 0
+
+
+def _run_add(args: argparse.Namespace) -> int:
+    from retriever.generations import current_generation
+    from retriever.indexing import Indexer
+    from retriever.manifest import load_encoder_for, read_manifest
+
+    out = Path(args.index).expanduser().absolute()
+    base = current_generation(out)
+    if base is None:
+        raise RetrieverError(f"{out} is not an index built by `retriever index`")
+    manifest = read_manifest(base)
+    encoder = load_encoder_for(
+        manifest,
+        base,
+        model=args.model,
+        dtype=args.dtype,
+        device=args.device,
+        batch_size=args.batch_size,
+    )
+    result = Indexer(encoder).add(
+        out,
+        args.dataset,
+        upsert=args.upsert,
+        limit=args.limit,
+        store=args.store,
+        chunk_size=args.chunk_size,
+    )
+    print(f"{out}: {result['added']} added, {result['replaced']} replaced")
+    return 0
+
+
+def _run_delete(args: argparse.Namespace) -> int:
+    from retriever.indexing import delete_documents
+
+    ids = list(args.ids)
+    if args.ids_file:
+        try:
+            text = Path(args.ids_file).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise RetrieverError(f"cannot read --ids-file {args.ids_file}: {exc}") from None
+        ids += [line.strip() for line in text.splitlines() if line.strip()]
+    removed = delete_documents(args.index, ids)
+    print(f"{args.index}: {removed} deleted")
     return 0
 
 
@@ -534,6 +769,8 @@ def _load_searcher(args: argparse.Namespace) -> Any:
         dtype=args.dtype,
         device=args.device,
         batch_size=args.batch_size,
+        nprobe=getattr(args, "nprobe", None),
+        ef_search=getattr(args, "ef_search", None),
     )
 
 
@@ -542,8 +779,11 @@ def _token_list(tokens: Sequence[Any]) -> str:
 
 
 def _run_search(args: argparse.Namespace) -> int:
-    if not args.query.strip():
-        raise RetrieverError("empty query: give some text to search for")
+    from retriever.searcher import check_queries
+
+    check_queries([args.query])
+    if args.k < 1:
+        raise RetrieverError(f"-k must be at least 1, got {args.k}")
     if args.explain_top < 1:
         raise RetrieverError(f"--explain-top must be at least 1, got {args.explain_top}")
     searcher = _load_searcher(args)
@@ -623,6 +863,8 @@ def _run_eval(args: argparse.Namespace) -> int:
     from retriever.datasets import load_qrels, load_queries
     from retriever.evaluation import evaluate_index, index_sizes, write_trec_run
 
+    if args.k < 1:
+        raise RetrieverError(f"-k must be at least 1, got {args.k}")
     queries = load_queries(args.dataset)
     qrels = load_qrels(args.dataset, args.split)
     fusions = _comma_list(args.fusion)
@@ -760,6 +1002,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _run_bench(args, argv)
         commands = {
             "index": _run_index,
+            "encode": _run_encode,
+            "add": _run_add,
+            "delete": _run_delete,
             "search": _run_search,
             "lens": _run_lens,
             "eval": _run_eval,

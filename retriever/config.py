@@ -6,12 +6,13 @@ encoder and filter that the indexer used.
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
 from retriever.errors import RetrieverError
 
-MANIFEST_VERSION = 1
+MANIFEST_VERSION = 2
 
 # Prompt templates; "{text}" is replaced by the (truncated) input text.
 PROMPTS: dict[str, str] = {
@@ -84,8 +85,10 @@ class FilterSpec:
             object.__setattr__(self, "tau", 2.0)
         if self.tau is not None and self.dim is not None:
             raise RetrieverError("give exactly one of --tau and --dim")
-        if self.tau is not None and not self.tau >= 1:
-            raise RetrieverError(f"--tau must be >= 1 (1 keeps every dimension), got {self.tau}")
+        if self.tau is not None and not (self.tau >= 1 and math.isfinite(self.tau)):
+            raise RetrieverError(
+                f"--tau must be a finite number >= 1 (1 keeps every dimension), got {self.tau}"
+            )
         if self.dim is not None and self.dim < 1:
             raise RetrieverError(f"--dim must be a positive number of dimensions, got {self.dim}")
         if self.band not in BANDS:

@@ -4,6 +4,7 @@ JSONL file of documents, checking every line and naming the file and line of any
 
 from __future__ import annotations
 
+import array
 import csv
 import hashlib
 import json
@@ -73,6 +74,7 @@ def _record_id(path: Path, number: int, record: dict[str, Any]) -> str:
     if isinstance(raw_id, bool) or not isinstance(raw_id, (str, int)):
         raise RetrieverError(f'{path}:{number}: missing or non-string "_id" field')
     doc_id = str(raw_id).strip()
+    _check_unicode(path, number, "_id", doc_id)
     if not doc_id:
         raise RetrieverError(f'{path}:{number}: empty "_id"')
     return doc_id
@@ -84,7 +86,19 @@ def _string_field(path: Path, number: int, record: dict[str, Any], name: str) ->
         return ""
     if not isinstance(value, str):
         raise RetrieverError(f'{path}:{number}: field "{name}" must be a string')
+    _check_unicode(path, number, name, value)
     return value
+
+
+def _check_unicode(path: Path, number: int, name: str, value: str) -> None:
+    # JSON escapes can spell lone surrogates ("\\ud800") that no tokenizer accepts.
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise RetrieverError(
+            f'{path}:{number}: field "{name}" holds an invalid Unicode character '
+            f"(U+{ord(value[exc.start]):04X} at character {exc.start + 1}); fix the text"
+        ) from None
 
 
 def corpus_file(dataset: str | Path) -> Path:
@@ -102,40 +116,66 @@ def corpus_file(dataset: str | Path) -> Path:
     return path.resolve()
 
 
-def load_corpus(dataset: str | Path, limit: int | None = None) -> Corpus:
-    """Read the first ``limit`` documents (all by default) in file order.
+@dataclass(frozen=True)
+class CorpusScan:
+    """What one validating pass over a corpus file found, before anything is encoded.
+
+    ``count`` documents are kept (those with a title or text); ``sha256`` covers the raw
+    bytes of every line read, so it names exactly this file (and ``limit``).
+    """
+
+    source: Path
+    sha256: str
+    count: int
+    limit: int | None
+    skipped_empty: list[str]
+
+
+def _records(path: Path, limit: int | None) -> Iterator[tuple[int, bytes, Document | None, str]]:
+    """``(line, raw bytes, document or None if empty, id)`` for the first ``limit`` records."""
+    seen = 0
+    for number, raw, record in _jsonl_records(path):
+        if limit is not None and seen >= limit:
+            return
+        seen += 1
+        doc_id = _record_id(path, number, record)
+        title = _string_field(path, number, record, "title")
+        text = _string_field(path, number, record, "text")
+        if not title.strip() and not text.strip():
+            yield number, raw, None, doc_id
+            continue
+        metadata = record.get("metadata") if isinstance(record.get("metadata"), dict) else {}
+        extra = {k: v for k, v in record.items() if k not in ("_id", "title", "text", "metadata")}
+        yield number, raw, Document(doc_id, title, text, {**metadata, **extra}), doc_id
+
+
+def _id_fingerprint(doc_id: str) -> int:
+    return int.from_bytes(hashlib.blake2b(doc_id.encode("utf-8"), digest_size=8).digest(), "big")
+
+
+def scan_corpus(dataset: str | Path, limit: int | None = None) -> CorpusScan:
+    """Validate every line of a corpus in one streaming pass, holding only 8 bytes per id.
 
     Every line must be a JSON object with a unique, non-empty ``_id``; ``title`` and
     ``text`` are optional strings, and other fields are kept as metadata. Documents with
-    neither title nor text are skipped with a warning and reported in
-    ``Corpus.skipped_empty``.
+    neither title nor text are skipped with a warning. A fault anywhere (bad JSON, a
+    duplicate id, text that is not valid Unicode) fails here, before hours of encoding.
     """
     if limit is not None and limit < 1:
         raise RetrieverError(f"--limit must be a positive number of documents, got {limit}")
     path = corpus_file(dataset)
     digest = hashlib.sha256()
-    documents: list[Document] = []
+    fingerprints = array.array("Q")
     skipped: list[str] = []
-    first_line: dict[str, int] = {}
-    for number, raw, record in _jsonl_records(path):
-        if limit is not None and len(documents) + len(skipped) >= limit:
-            break
+    count = 0
+    for _, raw, document, doc_id in _records(path, limit):
         digest.update(raw)
-        doc_id = _record_id(path, number, record)
-        if doc_id in first_line:
-            raise RetrieverError(
-                f"{path}:{number}: duplicate document id {doc_id!r} "
-                f"(first seen on line {first_line[doc_id]})"
-            )
-        first_line[doc_id] = number
-        title = _string_field(path, number, record, "title")
-        text = _string_field(path, number, record, "text")
-        if not title.strip() and not text.strip():
+        fingerprints.append(_id_fingerprint(doc_id))
+        if document is None:
             skipped.append(doc_id)
-            continue
-        metadata = record.get("metadata") if isinstance(record.get("metadata"), dict) else {}
-        extra = {k: v for k, v in record.items() if k not in ("_id", "title", "text", "metadata")}
-        documents.append(Document(doc_id, title, text, {**metadata, **extra}))
+        else:
+            count += 1
+    _check_unique_ids(path, fingerprints, limit)
     if skipped:
         logger.warning(
             "skipped %d document(s) with neither title nor text: %s%s",
@@ -143,9 +183,46 @@ def load_corpus(dataset: str | Path, limit: int | None = None) -> Corpus:
             ", ".join(skipped[:5]),
             " ..." if len(skipped) > 5 else "",
         )
-    if not documents:
+    if not count:
         raise RetrieverError(f"{path} holds no documents with a title or text")
-    return Corpus(documents, path, digest.hexdigest(), skipped)
+    return CorpusScan(path, digest.hexdigest(), count, limit, skipped)
+
+
+def _check_unique_ids(path: Path, fingerprints: array.array, limit: int | None) -> None:
+    import numpy as np
+
+    hashes = np.frombuffer(fingerprints, dtype=np.uint64)
+    ordered = np.sort(hashes)
+    suspects = set(ordered[1:][ordered[1:] == ordered[:-1]].tolist())
+    if not suspects:
+        return
+    # A fingerprint seen twice: find the lines exactly (almost surely a true duplicate).
+    first_line: dict[str, int] = {}
+    for number, _, _, doc_id in _records(path, limit):
+        if _id_fingerprint(doc_id) not in suspects:
+            continue
+        if doc_id in first_line:
+            raise RetrieverError(
+                f"{path}:{number}: duplicate document id {doc_id!r} "
+                f"(first seen on line {first_line[doc_id]})"
+            )
+        first_line[doc_id] = number
+
+
+def iter_documents(scan: CorpusScan) -> Iterator[Document]:
+    """The scanned corpus's kept documents in file order, read as a stream."""
+    for _, _, document, _ in _records(scan.source, scan.limit):
+        if document is not None:
+            yield document
+
+
+def load_corpus(dataset: str | Path, limit: int | None = None) -> Corpus:
+    """Read the first ``limit`` documents (all by default) in file order, into memory.
+
+    For collections of any size, :func:`scan_corpus` and :func:`iter_documents` stream.
+    """
+    scan = scan_corpus(dataset, limit)
+    return Corpus(list(iter_documents(scan)), scan.source, scan.sha256, scan.skipped_empty)
 
 
 def load_queries(dataset: str | Path) -> dict[str, str]:

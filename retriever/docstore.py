@@ -1,11 +1,14 @@
-"""LMDB docstore: row number -> document, and document id -> row number.
+"""LMDB docstore: document key -> document, and document id -> key.
 
-Rows are the FAISS ids, so a search hit's row reads its document in one lookup. Writes
+A document's key is the int64 id its vectors carry in every retriever (the FAISS id, the
+sparse and BM25 key arrays), so a search hit reads its document in one lookup. Keys are
+given in corpus order and never reused: an added document takes the next free key. Writes
 go in batched transactions and the map grows when full; searchers open it read-only.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import weakref
 from collections.abc import Iterable, Iterator, Sequence
@@ -20,6 +23,7 @@ DOCSTORE_DIR = "docstore"
 _DOCS = b"docs"
 _IDS = b"ids"
 _INITIAL_MAP_SIZE = 64 << 20
+_DIGEST_MODULUS = 1 << 256
 # Read-only environments by (folder, inode of its data file); weak, so that an environment
 # closes as soon as no docstore holds it, and a rebuilt folder (new inode) opens afresh.
 _open_environments: weakref.WeakValueDictionary[tuple[str, int], lmdb.Environment] = (
@@ -27,9 +31,9 @@ _open_environments: weakref.WeakValueDictionary[tuple[str, int], lmdb.Environmen
 )
 
 
-def _row_key(row: int) -> bytes:
-    # Big-endian so that LMDB's byte order is row order.
-    return row.to_bytes(8, "big")
+def _key_bytes(key: int) -> bytes:
+    # Big-endian so that LMDB's byte order is key order.
+    return int(key).to_bytes(8, "big")
 
 
 def _encode(document: Document) -> bytes:
@@ -45,8 +49,33 @@ def _encode(document: Document) -> bytes:
 
 
 def _decode(raw: bytes) -> Document:
-    data = json.loads(raw)
-    return Document(data["_id"], data["title"], data["text"], data["metadata"])
+    try:
+        data = json.loads(raw)
+        return Document(data["_id"], data["title"], data["text"], data.get("metadata") or {})
+    except (ValueError, KeyError, TypeError) as exc:
+        raise RetrieverError(
+            f"the docstore holds a damaged document record ({type(exc).__name__}: {exc}); "
+            "rebuild the index"
+        ) from None
+
+
+def content_digest(documents: Iterable[Document]) -> int:
+    """An order-free digest of a set of documents: the sum of their sha256 modulo 2^256.
+
+    Adding a document adds its hash and deleting subtracts it, so the manifest keeps a
+    true digest of the collection through every add and delete without rereading it.
+    """
+    total = 0
+    for document in documents:
+        hashed = hashlib.sha256(
+            "\0".join((document.id, document.title, document.text)).encode("utf-8")
+        ).digest()
+        total = (total + int.from_bytes(hashed, "big")) % _DIGEST_MODULUS
+    return total
+
+
+def combine_digests(base: int, added: int = 0, removed: int = 0) -> int:
+    return (base + added - removed) % _DIGEST_MODULUS
 
 
 class DocStore:
@@ -58,27 +87,27 @@ class DocStore:
         self._ids = env.open_db(_IDS, create=False)
 
     @staticmethod
-    def write(folder: Path, documents: Iterable[Document], *, batch_size: int = 1000) -> int:
-        """Write ``documents`` as rows 0, 1, ... in order; returns the number written."""
-        env = lmdb.open(str(folder), map_size=_INITIAL_MAP_SIZE, max_dbs=2, subdir=True)
-        try:
-            docs_db = env.open_db(_DOCS)
-            ids_db = env.open_db(_IDS)
+    def write(
+        folder: Path,
+        documents: Iterable[Document],
+        *,
+        first_key: int = 0,
+        batch_size: int = 1000,
+    ) -> int:
+        """Write ``documents`` under keys ``first_key, first_key + 1, ...``; returns how many."""
+        with DocStoreWriter(folder) as writer:
             batch: list[Document] = []
-            row = 0
+            key = first_key
             for document in documents:
                 batch.append(document)
                 if len(batch) == batch_size:
-                    _put_batch(env, docs_db, ids_db, row, batch)
-                    row += len(batch)
+                    writer.put(range(key, key + len(batch)), batch)
+                    key += len(batch)
                     batch = []
             if batch:
-                _put_batch(env, docs_db, ids_db, row, batch)
-                row += len(batch)
-            env.sync(True)
-            return row
-        finally:
-            env.close()
+                writer.put(range(key, key + len(batch)), batch)
+                key += len(batch)
+        return key - first_key
 
     @classmethod
     def open(cls, folder: Path) -> DocStore:
@@ -101,35 +130,76 @@ class DocStore:
                 )
             except lmdb.Error as exc:
                 raise RetrieverError(f"cannot open the docstore {folder}: {exc}") from None
+            _check_not_truncated(env, data_file)
             _open_environments[key] = env
-        return cls(env)
+        try:
+            return cls(env)
+        except lmdb.Error as exc:
+            raise RetrieverError(
+                f"the docstore {folder} is damaged ({exc}); rebuild the index"
+            ) from None
+
+    def __enter__(self) -> DocStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def __len__(self) -> int:
         with self._env.begin(db=self._docs) as txn:
             return txn.stat(self._docs)["entries"]
 
-    def get(self, row: int) -> Document:
-        return self.get_many([row])[0]
+    def get(self, key: int) -> Document:
+        return self.get_many([key])[0]
 
-    def get_many(self, rows: Sequence[int]) -> list[Document]:
+    def get_many(self, keys: Sequence[int]) -> list[Document]:
         with self._env.begin(db=self._docs) as txn:
             found = []
-            for row in rows:
-                raw = txn.get(_row_key(int(row)))
+            for key in keys:
+                raw = txn.get(_key_bytes(key))
                 if raw is None:
-                    raise KeyError(f"no document at row {row}")
+                    raise RetrieverError(
+                        f"the docstore has no document with key {key}: the index is "
+                        "inconsistent; rebuild it"
+                    )
                 found.append(_decode(raw))
             return found
 
-    def row_of(self, doc_id: str) -> int | None:
+    def ids_of(self, keys: Sequence[int]) -> list[str]:
+        """The document ids of ``keys``."""
+        return [document.id for document in self.get_many(keys)]
+
+    def key_of(self, doc_id: str) -> int | None:
         with self._env.begin(db=self._ids) as txn:
             raw = txn.get(doc_id.encode("utf-8"))
         return None if raw is None else int.from_bytes(raw, "big")
 
-    def __iter__(self) -> Iterator[Document]:
+    def keys_of(self, doc_ids: Iterable[str]) -> dict[str, int]:
+        """``{id: key}`` for the ids the docstore holds (the others are left out)."""
+        found = {}
+        with self._env.begin(db=self._ids) as txn:
+            for doc_id in doc_ids:
+                raw = txn.get(doc_id.encode("utf-8"))
+                if raw is not None:
+                    found[doc_id] = int.from_bytes(raw, "big")
+        return found
+
+    def items(self) -> Iterator[tuple[int, Document]]:
+        """``(key, document)`` in key order."""
         with self._env.begin(db=self._docs) as txn:
-            for _, raw in txn.cursor():
-                yield _decode(raw)
+            for raw_key, raw in txn.cursor():
+                yield int.from_bytes(raw_key, "big"), _decode(raw)
+
+    @property
+    def next_key(self) -> int:
+        """One past the largest key ever given (keys are never reused)."""
+        with self._env.begin(db=self._docs) as txn:
+            cursor = txn.cursor()
+            return int.from_bytes(cursor.key(), "big") + 1 if cursor.last() else 0
+
+    def __iter__(self) -> Iterator[Document]:
+        for _, document in self.items():
+            yield document
 
     def close(self) -> None:
         """Let go of the environment; it closes when no open docstore of the folder uses it
@@ -137,17 +207,80 @@ class DocStore:
         self._env = self._docs = self._ids = None
 
 
-def _put_batch(
-    env: lmdb.Environment, docs_db: object, ids_db: object, first_row: int, batch: list[Document]
-) -> None:
-    while True:
-        try:
-            with env.begin(write=True) as txn:
-                for offset, document in enumerate(batch):
-                    key = _row_key(first_row + offset)
-                    txn.put(key, _encode(document), db=docs_db)
-                    txn.put(document.id.encode("utf-8"), key, db=ids_db)
-            return
-        except lmdb.MapFullError:
-            # The aborted transaction wrote nothing: grow the map and replay the batch.
-            env.set_mapsize(env.info()["map_size"] * 2)
+class DocStoreWriter:
+    """Writes into a docstore folder (new, or a copy made by :func:`copy_docstore`)."""
+
+    def __init__(self, folder: Path) -> None:
+        self._env = lmdb.open(str(folder), map_size=_INITIAL_MAP_SIZE, max_dbs=2, subdir=True)
+        self._docs = self._env.open_db(_DOCS)
+        self._ids = self._env.open_db(_IDS)
+
+    def __enter__(self) -> DocStoreWriter:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if exc[0] is None:
+            self._env.sync(True)
+        self._env.close()
+
+    def put(self, keys: Iterable[int], documents: Sequence[Document]) -> None:
+        def write(txn: lmdb.Transaction) -> None:
+            for key, document in zip(keys, documents, strict=True):
+                raw_key = _key_bytes(key)
+                txn.put(raw_key, _encode(document), db=self._docs)
+                txn.put(document.id.encode("utf-8"), raw_key, db=self._ids)
+
+        self._retry_when_full(write)
+
+    def delete(self, doc_ids: Iterable[str]) -> list[tuple[int, Document]]:
+        """Remove documents by id; returns the ``(key, document)`` pairs removed."""
+        removed: list[tuple[int, Document]] = []
+
+        def write(txn: lmdb.Transaction) -> None:
+            removed.clear()
+            for doc_id in doc_ids:
+                raw_key = txn.pop(doc_id.encode("utf-8"), db=self._ids)
+                if raw_key is None:
+                    continue
+                raw = txn.pop(raw_key, db=self._docs)
+                removed.append((int.from_bytes(raw_key, "big"), _decode(raw)))
+
+        doc_ids = list(doc_ids)
+        self._retry_when_full(write)
+        return removed
+
+    def _retry_when_full(self, write: object) -> None:
+        while True:
+            try:
+                with self._env.begin(write=True) as txn:
+                    write(txn)
+                return
+            except lmdb.MapFullError:
+                # The aborted transaction wrote nothing: grow the map and replay it.
+                self._env.set_mapsize(self._env.info()["map_size"] * 2)
+
+
+def copy_docstore(source: Path, destination: Path) -> None:
+    """A compacted copy of a docstore, to change in a new generation."""
+    env = lmdb.open(str(source), readonly=True, lock=False, max_dbs=2, subdir=True)
+    try:
+        destination.mkdir(parents=True, exist_ok=True)
+        env.copy(str(destination), compact=True)
+    finally:
+        env.close()
+
+
+def _check_not_truncated(env: lmdb.Environment, data_file: Path) -> None:
+    """Refuse a data file shorter than the pages LMDB says it holds: reading past its end
+    would kill the process with SIGBUS instead of raising."""
+    try:
+        pages = env.info()["last_pgno"] + 1
+        needed = pages * env.stat()["psize"]
+        size = data_file.stat().st_size
+    except (lmdb.Error, OSError) as exc:
+        raise RetrieverError(f"the docstore {data_file.parent} is damaged ({exc})") from None
+    if size < needed:
+        raise RetrieverError(
+            f"the docstore {data_file.parent} is truncated ({size} bytes, LMDB needs {needed}); "
+            "rebuild the index"
+        )

@@ -97,9 +97,27 @@ class Encoder:
         batch_size: int = 16,
         revision: str | None = None,
         unembedding_from: str | None = None,
+        expected_weights_sha256: str | None = None,
+        expected_by: str = "the index",
     ) -> Encoder:
-        """Resolve and load ``model`` (bundled alias, local folder or hub id)."""
+        """Resolve and load ``model`` (bundled alias, local folder or hub id).
+
+        With ``expected_weights_sha256`` the weights are hashed and compared before any
+        of them is loaded: an index folder cannot make the process run other weights.
+        """
+        if batch_size < 1:
+            raise RetrieverError(f"--batch-size must be at least 1, got {batch_size}")
         resolved = resolve_model(model, revision)
+        if (
+            expected_weights_sha256 is not None
+            and resolved.weights_sha256 != expected_weights_sha256
+        ):
+            raise RetrieverError(
+                f"{expected_by} was built with weights sha256 {expected_weights_sha256[:12]}..., "
+                f"but {model!r} has weights {resolved.weights_sha256[:12]}...: its embeddings "
+                "would not be comparable. Search with the model that built the index (--model "
+                "PATH to a copy of it), or rebuild the index"
+            )
         torch_device = pick_device(device)
         torch_dtype = pick_dtype(dtype, torch_device)
         logger.info(

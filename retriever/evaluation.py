@@ -18,8 +18,8 @@ import pytrec_eval
 from retriever.docstore import DOCSTORE_DIR
 from retriever.errors import RetrieverError
 from retriever.index import INDEX_FILE
-from retriever.indexing import folder_bytes
 from retriever.lexical import BM25_DIR
+from retriever.manifest import folder_bytes
 from retriever.searcher import Searcher
 from retriever.sparse import SPARSE_DIR
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 import faiss
 import numpy as np
@@ -53,34 +54,180 @@ def _to_gpu(index: faiss.Index, use_gpu: bool | None, purpose: str) -> faiss.Ind
     return gpu_index
 
 
-def build_faiss_index(
-    vectors: np.ndarray, index_type: str = "Flat", *, use_gpu: bool | None = None
-) -> faiss.Index:
-    """Build (and train, when the type needs it) an inner-product index over ``vectors``.
+# IVF and PQ train on a random sample of this many vectors at most (faiss warns under
+# 39 per centroid; 256 per centroid is its upper guidance).
+MIN_TRAINING_SAMPLE = 100_000
+TRAINING_PER_CENTROID = 256
 
-    ``index_type`` is a ``faiss.index_factory`` string such as ``Flat``, ``HNSW32`` or
-    ``IVF256,PQ16``. Returns a CPU index.
-    """
-    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+
+def _factory_index(dim: int, index_type: str) -> faiss.Index:
     try:
-        index = faiss.index_factory(vectors.shape[1], index_type, faiss.METRIC_INNER_PRODUCT)
+        return faiss.index_factory(dim, index_type, faiss.METRIC_INNER_PRODUCT)
     except RuntimeError as exc:
         raise RetrieverError(
-            f"invalid --index-type {index_type!r} for dimension {vectors.shape[1]}: "
+            f"invalid --index-type {index_type!r} for dimension {dim}: "
             f"{str(exc).strip().splitlines()[-1]}"
         ) from None
-    working = _to_gpu(index, use_gpu, "build")
+
+
+def training_sample_size(index_type: str, dim: int, count: int) -> int:
+    """Vectors an index type trains on: 0 when it needs no training, else
+    ``min(count, max(100,000, 256 x nlist))``."""
+    index = _factory_index(dim, index_type)
+    if index.is_trained:
+        return 0
     try:
-        if not working.is_trained:
-            logger.info("training %s on %d vectors", index_type, len(vectors))
-            working.train(vectors)
-        working.add(vectors)
-    except RuntimeError as exc:
-        raise RetrieverError(
-            f"cannot build a {index_type!r} index over {len(vectors)} vectors of dimension "
-            f"{vectors.shape[1]}: {str(exc).strip().splitlines()[-1]}"
-        ) from None
-    return faiss.index_gpu_to_cpu(working) if working is not index else index
+        nlist = faiss.extract_index_ivf(index).nlist
+    except RuntimeError:
+        nlist = 0
+    return min(count, max(MIN_TRAINING_SAMPLE, TRAINING_PER_CENTROID * nlist))
+
+
+class DenseIndexBuilder:
+    """Builds an inner-product FAISS index batch by batch, each vector under its int64 key.
+
+    The factory index (on the GPU when one is used) holds vectors in insertion order;
+    :meth:`finish` wraps the CPU copy in ``IndexIDMap2`` with the keys, so searches return
+    document keys and documents can be removed by key.
+    """
+
+    def __init__(self, dim: int, index_type: str = "Flat", *, use_gpu: bool | None = None) -> None:
+        self.dim = dim
+        self.index_type = index_type
+        self._cpu = _factory_index(dim, index_type)
+        self._working = _to_gpu(self._cpu, use_gpu, "build")
+        self._keys: list[np.ndarray] = []
+
+    @property
+    def needs_training(self) -> bool:
+        return not self._working.is_trained
+
+    def train(self, sample: np.ndarray) -> None:
+        logger.info("training %s on a sample of %d vectors", self.index_type, len(sample))
+        self._run(
+            lambda: self._working.train(np.ascontiguousarray(sample, dtype=np.float32)), len(sample)
+        )
+
+    def add(self, keys: np.ndarray, vectors: np.ndarray) -> None:
+        if self.needs_training:
+            raise RetrieverError(f"{self.index_type!r} must be trained before vectors are added")
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        self._run(lambda: self._working.add(vectors), len(vectors))
+        self._keys.append(np.asarray(keys, dtype=np.int64))
+
+    def _run(self, step: Any, count: int) -> None:
+        try:
+            step()
+        except RuntimeError as exc:
+            raise RetrieverError(
+                f"cannot build a {self.index_type!r} index of {count} vectors of dimension "
+                f"{self.dim}: {str(exc).strip().splitlines()[-1]}"
+            ) from None
+
+    def finish(self) -> faiss.Index:
+        """The CPU index, as ``IndexIDMap2`` over the factory index."""
+        inner = (
+            faiss.index_gpu_to_cpu(self._working) if self._working is not self._cpu else self._cpu
+        )
+        keys = np.concatenate(self._keys) if self._keys else np.empty(0, dtype=np.int64)
+        return wrap_with_keys(inner, keys)
+
+
+def wrap_with_keys(inner: faiss.Index, keys: np.ndarray) -> faiss.Index:
+    """``IndexIDMap2`` over a filled index whose row ``i`` is the document ``keys[i]``."""
+    if len(keys) != inner.ntotal:
+        raise RetrieverError(f"{len(keys)} keys for an index of {inner.ntotal} vectors")
+    # IndexIDMap2 must be made over an empty index: make it over a placeholder, then hand
+    # it the filled one (which it owns from then on).
+    mapped = faiss.IndexIDMap2(faiss.IndexFlatIP(inner.d))
+    mapped.index = inner
+    mapped.ntotal = inner.ntotal
+    mapped.is_trained = inner.is_trained
+    mapped.own_fields = True
+    inner.this.disown()
+    faiss.copy_array_to_vector(np.ascontiguousarray(keys, dtype=np.int64), mapped.id_map)
+    mapped.construct_rev_map()
+    return mapped
+
+
+def build_faiss_index(
+    vectors: np.ndarray,
+    index_type: str = "Flat",
+    *,
+    keys: np.ndarray | None = None,
+    use_gpu: bool | None = None,
+) -> faiss.Index:
+    """An index over vectors held in memory (keys ``0..n-1`` unless given), trained on
+    a sample as :func:`training_sample_size` says. Returns a CPU index."""
+    vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+    builder = DenseIndexBuilder(vectors.shape[1], index_type, use_gpu=use_gpu)
+    if builder.needs_training:
+        size = training_sample_size(index_type, vectors.shape[1], len(vectors))
+        rows = np.sort(np.random.default_rng(0).choice(len(vectors), size, replace=False))
+        builder.train(vectors[rows])
+    builder.add(np.arange(len(vectors)) if keys is None else keys, vectors)
+    return builder.finish()
+
+
+def index_keys(index: faiss.Index) -> np.ndarray:
+    """The document keys an ``IndexIDMap2`` holds, in insertion order."""
+    return faiss.vector_to_array(faiss.downcast_index(index).id_map).astype(np.int64)
+
+
+def remove_keys(index: faiss.Index, keys: np.ndarray) -> faiss.Index:
+    """The index without ``keys``; types that cannot remove (HNSW) are rebuilt from their
+    own stored vectors minus the removed ones."""
+    keys = np.asarray(keys, dtype=np.int64)
+    if not len(keys):
+        return index
+    try:
+        index.remove_ids(keys)
+        return index
+    except RuntimeError:
+        pass
+    mapped = faiss.downcast_index(index)
+    inner = faiss.downcast_index(mapped.index)
+    held = index_keys(index)
+    keep = ~np.isin(held, keys)
+    vectors = inner.reconstruct_n(0, inner.ntotal)[keep]
+    fresh = faiss.clone_index(inner)
+    fresh.reset()
+    fresh.add(vectors)
+    return wrap_with_keys(fresh, held[keep])
+
+
+SEARCH_PARAMETERS = {"nprobe": "IVF", "efSearch": "HNSW"}
+
+
+def set_search_parameters(index: faiss.Index, params: dict[str, int | None]) -> None:
+    """Apply ``{"nprobe": n, "efSearch": n}`` (``None`` leaves one as it is)."""
+    for name, value in params.items():
+        if value is None:
+            continue
+        if value < 1:
+            raise RetrieverError(f"{name} must be at least 1, got {value}")
+        if not has_parameter(index, name):
+            raise RetrieverError(
+                f"{name} applies to {SEARCH_PARAMETERS[name]} indexes; this index is "
+                f"{type(faiss.downcast_index(_inner(index))).__name__}"
+            )
+        faiss.ParameterSpace().set_index_parameter(index, name, int(value))
+
+
+def _inner(index: faiss.Index) -> faiss.Index:
+    index = faiss.downcast_index(index)
+    return index.index if isinstance(index, faiss.IndexIDMap) else index
+
+
+def has_parameter(index: faiss.Index, name: str) -> bool:
+    inner = faiss.downcast_index(_inner(index))
+    if name == "nprobe":
+        try:
+            faiss.extract_index_ivf(inner)
+            return True
+        except RuntimeError:
+            return False
+    return hasattr(inner, "hnsw")
 
 
 def save_faiss_index(index: faiss.Index, folder: Path) -> Path:
@@ -100,5 +247,5 @@ def load_faiss_index(folder: Path, *, use_gpu: bool | None = None) -> faiss.Inde
 def search_faiss_index(
     index: faiss.Index, queries: np.ndarray, k: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """``(scores, rows)``, each ``(n, k)``; rows are -1 where fewer than k hits exist."""
+    """``(scores, keys)``, each ``(n, k)``; keys are -1 where fewer than k hits exist."""
     return index.search(np.ascontiguousarray(queries, dtype=np.float32), k)

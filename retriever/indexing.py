@@ -1,80 +1,273 @@
-"""Corpus -> encoder -> EmbedFilter -> FAISS index (+ key-token sparse index, BM25) +
-LMDB docstore -> manifest.
+"""Build, grow and shrink index folders: the stages after encoding.
 
-An index is built in a hidden staging folder beside its destination and renamed into
-place only once every file, the manifest last, is written: an interrupted or failed
-build leaves nothing that loads.
+    scan corpus -> encode into the embedding store (retriever.store)
+                -> filter -> assemble parts (FAISS, key-token, BM25, docstore) -> publish
+
+Every stage streams: the corpus is read chunk by chunk, each chunk's raw embeddings are
+stored as a shard, and the index is assembled shard by shard, so a build's memory is one
+chunk plus the index it writes. Writers (build, add, delete) hold the index path's lock
+and write a new generation that replaces the old one in one atomic swap
+(retriever.generations): a crash leaves the previous index, and the store's shards let
+the rerun resume where encoding stopped.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import json
 import logging
-import os
-import platform
 import shutil
-import tempfile
 import time
-from importlib.metadata import PackageNotFoundError, version
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from retriever.config import MANIFEST_VERSION, PROMPTS, EncoderConfig, FilterSpec, SparseSpec
-from retriever.datasets import Corpus, load_corpus
-from retriever.docstore import DOCSTORE_DIR, DocStore
+from retriever.datasets import Document, iter_documents, scan_corpus
+from retriever.docstore import (
+    DOCSTORE_DIR,
+    DocStore,
+    DocStoreWriter,
+    combine_digests,
+    content_digest,
+    copy_docstore,
+)
 from retriever.embedfilter import EmbedFilter
 from retriever.encoder import Encoder
 from retriever.errors import RetrieverError
-from retriever.index import INDEX_FILE, METRIC, build_faiss_index, gpu_count, save_faiss_index
+from retriever.generations import (
+    check_destination,
+    current_generation,
+    mark_readable,
+    new_generation,
+    writer_lock,
+)
+from retriever.index import (
+    INDEX_FILE,
+    METRIC,
+    DenseIndexBuilder,
+    gpu_count,
+    has_parameter,
+    load_faiss_index,
+    remove_keys,
+    save_faiss_index,
+    set_search_parameters,
+    training_sample_size,
+)
 from retriever.lens import TokenLens
-from retriever.lexical import BM25_DIR, STEMMER_LANGUAGE, STOPWORDS, BM25Index
+from retriever.lexical import BM25_DIR, STEMMER_LANGUAGE, STOPWORDS, BM25Builder
+from retriever.manifest import (
+    MANIFEST_FILE,
+    MANIFEST_FORMAT,
+    folder_bytes,
+    library_versions,
+    read_manifest,
+)
 from retriever.models import DEFAULT_MODEL
-from retriever.sparse import SPARSE_DIR, KeyTokenIndex
+from retriever.sparse import SPARSE_DIR, KeyTokenIndex, KeyTokenIndexBuilder
+from retriever.store import (
+    DEFAULT_CHUNK_SIZE,
+    EmbeddingStore,
+    Shard,
+    encode_corpus,
+    encoding_key,
+    key_digest,
+)
 
 logger = logging.getLogger(__name__)
 
-MANIFEST_FILE = "manifest.json"
-MANIFEST_FORMAT = "retriever-index"
+_SCRATCH = ".scratch"
 
 
-def library_versions() -> dict[str, str | None]:
-    versions: dict[str, str | None] = {"python": platform.python_version()}
-    for package in (
-        "retriever",
-        "torch",
-        "transformers",
-        "faiss-cpu",
-        "faiss-gpu",
-        "numpy",
-        "lmdb",
-        "scipy",
-        "bm25s",
-    ):
-        try:
-            versions[package] = version(package)
-        except PackageNotFoundError:
-            versions[package] = None
-    return versions
+@dataclass(frozen=True)
+class SearchParams:
+    """Search-time settings of approximate indexes, stored as the index's defaults."""
+
+    nprobe: int | None = None
+    ef_search: int | None = None
+
+    def faiss(self) -> dict[str, int | None]:
+        return {"nprobe": self.nprobe, "efSearch": self.ef_search}
+
+    def __post_init__(self) -> None:
+        for name, value in (("--nprobe", self.nprobe), ("--ef-search", self.ef_search)):
+            if value is not None and value < 1:
+                raise RetrieverError(f"{name} must be at least 1, got {value}")
 
 
-def folder_bytes(path: Path) -> int:
-    if path.is_file():
-        return path.stat().st_size
-    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+@dataclass(frozen=True)
+class IndexPlan:
+    """Which parts an index holds and how they are built (everything after encoding)."""
+
+    filter_spec: FilterSpec = dataclasses.field(default_factory=FilterSpec)
+    index_type: str = "Flat"
+    dense: bool = True
+    sparse: SparseSpec | None = None
+    bm25: bool = False
+    search_params: SearchParams = dataclasses.field(default_factory=SearchParams)
+    use_gpu: bool | None = None
+
+    def __post_init__(self) -> None:
+        if not (self.dense or self.sparse or self.bm25):
+            raise RetrieverError("--no-dense leaves nothing to search: add --sparse and/or --bm25")
 
 
-def _check_destination(out: Path, overwrite: bool) -> None:
-    if not out.exists():
-        return
-    if not (out / MANIFEST_FILE).is_file() and (not out.is_dir() or any(out.iterdir())):
-        raise RetrieverError(f"{out} exists and is not a retriever index; choose another --out")
-    if (out / MANIFEST_FILE).is_file() and not overwrite:
-        raise RetrieverError(f"{out} already holds an index; pass --overwrite to replace it")
+def _shard_batches(
+    shards: Iterable[Shard], pooling: str, first_key: int
+) -> Iterator[tuple[np.ndarray, np.ndarray, list[Document]]]:
+    """``(keys, raw embeddings, documents)`` per shard; keys continue from ``first_key``."""
+    key = first_key
+    for shard in shards:
+        embeddings = np.asarray(shard.embeddings(pooling), dtype=np.float32)
+        documents = list(shard.documents())
+        yield np.arange(key, key + len(documents), dtype=np.int64), embeddings, documents
+        key += len(documents)
+
+
+def _training_sample(
+    shards: Sequence[Shard], pooling: str, embed_filter: EmbedFilter, size: int, seed: int = 0
+) -> np.ndarray:
+    """``size`` filtered vectors drawn uniformly from the shards (memory: the sample)."""
+    total = sum(s.count for s in shards)
+    chosen = np.sort(np.random.default_rng(seed).choice(total, size, replace=False))
+    parts, offset = [], 0
+    for shard in shards:
+        inside = chosen[(chosen >= offset) & (chosen < offset + shard.count)] - offset
+        if len(inside):
+            parts.append(embed_filter.transform(np.asarray(shard.embeddings(pooling))[inside]))
+        offset += shard.count
+    return np.concatenate(parts)
+
+
+class _PartsWriter:
+    """Writes the parts of one generation from streamed chunks, onto a base generation
+    (add, delete) or from nothing (build)."""
+
+    def __init__(
+        self,
+        staging: Path,
+        plan: IndexPlan,
+        embed_filter: EmbedFilter,
+        lens: TokenLens | None,
+        base: Path | None,
+    ) -> None:
+        self.staging = staging
+        self.plan = plan
+        self.filter = embed_filter
+        self.lens = lens
+        self.base = base
+        self.timings: dict[str, float] = {}
+        self.dense: Any = None
+        self.dense_builder: DenseIndexBuilder | None = None
+        if plan.dense:
+            if base is not None:
+                self.dense = load_faiss_index(base, use_gpu=False)
+            else:
+                self.dense_builder = DenseIndexBuilder(
+                    embed_filter.dim, plan.index_type, use_gpu=plan.use_gpu
+                )
+        self.sparse_builder = (
+            KeyTokenIndexBuilder(lens, plan.sparse, staging / _SCRATCH)
+            if plan.sparse is not None
+            else None
+        )
+        if base is not None:
+            copy_docstore(base / DOCSTORE_DIR, staging / DOCSTORE_DIR)
+        self.docstore = DocStoreWriter(staging / DOCSTORE_DIR)
+        self.bm25_builder = BM25Builder() if plan.bm25 and base is None else None
+        self.added = 0
+        self.added_digest = 0
+        self.removed: list[tuple[int, Document]] = []
+
+    def _timed(self, part: str, step: Any) -> Any:
+        mark = time.perf_counter()
+        result = step()
+        self.timings[part] = self.timings.get(part, 0.0) + time.perf_counter() - mark
+        return result
+
+    def train(self, sample: np.ndarray) -> None:
+        self._timed("train", lambda: self.dense_builder.train(sample))
+
+    def add(self, keys: np.ndarray, embeddings: np.ndarray, documents: list[Document]) -> None:
+        if self.plan.dense:
+            vectors = self._timed("filter", lambda: self.filter.transform(embeddings))
+            if self.dense_builder is not None:
+                self._timed("index", lambda: self.dense_builder.add(keys, vectors))
+            else:
+                self._timed("index", lambda: self.dense.add_with_ids(vectors, keys))
+        if self.sparse_builder is not None:
+            space = self.plan.sparse.space
+            self._timed(
+                "sparse",
+                lambda: self.sparse_builder.add(keys, self.lens.vectors(embeddings, space)),
+            )
+        if self.bm25_builder is not None:
+            texts = [d.embedding_text for d in documents]
+            self._timed("bm25", lambda: self.bm25_builder.add(keys, texts))
+        self._timed("docstore", lambda: self.docstore.put(keys, documents))
+        self.added += len(documents)
+        self.added_digest = combine_digests(self.added_digest, content_digest(documents))
+
+    def delete(self, doc_ids: Iterable[str]) -> list[tuple[int, Document]]:
+        removed = self.docstore.delete(doc_ids)
+        self.removed += removed
+        return removed
+
+    def finish(self) -> dict[str, int]:
+        """Write every part; returns each part's document count."""
+        self.docstore.__exit__(None, None, None)
+        removed_keys = np.array([key for key, _ in self.removed], dtype=np.int64)
+        docstore = DocStore.open(self.staging / DOCSTORE_DIR)
+        counts = {"docstore": len(docstore)}
+        if self.plan.dense:
+            index = self.dense_builder.finish() if self.dense_builder else self.dense
+            index = self._timed("index", lambda: remove_keys(index, removed_keys))
+            set_search_parameters(index, self.plan.search_params.faiss())
+            save_faiss_index(index, self.staging)
+            counts["index"] = int(index.ntotal)
+        if self.plan.sparse is not None:
+            sparse = self._timed("sparse", self.sparse_builder.finish)
+            if self.base is not None:
+                sparse = KeyTokenIndex.load(self.base / SPARSE_DIR).with_added(sparse)
+            sparse = sparse.without_keys(removed_keys)
+            sparse.save(self.staging / SPARSE_DIR)
+            counts["sparse"] = sparse.num_documents
+        if self.plan.bm25:
+            builder = self.bm25_builder
+            if builder is None:
+                # BM25's statistics cover the whole collection: rebuild it from the docstore.
+                builder = BM25Builder()
+                for batch in _batched(docstore.items(), DEFAULT_CHUNK_SIZE):
+                    keys = np.array([key for key, _ in batch], dtype=np.int64)
+                    self._timed(
+                        "bm25",
+                        lambda b=batch, k=keys: builder.add(k, [d.embedding_text for _, d in b]),
+                    )
+            bm25 = self._timed("bm25", builder.finish)
+            bm25.save(self.staging / BM25_DIR)
+            counts["bm25"] = bm25.num_documents
+        docstore.close()
+        shutil.rmtree(self.staging / _SCRATCH, ignore_errors=True)
+        return counts
+
+
+def _batched(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
+    batch: list[Any] = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
 
 
 class Indexer:
-    """Builds index folders from corpora with one encoder and one filter spec."""
+    """Builds, grows and shrinks index folders with one encoder and one :class:`IndexPlan`."""
 
     def __init__(
         self,
@@ -86,24 +279,123 @@ class Indexer:
         dense: bool = True,
         sparse: SparseSpec | None = None,
         bm25: bool = False,
+        search_params: SearchParams | None = None,
     ) -> None:
-        if not (dense or sparse or bm25):
-            raise RetrieverError("--no-dense leaves nothing to search: add --sparse and/or --bm25")
         self.encoder = encoder
-        self.filter_spec = filter_spec or FilterSpec()
-        self.index_type = index_type
-        self.use_gpu = use_gpu
-        self.dense = dense
-        self.sparse = sparse
-        self.bm25 = bm25
+        self.plan = IndexPlan(
+            filter_spec=filter_spec or FilterSpec(),
+            index_type=index_type,
+            dense=dense,
+            sparse=sparse,
+            bm25=bm25,
+            search_params=search_params or SearchParams(),
+            use_gpu=use_gpu,
+        )
 
-    def build(self, corpus: Corpus, out: str | Path, *, overwrite: bool = False) -> Path:
-        """Encode, filter and index ``corpus`` into the folder ``out``; returns its path."""
-        out = Path(out).expanduser().resolve()
-        _check_destination(out, overwrite)
+    @property
+    def filter_spec(self) -> FilterSpec:
+        return self.plan.filter_spec
+
+    def build(
+        self,
+        dataset: str | Path,
+        out: str | Path,
+        *,
+        overwrite: bool = False,
+        limit: int | None = None,
+        store: str | Path | None = None,
+        chunk_size: int = DEFAULT_CHUNK_SIZE,
+        restart: bool = False,
+    ) -> Path:
+        """Scan, encode (resumably, into ``store`` or the cache's store) and assemble
+        ``dataset`` into the index path ``out``; returns it."""
+        out = Path(out).expanduser().absolute()
+        check_destination(out, overwrite)
+        scan = scan_corpus(dataset, limit)
+        mark = time.perf_counter()
+        embeddings = encode_corpus(
+            self.encoder, scan, folder=store, chunk_size=chunk_size, restart=restart
+        )
+        encode_seconds = time.perf_counter() - mark
+        return self.build_from_store(
+            embeddings, out, overwrite=overwrite, timings={"encode": encode_seconds}
+        )
+
+    def build_from_store(
+        self,
+        store: EmbeddingStore,
+        out: str | Path,
+        *,
+        overwrite: bool = False,
+        timings: dict[str, float] | None = None,
+    ) -> Path:
+        """Assemble a complete embedding store into the index path ``out``.
+
+        ``timings`` are earlier stages' seconds (encoding), recorded in the manifest."""
+        out = Path(out).expanduser().absolute()
+        self._check_store(store)
+        shards = store.shards()
         started = time.perf_counter()
-        unembedding = self.encoder.unembedding()
-        embed_filter = EmbedFilter.from_unembedding(unembedding, self.filter_spec)
+        embed_filter = self._filter()
+        lens = self._lens(embed_filter)
+        pooling = self.encoder.config.pooling
+        with writer_lock(out):
+            # Checked again under the lock: another writer may have finished meanwhile.
+            check_destination(out, overwrite)
+            with new_generation(out) as staging:
+                writer = _PartsWriter(staging, self.plan, embed_filter, lens, base=None)
+                if writer.dense_builder is not None and writer.dense_builder.needs_training:
+                    size = training_sample_size(self.plan.index_type, embed_filter.dim, store.count)
+                    writer.train(_training_sample(shards, pooling, embed_filter, size))
+                for keys, embeddings, documents in _shard_batches(shards, pooling, 0):
+                    writer.add(keys, embeddings, documents)
+                counts = writer.finish()
+                embed_filter.save(staging)
+                note = store.source_note
+                source = {
+                    "op": "build",
+                    "source": note.get("source", str(store.folder)),
+                    "sha256": store.key["source"]["sha256"],
+                    "count": store.count,
+                    "skipped_empty": note.get("skipped_empty", 0),
+                    "skipped_empty_ids": note.get("skipped_empty_ids", []),
+                }
+                manifest = self._manifest(
+                    embed_filter,
+                    counts,
+                    next_key=store.count,
+                    digest=writer.added_digest,
+                    history=[source],
+                    timings={
+                        **(timings or {}),
+                        **writer.timings,
+                        "total": time.perf_counter() - started + sum((timings or {}).values()),
+                    },
+                    staging=staging,
+                    store=store,
+                )
+                _write_manifest(staging, manifest)
+        logger.info("index of %d documents written to %s", counts["docstore"], out)
+        return out
+
+    def _check_store(self, store: EmbeddingStore) -> None:
+        wanted = encoding_key(
+            self.encoder,
+            store.key["source"]["sha256"],
+            store.count,
+            kind="documents",
+            chunk_size=store.chunk_size,
+        )
+        if key_digest(wanted) != key_digest(store.key):
+            from retriever.store import _describe_difference
+
+            raise RetrieverError(
+                f"the embedding store {store.folder} was encoded differently from this "
+                f"encoder ({_describe_difference(store.key, wanted)})"
+            )
+
+    def _filter(self) -> EmbedFilter:
+        embed_filter = EmbedFilter.from_unembedding(self.encoder.unembedding(), self.filter_spec)
         logger.info(
             "EmbedFilter %s: %d -> %d dimensions",
             self.filter_spec.band
@@ -112,61 +404,31 @@ class Indexer:
             embed_filter.model_dim,
             embed_filter.dim,
         )
-        out.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
-        try:
-            timings: dict[str, float] = {}
-            mark = time.perf_counter()
-            embeddings = self.encoder.encode_documents([d.embedding_text for d in corpus.documents])
-            timings["encode"] = time.perf_counter() - mark
+        return embed_filter
 
-            mark = time.perf_counter()
-            vectors = embed_filter.transform(embeddings)
-            embed_filter.save(staging)
-            count = len(vectors)
-            if self.dense:
-                index = build_faiss_index(vectors, self.index_type, use_gpu=self.use_gpu)
-                save_faiss_index(index, staging)
-                count = index.ntotal
-                timings["index"] = time.perf_counter() - mark
-
-            if self.sparse is not None:
-                mark = time.perf_counter()
-                lens = TokenLens(unembedding, embed_filter, self.encoder.tokenizer)
-                KeyTokenIndex.build(
-                    lens, lens.vectors(embeddings, self.sparse.space), self.sparse
-                ).save(staging / SPARSE_DIR)
-                timings["sparse"] = time.perf_counter() - mark
-
-            if self.bm25:
-                mark = time.perf_counter()
-                BM25Index.build([d.embedding_text for d in corpus.documents]).save(
-                    staging / BM25_DIR
-                )
-                timings["bm25"] = time.perf_counter() - mark
-
-            mark = time.perf_counter()
-            DocStore.write(staging / DOCSTORE_DIR, corpus.documents)
-            timings["docstore"] = time.perf_counter() - mark
-            timings["total"] = time.perf_counter() - started
-
-            manifest = self._manifest(corpus, embed_filter, count, timings, staging)
-            (staging / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
-            _move_into_place(staging, out)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
-        logger.info("index of %d documents written to %s", len(corpus), out)
-        return out
+    def _lens(self, embed_filter: EmbedFilter) -> TokenLens | None:
+        if self.plan.sparse is None:
+            return None
+        return TokenLens(self.encoder.unembedding(), embed_filter, self.encoder.tokenizer)
 
     def _manifest(
         self,
-        corpus: Corpus,
         embed_filter: EmbedFilter,
-        count: int,
+        counts: dict[str, int],
+        *,
+        next_key: int,
+        digest: int,
+        history: list[dict[str, Any]],
         timings: dict[str, float],
         staging: Path,
+        store: EmbeddingStore | None,
     ) -> dict[str, Any]:
         config = self.encoder.config
+        plan = self.plan
+        count = counts["docstore"]
+        mismatched = {part: n for part, n in counts.items() if n != count}
+        if mismatched:
+            raise RetrieverError(f"index parts disagree on the document count: {counts}")
         sizes = {
             part: folder_bytes(staging / name)
             for part, name in (
@@ -179,6 +441,7 @@ class Indexer:
             if (staging / name).exists()
         }
         sizes["total"] = folder_bytes(staging)
+        stamp = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
         return {
             "format": MANIFEST_FORMAT,
             "manifest_version": MANIFEST_VERSION,
@@ -186,52 +449,251 @@ class Indexer:
             "encoder": {**config.to_dict(), "prompt_template": PROMPTS[config.prompt]},
             "filter": embed_filter.describe(),
             "index": {
-                "type": self.index_type,
+                "type": plan.index_type,
                 "metric": METRIC,
                 "normalized": True,
                 "dim": embed_filter.dim,
-                "count": int(count),
+                "count": count,
+                "search_params": {
+                    k: v for k, v in plan.search_params.faiss().items() if v is not None
+                },
             }
-            if self.dense
+            if plan.dense
             else None,
-            "sparse": {**self.sparse.to_dict(), "count": int(count)} if self.sparse else None,
-            "bm25": {"stemmer": STEMMER_LANGUAGE, "stopwords": STOPWORDS, "count": int(count)}
-            if self.bm25
+            "sparse": {**plan.sparse.to_dict(), "count": count} if plan.sparse else None,
+            "bm25": {"stemmer": STEMMER_LANGUAGE, "stopwords": STOPWORDS, "count": count}
+            if plan.bm25
             else None,
             "documents": {
-                "source": str(corpus.source),
-                "sha256": corpus.sha256,
-                "count": len(corpus),
-                "skipped_empty": len(corpus.skipped_empty),
-                "skipped_empty_ids": corpus.skipped_empty[:100],
+                "count": count,
+                "next_key": next_key,
+                "content_sha256": f"{digest:064x}",
+                "history": [{**entry, "at": entry.get("at", stamp)} for entry in history],
             },
+            "store": {"folder": str(store.folder), "key_sha256": store.digest}
+            if store is not None
+            else None,
             "versions": library_versions(),
             "build": {
-                "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+                "created": stamp,
+                "generation": staging.name.removesuffix(".partial"),
                 "seconds": {k: round(v, 3) for k, v in timings.items()},
                 "bytes": sizes,
                 "faiss_gpus": gpu_count(),
             },
         }
 
+    # -- incremental changes ---------------------------------------------------------
 
-def _move_into_place(staging: Path, out: Path) -> None:
-    if not out.exists():
-        os.replace(staging, out)
-        return
-    if out.is_dir() and not any(out.iterdir()):
-        out.rmdir()
-        os.replace(staging, out)
-        return
-    # Replacing an index: swap it aside first so that `out` is never half-written.
-    retired = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-    os.replace(out, retired / out.name)
-    os.replace(staging, out)
-    shutil.rmtree(retired, ignore_errors=True)
+    def add(
+        self,
+        index: str | Path,
+        dataset: str | Path,
+        *,
+        upsert: bool = False,
+        limit: int | None = None,
+        store: str | Path | None = None,
+        chunk_size: int = DEFAULT_CHUNK_SIZE,
+    ) -> dict[str, int]:
+        """Append a corpus's documents to the index path ``index`` in a new generation.
+
+        Ids already in the index are refused, or replaced with ``upsert=True``; returns
+        ``{"added": n, "replaced": m}``. The new documents are encoded through the
+        embedding store like a build, so a crashed add resumes.
+        """
+        out, base, manifest = _open_for_change(index)
+        self._check_index_settings(manifest, base)
+        scan = scan_corpus(dataset, limit)
+        with DocStore.open(base / DOCSTORE_DIR) as existing:
+            present = _present_ids(existing, iter_documents(scan))
+        if present and not upsert:
+            shown = ", ".join(repr(i) for i in present[:5]) + (" ..." if len(present) > 5 else "")
+            raise RetrieverError(
+                f"{len(present)} of the documents are already in {out} ({shown}); pass "
+                "--upsert to replace them, or remove them from the file"
+            )
+        embeddings = encode_corpus(self.encoder, scan, folder=store, chunk_size=chunk_size)
+        started = time.perf_counter()
+        embed_filter = EmbedFilter.load(base)
+        with writer_lock(out):
+            base, manifest = _same_generation(out, base)
+            with new_generation(out) as staging:
+                plan = self.plan
+                writer = _PartsWriter(staging, plan, embed_filter, self._lens(embed_filter), base)
+                writer.delete(present)
+                next_key = manifest["documents"]["next_key"]
+                for keys, raw, documents in _shard_batches(
+                    embeddings.shards(), self.encoder.config.pooling, next_key
+                ):
+                    writer.add(keys, raw, documents)
+                counts = writer.finish()
+                embed_filter.save(staging)
+                self._finish_change(
+                    staging,
+                    manifest,
+                    embed_filter,
+                    counts,
+                    writer,
+                    next_key=next_key + writer.added,
+                    entry={
+                        "op": "upsert" if upsert else "add",
+                        "source": str(scan.source),
+                        "sha256": scan.sha256,
+                        "count": scan.count,
+                        "replaced": len(present),
+                    },
+                    started=started,
+                )
+        logger.info("added %d documents to %s (%d replaced)", writer.added, out, len(present))
+        return {"added": writer.added - len(present), "replaced": len(present)}
+
+    def _check_index_settings(self, manifest: dict[str, Any], base: Path) -> None:
+        """Adopt the index's own plan; refuse an encoder that differs from its model."""
+        built = manifest["model"]
+        if self.encoder.resolved.weights_sha256 != built["weights_sha256"]:
+            raise RetrieverError(f"{base} was built with other model weights than this encoder's")
+        self.plan = plan_of(manifest, use_gpu=self.plan.use_gpu)
+        self.encoder.config = EncoderConfig.from_dict(manifest["encoder"])
+
+    def _finish_change(
+        self,
+        staging: Path,
+        manifest: dict[str, Any],
+        embed_filter: EmbedFilter,
+        counts: dict[str, int],
+        writer: _PartsWriter,
+        *,
+        next_key: int,
+        entry: dict[str, Any],
+        started: float,
+    ) -> None:
+        removed_digest = content_digest(document for _, document in writer.removed)
+        digest = combine_digests(
+            int(manifest["documents"]["content_sha256"], 16), writer.added_digest, removed_digest
+        )
+        updated = self._manifest(
+            embed_filter,
+            counts,
+            next_key=next_key,
+            digest=digest,
+            history=[*manifest["documents"].get("history", []), entry],
+            timings={**writer.timings, "total": time.perf_counter() - started},
+            staging=staging,
+            store=None,
+        )
+        updated["model"] = manifest["model"]
+        updated["store"] = manifest.get("store")
+        _write_manifest(staging, updated)
+
+    def delete(self, index: str | Path, doc_ids: Iterable[str]) -> int:
+        """Remove documents by id (see :func:`delete_documents`)."""
+        return delete_documents(index, doc_ids, use_gpu=self.plan.use_gpu)
+
+
+def plan_of(manifest: dict[str, Any], *, use_gpu: bool | None = None) -> IndexPlan:
+    """The plan an existing index was built with, read from its manifest."""
+    index = manifest.get("index") or {}
+    params = index.get("search_params") or {}
+    return IndexPlan(
+        filter_spec=FilterSpec.from_dict(manifest["filter"].get("spec", {})),
+        index_type=index.get("type", "Flat"),
+        dense=bool(manifest.get("index")),
+        sparse=SparseSpec.from_dict(manifest["sparse"]) if manifest.get("sparse") else None,
+        bm25=bool(manifest.get("bm25")),
+        search_params=SearchParams(params.get("nprobe"), params.get("efSearch")),
+        use_gpu=use_gpu,
+    )
+
+
+def _open_for_change(index: str | Path) -> tuple[Path, Path, dict[str, Any]]:
+    out = Path(index).expanduser().absolute()
+    base = current_generation(out)
+    if base is None:
+        raise RetrieverError(
+            f"{out} is not an index built by `retriever index` (no index link there)"
+        )
+    return out, base, read_manifest(base)
+
+
+def _same_generation(out: Path, base: Path) -> tuple[Path, dict[str, Any]]:
+    """Under the lock: the generation the change was prepared against must still be
+    current (another writer may have published meanwhile)."""
+    now = current_generation(out)
+    if now != base:
+        raise RetrieverError(
+            f"{out} changed while this command prepared its change (another writer "
+            "published a new generation); run the command again"
+        )
+    return base, read_manifest(base)
+
+
+def _present_ids(docstore: DocStore, documents: Iterable[Document]) -> list[str]:
+    present: list[str] = []
+    for batch in _batched(documents, DEFAULT_CHUNK_SIZE):
+        present += list(docstore.keys_of(d.id for d in batch))
+    return present
+
+
+def _write_manifest(staging: Path, manifest: dict[str, Any]) -> None:
+    mark_readable(staging)
+    (staging / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
+
+
+def delete_documents(
+    index: str | Path, doc_ids: Iterable[str], *, use_gpu: bool | None = None
+) -> int:
+    """Remove documents by id from every part of the index path ``index``, in a new
+    generation; returns how many were removed. Ids the index does not hold are refused.
+
+    Needs no model: vectors are removed by key, and BM25 is rebuilt from the docstore.
+    """
+    doc_ids = list(dict.fromkeys(str(i) for i in doc_ids))
+    if not doc_ids:
+        raise RetrieverError("no document ids to delete: give ids or --ids-file")
+    out, base, manifest = _open_for_change(index)
+    with DocStore.open(base / DOCSTORE_DIR) as existing:
+        found = existing.keys_of(doc_ids)
+    unknown = [i for i in doc_ids if i not in found]
+    if unknown:
+        shown = ", ".join(repr(i) for i in unknown[:5]) + (" ..." if len(unknown) > 5 else "")
+        raise RetrieverError(f"{out} holds no document with id {shown}; nothing was deleted")
+    started = time.perf_counter()
+    with writer_lock(out):
+        base, manifest = _same_generation(out, base)
+        plan = plan_of(manifest, use_gpu=use_gpu)
+        embed_filter = EmbedFilter.load(base)
+        with new_generation(out) as staging:
+            writer = _PartsWriter(staging, plan, embed_filter, None, base)
+            writer.delete(doc_ids)
+            counts = writer.finish()
+            embed_filter.save(staging)
+            removed_digest = content_digest(document for _, document in writer.removed)
+            updated = json.loads(json.dumps(manifest))
+            documents = updated["documents"]
+            documents["count"] = counts["docstore"]
+            documents["content_sha256"] = (
+                f"{combine_digests(int(documents['content_sha256'], 16), 0, removed_digest):064x}"
+            )
+            documents["history"] = [
+                *documents.get("history", []),
+                {
+                    "op": "delete",
+                    "count": len(writer.removed),
+                    "at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+                },
+            ]
+            for part in ("index", "sparse", "bm25"):
+                if updated.get(part):
+                    updated[part]["count"] = counts["docstore"]
+            updated["build"]["generation"] = staging.name.removesuffix(".partial")
+            updated["build"]["seconds"] = {"total": round(time.perf_counter() - started, 3)}
+            _write_manifest(staging, updated)
+    logger.info("deleted %d documents from %s", len(writer.removed), out)
+    return len(writer.removed)
 
 
 def build_index(
-    dataset: str | Path,
+    dataset: str | Path | None,
     out: str | Path,
     *,
     model: str = DEFAULT_MODEL,
@@ -248,35 +710,84 @@ def build_index(
     dense: bool = True,
     sparse: SparseSpec | None = None,
     bm25: bool = False,
+    search_params: SearchParams | None = None,
     overwrite: bool = False,
+    store: str | Path | None = None,
+    from_store: str | Path | None = None,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    restart: bool = False,
 ) -> Path:
-    """Build an index of a BEIR folder or JSONL file; returns its folder.
+    """Build an index of a BEIR folder or JSONL file; returns its path.
 
     It holds the filtered dense FAISS index (unless ``dense=False``), plus the key-token
-    sparse index with ``sparse`` and a BM25 index with ``bm25=True``.
+    sparse index with ``sparse`` and a BM25 index with ``bm25=True``. With ``from_store``
+    the documents come from a complete embedding store (``retriever encode``) instead of
+    ``dataset``, and the store fixes the model and encoding settings.
     """
-    out_path = Path(out).expanduser().resolve()
-    # Cheap checks first: a bad destination or corpus fails before the model loads.
-    _check_destination(out_path, overwrite)
-    if not (dense or sparse or bm25):
-        raise RetrieverError("--no-dense leaves nothing to search: add --sparse and/or --bm25")
-    corpus = load_corpus(dataset, limit=limit)
+    out_path = Path(out).expanduser().absolute()
+    # Cheap checks first: a bad destination, corpus or setting fails before the model loads.
+    check_destination(out_path, overwrite)
+    plan = IndexPlan(
+        filter_spec=filter_spec or FilterSpec(),
+        index_type=index_type,
+        dense=dense,
+        sparse=sparse,
+        bm25=bm25,
+        search_params=search_params or SearchParams(),
+        use_gpu=use_gpu,
+    )
+    config = encoder_config or EncoderConfig()
+    if from_store is not None:
+        embeddings = EmbeddingStore.open(from_store)
+        embeddings.shards()  # refuses an incomplete store before the model loads
+        key = embeddings.key
+        model, revision, dtype = key["model"]["name"], key["model"]["revision"], key["dtype"]
+        config = dataclasses.replace(
+            config,
+            prompt=key["prompt"],
+            max_length=key["max_length"],
+            document_instruction=key["instruction"],
+        )
+    else:
+        if dataset is None:
+            raise RetrieverError("give a DATASET to index, or --from STORE")
+        scan = scan_corpus(dataset, limit)
+    _check_plan(plan, config)
     encoder = Encoder.load(
         model,
-        encoder_config,
+        config,
         dtype=dtype,
         device=device,
         batch_size=batch_size,
         revision=revision,
         unembedding_from=unembedding_from,
+        expected_weights_sha256=key["model"]["weights_sha256"] if from_store else None,
+        expected_by=f"the embedding store {from_store}",
     )
-    indexer = Indexer(
-        encoder,
-        filter_spec,
-        index_type=index_type,
-        use_gpu=use_gpu,
-        dense=dense,
-        sparse=sparse,
-        bm25=bm25,
+    plan.filter_spec.kept_dims(encoder.hidden_size)
+    indexer = Indexer(encoder)
+    indexer.plan = plan
+    if from_store is not None:
+        return indexer.build_from_store(embeddings, out_path, overwrite=overwrite)
+    mark = time.perf_counter()
+    embeddings = encode_corpus(encoder, scan, folder=store, chunk_size=chunk_size, restart=restart)
+    return indexer.build_from_store(
+        embeddings, out_path, overwrite=overwrite, timings={"encode": time.perf_counter() - mark}
     )
-    return indexer.build(corpus, out_path, overwrite=overwrite)
+
+
+def _check_plan(plan: IndexPlan, config: EncoderConfig) -> None:
+    """Checks that need no model: search parameters must fit the index type."""
+    import faiss
+
+    if not plan.dense:
+        return
+    try:
+        # The dimension is not known yet; 64 parses every type whose codes divide it.
+        index = faiss.index_factory(64, plan.index_type, faiss.METRIC_INNER_PRODUCT)
+    except RuntimeError:
+        return  # reported with the real dimension once the model is known
+    flags = {"nprobe": "--nprobe", "efSearch": "--ef-search"}
+    for name, value in plan.search_params.faiss().items():
+        if value is not None and not has_parameter(index, name):
+            raise RetrieverError(f"{flags[name]} does not apply to --index-type {plan.index_type}")

@@ -226,23 +226,37 @@ def load_model(
         raise RetrieverError(f"cannot load a tokenizer from {path}: {exc}") from exc
     try:
         model, loading_info = AutoModelForCausalLM.from_pretrained(
-            path, dtype=dtype, trust_remote_code=False, output_loading_info=True
+            path,
+            dtype=dtype,
+            trust_remote_code=False,
+            use_safetensors=True,
+            output_loading_info=True,
         )
         # A checkpoint without an LM head (an embedding model) still loads into a
         # causal-LM class, with a freshly random head: that head must never be used.
         has_head = not loading_info.get("missing_keys")
     except ValueError:  # an architecture with no causal-LM class at all
         has_head = False
-    except OSError as exc:
-        raise RetrieverError(f"cannot load model {resolved.name!r}: {exc}") from exc
+    except Exception as exc:  # a missing or corrupt safetensors file, in many types
+        raise RetrieverError(_load_failure(resolved, exc)) from None
     if not has_head:
         try:
-            model = AutoModel.from_pretrained(path, dtype=dtype, trust_remote_code=False)
-        except (OSError, ValueError) as exc:
-            raise RetrieverError(f"cannot load model {resolved.name!r}: {exc}") from exc
+            model = AutoModel.from_pretrained(
+                path, dtype=dtype, trust_remote_code=False, use_safetensors=True
+            )
+        except Exception as exc:
+            raise RetrieverError(_load_failure(resolved, exc)) from None
     model.to(device)
     model.eval()
     return model, tokenizer
+
+
+def _load_failure(resolved: ResolvedModel, exc: Exception) -> str:
+    detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return (
+        f"cannot load model {resolved.name!r} from {resolved.path}: {detail} (only "
+        "safetensors weights are loaded, never pickle files such as pytorch_model.bin)"
+    )
 
 
 def unembedding_matrix(model: Any) -> torch.Tensor:

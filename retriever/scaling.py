@@ -22,7 +22,7 @@ import numpy as np
 from retriever.config import FilterSpec
 from retriever.embedfilter import EmbedFilter, UnembeddingSpectrum
 from retriever.evaluation import median_seconds, percentiles_ms, time_each
-from retriever.index import build_faiss_index, search_faiss_index
+from retriever.index import build_faiss_index, search_faiss_index, set_search_parameters
 
 logger = logging.getLogger(__name__)
 
@@ -100,7 +100,7 @@ def run_scaling(
             started = time.perf_counter()
             approx = build_faiss_index(vectors, approx_type)
             build_seconds = time.perf_counter() - started
-            approx.nprobe = nprobe
+            set_search_parameters(approx, {"nprobe": nprobe})
             approx_row, approx_hits = _measure(approx, query_vectors, k, latency_queries, warmup)
             del approx, vectors
             recall = float(

@@ -7,7 +7,6 @@ one of the other two per query.
 
 from __future__ import annotations
 
-import json
 import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -17,16 +16,17 @@ from typing import Any
 
 import numpy as np
 
-from retriever.config import MANIFEST_VERSION, METHODS, EncoderConfig
+from retriever.config import METHODS
 from retriever.docstore import DOCSTORE_DIR, DocStore
 from retriever.embedfilter import EmbedFilter
 from retriever.encoder import Encoder
 from retriever.errors import RetrieverError
 from retriever.fusion import ranked_lists
-from retriever.index import load_faiss_index, search_faiss_index
-from retriever.indexing import MANIFEST_FILE, MANIFEST_FORMAT
+from retriever.generations import ReaderHold
+from retriever.index import load_faiss_index, search_faiss_index, set_search_parameters
 from retriever.lens import AlignedToken, TokenLens
 from retriever.lexical import BM25_DIR, BM25Index
+from retriever.manifest import load_encoder_for, read_manifest
 from retriever.sparse import SPARSE_DIR, KeyTokenIndex
 
 logger = logging.getLogger(__name__)
@@ -37,13 +37,14 @@ FUSION_DEPTH = 100
 
 @dataclass(frozen=True)
 class Hit:
-    """One search result: the document's id, its score (cosine), title and text."""
+    """One search result: the document's id, its score (cosine for dense), title and text;
+    ``key`` is the document's int64 key inside the index."""
 
     id: str
     score: float
     title: str
     text: str
-    row: int
+    key: int
     metadata: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -55,42 +56,18 @@ class Hit:
         return f"{self.title} {self.text}".strip()
 
 
-def read_manifest(folder: Path) -> dict[str, Any]:
-    path = folder / MANIFEST_FILE
-    if not path.is_file():
-        raise RetrieverError(
-            f"{folder} is not a retriever index (no {MANIFEST_FILE}); build one with "
-            "`retriever index DATASET --out DIR`"
-        )
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise RetrieverError(f"cannot read {path}: {exc}") from None
-    if manifest.get("format") != MANIFEST_FORMAT:
-        raise RetrieverError(f"{path} is not a retriever index manifest")
-    if manifest.get("manifest_version") != MANIFEST_VERSION:
-        raise RetrieverError(
-            f"{folder} was written with manifest version {manifest.get('manifest_version')}, "
-            f"this retriever reads version {MANIFEST_VERSION}: rebuild the index"
-        )
-    return manifest
-
-
-def check_encoder_matches(manifest: dict[str, Any], encoder: Encoder, folder: Path) -> None:
-    """Refuse an encoder whose weights differ from those the index was built with."""
-    built_with = manifest["model"]
-    if encoder.resolved.weights_sha256 != built_with["weights_sha256"]:
-        raise RetrieverError(
-            f"{folder} was built with model {built_with['name']!r} (weights sha256 "
-            f"{built_with['weights_sha256'][:12]}...), but {encoder.resolved.name!r} has "
-            f"weights {encoder.resolved.weights_sha256[:12]}...: its embeddings would not be "
-            "comparable. Search with the model that built the index, or rebuild it"
-        )
-    if encoder.hidden_size != manifest["filter"]["model_dim"]:
-        raise RetrieverError(
-            f"{folder} expects hidden size {manifest['filter']['model_dim']}, the model has "
-            f"{encoder.hidden_size}"
-        )
+def check_queries(queries: Sequence[str]) -> None:
+    """Every query must be text with something in it, whatever method searches it."""
+    for query in queries:
+        if not isinstance(query, str) or not query.strip():
+            raise RetrieverError("empty query: give some text to search for")
+        try:
+            query.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise RetrieverError(
+                f"the query holds an invalid Unicode character (U+{ord(query[exc.start]):04X} "
+                f"at character {exc.start + 1}); give valid UTF-8 text"
+            ) from None
 
 
 class Searcher:
@@ -123,53 +100,69 @@ class Searcher:
         path: str | Path,
         *,
         model: str | None = None,
-        dtype: str = "auto",
+        dtype: str | None = None,
         device: str | None = None,
         batch_size: int = 32,
         use_gpu: bool | None = None,
+        nprobe: int | None = None,
+        ef_search: int | None = None,
     ) -> Searcher:
-        """Open an index folder and load the model named in its manifest (or ``model``).
+        """Open an index and load the model that built it.
 
-        The model's weights must hash to the manifest's ``weights_sha256``.
+        ``path`` is resolved once: every part is read from the one generation it points to
+        at that moment, which stays readable until this searcher is closed. Every part is
+        checked against the manifest before the model loads; the model's weights must hash
+        to the manifest's ``weights_sha256`` before any of them is loaded. ``model``
+        overrides where the model is found; ``dtype`` defaults to the one the index was
+        built with; ``nprobe`` and ``ef_search`` override the index's search defaults.
         """
         folder = Path(path).expanduser().resolve()
-        manifest = read_manifest(folder)
-        built_with = manifest["model"]
-        encoder = Encoder.load(
-            model or built_with["name"],
-            EncoderConfig.from_dict(manifest["encoder"]),
-            dtype=dtype,
-            device=device,
-            batch_size=batch_size,
-            revision=built_with.get("revision") if model is None else None,
-            unembedding_from=built_with.get("unembedding_from", {}).get("name"),
-        )
-        check_encoder_matches(manifest, encoder, folder)
-        embed_filter = EmbedFilter.load(folder)
-        index = load_faiss_index(folder, use_gpu=use_gpu) if manifest.get("index") else None
-        sparse = KeyTokenIndex.load(folder / SPARSE_DIR) if manifest.get("sparse") else None
-        bm25 = BM25Index.load(folder / BM25_DIR) if manifest.get("bm25") else None
-        docstore = DocStore.open(folder / DOCSTORE_DIR)
-        expected = manifest["documents"]["count"]
-        counts = {"docstore": len(docstore)}
-        if index is not None:
-            counts["FAISS index"] = index.ntotal
-        if sparse is not None:
-            counts["sparse index"] = sparse.num_documents
-        if bm25 is not None:
-            counts["BM25 index"] = bm25.num_documents
-        if any(count != expected for count in counts.values()):
-            found = ", ".join(f"the {name} {count}" for name, count in counts.items())
-            raise RetrieverError(
-                f"{folder} is inconsistent: the manifest counts {expected} documents, {found}; "
-                "rebuild it"
+        hold = ReaderHold(folder) if folder.is_dir() else None
+        try:
+            manifest = read_manifest(folder)
+            embed_filter = EmbedFilter.load(folder)
+            dims = {"filter": embed_filter.dim, "manifest": manifest["filter"]["dim"]}
+            index = None
+            if manifest.get("index"):
+                index = load_faiss_index(folder, use_gpu=use_gpu)
+                dims["FAISS index"] = index.d
+            if len(set(dims.values())) > 1:
+                found = ", ".join(f"the {name} {dim}" for name, dim in dims.items())
+                raise RetrieverError(f"{folder} is inconsistent: dimensions differ ({found})")
+            sparse = KeyTokenIndex.load(folder / SPARSE_DIR) if manifest.get("sparse") else None
+            bm25 = BM25Index.load(folder / BM25_DIR) if manifest.get("bm25") else None
+            docstore = DocStore.open(folder / DOCSTORE_DIR)
+            _check_counts(folder, manifest, index, sparse, bm25, docstore)
+            if index is not None:
+                defaults = manifest["index"].get("search_params") or {}
+                set_search_parameters(
+                    index,
+                    {
+                        "nprobe": nprobe or defaults.get("nprobe"),
+                        "efSearch": ef_search or defaults.get("efSearch"),
+                    },
+                )
+            encoder = load_encoder_for(
+                manifest, folder, model=model, dtype=dtype, device=device, batch_size=batch_size
             )
-        return cls(
+            if encoder.hidden_size != manifest["filter"]["model_dim"]:
+                raise RetrieverError(
+                    f"{folder} expects hidden size {manifest['filter']['model_dim']}, the model "
+                    f"has {encoder.hidden_size}"
+                )
+        except BaseException:
+            if hold is not None:
+                hold.release()
+            raise
+        searcher = cls(
             folder, manifest, encoder, embed_filter, index, docstore, sparse=sparse, bm25=bm25
         )
+        searcher._hold = hold
+        return searcher
 
     def __len__(self) -> int:
-        return len(self.docstore)
+        # From the manifest (checked against every part on load): no LMDB read per query.
+        return int(self.manifest["documents"]["count"])
 
     @property
     def parts(self) -> tuple[str, ...]:
@@ -203,9 +196,7 @@ class Searcher:
 
     def encode_queries(self, queries: Sequence[str]) -> np.ndarray:
         """Raw pooled query embeddings (before the filter)."""
-        for query in queries:
-            if not isinstance(query, str) or not query.strip():
-                raise RetrieverError("empty query: give some text to search for")
+        check_queries(queries)
         return self.encoder.encode_queries(list(queries))
 
     def embed_queries(self, queries: Sequence[str]) -> np.ndarray:
@@ -260,11 +251,11 @@ class Searcher:
     def to_run(
         self, query_ids: Sequence[str], ranked: Sequence[Sequence[tuple[int, float]]]
     ) -> dict[str, dict[str, float]]:
-        """``{query_id: {doc_id: score}}`` from :meth:`rank`'s row lists."""
-        rows = sorted({row for found in ranked for row, _ in found})
-        doc_ids = {row: doc.id for row, doc in zip(rows, self.docstore.get_many(rows), strict=True)}
+        """``{query_id: {doc_id: score}}`` from :meth:`rank`'s key lists."""
+        keys = sorted({key for found in ranked for key, _ in found})
+        doc_ids = dict(zip(keys, self.docstore.ids_of(keys), strict=True))
         return {
-            qid: {doc_ids[row]: score for row, score in found}
+            qid: {doc_ids[key]: score for key, score in found}
             for qid, found in zip(query_ids, ranked, strict=True)
         }
 
@@ -283,7 +274,7 @@ class Searcher:
         embeddings: np.ndarray | None = None,
         sparse_query_tokens: int | None = None,
     ) -> list[list[tuple[int, float]]]:
-        """Each query's ``(row, score)`` list, best first: the core every search runs.
+        """Each query's ``(key, score)`` list, best first: the core every search runs.
 
         ``embeddings`` are the queries' raw pooled embeddings when the caller has them
         (a benchmark times encoding apart); otherwise the queries are encoded here.
@@ -291,6 +282,7 @@ class Searcher:
         if k < 1:
             raise RetrieverError(f"k must be at least 1, got {k}")
         method = self._check_method(method)
+        check_queries(queries)
         if embeddings is None and method != "bm25":
             embeddings = self.encode_queries(queries)
         parts = method.split("+")
@@ -310,7 +302,7 @@ class Searcher:
         *,
         sparse_query_tokens: int | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
-        """One retriever's ``(scores, rows)``, each ``(n, k)``; -1 rows pad short lists."""
+        """One retriever's ``(scores, keys)``, each ``(n, k)``; -1 keys pad short lists."""
         k = min(k, len(self))
         if part == "dense":
             return self.search_vectors(self.filter.transform(embeddings), k)
@@ -326,7 +318,7 @@ class Searcher:
         return self.bm25.search(queries, k)
 
     def search_vectors(self, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """FAISS search alone: ``(scores, rows)`` for already embedded queries."""
+        """FAISS search alone: ``(scores, keys)`` for already embedded queries."""
         if k < 1:
             raise RetrieverError(f"k must be at least 1, got {k}")
         if self.index is None:
@@ -376,14 +368,48 @@ class Searcher:
     def _hits(self, ranked: list[list[tuple[int, float]]]) -> list[list[Hit]]:
         results = []
         for found in ranked:
-            documents = self.docstore.get_many([row for row, _ in found])
+            documents = self.docstore.get_many([key for key, _ in found])
             results.append(
                 [
-                    Hit(doc.id, score, doc.title, doc.text, row, doc.metadata)
-                    for doc, (row, score) in zip(documents, found, strict=True)
+                    Hit(doc.id, score, doc.title, doc.text, key, doc.metadata)
+                    for doc, (key, score) in zip(documents, found, strict=True)
                 ]
             )
         return results
 
     def close(self) -> None:
+        """Let go of the docstore and of this searcher's hold on its generation."""
         self.docstore.close()
+        hold = getattr(self, "_hold", None)
+        if hold is not None:
+            hold.release()
+
+    def set_search_params(self, *, nprobe: int | None = None, ef_search: int | None = None) -> None:
+        """Change ``nprobe`` (IVF) or ``efSearch`` (HNSW) for the searches that follow."""
+        if self.index is None:
+            self._check_method("dense")
+        set_search_parameters(self.index, {"nprobe": nprobe, "efSearch": ef_search})
+
+
+def _check_counts(
+    folder: Path,
+    manifest: dict[str, Any],
+    index: Any,
+    sparse: KeyTokenIndex | None,
+    bm25: BM25Index | None,
+    docstore: DocStore,
+) -> None:
+    expected = manifest["documents"]["count"]
+    counts = {"docstore": len(docstore)}
+    if index is not None:
+        counts["FAISS index"] = index.ntotal
+    if sparse is not None:
+        counts["sparse index"] = sparse.num_documents
+    if bm25 is not None:
+        counts["BM25 index"] = bm25.num_documents
+    if any(count != expected for count in counts.values()):
+        found = ", ".join(f"the {name} {count}" for name, count in counts.items())
+        raise RetrieverError(
+            f"{folder} is inconsistent: the manifest counts {expected} documents, {found}; "
+            "rebuild it"
+        )

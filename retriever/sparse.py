@@ -25,6 +25,7 @@ from retriever.lens import TokenLens
 
 SPARSE_DIR = "sparse"
 POSTINGS_FILE = "postings.npz"
+KEYS_FILE = "keys.npy"
 SPEC_FILE = "sparse.json"
 # Documents scored per block while building, and queries per sparse product.
 _BUILD_BLOCK = 1024
@@ -32,11 +33,18 @@ _QUERY_BLOCK = 256
 
 
 class KeyTokenIndex:
-    """Posting lists ``token -> (documents, weights)`` as a ``V x N`` CSR matrix."""
+    """Posting lists ``token -> (columns, weights)`` as a ``V x N`` CSR matrix, and the
+    document key of every column."""
 
-    def __init__(self, postings: sp.csr_matrix, spec: SparseSpec) -> None:
+    def __init__(self, postings: sp.csr_matrix, spec: SparseSpec, keys: np.ndarray) -> None:
         self.postings = postings.tocsr()
         self.spec = spec
+        self.keys = np.asarray(keys, dtype=np.int64)
+        if len(self.keys) != self.postings.shape[1]:
+            raise RetrieverError(
+                f"the sparse index has {self.postings.shape[1]} documents but "
+                f"{len(self.keys)} keys; rebuild the index"
+            )
 
     @classmethod
     def build(
@@ -45,9 +53,11 @@ class KeyTokenIndex:
         vectors: np.ndarray,
         spec: SparseSpec | None = None,
         *,
+        keys: np.ndarray | None = None,
         show_progress: bool = True,
     ) -> KeyTokenIndex:
-        """Index documents from their vectors in ``spec.space`` (see ``TokenLens.vectors``)."""
+        """Index documents held in memory from their vectors in ``spec.space`` (see
+        ``TokenLens.vectors``); keys ``0..n-1`` unless given."""
         spec = spec or SparseSpec()
         top = min(spec.doc_tokens, lens.vocabulary_size)
         ids = np.empty((len(vectors), top), dtype=np.int32)
@@ -63,7 +73,20 @@ class KeyTokenIndex:
             (weights.ravel(), ids.ravel(), np.arange(0, ids.size + 1, top, dtype=np.int64)),
             shape=(len(vectors), lens.vocabulary_size),
         )
-        return cls(by_document.T.tocsr(), spec)
+        keys = np.arange(len(vectors)) if keys is None else keys
+        return cls(by_document.T.tocsr(), spec, keys)
+
+    def with_added(self, other: KeyTokenIndex) -> KeyTokenIndex:
+        """This index with ``other``'s documents appended (same vocabulary and spec)."""
+        postings = sp.hstack([self.postings, other.postings], format="csr")
+        return KeyTokenIndex(postings, self.spec, np.concatenate([self.keys, other.keys]))
+
+    def without_keys(self, keys: np.ndarray) -> KeyTokenIndex:
+        """This index without the documents ``keys`` (their columns dropped)."""
+        keep = ~np.isin(self.keys, keys)
+        if keep.all():
+            return self
+        return KeyTokenIndex(self.postings[:, np.flatnonzero(keep)], self.spec, self.keys[keep])
 
     @property
     def num_documents(self) -> int:
@@ -97,7 +120,7 @@ class KeyTokenIndex:
         )
 
     def search(self, queries: sp.csr_matrix, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """``(scores, rows)``, each ``(n, k)``, best first; like FAISS, -1 pads rows that
+        """``(scores, keys)``, each ``(n, k)``, best first; like FAISS, -1 pads rows that
         match fewer than ``k`` documents (a document sharing no token is not a match)."""
         scores = np.full((queries.shape[0], k), -np.inf, dtype=np.float32)
         rows = np.full((queries.shape[0], k), -1, dtype=np.int64)
@@ -112,14 +135,19 @@ class KeyTokenIndex:
                 best = np.argpartition(-values, take - 1)[:take]
                 best = best[np.lexsort((candidates[best], -values[best]))]
                 scores[lo + offset, :take] = values[best]
-                rows[lo + offset, :take] = candidates[best]
+                rows[lo + offset, :take] = self.keys[candidates[best]]
         return scores, rows
 
     @property
     def nbytes(self) -> int:
         """Bytes of the posting lists in memory (weights, document ids, offsets)."""
         postings = self.postings
-        return int(postings.data.nbytes + postings.indices.nbytes + postings.indptr.nbytes)
+        return int(
+            postings.data.nbytes
+            + postings.indices.nbytes
+            + postings.indptr.nbytes
+            + self.keys.nbytes
+        )
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -134,6 +162,7 @@ class KeyTokenIndex:
         folder.mkdir(parents=True, exist_ok=True)
         # Uncompressed: loading is a read, not a decompression.
         sp.save_npz(folder / POSTINGS_FILE, self.postings, compressed=False)
+        np.save(folder / KEYS_FILE, self.keys, allow_pickle=False)
         (folder / SPEC_FILE).write_text(json.dumps(self.describe(), indent=2) + "\n")
         return folder
 
@@ -142,7 +171,72 @@ class KeyTokenIndex:
         folder = Path(folder)
         try:
             postings = sp.load_npz(folder / POSTINGS_FILE)
+            keys = np.load(folder / KEYS_FILE, allow_pickle=False)
             info = json.loads((folder / SPEC_FILE).read_text())
-        except (OSError, ValueError) as exc:
-            raise RetrieverError(f"cannot read the sparse index in {folder}: {exc}") from exc
-        return cls(postings, SparseSpec.from_dict(info["spec"]))
+            spec = SparseSpec.from_dict(info["spec"])
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise RetrieverError(f"cannot read the sparse index in {folder}: {exc}") from None
+        return cls(postings, spec, keys)
+
+
+class KeyTokenIndexBuilder:
+    """Builds a key-token index chunk by chunk in bounded memory.
+
+    Each chunk's top-K tokens go to a scratch file; :meth:`finish` counts each token's
+    postings in one pass, allocates the term-major arrays once (the final index's bytes)
+    and fills them in a second pass, so peak memory is the index plus one chunk.
+    """
+
+    def __init__(self, lens: TokenLens, spec: SparseSpec, scratch: Path) -> None:
+        self.lens = lens
+        self.spec = spec
+        self.top = min(spec.doc_tokens, lens.vocabulary_size)
+        self.scratch = Path(scratch)
+        self.scratch.mkdir(parents=True, exist_ok=True)
+        self._chunks: list[Path] = []
+        self._keys: list[np.ndarray] = []
+
+    def add(self, keys: np.ndarray, vectors: np.ndarray) -> None:
+        """Add documents from their vectors in ``spec.space``."""
+        ids = np.empty((len(vectors), self.top), dtype=np.int32)
+        weights = np.empty((len(vectors), self.top), dtype=np.float32)
+        for lo in range(0, len(vectors), _BUILD_BLOCK):
+            block_ids, block_weights = self.lens.top_ids(
+                vectors[lo : lo + _BUILD_BLOCK], self.spec.space, self.top
+            )
+            ids[lo : lo + len(block_ids)] = block_ids
+            weights[lo : lo + len(block_ids)] = block_weights
+        path = self.scratch / f"{len(self._chunks):06d}.npz"
+        np.savez(path, ids=ids, weights=weights)
+        self._chunks.append(path)
+        self._keys.append(np.asarray(keys, dtype=np.int64))
+
+    def finish(self) -> KeyTokenIndex:
+        vocabulary = self.lens.vocabulary_size
+        counts = np.zeros(vocabulary, dtype=np.int64)
+        for path in self._chunks:
+            with np.load(path) as chunk:
+                counts += np.bincount(chunk["ids"].ravel(), minlength=vocabulary)
+        indptr = np.zeros(vocabulary + 1, dtype=np.int64)
+        np.cumsum(counts, out=indptr[1:])
+        indices = np.empty(int(indptr[-1]), dtype=np.int32)
+        data = np.empty(int(indptr[-1]), dtype=np.float32)
+        cursor = indptr[:-1].copy()
+        column = 0
+        for path in self._chunks:
+            with np.load(path) as chunk:
+                ids, weights = chunk["ids"], chunk["weights"]
+            terms = ids.ravel()
+            # Stable: within a token, columns stay ascending (documents in key order).
+            order = np.argsort(terms, kind="stable")
+            ordered = terms[order]
+            first = np.searchsorted(ordered, ordered, side="left")
+            positions = cursor[ordered] + (np.arange(len(ordered)) - first)
+            indices[positions] = column + order // ids.shape[1]
+            data[positions] = weights.ravel()[order]
+            cursor += np.bincount(terms, minlength=vocabulary)
+            column += len(ids)
+            path.unlink()
+        keys = np.concatenate(self._keys) if self._keys else np.empty(0, dtype=np.int64)
+        postings = sp.csr_matrix((data, indices, indptr), shape=(vocabulary, column))
+        return KeyTokenIndex(postings, self.spec, keys)

@@ -7,6 +7,7 @@ import pytest
 from retriever import docstore as docstore_module
 from retriever.datasets import Document
 from retriever.docstore import DocStore
+from retriever.errors import RetrieverError
 
 
 def _documents(n: int) -> list[Document]:
@@ -20,10 +21,10 @@ def test_rows_ids_and_iteration_round_trip(tmp_path: Path) -> None:
     assert len(store) == 2500
     assert store.get(1234) == documents[1234]
     assert store.get_many([5, 0, 2499]) == [documents[5], documents[0], documents[2499]]
-    assert store.row_of("id-777") == 777
-    assert store.row_of("missing") is None
+    assert store.key_of("id-777") == 777
+    assert store.key_of("missing") is None
     assert list(store) == documents
-    with pytest.raises(KeyError):
+    with pytest.raises(RetrieverError, match="no document with key 2500"):
         store.get(2500)
     store.close()
 
@@ -51,4 +52,4 @@ def test_one_folder_opened_twice_shares_its_environment(tmp_path: Path) -> None:
     first.close()
     assert second.get(1).id == "b"  # closing one leaves the other readable
     second.close()
-    assert DocStore.open(folder).row_of("b") == 1
+    assert DocStore.open(folder).key_of("b") == 1

@@ -109,8 +109,8 @@ def test_save_load_round_trip(unembedding: np.ndarray, spec: FilterSpec, tmp_pat
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"tau": 0.5}, "--tau must be >= 1"),
-        ({"tau": 0}, "--tau must be >= 1"),
+        ({"tau": 0.5}, "--tau must be a finite number >= 1"),
+        ({"tau": 0}, "--tau must be a finite number >= 1"),
         ({"tau": None, "dim": 0}, "--dim must be a positive"),
         ({"tau": 2, "dim": 10}, "exactly one of --tau and --dim"),
         ({"band": "middle"}, "unknown band"),

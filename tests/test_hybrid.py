@@ -33,6 +33,7 @@ def full_index(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
 def test_the_folder_and_manifest_describe_every_part(full_index: Path) -> None:
     names = sorted(p.name for p in full_index.iterdir())
     assert names == [
+        "READERS",
         "bm25",
         "docstore",
         "filter.json",

@@ -11,6 +11,7 @@ from retriever.index import (
     load_faiss_index,
     save_faiss_index,
     search_faiss_index,
+    set_search_parameters,
 )
 
 
@@ -35,7 +36,7 @@ def test_approximate_types_train_and_mostly_agree_with_flat(index_type: str) -> 
     index = build_faiss_index(docs, index_type)
     assert index.is_trained and index.ntotal == 3000
     if index_type.startswith("IVF"):
-        index.nprobe = 16  # all lists: exact
+        set_search_parameters(index, {"nprobe": 16})  # all lists: exact
     _, rows = search_faiss_index(index, queries, 10)
     exact = np.argsort(-(queries @ docs.T), axis=1)[:, :10]
     recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(rows, exact, strict=True)])
@@ -46,7 +47,7 @@ def test_bad_factory_string_and_untrainable_index() -> None:
     docs = _unit_vectors(50, 16, 4)
     with pytest.raises(RetrieverError, match="invalid --index-type 'NoSuchIndex'"):
         build_faiss_index(docs, "NoSuchIndex")
-    with pytest.raises(RetrieverError, match="cannot build a 'IVF4096,Flat' index over 50"):
+    with pytest.raises(RetrieverError, match="cannot build a 'IVF4096,Flat' index of 50 vectors"):
         build_faiss_index(docs, "IVF4096,Flat")
 
 

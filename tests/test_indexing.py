@@ -27,7 +27,9 @@ def tiny_index(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
 
 
 def test_index_folder_is_self_describing(tiny_index: Path, tiny_model: Path) -> None:
+    assert tiny_index.is_symlink()  # to its immutable generation folder
     assert sorted(p.name for p in tiny_index.iterdir()) == [
+        "READERS",
         "docstore",
         "filter.json",
         "filter.npy",
@@ -45,13 +47,19 @@ def test_index_folder_is_self_describing(tiny_index: Path, tiny_model: Path) -> 
         "normalized": True,
         "dim": 16,
         "count": 6,
+        "search_params": {},
     }
-    assert manifest["documents"]["count"] == 6 and manifest["documents"]["skipped_empty"] == 0
+    documents = manifest["documents"]
+    assert documents["count"] == 6 and documents["next_key"] == 6
+    assert documents["history"][0]["op"] == "build"
+    assert documents["history"][0]["skipped_empty"] == 0
+    assert len(documents["content_sha256"]) == 64
     assert manifest["versions"]["faiss-cpu"] or manifest["versions"]["faiss-gpu"]
     sizes = manifest["build"]["bytes"]
     assert sizes["index"] == (tiny_index / "index.faiss").stat().st_size
     assert sizes["total"] >= sizes["index"] + sizes["docstore"] + sizes["filter"]
-    assert not list(tiny_index.parent.glob(".toy.*")), "staging folder left behind"
+    generations = tiny_index.parent / ".toy.generations"
+    assert [p.name for p in generations.iterdir()] == [tiny_index.resolve().name]
 
 
 def test_search_finds_a_document_by_its_own_text(tiny_index: Path) -> None:
@@ -64,7 +72,7 @@ def test_search_finds_a_document_by_its_own_text(tiny_index: Path) -> None:
         assert hits[0].score == pytest.approx(1.0, abs=1e-4)
         assert hits[0].title == doc["title"] and hits[0].text == doc["text"]
         assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
-    assert searcher.search("Café", k=100)[5].row in range(6)  # k larger than the index
+    assert searcher.search("Café", k=100)[5].key in range(6)  # k larger than the index
 
 
 def test_batch_search_is_beir_shaped_and_matches_search(tiny_index: Path) -> None:
@@ -87,7 +95,9 @@ def test_empty_query_and_bad_k_are_refused(tiny_index: Path) -> None:
 
 
 def test_loading_with_other_weights_is_refused(tiny_index: Path, other_tiny_model: Path) -> None:
-    with pytest.raises(RetrieverError, match="was built with model .* embeddings would not be"):
+    with pytest.raises(
+        RetrieverError, match="was built with weights sha256 .* embeddings would not be"
+    ):
         Searcher.load(tiny_index, model=str(other_tiny_model), dtype="float32")
 
 
@@ -116,13 +126,14 @@ def test_tau_one_index_scores_are_cosines_of_raw_embeddings(
 def test_failed_build_leaves_nothing(
     tiny_model: Path, toy_corpus: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    def broken_write(*args, **kwargs):
+    def broken_put(*args, **kwargs):
         raise OSError("disk full")
 
-    monkeypatch.setattr(docstore_module.DocStore, "write", staticmethod(broken_write))
+    monkeypatch.setattr(docstore_module.DocStoreWriter, "put", broken_put)
     with pytest.raises(OSError, match="disk full"):
         build_index(toy_corpus, tmp_path / "idx", model=str(tiny_model), dtype="float32")
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["docs.jsonl"]
+    assert _visible(tmp_path) == ["docs.jsonl"]
+    assert not (tmp_path / ".idx.generations").exists()
 
 
 def test_existing_destinations(tiny_model: Path, toy_corpus: Path, tmp_path: Path) -> None:
@@ -138,10 +149,11 @@ def test_existing_destinations(tiny_model: Path, toy_corpus: Path, tmp_path: Pat
         filter_spec=FilterSpec(tau=4),
     )
     assert json.loads((first / "manifest.json").read_text())["index"]["dim"] == 8
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["docs.jsonl", "idx"]
+    assert _visible(tmp_path) == ["docs.jsonl", "idx"]
+    assert len(list((tmp_path / ".idx.generations").iterdir())) == 1  # the old one is gone
     (tmp_path / "notes").mkdir()
     (tmp_path / "notes" / "keep.txt").write_text("mine")
-    with pytest.raises(RetrieverError, match="is not a retriever index"):
+    with pytest.raises(RetrieverError, match="is not a retriever index link"):
         build_index(toy_corpus, tmp_path / "notes", model=str(tiny_model), overwrite=True)
     assert (tmp_path / "notes" / "keep.txt").read_text() == "mine"
 
@@ -225,7 +237,11 @@ def test_cli_index_and_search(
         (["index", "{missing}", "--out", "{tmp}/o"], "does not exist"),
         (["index", "{bad_jsonl}", "--out", "{tmp}/o"], "bad.jsonl:2: not valid JSON"),
         (["index", "{dup_jsonl}", "--out", "{tmp}/o"], "duplicate document id 'a'"),
-        (["index", "{docs}", "--out", "{tmp}/o", "--tau", "0.5"], "--tau must be >= 1"),
+        (
+            ["index", "{docs}", "--out", "{tmp}/o", "--tau", "0.5"],
+            "--tau must be a finite number >= 1",
+        ),
+        (["index", "{docs}", "--out", "{tmp}/o", "--tau", "inf"], "--tau must be a finite"),
         (["index", "{docs}", "--out", "{tmp}/o", "--dim", "33"], "keeps 33 of the model's 32"),
         (
             ["index", "{docs}", "--out", "{tmp}/o", "--model", "no-such-org/no-such-model-0123"],
@@ -299,7 +315,16 @@ def test_every_flag_has_help() -> None:
 
     parser = _build_parser()
     subcommands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    assert set(subcommands.choices) == {"index", "search", "lens", "eval", "bench"}
+    assert set(subcommands.choices) == {
+        "index",
+        "encode",
+        "add",
+        "delete",
+        "search",
+        "lens",
+        "eval",
+        "bench",
+    }
     for name, subparser in subcommands.choices.items():
         for action in subparser._actions:
             assert action.help, f"retriever {name} {action.option_strings or action.dest}"
@@ -335,5 +360,9 @@ def test_empty_documents_are_counted_in_the_manifest(
     assert code == 0
     assert "skipped 1 document(s) with neither title nor text: blank" in caplog.text
     documents = json.loads((tmp_path / "idx" / "manifest.json").read_text())["documents"]
-    assert documents["count"] == 3 and documents["skipped_empty"] == 1
-    assert documents["skipped_empty_ids"] == ["blank"]
+    assert documents["count"] == 3 and documents["history"][0]["skipped_empty"] == 1
+    assert documents["history"][0]["skipped_empty_ids"] == ["blank"]
+
+
+def _visible(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if not p.name.startswith("."))

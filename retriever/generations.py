@@ -1,0 +1,226 @@
+"""The life of an index path: one writer at a time, immutable generations, atomic swaps.
+
+An index path ``DIR`` is a symbolic link to a generation folder beside it::
+
+    DIR -> .DIR.generations/20261123T181500-4f2a9c     (the current generation)
+    .DIR.generations/20261123T170102-77b0e1            (an older one, while read)
+    .DIR.generations/20261123T181733-a1c3d2.partial    (a writer's staging folder)
+    .DIR.lock                                          (the writer lock, holding its pid)
+
+A writer (build, add, delete) takes ``.DIR.lock`` with ``flock`` for its whole run, so a
+second writer fails at once naming the holder. It writes a new generation in a staging
+folder, renames it complete, and swaps the link with one ``os.replace``: a reader resolves
+the link once and reads every part from one generation, and no moment exists, even under
+``kill -9``, at which ``DIR`` resolves to nothing. Generations are never modified.
+
+A reader holds a shared ``flock`` on its generation's ``READERS`` file while it is open;
+after a swap the writer deletes every older generation on which it can take the lock
+exclusively, that is, which no process is reading. The one a reader holds is deleted by
+the next writer after the reader lets go.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import errno
+import fcntl
+import logging
+import os
+import secrets
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+from retriever.errors import RetrieverError
+
+logger = logging.getLogger(__name__)
+
+READERS_FILE = "READERS"
+_PARTIAL = ".partial"
+
+
+def generations_folder(out: Path) -> Path:
+    return out.parent / f".{out.name}.generations"
+
+
+def lock_path(out: Path) -> Path:
+    return out.parent / f".{out.name}.lock"
+
+
+def current_generation(out: Path) -> Path | None:
+    """The generation folder ``out`` points to (``None`` when it holds no index)."""
+    if not out.is_symlink():
+        return None
+    target = out.resolve()
+    return target if target.is_dir() else None
+
+
+@contextlib.contextmanager
+def writer_lock(out: Path) -> Iterator[None]:
+    """Hold the one writer lock of index path ``out``; fail at once if another holds it."""
+    path = lock_path(out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(handle, 64, 0).decode(errors="replace").strip() or "unknown"
+            raise RetrieverError(
+                f"another writer (pid {holder}) is building or changing {out}; wait for it to "
+                "finish (its lock is " + str(path) + ")"
+            ) from None
+        os.ftruncate(handle, 0)
+        os.pwrite(handle, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(handle)  # closing releases the flock; the file stays for the next writer
+
+
+def _new_generation_name() -> str:
+    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S")
+    return f"{stamp}-{secrets.token_hex(3)}"
+
+
+@contextlib.contextmanager
+def new_generation(out: Path) -> Iterator[Path]:
+    """A staging folder for the next generation of ``out``; published on success.
+
+    Call it holding :func:`writer_lock`. Staging folders of dead writers are removed
+    first (under the lock no other writer can be alive). On an exception the staging
+    folder is removed and ``out`` is untouched.
+    """
+    folder = generations_folder(out)
+    folder.mkdir(parents=True, exist_ok=True)
+    for leftover in folder.glob(f"*{_PARTIAL}"):
+        logger.info("removing %s, left by a writer that did not finish", leftover.name)
+        shutil.rmtree(leftover, ignore_errors=True)
+    name = _new_generation_name()
+    staging = folder / f"{name}{_PARTIAL}"
+    # mkdir honours the umask (mkdtemp would force 0700 and hide indexes from a group).
+    staging.mkdir()
+    try:
+        yield staging
+        _fsync_tree(staging)
+        final = folder / name
+        os.replace(staging, final)
+        _point(out, final)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+        with contextlib.suppress(OSError):
+            folder.rmdir()  # only when empty: a first build that failed leaves no trace
+    remove_unread_generations(out)
+
+
+def _point(out: Path, generation: Path) -> None:
+    """Swap the link ``out`` to ``generation`` in one atomic rename."""
+    if out.exists() and not out.is_symlink():
+        raise RetrieverError(f"{out} is a folder, not an index link: choose another --out")
+    link = out.parent / f".{out.name}.link-{os.getpid()}"
+    link.unlink(missing_ok=True)
+    link.symlink_to(os.path.relpath(generation, out.parent))
+    os.replace(link, out)
+    _fsync_dir(out.parent)
+
+
+def remove_unread_generations(out: Path) -> list[Path]:
+    """Delete every generation of ``out`` but the current one that no reader holds."""
+    current = current_generation(out)
+    removed = []
+    folder = generations_folder(out)
+    if not folder.is_dir():
+        return removed
+    for generation in sorted(folder.iterdir()):
+        if generation.name.endswith(_PARTIAL) or generation == current:
+            continue
+        if not generation.is_dir():
+            continue
+        with contextlib.suppress(BlockingIOError):
+            with _locked(generation / READERS_FILE, fcntl.LOCK_EX | fcntl.LOCK_NB):
+                shutil.rmtree(generation, ignore_errors=True)
+                removed.append(generation)
+    return removed
+
+
+@contextlib.contextmanager
+def _locked(path: Path, operation: int) -> Iterator[None]:
+    try:
+        handle = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        yield  # a generation without a readers file (being removed) has no readers
+        return
+    try:
+        fcntl.flock(handle, operation)
+        yield
+    finally:
+        os.close(handle)
+
+
+class ReaderHold:
+    """A shared lock on a generation, held while a searcher reads it."""
+
+    def __init__(self, generation: Path) -> None:
+        self._handle: int | None = None
+        path = generation / READERS_FILE
+        try:
+            self._handle = os.open(path, os.O_RDONLY)
+            fcntl.flock(self._handle, fcntl.LOCK_SH)
+        except FileNotFoundError:
+            self._handle = None  # a folder copied by hand, without the file: nothing to hold
+
+    def release(self) -> None:
+        if self._handle is not None:
+            os.close(self._handle)
+            self._handle = None
+
+    def __del__(self) -> None:
+        self.release()
+
+
+def mark_readable(staging: Path) -> None:
+    """Create the generation's readers file (part of every published generation)."""
+    (staging / READERS_FILE).touch()
+
+
+def check_destination(out: Path, overwrite: bool) -> None:
+    """Refuse to build over a non-index, or over an index without ``overwrite``."""
+    if out.is_symlink():
+        if current_generation(out) is not None and not overwrite:
+            raise RetrieverError(f"{out} already holds an index; pass --overwrite to replace it")
+        return
+    if out.exists():
+        raise RetrieverError(
+            f"{out} exists and is not a retriever index link; choose another --out"
+            + (
+                " (indexes built before generations were folders: delete it and rebuild)"
+                if (out / "manifest.json").is_file()
+                else ""
+            )
+        )
+
+
+def _fsync_tree(folder: Path) -> None:
+    for path in folder.rglob("*"):
+        if path.is_file():
+            with contextlib.suppress(OSError):
+                handle = os.open(path, os.O_RDONLY)
+                try:
+                    os.fsync(handle)
+                finally:
+                    os.close(handle)
+    _fsync_dir(folder)
+
+
+def _fsync_dir(folder: Path) -> None:
+    try:
+        handle = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(handle)
+    except OSError as exc:
+        if exc.errno not in (errno.EINVAL, errno.EBADF):
+            raise
+    finally:
+        os.close(handle)

@@ -1,0 +1,500 @@
+"""The embedding store: raw pooled embeddings on disk, one shard per chunk of documents.
+
+Encode once, index many: every index, benchmark variant or baseline reads these shards
+and never runs the LLM again. A store is a folder::
+
+    store.json               what was encoded: model weights, dtype, prompt, instruction,
+                             max length, the source's sha256 and count, the chunk size
+    shards/000012.mean.npy   (n, d) float32 raw pooled embeddings of chunk 12, per pooling
+    shards/000012.docs.jsonl the chunk's documents, in corpus order
+    shards/000012.json       the shard's record, written last: a shard without it is
+                             incomplete and is encoded again
+
+Chunk ``c`` holds kept documents ``[c * chunk_size, (c + 1) * chunk_size)`` in corpus
+order, so any process can encode any chunk and the shards of many processes (``--shard
+I/N`` takes the chunks with ``c % N == I``) assemble into the same index as one process.
+Every pooling is stored: mean and last token read the same forward pass.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from retriever.config import POOLINGS
+from retriever.datasets import CorpusScan, Document, iter_documents
+from retriever.errors import RetrieverError
+
+logger = logging.getLogger(__name__)
+
+STORE_FORMAT = "retriever-embeddings"
+STORE_VERSION = 1
+STORE_FILE = "store.json"
+SOURCE_FILE = "source.json"
+SHARDS_DIR = "shards"
+DEFAULT_CHUNK_SIZE = 4096
+
+
+def encoding_key(
+    encoder: Any, source_sha256: str, count: int, *, kind: str, chunk_size: int
+) -> dict[str, Any]:
+    """Everything that makes two encodings of a collection the same vectors."""
+    config = encoder.config
+    return {
+        "format": STORE_FORMAT,
+        "version": STORE_VERSION,
+        "kind": kind,
+        "model": {
+            "name": encoder.resolved.name,
+            "revision": encoder.resolved.revision,
+            "weights_sha256": encoder.resolved.weights_sha256,
+        },
+        "dtype": str(encoder.dtype).removeprefix("torch."),
+        "prompt": config.prompt,
+        "instruction": config.query_instruction
+        if kind == "queries"
+        else config.document_instruction,
+        "max_length": config.max_length,
+        "poolings": list(POOLINGS),
+        "source": {"sha256": source_sha256, "count": count},
+        "chunk_size": chunk_size,
+    }
+
+
+def key_digest(key: dict[str, Any]) -> str:
+    """The key's identity; the model's name is a label, its weights hash is what counts."""
+    identity = {**key, "model": {"weights_sha256": key["model"]["weights_sha256"]}}
+    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
+
+
+def _describe_difference(held: dict[str, Any], wanted: dict[str, Any]) -> str:
+    fields = {
+        "model": lambda k: f"{k['model']['name']} ({k['model']['weights_sha256'][:12]})",
+        "dtype": lambda k: k["dtype"],
+        "prompt": lambda k: k["prompt"],
+        "instruction": lambda k: repr(k["instruction"]),
+        "max length": lambda k: k["max_length"],
+        "corpus": lambda k: (
+            f"{k['source']['count']} documents, sha256 {k['source']['sha256'][:12]}"
+        ),
+        "chunk size": lambda k: k["chunk_size"],
+        "kind": lambda k: k["kind"],
+    }
+    changed = [
+        f"{name} {show(held)} there, {show(wanted)} here"
+        for name, show in fields.items()
+        if show(held) != show(wanted)
+    ]
+    return "; ".join(changed) or "a different store format"
+
+
+@dataclass(frozen=True)
+class Shard:
+    """One complete chunk: its number and the paths of its files."""
+
+    chunk: int
+    record: dict[str, Any]
+    folder: Path
+
+    @property
+    def count(self) -> int:
+        return int(self.record["count"])
+
+    def embeddings(self, pooling: str) -> np.ndarray:
+        """``(n, d)`` float32, memory-mapped (read lazily, never all at once)."""
+        return np.load(self.folder / f"{self.chunk:06d}.{pooling}.npy", mmap_mode="r")
+
+    def documents(self) -> Iterator[Document]:
+        with (self.folder / f"{self.chunk:06d}.docs.jsonl").open(encoding="utf-8") as handle:
+            for line in handle:
+                data = json.loads(line)
+                yield Document(data["_id"], data["title"], data["text"], data["metadata"])
+
+
+class EmbeddingStore:
+    """A folder of embedding shards with one encoding key; see the module docstring."""
+
+    def __init__(self, folder: Path, key: dict[str, Any]) -> None:
+        self.folder = folder
+        self.key = key
+        self.digest = key_digest(key)
+
+    @classmethod
+    def open_or_create(
+        cls, folder: str | Path, key: dict[str, Any], *, restart: bool = False
+    ) -> EmbeddingStore:
+        """Open the store at ``folder`` for ``key``, creating it if it is new.
+
+        A store holding another encoding is refused (``restart=True`` empties it first);
+        several processes may open one store at once (the first to create it wins).
+        """
+        folder = Path(folder).expanduser().resolve()
+        if folder.exists() and not folder.is_dir():
+            raise RetrieverError(f"{folder} exists and is not an embedding store folder")
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / STORE_FILE
+        if restart and path.exists():
+            _empty_store(folder)
+        if not path.exists():
+            if any(p.name != SOURCE_FILE for p in folder.iterdir()):
+                raise RetrieverError(
+                    f"{folder} is not empty and holds no {STORE_FILE}: choose another store folder"
+                )
+            (folder / SHARDS_DIR).mkdir(exist_ok=True)
+            _create_exclusive(path, json.dumps(key, indent=2) + "\n")
+        held = read_store_key(folder)
+        if key_digest(held) != key_digest(key):
+            raise RetrieverError(
+                f"the embedding store {folder} holds another encoding "
+                f"({_describe_difference(held, key)}); pass --restart to encode afresh into "
+                "it, or choose another store"
+            )
+        return cls(folder, held)
+
+    @classmethod
+    def open(cls, folder: str | Path) -> EmbeddingStore:
+        """Open an existing store for reading."""
+        folder = Path(folder).expanduser().resolve()
+        return cls(folder, read_store_key(folder))
+
+    @property
+    def count(self) -> int:
+        return int(self.key["source"]["count"])
+
+    @property
+    def chunk_size(self) -> int:
+        return int(self.key["chunk_size"])
+
+    @property
+    def num_chunks(self) -> int:
+        return -(-self.count // self.chunk_size)
+
+    @property
+    def shards_folder(self) -> Path:
+        return self.folder / SHARDS_DIR
+
+    def describe_source(self, scan: CorpusScan) -> None:
+        """Note where the documents came from (not part of the key: a copy of the corpus
+        elsewhere encodes to the same store)."""
+        note = {
+            "source": str(scan.source),
+            "limit": scan.limit,
+            "skipped_empty": len(scan.skipped_empty),
+            "skipped_empty_ids": scan.skipped_empty[:100],
+        }
+        _atomic_write(self.folder / SOURCE_FILE, lambda s: s.write(json.dumps(note).encode()))
+
+    @property
+    def source_note(self) -> dict[str, Any]:
+        try:
+            return json.loads((self.folder / SOURCE_FILE).read_text())
+        except (OSError, ValueError):
+            return {}
+
+    def shard(self, chunk: int) -> Shard | None:
+        """Chunk ``chunk``'s shard if it is complete and of this store's encoding."""
+        path = self.shards_folder / f"{chunk:06d}.json"
+        try:
+            record = json.loads(path.read_text())
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError) as exc:
+            raise RetrieverError(f"cannot read the shard record {path}: {exc}") from None
+        if record.get("key_sha256") != self.digest:
+            raise RetrieverError(
+                f"shard {path.name} of {self.folder} was encoded with other settings than the "
+                "store's: the store was mixed from different encodings; re-encode that slice "
+                "(or pass --restart)"
+            )
+        return Shard(chunk, record, self.shards_folder)
+
+    def missing_chunks(self) -> list[int]:
+        return [c for c in range(self.num_chunks) if self.shard(c) is None]
+
+    def done_count(self, chunks: Iterable[int]) -> int:
+        return sum(shard.count for c in chunks if (shard := self.shard(c)) is not None)
+
+    def write_shard(
+        self,
+        chunk: int,
+        documents: list[Document],
+        embeddings: dict[str, np.ndarray],
+        *,
+        slice_label: str,
+    ) -> Shard:
+        """Write one chunk's files, the record last, each by an atomic rename."""
+        expected = min(self.chunk_size, self.count - chunk * self.chunk_size)
+        if len(documents) != expected:
+            raise RetrieverError(
+                f"chunk {chunk} of {self.folder} should hold {expected} documents, got "
+                f"{len(documents)}: the corpus changed since it was scanned"
+            )
+        stem = self.shards_folder / f"{chunk:06d}"
+        for pooling, vectors in embeddings.items():
+            _atomic_write(
+                Path(f"{stem}.{pooling}.npy"),
+                lambda stream, v=vectors: np.save(stream, v, allow_pickle=False),
+            )
+        _atomic_write(
+            Path(f"{stem}.docs.jsonl"),
+            lambda stream: stream.writelines(
+                (
+                    json.dumps(
+                        {"_id": d.id, "title": d.title, "text": d.text, "metadata": d.metadata},
+                        ensure_ascii=False,
+                    )
+                    + "\n"
+                ).encode("utf-8")
+                for d in documents
+            ),
+        )
+        record = {
+            "chunk": chunk,
+            "count": len(documents),
+            "first": chunk * self.chunk_size,
+            "slice": slice_label,
+            "key_sha256": self.digest,
+        }
+        _atomic_write(
+            Path(f"{stem}.json"), lambda stream: stream.write(json.dumps(record).encode())
+        )
+        return Shard(chunk, record, self.shards_folder)
+
+    def shards(self) -> list[Shard]:
+        """Every shard in chunk order; refuses a store that is not complete."""
+        missing = self.missing_chunks()
+        if missing:
+            raise RetrieverError(self._missing_message(missing))
+        return [self.shard(c) for c in range(self.num_chunks)]
+
+    def _missing_message(self, missing: list[int]) -> str:
+        slices = sorted(
+            {
+                shard.record["slice"]
+                for c in range(self.num_chunks)
+                if (shard := self.shard(c)) is not None
+            }
+        )
+        shown = ", ".join(map(str, missing[:10])) + (" ..." if len(missing) > 10 else "")
+        hint = ""
+        totals = {label.split("/")[1] for label in slices}
+        if len(totals) == 1:
+            total = int(totals.pop())
+            needed = sorted({c % total for c in missing})
+            hint = (
+                " (run `retriever encode` with "
+                + ", ".join(f"--shard {i}/{total}" for i in needed)
+                + ")"
+            )
+        return (
+            f"the embedding store {self.folder} is incomplete: {len(missing)} of "
+            f"{self.num_chunks} chunks are missing ({shown}){hint}"
+        )
+
+    def read(self, pooling: str) -> np.ndarray:
+        """Every embedding of one pooling as one ``(N, d)`` array (small collections)."""
+        return np.concatenate([np.asarray(s.embeddings(pooling)) for s in self.shards()])
+
+
+def read_store_key(folder: Path) -> dict[str, Any]:
+    path = folder / STORE_FILE
+    if not path.is_file():
+        raise RetrieverError(
+            f"{folder} is not an embedding store (no {STORE_FILE}); make one with "
+            "`retriever encode DATASET --out STORE`"
+        )
+    try:
+        key = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise RetrieverError(f"cannot read {path}: {exc}") from None
+    if not isinstance(key, dict) or key.get("format") != STORE_FORMAT:
+        raise RetrieverError(f"{path} is not an embedding store description")
+    if key.get("version") != STORE_VERSION:
+        raise RetrieverError(
+            f"{folder} is an embedding store of version {key.get('version')}; this retriever "
+            f"reads version {STORE_VERSION}: encode it again"
+        )
+    return key
+
+
+def _empty_store(folder: Path) -> None:
+    import shutil
+
+    logger.info("--restart: emptying the embedding store %s", folder)
+    shutil.rmtree(folder / SHARDS_DIR, ignore_errors=True)
+    (folder / STORE_FILE).unlink(missing_ok=True)
+
+
+def _create_exclusive(path: Path, text: str) -> None:
+    """Create ``path`` with ``text`` unless another process already did."""
+    staging = path.with_name(f".{path.name}.{os.getpid()}")
+    staging.write_text(text)
+    try:
+        os.link(staging, path)
+    except FileExistsError:
+        pass
+    finally:
+        staging.unlink()
+
+
+def _atomic_write(path: Path, write: Any) -> None:
+    staging = path.with_name(f".{path.name}.{os.getpid()}.partial")
+    with staging.open("wb") as stream:
+        write(stream)
+        stream.flush()
+        os.fsync(stream.fileno())
+    os.replace(staging, path)
+
+
+def parse_slice(text: str) -> tuple[int, int]:
+    """``"I/N"`` -> ``(I, N)`` with ``0 <= I < N``."""
+    try:
+        index, total = (int(part) for part in text.split("/"))
+    except ValueError:
+        raise RetrieverError(f"--shard takes I/N (e.g. 0/4), got {text!r}") from None
+    if not 0 <= index < total:
+        raise RetrieverError(f"--shard I/N needs 0 <= I < N, got {text!r}")
+    return index, total
+
+
+def chunked_documents(
+    documents: Iterable[Document], chunk_size: int
+) -> Iterator[tuple[int, list[Document]]]:
+    """``(chunk number, documents)`` in order; only one chunk is in memory at a time."""
+    chunk: list[Document] = []
+    number = 0
+    for document in documents:
+        chunk.append(document)
+        if len(chunk) == chunk_size:
+            yield number, chunk
+            number, chunk = number + 1, []
+    if chunk:
+        yield number, chunk
+
+
+def encode_to_store(
+    encoder: Any,
+    store: EmbeddingStore,
+    documents: Iterable[Document],
+    *,
+    queries: bool = False,
+    slice_: tuple[int, int] = (0, 1),
+    show_progress: bool = True,
+) -> EmbeddingStore:
+    """The encode stage: encode every chunk of this slice that the store lacks.
+
+    Chunks already complete are skipped, so a rerun after a crash loses at most the chunk
+    that was being encoded.
+    """
+    from tqdm.auto import tqdm
+
+    index, total = slice_
+    mine = [c for c in range(store.num_chunks) if c % total == index]
+    todo = {c for c in mine if store.shard(c) is None}
+    done = store.done_count(c for c in mine if c not in todo)
+    if done:
+        logger.info(
+            "resuming: %d of %d chunks of this slice already encoded in %s",
+            len(mine) - len(todo),
+            len(mine),
+            store.folder,
+        )
+    if not todo:
+        return store
+    size = sum(min(store.chunk_size, store.count - c * store.chunk_size) for c in mine)
+    label = f"{index}/{total}"
+    with tqdm(
+        total=size, initial=done, desc="encoding", unit="doc", disable=not show_progress
+    ) as bar:
+        for chunk, batch in chunked_documents(documents, store.chunk_size):
+            if chunk not in todo:
+                continue
+            vectors = encoder.encode_poolings(
+                [d.embedding_text for d in batch], POOLINGS, queries=queries, show_progress=False
+            )
+            store.write_shard(chunk, batch, vectors, slice_label=label)
+            bar.update(len(batch))
+            todo.discard(chunk)
+            if not todo:
+                break
+    return store
+
+
+def store_for_corpus(
+    encoder: Any,
+    scan: CorpusScan,
+    *,
+    folder: str | Path | None = None,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    restart: bool = False,
+) -> EmbeddingStore:
+    """The store of ``scan``'s documents: ``folder``, or a folder in the cache named by
+    the encoding key (so that every command encoding the same corpus the same way shares
+    it, and a rerun resumes)."""
+    key = encoding_key(encoder, scan.sha256, scan.count, kind="documents", chunk_size=chunk_size)
+    return EmbeddingStore.open_or_create(folder or cached_store_folder(key), key, restart=restart)
+
+
+def cached_store_folder(key: dict[str, Any]) -> Path:
+    from retriever.models import cache_dir
+
+    return cache_dir() / "embeddings" / key_digest(key)[:24]
+
+
+def encode_corpus(
+    encoder: Any,
+    scan: CorpusScan,
+    *,
+    folder: str | Path | None = None,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    slice_: tuple[int, int] = (0, 1),
+    restart: bool = False,
+    show_progress: bool = True,
+) -> EmbeddingStore:
+    """Scan -> encode -> store for a corpus file (resumable; see :func:`encode_to_store`)."""
+    if chunk_size < 1:
+        raise RetrieverError(f"--chunk-size must be at least 1, got {chunk_size}")
+    store = store_for_corpus(encoder, scan, folder=folder, chunk_size=chunk_size, restart=restart)
+    store.describe_source(scan)
+    return encode_to_store(
+        encoder, store, iter_documents(scan), slice_=slice_, show_progress=show_progress
+    )
+
+
+def cached_embeddings(
+    encoder: Any,
+    texts: list[str],
+    poolings: Iterable[str],
+    *,
+    queries: bool,
+    show_progress: bool = True,
+) -> dict[str, np.ndarray]:
+    """``{pooling: (n, d) float32}`` of a list of texts, through a store in the cache.
+
+    For collections held in memory (a benchmark's corpus and queries): the key's source
+    is a hash of the texts themselves.
+    """
+    digest = hashlib.sha256()
+    for text in texts:
+        encoded = text.encode("utf-8")
+        digest.update(len(encoded).to_bytes(8, "big"))  # unambiguous boundaries
+        digest.update(encoded)
+    kind = "queries" if queries else "documents"
+    key = encoding_key(
+        encoder, digest.hexdigest(), len(texts), kind=kind, chunk_size=DEFAULT_CHUNK_SIZE
+    )
+    store = EmbeddingStore.open_or_create(cached_store_folder(key), key)
+    if store.missing_chunks():
+        documents = (Document(str(i), "", text) for i, text in enumerate(texts))
+        encode_to_store(encoder, store, documents, queries=queries, show_progress=show_progress)
+    else:
+        logger.info("embedding store hit for %d %s", len(texts), kind)
+    return {pooling: store.read(pooling) for pooling in poolings}
