@@ -261,13 +261,11 @@ class DocStoreWriter:
 
 
 def copy_docstore(source: Path, destination: Path) -> None:
-    """A compacted copy of a docstore, to change in a new generation."""
-    env = lmdb.open(str(source), readonly=True, lock=False, max_dbs=2, subdir=True)
-    try:
-        destination.mkdir(parents=True, exist_ok=True)
-        env.copy(str(destination), compact=True)
-    finally:
-        env.close()
+    """A compacted copy of a docstore, to change in a new generation (through the shared
+    read-only environment: LMDB refuses a second open of one environment in a process)."""
+    destination.mkdir(parents=True, exist_ok=True)
+    with DocStore.open(source) as store:
+        store._env.copy(str(destination), compact=True)
 
 
 def _check_not_truncated(env: lmdb.Environment, data_file: Path) -> None:

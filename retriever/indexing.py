@@ -170,11 +170,8 @@ class _PartsWriter:
                 self.dense_builder = DenseIndexBuilder(
                     embed_filter.dim, plan.index_type, use_gpu=plan.use_gpu
                 )
-        self.sparse_builder = (
-            KeyTokenIndexBuilder(lens, plan.sparse, staging / _SCRATCH)
-            if plan.sparse is not None
-            else None
-        )
+        # Made on the first added chunk (a delete adds none and has no lens).
+        self.sparse_builder: KeyTokenIndexBuilder | None = None
         if base is not None:
             copy_docstore(base / DOCSTORE_DIR, staging / DOCSTORE_DIR)
         self.docstore = DocStoreWriter(staging / DOCSTORE_DIR)
@@ -199,7 +196,11 @@ class _PartsWriter:
                 self._timed("index", lambda: self.dense_builder.add(keys, vectors))
             else:
                 self._timed("index", lambda: self.dense.add_with_ids(vectors, keys))
-        if self.sparse_builder is not None:
+        if self.plan.sparse is not None:
+            if self.sparse_builder is None:
+                self.sparse_builder = KeyTokenIndexBuilder(
+                    self.lens, self.plan.sparse, self.staging / _SCRATCH
+                )
             space = self.plan.sparse.space
             self._timed(
                 "sparse",
@@ -230,9 +231,10 @@ class _PartsWriter:
             save_faiss_index(index, self.staging)
             counts["index"] = int(index.ntotal)
         if self.plan.sparse is not None:
-            sparse = self._timed("sparse", self.sparse_builder.finish)
+            sparse = self.sparse_builder and self._timed("sparse", self.sparse_builder.finish)
             if self.base is not None:
-                sparse = KeyTokenIndex.load(self.base / SPARSE_DIR).with_added(sparse)
+                base_sparse = KeyTokenIndex.load(self.base / SPARSE_DIR)
+                sparse = base_sparse.with_added(sparse) if sparse else base_sparse
             sparse = sparse.without_keys(removed_keys)
             sparse.save(self.staging / SPARSE_DIR)
             counts["sparse"] = sparse.num_documents

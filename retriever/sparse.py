@@ -58,23 +58,17 @@ class KeyTokenIndex:
     ) -> KeyTokenIndex:
         """Index documents held in memory from their vectors in ``spec.space`` (see
         ``TokenLens.vectors``); keys ``0..n-1`` unless given."""
+        import tempfile
+
         spec = spec or SparseSpec()
-        top = min(spec.doc_tokens, lens.vocabulary_size)
-        ids = np.empty((len(vectors), top), dtype=np.int32)
-        weights = np.empty((len(vectors), top), dtype=np.float32)
-        blocks = range(0, len(vectors), _BUILD_BLOCK)
-        for lo in tqdm(blocks, desc="key tokens", unit="block", disable=not show_progress):
-            block_ids, block_weights = lens.top_ids(
-                vectors[lo : lo + _BUILD_BLOCK], spec.space, top
-            )
-            ids[lo : lo + len(block_ids)] = block_ids
-            weights[lo : lo + len(block_ids)] = block_weights
-        by_document = sp.csr_matrix(
-            (weights.ravel(), ids.ravel(), np.arange(0, ids.size + 1, top, dtype=np.int64)),
-            shape=(len(vectors), lens.vocabulary_size),
-        )
-        keys = np.arange(len(vectors)) if keys is None else keys
-        return cls(by_document.T.tocsr(), spec, keys)
+        keys = np.arange(len(vectors)) if keys is None else np.asarray(keys)
+        with tempfile.TemporaryDirectory(prefix="retriever-sparse-") as scratch:
+            builder = KeyTokenIndexBuilder(lens, spec, Path(scratch))
+            blocks = range(0, len(vectors), _BUILD_BLOCK * 8)
+            for lo in tqdm(blocks, desc="key tokens", unit="block", disable=not show_progress):
+                hi = lo + _BUILD_BLOCK * 8
+                builder.add(keys[lo:hi], vectors[lo:hi])
+            return builder.finish()
 
     def with_added(self, other: KeyTokenIndex) -> KeyTokenIndex:
         """This index with ``other``'s documents appended (same vocabulary and spec)."""

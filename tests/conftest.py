@@ -126,3 +126,21 @@ TOY_DOCS = [
 @pytest.fixture
 def toy_corpus(tmp_path: Path) -> Path:
     return write_jsonl(tmp_path / "docs.jsonl", TOY_DOCS)
+
+
+_WORDS = sorted({w.strip(".,:") for t in TRAINING_TEXTS[:7] for w in t.split()} - {""})
+
+
+def synthetic_docs(n: int, *, seed: int = 0, prefix: str = "s") -> list[dict]:
+    """``n`` documents of random words from the tokenizer's training texts."""
+    import random
+
+    rng = random.Random(seed)
+    return [
+        {
+            "_id": f"{prefix}{i}",
+            "title": " ".join(rng.choices(_WORDS, k=2)),
+            "text": " ".join(rng.choices(_WORDS, k=rng.randint(4, 14))),
+        }
+        for i in range(n)
+    ]
