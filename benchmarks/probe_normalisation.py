@@ -13,10 +13,10 @@ import numpy as np
 
 from retriever.config import EncoderConfig, FilterSpec
 from retriever.datasets import load_corpus, load_qrels, load_queries
-from retriever.store import cached_embeddings
 from retriever.embedfilter import EmbedFilter, UnembeddingSpectrum
 from retriever.encoder import Encoder
 from retriever.evaluation import evaluate_run
+from retriever.store import cached_embeddings
 
 DATASET = "../shared/datasets/scifact"
 

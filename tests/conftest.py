@@ -26,7 +26,7 @@ TRAINING_TEXTS = [
 ] * 20
 
 
-def _save_tiny_model(folder: Path, *, seed: int, with_head: bool = True, tied: bool = True) -> Path:
+def save_tiny_model(folder: Path, *, seed: int, with_head: bool = True, tied: bool = True) -> Path:
     import torch
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import LlamaConfig, LlamaForCausalLM, LlamaModel, PreTrainedTokenizerFast
@@ -82,19 +82,19 @@ def _isolated_cache(tmp_path_factory: pytest.TempPathFactory):
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tied 2-layer Llama with hidden size 32, as a local model folder."""
-    return _save_tiny_model(tmp_path_factory.mktemp("tiny-model"), seed=0)
+    return save_tiny_model(tmp_path_factory.mktemp("tiny-model"), seed=0)
 
 
 @pytest.fixture(scope="session")
 def other_tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Same architecture and tokenizer as ``tiny_model``, different weights."""
-    return _save_tiny_model(tmp_path_factory.mktemp("other-tiny-model"), seed=1)
+    return save_tiny_model(tmp_path_factory.mktemp("other-tiny-model"), seed=1)
 
 
 @pytest.fixture(scope="session")
 def headless_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An untied base model without an LM head, like an embedding-only checkpoint."""
-    return _save_tiny_model(
+    return save_tiny_model(
         tmp_path_factory.mktemp("headless-model"), seed=2, with_head=False, tied=False
     )
 
