@@ -78,6 +78,56 @@ def writer_lock(out: Path) -> Iterator[None]:
         os.close(handle)  # closing releases the flock; the file stays for the next writer
 
 
+_DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
+_NEARLY_FULL = 256 << 10
+
+
+def _free_bytes(folder: Path) -> int | None:
+    for candidate in (folder, *folder.parents):
+        try:
+            return shutil.disk_usage(candidate).free
+        except OSError:
+            continue
+    return None
+
+
+def _disk_full(exc: BaseException, folder: Path) -> bool:
+    """Whether an error from any writer (os, numpy, FAISS, LMDB) means the disk is full."""
+    import lmdb
+
+    if isinstance(exc, OSError) and exc.errno in _DISK_FULL_ERRNOS:
+        return True
+    if isinstance(exc, lmdb.DiskError):
+        return True
+    text = str(exc)
+    if "No space left on device" in text or "Disk quota exceeded" in text:
+        return True
+    # Some writers report a full disk obliquely (numpy: "N requested and M written";
+    # LMDB: "Input/output error"): an I/O failure with no free space left is one too.
+    free = _free_bytes(folder)
+    return (
+        isinstance(exc, (OSError, RuntimeError, lmdb.Error))
+        and free is not None
+        and (free < _NEARLY_FULL)
+    )
+
+
+@contextlib.contextmanager
+def disk_errors(folder: Path) -> Iterator[None]:
+    """Turn a full disk met while writing under ``folder`` into one clear error."""
+    try:
+        yield
+    except Exception as exc:
+        if not _disk_full(exc, folder):
+            raise
+        free = _free_bytes(folder)
+        left = "free space unknown" if free is None else f"{free / 2**20:,.1f} MiB free now"
+        raise RetrieverError(
+            f"no space left on the device while writing {folder} ({left}); nothing was "
+            "published and the previous index, if any, is intact: free some space and rerun"
+        ) from None
+
+
 def _new_generation_name() -> str:
     stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%S")
     return f"{stamp}-{secrets.token_hex(3)}"
@@ -101,11 +151,12 @@ def new_generation(out: Path) -> Iterator[Path]:
     # mkdir honours the umask (mkdtemp would force 0700 and hide indexes from a group).
     staging.mkdir()
     try:
-        yield staging
-        _fsync_tree(staging)
-        final = folder / name
-        os.replace(staging, final)
-        _point(out, final)
+        with disk_errors(staging):
+            yield staging
+            _fsync_tree(staging)
+            final = folder / name
+            os.replace(staging, final)
+            _point(out, final)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
         with contextlib.suppress(OSError):
@@ -168,6 +219,21 @@ class ReaderHold:
             fcntl.flock(self._handle, fcntl.LOCK_SH)
         except FileNotFoundError:
             self._handle = None  # a folder copied by hand, without the file: nothing to hold
+
+    @classmethod
+    def resolve(cls, path: Path) -> tuple[Path, ReaderHold]:
+        """Resolve an index path to its generation and hold it.
+
+        A writer may delete the generation between the resolve and the hold (it was
+        unread a moment ago); then the path points to a newer one: resolve again.
+        """
+        for _ in range(10):
+            folder = path.resolve()
+            hold = cls(folder)
+            if folder.is_dir() or not path.is_symlink():
+                return folder, hold  # held (a writer leaves it be), or not an index link
+            hold.release()
+        raise RetrieverError(f"{path} changed ten times while it was being opened; try again")
 
     def release(self) -> None:
         if self._handle is not None:

@@ -755,6 +755,7 @@ def build_index(
             raise RetrieverError("give a DATASET to index, or --from STORE")
         scan = scan_corpus(dataset, limit)
     _check_plan(plan, config)
+    _check_filter_size(plan.filter_spec, model, revision)
     encoder = Encoder.load(
         model,
         config,
@@ -776,6 +777,15 @@ def build_index(
     return indexer.build_from_store(
         embeddings, out_path, overwrite=overwrite, timings={"encode": time.perf_counter() - mark}
     )
+
+
+def _check_filter_size(spec: FilterSpec, model: str, revision: str | None) -> None:
+    """--tau/--dim against the model's hidden size, read from its config before loading."""
+    from retriever.models import configured_hidden_size, resolve_model
+
+    hidden = configured_hidden_size(resolve_model(model, revision))
+    if hidden is not None:
+        spec.kept_dims(hidden)
 
 
 def _check_plan(plan: IndexPlan, config: EncoderConfig) -> None:

@@ -72,6 +72,19 @@ def resolve_model(name: str, revision: str | None = None) -> ResolvedModel:
     )
 
 
+def configured_hidden_size(resolved: ResolvedModel) -> int | None:
+    """The hidden size a model folder's config.json declares (read without loading it)."""
+    try:
+        config = json.loads((resolved.path / "config.json").read_text())
+    except (OSError, ValueError):
+        return None
+    for key in ("hidden_size", "d_model", "n_embd"):
+        value = config.get(key) if isinstance(config, dict) else None
+        if isinstance(value, int):
+            return value
+    return None
+
+
 def _hub_snapshot(repo_id: str, revision: str | None) -> tuple[Path, str]:
     from huggingface_hub import snapshot_download
 

@@ -116,8 +116,7 @@ class Searcher:
         overrides where the model is found; ``dtype`` defaults to the one the index was
         built with; ``nprobe`` and ``ef_search`` override the index's search defaults.
         """
-        folder = Path(path).expanduser().resolve()
-        hold = ReaderHold(folder) if folder.is_dir() else None
+        folder, hold = ReaderHold.resolve(Path(path).expanduser())
         try:
             manifest = read_manifest(folder)
             embed_filter = EmbedFilter.load(folder)
@@ -151,8 +150,7 @@ class Searcher:
                     f"has {encoder.hidden_size}"
                 )
         except BaseException:
-            if hold is not None:
-                hold.release()
+            hold.release()
             raise
         searcher = cls(
             folder, manifest, encoder, embed_filter, index, docstore, sparse=sparse, bm25=bm25

@@ -32,6 +32,7 @@ import numpy as np
 from retriever.config import POOLINGS
 from retriever.datasets import CorpusScan, Document, iter_documents
 from retriever.errors import RetrieverError
+from retriever.generations import disk_errors
 
 logger = logging.getLogger(__name__)
 
@@ -420,7 +421,8 @@ def encode_to_store(
             vectors = encoder.encode_poolings(
                 [d.embedding_text for d in batch], POOLINGS, queries=queries, show_progress=False
             )
-            store.write_shard(chunk, batch, vectors, slice_label=label)
+            with disk_errors(store.folder):
+                store.write_shard(chunk, batch, vectors, slice_label=label)
             bar.update(len(batch))
             todo.discard(chunk)
             if not todo:
