@@ -153,6 +153,52 @@ def _add_store_options(
         )
 
 
+def _add_ray_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("Ray (optional: pip install 'retriever[ray]')")
+    group.add_argument(
+        "--ray",
+        nargs="?",
+        const="local",
+        default=None,
+        metavar="ADDRESS",
+        help="encode on Ray Data actors instead of this process: no ADDRESS starts a local "
+        "Ray with this machine's cores, 'auto' or ray://HOST:PORT joins a cluster (workers "
+        "must see the corpus and the store at the same paths)",
+    )
+    group.add_argument(
+        "--ray-workers",
+        type=int,
+        default=None,
+        metavar="N",
+        help="model actors (default: one per GPU, or half the CPUs without GPUs)",
+    )
+    group.add_argument(
+        "--ray-gpus-per-worker",
+        type=float,
+        default=None,
+        metavar="G",
+        help="GPUs per actor (default: 1 when the cluster has GPUs, else 0)",
+    )
+
+
+def _ray_options(args: argparse.Namespace) -> Any:
+    if args.ray is None:
+        return None
+    from retriever.store import RayOptions
+
+    if args.ray_workers is not None and args.ray_workers < 1:
+        raise RetrieverError(f"--ray-workers must be at least 1, got {args.ray_workers}")
+    from retriever.distributed import import_ray
+
+    import_ray()  # says how to install Ray before the model loads
+    return RayOptions(
+        address=None if args.ray == "local" else args.ray,
+        workers=args.ray_workers,
+        gpus_per_worker=args.ray_gpus_per_worker,
+        device=args.device,
+    )
+
+
 def _add_search_param_options(group: argparse._ActionsContainer, *, at_build: bool) -> None:
     when = "stored as the index's default" if at_build else "default: the index's"
     group.add_argument(
@@ -220,6 +266,7 @@ def _build_parser() -> argparse.ArgumentParser:
     _add_store_options(index, with_limit=True)
     _add_model_options(index, for_search=False)
     _add_encoding_options(index, with_pooling=True)
+    _add_ray_options(index)
 
     filtering = index.add_argument_group("EmbedFilter")
     size = filtering.add_mutually_exclusive_group()
@@ -249,7 +296,7 @@ def _build_parser() -> argparse.ArgumentParser:
         "seen through the filter (data-free refinement; see benchmarks/)",
     )
 
-    faiss_group = index.add_argument_group("FAISS")
+    faiss_group = index.add_argument_group("dense index (FAISS or Milvus)")
     faiss_group.add_argument(
         "--index-type",
         default="Flat",
@@ -257,6 +304,25 @@ def _build_parser() -> argparse.ArgumentParser:
         "(inner product on normalised vectors; default: %(default)s)",
     )
     _add_search_param_options(faiss_group, at_build=True)
+    faiss_group.add_argument(
+        "--backend",
+        choices=("faiss", "milvus"),
+        default="faiss",
+        help="where the dense vectors live: faiss (index.faiss in the folder) or milvus "
+        "(pip install 'retriever[milvus]'; Lite: Flat or IVFn,Flat) (default: %(default)s)",
+    )
+    faiss_group.add_argument(
+        "--milvus-uri",
+        default=None,
+        metavar="URI",
+        help="with --backend milvus: http://HOST:19530 for a Milvus standalone or cluster "
+        "(default: a Milvus Lite database inside the index folder)",
+    )
+    faiss_group.add_argument(
+        "--collection",
+        default="retriever",
+        help="with --backend milvus: the collection name (default: %(default)s)",
+    )
     faiss_group.add_argument(
         "--no-dense",
         action="store_true",
@@ -313,6 +379,7 @@ def _build_parser() -> argparse.ArgumentParser:
     _add_store_options(encode, with_limit=True, with_store=False)
     _add_model_options(encode, for_search=False)
     _add_encoding_options(encode, with_pooling=False)
+    _add_ray_options(encode)
 
     add = commands.add_parser(
         "add",
@@ -673,6 +740,10 @@ def _run_index(args: argparse.Namespace) -> int:
         from_store=args.from_store,
         chunk_size=args.chunk_size,
         restart=args.restart,
+        ray=_ray_options(args),
+        backend=args.backend,
+        milvus_uri=args.milvus_uri,
+        collection=args.collection,
     )
     print(out)
     return 0
@@ -684,6 +755,7 @@ def _run_encode(args: argparse.Namespace) -> int:
     from retriever.store import encode_corpus, parse_slice
 
     slice_ = parse_slice(args.shard)
+    ray = _ray_options(args)
     config = _encoder_config(args)
     if args.chunk_size < 1:
         raise RetrieverError(f"--chunk-size must be at least 1, got {args.chunk_size}")
@@ -704,6 +776,7 @@ def _run_encode(args: argparse.Namespace) -> int:
         chunk_size=args.chunk_size,
         slice_=slice_,
         restart=args.restart,
+        ray=ray,
     )
     missing = store.missing_chunks()
     state = (

@@ -43,14 +43,18 @@ class Corpus:
         return len(self.documents)
 
 
-def _jsonl_records(path: Path) -> Iterator[tuple[int, bytes, dict[str, Any]]]:
-    """Yield ``(line number, raw bytes, object)`` for each non-blank line."""
+def _jsonl_records(
+    path: Path, start: tuple[int, int] = (0, 1)
+) -> Iterator[tuple[int, bytes, dict[str, Any]]]:
+    """Yield ``(line number, raw bytes, object)`` for each non-blank line, from the byte
+    offset and line number ``start``."""
     try:
         handle = path.open("rb")
     except OSError as exc:
         raise RetrieverError(f"cannot read {path}: {exc.strerror}") from exc
     with handle:
-        for number, raw in enumerate(handle, start=1):
+        handle.seek(start[0])
+        for number, raw in enumerate(handle, start=start[1]):
             try:
                 line = raw.decode("utf-8")
             except UnicodeDecodeError as exc:
@@ -131,10 +135,13 @@ class CorpusScan:
     skipped_empty: list[str]
 
 
-def _records(path: Path, limit: int | None) -> Iterator[tuple[int, bytes, Document | None, str]]:
-    """``(line, raw bytes, document or None if empty, id)`` for the first ``limit`` records."""
+def _records(
+    path: Path, limit: int | None, start: tuple[int, int] = (0, 1)
+) -> Iterator[tuple[int, bytes, Document | None, str]]:
+    """``(line, raw bytes, document or None if empty, id)`` for the first ``limit`` records
+    from ``start`` (byte offset, line number)."""
     seen = 0
-    for number, raw, record in _jsonl_records(path):
+    for number, raw, record in _jsonl_records(path, start):
         if limit is not None and seen >= limit:
             return
         seen += 1
@@ -214,6 +221,42 @@ def iter_documents(scan: CorpusScan) -> Iterator[Document]:
     for _, _, document, _ in _records(scan.source, scan.limit):
         if document is not None:
             yield document
+
+
+def chunk_starts(scan: CorpusScan, chunk_size: int) -> list[tuple[int, int]]:
+    """``(byte offset, line number)`` of the first document of every chunk of
+    ``chunk_size`` kept documents: where a worker starts reading its chunk."""
+    starts: list[tuple[int, int]] = []
+    offset, kept, seen = 0, 0, 0
+    with scan.source.open("rb") as handle:
+        for number, raw in enumerate(handle, start=1):
+            if scan.limit is not None and seen >= scan.limit:
+                break
+            here, offset = offset, offset + len(raw)
+            if not raw.strip():
+                continue
+            seen += 1
+            record = json.loads(raw)
+            if (
+                not str(record.get("title") or "").strip()
+                and not str(record.get("text") or "").strip()
+            ):
+                continue
+            if kept % chunk_size == 0:
+                starts.append((here, number))
+            kept += 1
+    return starts
+
+
+def read_chunk(scan: CorpusScan, start: tuple[int, int], count: int) -> list[Document]:
+    """The ``count`` kept documents from ``start`` (see :func:`chunk_starts`)."""
+    documents: list[Document] = []
+    for _, _, document, _ in _records(scan.source, None, start):
+        if document is not None:
+            documents.append(document)
+            if len(documents) == count:
+                break
+    return documents
 
 
 def load_corpus(dataset: str | Path, limit: int | None = None) -> Corpus:

@@ -15,6 +15,7 @@ from typing import Any, TypeVar
 import numpy as np
 import pytrec_eval
 
+from retriever.backends import MILVUS_LITE_FILE
 from retriever.docstore import DOCSTORE_DIR
 from retriever.errors import RetrieverError
 from retriever.index import INDEX_FILE
@@ -119,13 +120,15 @@ def judged_queries(queries: Mapping[str, str], qrels: Qrels) -> dict[str, str]:
 
 def index_sizes(folder: Path) -> dict[str, int]:
     """Bytes on disk of each part of an index folder (retrievers, docstore) and in all."""
+    dense = folder / INDEX_FILE
     paths = {
-        "dense": folder / INDEX_FILE,
+        # The dense part: a FAISS file, or a Milvus Lite database.
+        "dense": dense if dense.exists() else folder / MILVUS_LITE_FILE,
         "sparse": folder / SPARSE_DIR,
         "bm25": folder / BM25_DIR,
         "docstore": folder / DOCSTORE_DIR,
     }
-    sizes = {part: folder_bytes(path) for part, path in paths.items() if path.exists()}
+    sizes = {part.strip(): folder_bytes(path) for part, path in paths.items() if path.exists()}
     return {**sizes, "folder": folder_bytes(folder)}
 
 

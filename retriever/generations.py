@@ -29,6 +29,7 @@ import logging
 import os
 import secrets
 import shutil
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -56,10 +57,25 @@ def current_generation(out: Path) -> Path | None:
     return target if target.is_dir() else None
 
 
+# Locks this process holds: path -> (thread, depth). flock conflicts between two open
+# file descriptions even in one process, so a writer that locks again (a build that
+# assembles what it encoded) re-enters instead of locking itself out.
+_held: dict[str, tuple[int, int]] = {}
+
+
 @contextlib.contextmanager
 def writer_lock(out: Path) -> Iterator[None]:
     """Hold the one writer lock of index path ``out``; fail at once if another holds it."""
     path = lock_path(out)
+    key = str(path.absolute())
+    thread = threading.get_ident()
+    if key in _held and _held[key][0] == thread:
+        _held[key] = (thread, _held[key][1] + 1)
+        try:
+            yield
+        finally:
+            _held[key] = (thread, _held[key][1] - 1)
+        return
     path.parent.mkdir(parents=True, exist_ok=True)
     handle = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
     try:
@@ -69,11 +85,15 @@ def writer_lock(out: Path) -> Iterator[None]:
             holder = os.pread(handle, 64, 0).decode(errors="replace").strip() or "unknown"
             raise RetrieverError(
                 f"another writer (pid {holder}) is building or changing {out}; wait for it to "
-                "finish (its lock is " + str(path) + ")"
+                f"finish (its lock is {path})"
             ) from None
         os.ftruncate(handle, 0)
         os.pwrite(handle, f"{os.getpid()}\n".encode(), 0)
-        yield
+        _held[key] = (thread, 1)
+        try:
+            yield
+        finally:
+            del _held[key]
     finally:
         os.close(handle)  # closing releases the flock; the file stays for the next writer
 

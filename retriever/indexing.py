@@ -26,6 +26,15 @@ from typing import Any
 
 import numpy as np
 
+from retriever.backends import (
+    DEFAULT_COLLECTION,
+    MILVUS_LITE_FILE,
+    BackendSpec,
+    DenseBackend,
+    new_backend,
+    training_size,
+    writable_copy,
+)
 from retriever.config import MANIFEST_VERSION, PROMPTS, EncoderConfig, FilterSpec, SparseSpec
 from retriever.datasets import Document, iter_documents, scan_corpus
 from retriever.docstore import (
@@ -46,18 +55,7 @@ from retriever.generations import (
     new_generation,
     writer_lock,
 )
-from retriever.index import (
-    INDEX_FILE,
-    METRIC,
-    DenseIndexBuilder,
-    gpu_count,
-    has_parameter,
-    load_faiss_index,
-    remove_keys,
-    save_faiss_index,
-    set_search_parameters,
-    training_sample_size,
-)
+from retriever.index import INDEX_FILE, METRIC, gpu_count, has_parameter
 from retriever.lens import TokenLens
 from retriever.lexical import BM25_DIR, STEMMER_LANGUAGE, STOPWORDS, BM25Builder
 from retriever.manifest import (
@@ -72,6 +70,7 @@ from retriever.sparse import SPARSE_DIR, KeyTokenIndex, KeyTokenIndexBuilder
 from retriever.store import (
     DEFAULT_CHUNK_SIZE,
     EmbeddingStore,
+    RayOptions,
     Shard,
     encode_corpus,
     encoding_key,
@@ -110,10 +109,23 @@ class IndexPlan:
     bm25: bool = False
     search_params: SearchParams = dataclasses.field(default_factory=SearchParams)
     use_gpu: bool | None = None
+    backend: str = "faiss"
+    milvus_uri: str | None = None
+    collection: str = DEFAULT_COLLECTION
 
     def __post_init__(self) -> None:
         if not (self.dense or self.sparse or self.bm25):
             raise RetrieverError("--no-dense leaves nothing to search: add --sparse and/or --bm25")
+        self.backend_spec()  # validates the backend's settings
+
+    def backend_spec(self) -> BackendSpec:
+        return BackendSpec(
+            kind=self.backend,
+            index_type=self.index_type,
+            milvus_uri=self.milvus_uri,
+            collection=self.collection,
+            use_gpu=self.use_gpu,
+        )
 
 
 def _shard_batches(
@@ -154,6 +166,7 @@ class _PartsWriter:
         embed_filter: EmbedFilter,
         lens: TokenLens | None,
         base: Path | None,
+        base_index: dict[str, Any] | None = None,
     ) -> None:
         self.staging = staging
         self.plan = plan
@@ -161,15 +174,12 @@ class _PartsWriter:
         self.lens = lens
         self.base = base
         self.timings: dict[str, float] = {}
-        self.dense: Any = None
-        self.dense_builder: DenseIndexBuilder | None = None
+        self.dense: DenseBackend | None = None
         if plan.dense:
             if base is not None:
-                self.dense = load_faiss_index(base, use_gpu=False)
+                self.dense = writable_copy(base, staging, base_index, use_gpu=plan.use_gpu)
             else:
-                self.dense_builder = DenseIndexBuilder(
-                    embed_filter.dim, plan.index_type, use_gpu=plan.use_gpu
-                )
+                self.dense = new_backend(plan.backend_spec(), embed_filter.dim, staging)
         # Made on the first added chunk (a delete adds none and has no lens).
         self.sparse_builder: KeyTokenIndexBuilder | None = None
         if base is not None:
@@ -187,15 +197,12 @@ class _PartsWriter:
         return result
 
     def train(self, sample: np.ndarray) -> None:
-        self._timed("train", lambda: self.dense_builder.train(sample))
+        self._timed("train", lambda: self.dense.train(sample))
 
     def add(self, keys: np.ndarray, embeddings: np.ndarray, documents: list[Document]) -> None:
-        if self.plan.dense:
+        if self.dense is not None:
             vectors = self._timed("filter", lambda: self.filter.transform(embeddings))
-            if self.dense_builder is not None:
-                self._timed("index", lambda: self.dense_builder.add(keys, vectors))
-            else:
-                self._timed("index", lambda: self.dense.add_with_ids(vectors, keys))
+            self._timed("index", lambda: self.dense.add(keys, vectors))
         if self.plan.sparse is not None:
             if self.sparse_builder is None:
                 self.sparse_builder = KeyTokenIndexBuilder(
@@ -224,12 +231,11 @@ class _PartsWriter:
         removed_keys = np.array([key for key, _ in self.removed], dtype=np.int64)
         docstore = DocStore.open(self.staging / DOCSTORE_DIR)
         counts = {"docstore": len(docstore)}
-        if self.plan.dense:
-            index = self.dense_builder.finish() if self.dense_builder else self.dense
-            index = self._timed("index", lambda: remove_keys(index, removed_keys))
-            set_search_parameters(index, self.plan.search_params.faiss())
-            save_faiss_index(index, self.staging)
-            counts["index"] = int(index.ntotal)
+        if self.dense is not None:
+            self._timed("index", lambda: self.dense.remove(removed_keys))
+            self.dense.set_search_params(self.plan.search_params.faiss())
+            counts["index"] = self.dense.count
+            self.backend_description = self.dense.save(self.staging)
         if self.plan.sparse is not None:
             sparse = self.sparse_builder and self._timed("sparse", self.sparse_builder.finish)
             if self.base is not None:
@@ -314,14 +320,15 @@ class Indexer:
         out = Path(out).expanduser().absolute()
         check_destination(out, overwrite)
         scan = scan_corpus(dataset, limit)
-        mark = time.perf_counter()
-        embeddings = encode_corpus(
-            self.encoder, scan, folder=store, chunk_size=chunk_size, restart=restart
-        )
-        encode_seconds = time.perf_counter() - mark
-        return self.build_from_store(
-            embeddings, out, overwrite=overwrite, timings={"encode": encode_seconds}
-        )
+        with writer_lock(out):  # for the whole build: a second writer fails before encoding
+            mark = time.perf_counter()
+            embeddings = encode_corpus(
+                self.encoder, scan, folder=store, chunk_size=chunk_size, restart=restart
+            )
+            encode_seconds = time.perf_counter() - mark
+            return self.build_from_store(
+                embeddings, out, overwrite=overwrite, timings={"encode": encode_seconds}
+            )
 
     def build_from_store(
         self,
@@ -346,8 +353,8 @@ class Indexer:
             check_destination(out, overwrite)
             with new_generation(out) as staging:
                 writer = _PartsWriter(staging, self.plan, embed_filter, lens, base=None)
-                if writer.dense_builder is not None and writer.dense_builder.needs_training:
-                    size = training_sample_size(self.plan.index_type, embed_filter.dim, store.count)
+                if writer.dense is not None and writer.dense.needs_training:
+                    size = training_size(self.plan.backend_spec(), embed_filter.dim, store.count)
                     writer.train(_training_sample(shards, pooling, embed_filter, size))
                 for keys, embeddings, documents in _shard_batches(shards, pooling, 0):
                     writer.add(keys, embeddings, documents)
@@ -364,6 +371,7 @@ class Indexer:
                 }
                 manifest = self._manifest(
                     embed_filter,
+                    writer,
                     counts,
                     next_key=store.count,
                     digest=writer.added_digest,
@@ -416,6 +424,7 @@ class Indexer:
     def _manifest(
         self,
         embed_filter: EmbedFilter,
+        writer: _PartsWriter,
         counts: dict[str, int],
         *,
         next_key: int,
@@ -428,6 +437,7 @@ class Indexer:
         config = self.encoder.config
         plan = self.plan
         count = counts["docstore"]
+        backend = getattr(writer, "backend_description", None)
         mismatched = {part: n for part, n in counts.items() if n != count}
         if mismatched:
             raise RetrieverError(f"index parts disagree on the document count: {counts}")
@@ -435,6 +445,7 @@ class Indexer:
             part: folder_bytes(staging / name)
             for part, name in (
                 ("index", INDEX_FILE),
+                ("index", MILVUS_LITE_FILE),
                 ("sparse", SPARSE_DIR),
                 ("bm25", BM25_DIR),
                 ("docstore", DOCSTORE_DIR),
@@ -459,6 +470,7 @@ class Indexer:
                 "search_params": {
                     k: v for k, v in plan.search_params.faiss().items() if v is not None
                 },
+                "backend": backend,
             }
             if plan.dense
             else None,
@@ -514,14 +526,28 @@ class Indexer:
                 f"{len(present)} of the documents are already in {out} ({shown}); pass "
                 "--upsert to replace them, or remove them from the file"
             )
-        embeddings = encode_corpus(self.encoder, scan, folder=store, chunk_size=chunk_size)
+        with writer_lock(out):
+            embeddings = encode_corpus(self.encoder, scan, folder=store, chunk_size=chunk_size)
+            return self._add_locked(out, base, scan, embeddings, present, upsert)
+
+    def _add_locked(
+        self,
+        out: Path,
+        base: Path,
+        scan: Any,
+        embeddings: EmbeddingStore,
+        present: list[str],
+        upsert: bool,
+    ) -> dict[str, int]:
         started = time.perf_counter()
         embed_filter = EmbedFilter.load(base)
         with writer_lock(out):
             base, manifest = _same_generation(out, base)
             with new_generation(out) as staging:
                 plan = self.plan
-                writer = _PartsWriter(staging, plan, embed_filter, self._lens(embed_filter), base)
+                writer = _PartsWriter(
+                    staging, plan, embed_filter, self._lens(embed_filter), base, manifest["index"]
+                )
                 writer.delete(present)
                 next_key = manifest["documents"]["next_key"]
                 for keys, raw, documents in _shard_batches(
@@ -575,6 +601,7 @@ class Indexer:
         )
         updated = self._manifest(
             embed_filter,
+            writer,
             counts,
             next_key=next_key,
             digest=digest,
@@ -604,7 +631,15 @@ def plan_of(manifest: dict[str, Any], *, use_gpu: bool | None = None) -> IndexPl
         bm25=bool(manifest.get("bm25")),
         search_params=SearchParams(params.get("nprobe"), params.get("efSearch")),
         use_gpu=use_gpu,
+        backend=(index.get("backend") or {}).get("backend", "faiss"),
+        milvus_uri=_server_uri(index),
+        collection=(index.get("backend") or {}).get("collection", DEFAULT_COLLECTION),
     )
+
+
+def _server_uri(index: dict[str, Any]) -> str | None:
+    uri = (index.get("backend") or {}).get("uri")
+    return None if uri in (None, MILVUS_LITE_FILE) else uri
 
 
 def _open_for_change(index: str | Path) -> tuple[Path, Path, dict[str, Any]]:
@@ -665,7 +700,7 @@ def delete_documents(
         plan = plan_of(manifest, use_gpu=use_gpu)
         embed_filter = EmbedFilter.load(base)
         with new_generation(out) as staging:
-            writer = _PartsWriter(staging, plan, embed_filter, None, base)
+            writer = _PartsWriter(staging, plan, embed_filter, None, base, manifest["index"])
             writer.delete(doc_ids)
             counts = writer.finish()
             embed_filter.save(staging)
@@ -718,13 +753,18 @@ def build_index(
     from_store: str | Path | None = None,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     restart: bool = False,
+    ray: RayOptions | None = None,
+    backend: str = "faiss",
+    milvus_uri: str | None = None,
+    collection: str = DEFAULT_COLLECTION,
 ) -> Path:
     """Build an index of a BEIR folder or JSONL file; returns its path.
 
     It holds the filtered dense FAISS index (unless ``dense=False``), plus the key-token
     sparse index with ``sparse`` and a BM25 index with ``bm25=True``. With ``from_store``
     the documents come from a complete embedding store (``retriever encode``) instead of
-    ``dataset``, and the store fixes the model and encoding settings.
+    ``dataset``, and the store fixes the model and encoding settings; with ``ray`` the
+    encoding runs on Ray actors (:mod:`retriever.distributed`).
     """
     out_path = Path(out).expanduser().absolute()
     # Cheap checks first: a bad destination, corpus or setting fails before the model loads.
@@ -737,6 +777,9 @@ def build_index(
         bm25=bm25,
         search_params=search_params or SearchParams(),
         use_gpu=use_gpu,
+        backend=backend,
+        milvus_uri=milvus_uri,
+        collection=collection,
     )
     config = encoder_config or EncoderConfig()
     if from_store is not None:
@@ -772,11 +815,18 @@ def build_index(
     indexer.plan = plan
     if from_store is not None:
         return indexer.build_from_store(embeddings, out_path, overwrite=overwrite)
-    mark = time.perf_counter()
-    embeddings = encode_corpus(encoder, scan, folder=store, chunk_size=chunk_size, restart=restart)
-    return indexer.build_from_store(
-        embeddings, out_path, overwrite=overwrite, timings={"encode": time.perf_counter() - mark}
-    )
+    with writer_lock(out_path):  # for the whole build: a second writer fails before encoding
+        check_destination(out_path, overwrite)
+        mark = time.perf_counter()
+        embeddings = encode_corpus(
+            encoder, scan, folder=store, chunk_size=chunk_size, restart=restart, ray=ray
+        )
+        return indexer.build_from_store(
+            embeddings,
+            out_path,
+            overwrite=overwrite,
+            timings={"encode": time.perf_counter() - mark},
+        )
 
 
 def _check_filter_size(spec: FilterSpec, model: str, revision: str | None) -> None:

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from retriever.backends import DenseBackend, open_backend
 from retriever.config import METHODS
 from retriever.docstore import DOCSTORE_DIR, DocStore
 from retriever.embedfilter import EmbedFilter
@@ -23,7 +24,6 @@ from retriever.encoder import Encoder
 from retriever.errors import RetrieverError
 from retriever.fusion import ranked_lists
 from retriever.generations import ReaderHold
-from retriever.index import load_faiss_index, search_faiss_index, set_search_parameters
 from retriever.lens import AlignedToken, TokenLens
 from retriever.lexical import BM25_DIR, BM25Index
 from retriever.manifest import load_encoder_for, read_manifest
@@ -79,7 +79,7 @@ class Searcher:
         manifest: dict[str, Any],
         encoder: Encoder,
         embed_filter: EmbedFilter,
-        index: Any,
+        index: DenseBackend | None,
         docstore: DocStore,
         *,
         sparse: KeyTokenIndex | None = None,
@@ -123,8 +123,8 @@ class Searcher:
             dims = {"filter": embed_filter.dim, "manifest": manifest["filter"]["dim"]}
             index = None
             if manifest.get("index"):
-                index = load_faiss_index(folder, use_gpu=use_gpu)
-                dims["FAISS index"] = index.d
+                index = open_backend(folder, manifest["index"], use_gpu=use_gpu)
+                dims[f"{index.kind} index"] = index.dim
             if len(set(dims.values())) > 1:
                 found = ", ".join(f"the {name} {dim}" for name, dim in dims.items())
                 raise RetrieverError(f"{folder} is inconsistent: dimensions differ ({found})")
@@ -134,12 +134,11 @@ class Searcher:
             _check_counts(folder, manifest, index, sparse, bm25, docstore)
             if index is not None:
                 defaults = manifest["index"].get("search_params") or {}
-                set_search_parameters(
-                    index,
+                index.set_search_params(
                     {
                         "nprobe": nprobe or defaults.get("nprobe"),
                         "efSearch": ef_search or defaults.get("efSearch"),
-                    },
+                    }
                 )
             encoder = load_encoder_for(
                 manifest, folder, model=model, dtype=dtype, device=device, batch_size=batch_size
@@ -321,7 +320,7 @@ class Searcher:
             raise RetrieverError(f"k must be at least 1, got {k}")
         if self.index is None:
             self._check_method("dense")
-        return search_faiss_index(self.index, vectors, min(k, len(self)))
+        return self.index.search(vectors, min(k, len(self)))
 
     def explain(self, item: str | Hit, top: int = 20) -> dict[str, Any]:
         """The top aligned tokens of a query text (or of a hit's document), raw and filtered.
@@ -376,8 +375,11 @@ class Searcher:
         return results
 
     def close(self) -> None:
-        """Let go of the docstore and of this searcher's hold on its generation."""
+        """Let go of the docstore, the dense backend and this searcher's hold on its
+        generation."""
         self.docstore.close()
+        if self.index is not None:
+            self.index.close()
         hold = getattr(self, "_hold", None)
         if hold is not None:
             hold.release()
@@ -386,13 +388,13 @@ class Searcher:
         """Change ``nprobe`` (IVF) or ``efSearch`` (HNSW) for the searches that follow."""
         if self.index is None:
             self._check_method("dense")
-        set_search_parameters(self.index, {"nprobe": nprobe, "efSearch": ef_search})
+        self.index.set_search_params({"nprobe": nprobe, "efSearch": ef_search})
 
 
 def _check_counts(
     folder: Path,
     manifest: dict[str, Any],
-    index: Any,
+    index: DenseBackend | None,
     sparse: KeyTokenIndex | None,
     bm25: BM25Index | None,
     docstore: DocStore,
@@ -400,7 +402,7 @@ def _check_counts(
     expected = manifest["documents"]["count"]
     counts = {"docstore": len(docstore)}
     if index is not None:
-        counts["FAISS index"] = index.ntotal
+        counts[f"{index.kind} index"] = index.count
     if sparse is not None:
         counts["sparse index"] = sparse.num_documents
     if bm25 is not None:

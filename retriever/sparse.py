@@ -173,6 +173,20 @@ class KeyTokenIndex:
         return cls(postings, spec, keys)
 
 
+def _check_memory(postings: int) -> None:
+    """Refuse a term-major index that will not fit (8 bytes per posting: id and weight)."""
+    import psutil
+
+    needed = postings * (np.dtype(np.int32).itemsize + np.dtype(np.float32).itemsize)
+    available = psutil.virtual_memory().available
+    if needed > available:
+        raise RetrieverError(
+            f"the key-token index needs {needed / 2**30:.1f} GiB ({postings:,} postings at 8 "
+            f"bytes) and {available / 2**30:.1f} GiB is free: lower --sparse-doc-tokens, "
+            "build without --sparse, or build on a machine with more memory"
+        )
+
+
 class KeyTokenIndexBuilder:
     """Builds a key-token index chunk by chunk in bounded memory.
 
@@ -213,6 +227,7 @@ class KeyTokenIndexBuilder:
                 counts += np.bincount(chunk["ids"].ravel(), minlength=vocabulary)
         indptr = np.zeros(vocabulary + 1, dtype=np.int64)
         np.cumsum(counts, out=indptr[1:])
+        _check_memory(int(indptr[-1]))
         indices = np.empty(int(indptr[-1]), dtype=np.int32)
         data = np.empty(int(indptr[-1]), dtype=np.float32)
         cursor = indptr[:-1].copy()

@@ -98,6 +98,16 @@ def _describe_difference(held: dict[str, Any], wanted: dict[str, Any]) -> str:
 
 
 @dataclass(frozen=True)
+class RayOptions:
+    """Where and how the encode stage runs on Ray (see :mod:`retriever.distributed`)."""
+
+    address: str | None = None  # None: a local Ray with this machine's cores
+    workers: int | None = None  # None: one per GPU, else half the CPUs
+    gpus_per_worker: float | None = None  # None: 1 when the cluster has GPUs
+    device: str | None = None  # the actors' torch device (None: cuda if present)
+
+
+@dataclass(frozen=True)
 class Shard:
     """One complete chunk: its number and the paths of its files."""
 
@@ -145,12 +155,19 @@ class EmbeddingStore:
         if restart and path.exists():
             _empty_store(folder)
         if not path.exists():
-            if any(p.name != SOURCE_FILE for p in folder.iterdir()):
+            # Several slices may create one store at once: tolerate each other's files.
+            ours = (SHARDS_DIR, SOURCE_FILE)
+            foreign = [
+                p.name
+                for p in folder.iterdir()
+                if p.name not in ours and not p.name.startswith(f".{STORE_FILE}.")
+            ]
+            if foreign:
                 raise RetrieverError(
                     f"{folder} is not empty and holds no {STORE_FILE}: choose another store folder"
                 )
-            (folder / SHARDS_DIR).mkdir(exist_ok=True)
             _create_exclusive(path, json.dumps(key, indent=2) + "\n")
+        (folder / SHARDS_DIR).mkdir(exist_ok=True)
         held = read_store_key(folder)
         if key_digest(held) != key_digest(key):
             raise RetrieverError(
@@ -460,12 +477,39 @@ def encode_corpus(
     slice_: tuple[int, int] = (0, 1),
     restart: bool = False,
     show_progress: bool = True,
+    ray: RayOptions | None = None,
 ) -> EmbeddingStore:
-    """Scan -> encode -> store for a corpus file (resumable; see :func:`encode_to_store`)."""
+    """Scan -> encode -> store for a corpus file (resumable; see :func:`encode_to_store`).
+
+    With ``ray`` the chunks are encoded by a Ray actor pool instead of this process
+    (:mod:`retriever.distributed`); the shards are the same.
+    """
     if chunk_size < 1:
         raise RetrieverError(f"--chunk-size must be at least 1, got {chunk_size}")
     store = store_for_corpus(encoder, scan, folder=folder, chunk_size=chunk_size, restart=restart)
     store.describe_source(scan)
+    if ray is not None:
+        from retriever import distributed
+
+        distributed.connect(ray.address)
+        spec = distributed.encoder_spec(
+            encoder.resolved.name,
+            encoder.resolved.revision,
+            encoder.config,
+            dtype=store.key["dtype"],
+            device=ray.device,
+            batch_size=encoder.batch_size,
+            weights_sha256=encoder.resolved.weights_sha256,
+        )
+        return distributed.encode_with_ray(
+            spec,
+            scan,
+            store,
+            slice_=slice_,
+            workers=ray.workers,
+            gpus_per_worker=ray.gpus_per_worker,
+            show_progress=show_progress,
+        )
     return encode_to_store(
         encoder, store, iter_documents(scan), slice_=slice_, show_progress=show_progress
     )

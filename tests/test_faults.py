@@ -55,11 +55,26 @@ def _loads_and_searches(index: Path) -> int:
 def test_a_second_writer_fails_at_once_naming_the_holder(
     tiny_model: Path, toy_corpus: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
+    import threading
+
     out = tmp_path / "idx"
-    with writer_lock(out):
+    holding, done = threading.Event(), threading.Event()
+
+    def other_writer() -> None:  # another thread stands for another process
+        with writer_lock(out):
+            holding.set()
+            done.wait(30)
+
+    thread = threading.Thread(target=other_writer)
+    thread.start()
+    holding.wait(30)
+    try:
         code, message = _cli(
             capsys, "index", str(toy_corpus), "--out", str(out), "--model", str(tiny_model)
         )
+    finally:
+        done.set()
+        thread.join()
     assert code == 2 and f"another writer (pid {os.getpid()})" in message
     assert not out.exists()
 
@@ -101,7 +116,7 @@ def test_a_reader_keeps_its_generation_across_a_swap(
     _build(tiny_model, toy_corpus, out, filter_spec=FilterSpec(tau=4), overwrite=True)
     assert out.resolve() != old and old.is_dir()  # kept: a reader holds it
     hits = reader.search("Foxes The quick brown fox jumps over the lazy dog.", k=2)
-    assert hits[0].id == "d2" and reader.filter.dim == reader.index.d == 16
+    assert hits[0].id == "d2" and reader.filter.dim == reader.index.dim == 16
     assert _loads_and_searches(out) == 8
     reader.close()
     _build(tiny_model, toy_corpus, out, filter_spec=FilterSpec(tau=8), overwrite=True)
@@ -124,7 +139,7 @@ def test_a_swap_in_the_middle_of_a_load_is_not_seen(
 
     monkeypatch.setattr(searcher_module, "load_encoder_for", swap_then_load)
     searcher = Searcher.load(out)
-    assert searcher.manifest["filter"]["dim"] == searcher.filter.dim == searcher.index.d == 16
+    assert searcher.manifest["filter"]["dim"] == searcher.filter.dim == searcher.index.dim == 16
     assert searcher.search("Vitamin D Vitamin D deficiency is associated with bone disease.")[
         0
     ].id == ("d1")
@@ -148,8 +163,8 @@ elif step == "between-rename-and-link":
 elif step == "after-link":
     generations.remove_unread_generations = die
 elif step == "while-writing-parts":
-    import retriever.indexing as indexing
-    indexing.save_faiss_index = die
+    import retriever.backends as backends
+    backends.save_faiss_index = die
 sys.exit(main(sys.argv[2:]))
 """
 
@@ -200,7 +215,7 @@ def test_kill_9_at_random_moments_of_a_first_build(tiny_model: Path, tmp_path: P
     [
         ("retriever.store.np.save", OSError(28, "No space left on device")),
         (
-            "retriever.indexing.save_faiss_index",
+            "retriever.backends.save_faiss_index",
             RuntimeError("write error (No space left on device)"),
         ),
         ("retriever.docstore.DocStoreWriter.put", lmdb.DiskError("MDB_DISK_FULL")),
@@ -339,7 +354,7 @@ def test_a_faiss_file_of_another_dimension(index_copy: Path, capsys: pytest.Capt
     code, line = _cli(capsys, "search", str(index_copy), "fox")
     assert (
         code == 2
-        and "dimensions differ (the filter 16, the manifest 16, the FAISS index 8)" in line
+        and "dimensions differ (the filter 16, the manifest 16, the faiss index 8)" in line
     )
 
 

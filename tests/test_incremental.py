@@ -191,7 +191,7 @@ def test_nprobe_and_ef_search_are_stored_and_overridable(tiny_model: Path, tmp_p
 
     import faiss
 
-    assert faiss.extract_index_ivf(Searcher.load(tmp_path / "ivf").index).nprobe == 3
+    assert faiss.extract_index_ivf(Searcher.load(tmp_path / "ivf").index.index).nprobe == 3
     assert recall(1) < recall(16) == 1.0  # all 16 lists: exact
     with pytest.raises(RetrieverError, match="efSearch applies to HNSW indexes"):
         Searcher.load(tmp_path / "ivf", ef_search=8)

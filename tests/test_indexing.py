@@ -48,6 +48,7 @@ def test_index_folder_is_self_describing(tiny_index: Path, tiny_model: Path) -> 
         "dim": 16,
         "count": 6,
         "search_params": {},
+        "backend": {"backend": "faiss", "file": "index.faiss"},
     }
     documents = manifest["documents"]
     assert documents["count"] == 6 and documents["next_key"] == 6

@@ -34,7 +34,7 @@ def corpus(tmp_path: Path) -> Path:
 def _index_contents(path: Path) -> tuple[np.ndarray, np.ndarray, list[str]]:
     """(keys, vectors, document ids in key order) of an index."""
     searcher = Searcher.load(path)
-    mapped = faiss.downcast_index(searcher.index)
+    mapped = faiss.downcast_index(searcher.index.index)
     keys = faiss.vector_to_array(mapped.id_map)
     vectors = mapped.index.reconstruct_n(0, mapped.ntotal)
     ids = [document.id for _, document in searcher.docstore.items()]

@@ -1,0 +1,375 @@
+"""Where the dense vectors live: FAISS (the default) or Milvus, behind one interface.
+
+Everything above this module (indexing, searcher, evaluation, benchmark) speaks to a
+:class:`DenseBackend`: it adds and removes vectors by document key, searches with
+filtered query vectors and returns ``(scores, keys)``, and describes itself for the
+manifest. Row numbers, collections and server addresses stay inside.
+
+- ``faiss``: an ``IndexIDMap2`` over any ``faiss.index_factory`` type, saved as
+  ``index.faiss`` in the generation folder (GPU when faiss-gpu sees one).
+- ``milvus``: a Milvus collection with an INT64 primary key (the document key) and a
+  FLOAT_VECTOR field, inner product. The default URI is a Milvus Lite database inside the
+  generation folder (``milvus.db``), so it is copied into each new generation like every
+  other part; an ``http://host:19530`` URI is a Milvus standalone or cluster, whose
+  collection is changed in place by ``add`` and ``delete`` (the server, not the index
+  folder, then owns its consistency).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from retriever.errors import RetrieverError
+from retriever.index import (
+    INDEX_FILE,
+    DenseIndexBuilder,
+    load_faiss_index,
+    remove_keys,
+    save_faiss_index,
+    search_faiss_index,
+    set_search_parameters,
+    training_sample_size,
+)
+
+logger = logging.getLogger(__name__)
+
+BACKENDS = ("faiss", "milvus")
+MILVUS_LITE_FILE = "milvus.db"
+DEFAULT_COLLECTION = "retriever"
+_INSERT_BATCH = 5000
+MILVUS_INSTALL_HINT = "pip install 'retriever[milvus]' (pymilvus and milvus-lite)"
+
+
+@dataclass(frozen=True)
+class BackendSpec:
+    """Which backend holds the dense vectors, and its index type."""
+
+    kind: str = "faiss"
+    index_type: str = "Flat"
+    milvus_uri: str | None = None  # None: Milvus Lite inside the index folder
+    collection: str = DEFAULT_COLLECTION
+    use_gpu: bool | None = None
+
+    def __post_init__(self) -> None:
+        if self.kind not in BACKENDS:
+            raise RetrieverError(f"unknown backend {self.kind!r}; choose {', '.join(BACKENDS)}")
+        if self.kind == "milvus":
+            milvus_index(self.index_type, lite=self.milvus_uri is None)
+            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,254}", self.collection):
+                raise RetrieverError(
+                    f"--collection {self.collection!r}: letters, digits and _ only, not first "
+                    "a digit"
+                )
+
+
+class DenseBackend:
+    """The interface; see the module docstring."""
+
+    kind: str
+    dim: int
+
+    @property
+    def count(self) -> int:
+        raise NotImplementedError
+
+    needs_training = False
+
+    def train(self, sample: np.ndarray) -> None:
+        raise NotImplementedError
+
+    def add(self, keys: np.ndarray, vectors: np.ndarray) -> None:
+        raise NotImplementedError
+
+    def remove(self, keys: np.ndarray) -> None:
+        raise NotImplementedError
+
+    def search(self, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """``(scores, keys)``, each ``(n, k)``, best first; -1 keys pad short lists."""
+        raise NotImplementedError
+
+    def set_search_params(self, params: dict[str, int | None]) -> None:
+        raise NotImplementedError
+
+    def save(self, folder: Path) -> dict[str, Any]:
+        """Write what the folder needs; returns the manifest's description."""
+        raise NotImplementedError
+
+    def close(self) -> None:
+        return None
+
+
+class FaissBackend(DenseBackend):
+    kind = "faiss"
+
+    def __init__(self, dim: int, *, builder: DenseIndexBuilder | None = None, index: Any = None):
+        self.dim = dim
+        self._builder = builder
+        self._index = index
+
+    @classmethod
+    def new(cls, dim: int, spec: BackendSpec) -> FaissBackend:
+        return cls(dim, builder=DenseIndexBuilder(dim, spec.index_type, use_gpu=spec.use_gpu))
+
+    @classmethod
+    def open(cls, folder: Path, *, use_gpu: bool | None = None) -> FaissBackend:
+        index = load_faiss_index(folder, use_gpu=use_gpu)
+        return cls(index.d, index=index)
+
+    @property
+    def index(self) -> Any:
+        if self._index is None:
+            self._index = self._builder.finish()
+            self._builder = None
+        return self._index
+
+    @property
+    def needs_training(self) -> bool:  # type: ignore[override]
+        return self._builder is not None and self._builder.needs_training
+
+    @property
+    def count(self) -> int:
+        return int(self.index.ntotal)
+
+    def train(self, sample: np.ndarray) -> None:
+        self._builder.train(sample)
+
+    def add(self, keys: np.ndarray, vectors: np.ndarray) -> None:
+        if self._builder is not None:
+            self._builder.add(keys, vectors)
+        else:
+            self._index.add_with_ids(np.ascontiguousarray(vectors, dtype=np.float32), keys)
+
+    def remove(self, keys: np.ndarray) -> None:
+        self._index = remove_keys(self.index, keys)
+
+    def search(self, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        return search_faiss_index(self.index, vectors, k)
+
+    def set_search_params(self, params: dict[str, int | None]) -> None:
+        set_search_parameters(self.index, params)
+
+    def save(self, folder: Path) -> dict[str, Any]:
+        save_faiss_index(self.index, folder)
+        return {"backend": "faiss", "file": INDEX_FILE}
+
+
+def milvus_index(index_type: str, *, lite: bool) -> tuple[str, dict[str, int]]:
+    """A faiss-style type string as a Milvus index: (type, build params)."""
+    if index_type == "Flat":
+        return "FLAT", {}
+    if match := re.fullmatch(r"IVF(\d+),Flat", index_type):
+        return "IVF_FLAT", {"nlist": int(match[1])}
+    if not lite:
+        if match := re.fullmatch(r"HNSW(\d+)", index_type):
+            return "HNSW", {"M": int(match[1]), "efConstruction": 200}
+        if match := re.fullmatch(r"IVF(\d+),PQ(\d+)", index_type):
+            return "IVF_PQ", {"nlist": int(match[1]), "m": int(match[2]), "nbits": 8}
+    offered = "Flat, IVFn,Flat" + ("" if lite else ", HNSWm, IVFn,PQm")
+    raise RetrieverError(
+        f"--index-type {index_type} has no Milvus{' Lite' if lite else ''} equivalent here; "
+        f"use one of {offered}"
+    )
+
+
+def _milvus_client(uri: str) -> Any:
+    try:
+        from pymilvus import MilvusClient
+    except ImportError:
+        raise RetrieverError(f"--backend milvus needs pymilvus: {MILVUS_INSTALL_HINT}") from None
+    try:
+        return MilvusClient(uri)
+    except Exception as exc:  # pymilvus raises its own types, per version
+        hint = (
+            " (Milvus Lite serves one process at a time: close the other searcher, or serve "
+            "from a Milvus standalone with --milvus-uri)"
+            if not uri.startswith(("http://", "https://", "tcp://"))
+            else ""
+        )
+        raise RetrieverError(f"cannot open Milvus at {uri}: {exc}{hint}") from None
+
+
+class MilvusBackend(DenseBackend):
+    kind = "milvus"
+
+    def __init__(
+        self,
+        client: Any,
+        collection: str,
+        dim: int,
+        description: dict[str, Any],
+        lite_path: str | None,
+    ):
+        self.client = client
+        self.lite_path = lite_path
+        self.collection = collection
+        self.dim = dim
+        self.description = description
+        self._search_params: dict[str, int] = {}
+
+    @classmethod
+    def new(cls, dim: int, spec: BackendSpec, folder: Path) -> MilvusBackend:
+        from pymilvus import DataType, MilvusClient
+
+        uri = spec.milvus_uri or str(folder / MILVUS_LITE_FILE)
+        index_type, params = milvus_index(spec.index_type, lite=spec.milvus_uri is None)
+        client = _milvus_client(uri)
+        if client.has_collection(spec.collection):
+            if spec.milvus_uri is None:
+                client.drop_collection(spec.collection)
+            else:
+                raise RetrieverError(
+                    f"Milvus at {uri} already has a collection {spec.collection!r}: choose "
+                    "another --collection, or drop it"
+                )
+        schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
+        schema.add_field("key", DataType.INT64, is_primary=True)
+        schema.add_field("vector", DataType.FLOAT_VECTOR, dim=dim)
+        index_params = client.prepare_index_params()
+        index_params.add_index("vector", index_type=index_type, metric_type="IP", params=params)
+        client.create_collection(spec.collection, schema=schema, index_params=index_params)
+        description = {
+            "backend": "milvus",
+            "uri": MILVUS_LITE_FILE if spec.milvus_uri is None else spec.milvus_uri,
+            "collection": spec.collection,
+            "milvus_index": index_type,
+        }
+        return cls(
+            client, spec.collection, dim, description, uri if spec.milvus_uri is None else None
+        )
+
+    @classmethod
+    def open(cls, folder: Path, description: dict[str, Any], dim: int) -> MilvusBackend:
+        uri = description["uri"]
+        lite = uri == MILVUS_LITE_FILE
+        if lite:
+            uri = str(folder / MILVUS_LITE_FILE)
+        client = _milvus_client(uri)
+        if not client.has_collection(description["collection"]):
+            raise RetrieverError(
+                f"Milvus at {uri} has no collection {description['collection']!r}: the index "
+                "is inconsistent; rebuild it"
+            )
+        client.load_collection(description["collection"])
+        return cls(client, description["collection"], dim, dict(description), uri if lite else None)
+
+    @classmethod
+    def copy_lite(cls, base: Path, staging: Path, description: dict[str, Any], dim: int):
+        """A writable copy of a generation's Milvus Lite database in ``staging``."""
+        if description["uri"] == MILVUS_LITE_FILE:
+            shutil.copytree(base / MILVUS_LITE_FILE, staging / MILVUS_LITE_FILE)
+            return cls.open(staging, description, dim)
+        return cls.open(base, description, dim)  # a server: changed in place
+
+    @property
+    def count(self) -> int:
+        self.client.flush(self.collection)
+        return int(self.client.get_collection_stats(self.collection)["row_count"])
+
+    def add(self, keys: np.ndarray, vectors: np.ndarray) -> None:
+        vectors = np.asarray(vectors, dtype=np.float32)
+        for lo in range(0, len(keys), _INSERT_BATCH):
+            rows = [
+                {"key": int(key), "vector": vector.tolist()}
+                for key, vector in zip(
+                    keys[lo : lo + _INSERT_BATCH], vectors[lo : lo + _INSERT_BATCH], strict=True
+                )
+            ]
+            self.client.insert(self.collection, rows)
+
+    def remove(self, keys: np.ndarray) -> None:
+        if len(keys):
+            self.client.delete(self.collection, ids=[int(k) for k in keys])
+
+    def search(self, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        found = self.client.search(
+            self.collection,
+            data=np.asarray(vectors, dtype=np.float32).tolist(),
+            limit=k,
+            output_fields=["key"],
+            search_params={"metric_type": "IP", "params": dict(self._search_params)},
+        )
+        scores = np.full((len(vectors), k), -np.inf, dtype=np.float32)
+        keys = np.full((len(vectors), k), -1, dtype=np.int64)
+        for row, hits in enumerate(found):
+            for column, hit in enumerate(hits[:k]):
+                scores[row, column] = hit["distance"]
+                keys[row, column] = hit["key"] if "key" in hit else hit["entity"]["key"]
+        return scores, keys
+
+    def set_search_params(self, params: dict[str, int | None]) -> None:
+        for name, value in params.items():
+            if value is None:
+                continue
+            if value < 1:
+                raise RetrieverError(f"{name} must be at least 1, got {value}")
+            milvus_name = {"nprobe": "nprobe", "efSearch": "ef"}[name]
+            self._search_params[milvus_name] = int(value)
+
+    def save(self, folder: Path) -> dict[str, Any]:
+        self.client.flush(self.collection)
+        self.close()
+        return dict(self.description)
+
+    def close(self) -> None:
+        if self.client is not None:
+            self.client.close()
+            self.client = None
+        if self.lite_path is not None:
+            # Milvus Lite serves a database from a thread of this process that holds an
+            # exclusive lock on it: stop it, or the folder stays locked after a rename.
+            from milvus_lite.server_manager import server_manager_instance
+
+            server_manager_instance.release_server(self.lite_path)
+            self.lite_path = None
+
+
+def new_backend(spec: BackendSpec, dim: int, folder: Path) -> DenseBackend:
+    """An empty backend for a new generation being written in ``folder``."""
+    if spec.kind == "milvus":
+        return MilvusBackend.new(dim, spec, folder)
+    return FaissBackend.new(dim, spec)
+
+
+def open_backend(
+    folder: Path, index: dict[str, Any], *, use_gpu: bool | None = None
+) -> DenseBackend:
+    """The backend a manifest's ``index`` entry describes, read from ``folder``."""
+    description = index.get("backend") or {"backend": "faiss"}
+    if description.get("backend") == "milvus":
+        return MilvusBackend.open(folder, description, int(index["dim"]))
+    return FaissBackend.open(folder, use_gpu=use_gpu)
+
+
+def writable_copy(
+    base: Path, staging: Path, index: dict[str, Any], *, use_gpu: bool | None = None
+) -> DenseBackend:
+    """The base generation's backend, to change and save into ``staging``."""
+    description = index.get("backend") or {"backend": "faiss"}
+    if description.get("backend") == "milvus":
+        return MilvusBackend.copy_lite(base, staging, description, int(index["dim"]))
+    return FaissBackend.open(base, use_gpu=False if use_gpu is None else use_gpu)
+
+
+def training_size(spec: BackendSpec, dim: int, count: int) -> int:
+    """Vectors the backend trains on (Milvus trains inside the server: none here)."""
+    return training_sample_size(spec.index_type, dim, count) if spec.kind == "faiss" else 0
+
+
+def backend_bytes(folder: Path, index: dict[str, Any] | None) -> int | None:
+    """Bytes of the dense part in ``folder`` (None when it lives on a server)."""
+    from retriever.manifest import folder_bytes
+
+    if not index:
+        return None
+    description = index.get("backend") or {"backend": "faiss"}
+    if description.get("backend") == "milvus":
+        path = folder / MILVUS_LITE_FILE
+        return folder_bytes(path) if description["uri"] == MILVUS_LITE_FILE else None
+    return folder_bytes(folder / INDEX_FILE)

@@ -1,0 +1,192 @@
+"""The encode stage on Ray Data: chunks of a corpus encoded by a pool of model actors.
+
+Each missing chunk of the embedding store becomes one row of a Ray dataset; an actor
+pool (``map_batches`` over :class:`ChunkEncoder`, one model load per actor, ``num_gpus``
+per actor when GPUs exist) reads its chunk from the corpus file at the chunk's byte
+offset, encodes it and writes the shard into the store, exactly as the single-process
+path does (:func:`retriever.store.encode_to_store`). So resume, assembly and "encode once,
+index many" are the same whoever encoded a shard:
+
+- chunks already in the store are skipped, so a failed job reruns where it stopped (open
+  source Ray does not resume jobs itself);
+- a lost worker is restarted by Ray and its chunk retried; a shard is written by atomic
+  renames and is the same bytes whoever writes it, so a retry neither loses nor
+  duplicates a document.
+
+Every worker must see the corpus file and the store folder at the same path (one machine,
+or a shared filesystem on a cluster).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+from retriever.config import POOLINGS, EncoderConfig
+from retriever.datasets import CorpusScan, chunk_starts, read_chunk
+from retriever.errors import RetrieverError
+from retriever.store import EmbeddingStore
+
+logger = logging.getLogger(__name__)
+
+INSTALL_HINT = (
+    "Ray is an optional extra: pip install 'retriever[ray]' (or: pip install 'ray[data]')"
+)
+
+
+def import_ray() -> Any:
+    try:
+        import ray
+        import ray.data  # noqa: F401
+    except ImportError:
+        raise RetrieverError(f"--ray needs Ray Data. {INSTALL_HINT}") from None
+    return ray
+
+
+def connect(address: str | None) -> Any:
+    """Join the Ray cluster at ``address`` (``auto``, ``ray://host:port``), or start a
+    local one with this machine's cores when ``address`` is ``None``."""
+    ray = import_ray()
+    if ray.is_initialized():
+        return ray
+    try:
+        if address:
+            ray.init(address=address, logging_level=logging.WARNING)
+        else:
+            ray.init(num_cpus=os.cpu_count(), logging_level=logging.WARNING)
+    except (ConnectionError, RuntimeError, ValueError) as exc:
+        raise RetrieverError(f"cannot start or join Ray at {address or 'local'}: {exc}") from None
+    return ray
+
+
+class ChunkEncoder:
+    """A Ray actor: loads the model once, then encodes chunks into the store."""
+
+    def __init__(
+        self,
+        model: str,
+        revision: str | None,
+        config: dict[str, Any],
+        dtype: str,
+        device: str | None,
+        batch_size: int,
+        expected_weights_sha256: str,
+        store: str,
+        scan: CorpusScan,
+        slice_label: str,
+    ) -> None:
+        from retriever.encoder import Encoder
+
+        self.encoder = Encoder.load(
+            model,
+            EncoderConfig.from_dict(config),
+            dtype=dtype,
+            device=device,
+            batch_size=batch_size,
+            revision=revision,
+            expected_weights_sha256=expected_weights_sha256,
+            expected_by=f"the embedding store {store}",
+        )
+        self.store = EmbeddingStore.open(store)
+        self.scan = scan
+        self.slice_label = slice_label
+
+    def __call__(self, batch: dict[str, Any]) -> dict[str, list[int]]:
+        counts = []
+        for chunk, offset, line in zip(batch["chunk"], batch["offset"], batch["line"], strict=True):
+            chunk = int(chunk)
+            if self.store.shard(chunk) is None:  # a retried task may find it done
+                size = min(self.store.chunk_size, self.store.count - chunk * self.store.chunk_size)
+                documents = read_chunk(self.scan, (int(offset), int(line)), size)
+                vectors = self.encoder.encode_poolings(
+                    [d.embedding_text for d in documents], POOLINGS, show_progress=False
+                )
+                self.store.write_shard(chunk, documents, vectors, slice_label=self.slice_label)
+            counts.append(self.store.shard(chunk).count)
+        return {"chunk": [int(c) for c in batch["chunk"]], "count": counts}
+
+
+def encode_with_ray(
+    encoder_spec: dict[str, Any],
+    scan: CorpusScan,
+    store: EmbeddingStore,
+    *,
+    slice_: tuple[int, int] = (0, 1),
+    workers: int | None = None,
+    gpus_per_worker: float | None = None,
+    show_progress: bool = True,
+) -> EmbeddingStore:
+    """Encode this slice's missing chunks of ``store`` on a Ray actor pool.
+
+    ``encoder_spec`` holds :meth:`Encoder.load`'s arguments (the actors load the model
+    themselves); call :func:`connect` first.
+    """
+    from tqdm.auto import tqdm
+
+    ray = import_ray()
+    index, total = slice_
+    todo = [c for c in store.missing_chunks() if c % total == index]
+    if not todo:
+        logger.info("every chunk of this slice is already in %s", store.folder)
+        return store
+    starts = chunk_starts(scan, store.chunk_size)
+    resources = ray.cluster_resources()
+    gpus = resources.get("GPU", 0) if gpus_per_worker is None else 0
+    per_worker_gpus = gpus_per_worker if gpus_per_worker is not None else (1 if gpus else 0)
+    if workers is None:
+        workers = int(gpus) if per_worker_gpus else max(1, int(resources.get("CPU", 1)) // 2)
+    workers = max(1, min(workers, len(todo)))
+    logger.info(
+        "encoding %d chunks on Ray: %d worker(s), %s GPU each",
+        len(todo),
+        workers,
+        per_worker_gpus or "no",
+    )
+    rows = [{"chunk": c, "offset": starts[c][0], "line": starts[c][1]} for c in todo]
+    dataset = ray.data.from_items(rows, override_num_blocks=len(rows))
+    encoded = dataset.map_batches(
+        ChunkEncoder,
+        batch_size=1,
+        concurrency=workers,
+        num_gpus=per_worker_gpus,
+        num_cpus=None if per_worker_gpus else max(1, int(resources.get("CPU", 1)) // workers),
+        fn_constructor_kwargs={
+            **encoder_spec,
+            "store": str(store.folder),
+            "scan": scan,
+            "slice_label": f"{index}/{total}",
+        },
+        # A lost actor is restarted and its chunk retried (shards are idempotent).
+        max_restarts=-1,
+        max_task_retries=-1,
+    )
+    size = sum(min(store.chunk_size, store.count - c * store.chunk_size) for c in todo)
+    with tqdm(total=size, desc="encoding (ray)", unit="doc", disable=not show_progress) as bar:
+        for row in encoded.iter_rows():
+            bar.update(int(row["count"]))
+    missing = [c for c in todo if store.shard(c) is None]
+    if missing:
+        raise RetrieverError(f"Ray finished but chunks {missing[:10]} are missing: run again")
+    return store
+
+
+def encoder_spec(
+    model: str,
+    revision: str | None,
+    config: EncoderConfig,
+    *,
+    dtype: str,
+    device: str | None,
+    batch_size: int,
+    weights_sha256: str,
+) -> dict[str, Any]:
+    return {
+        "model": model,
+        "revision": revision,
+        "config": config.to_dict(),
+        "dtype": dtype,
+        "device": device,
+        "batch_size": batch_size,
+        "expected_weights_sha256": weights_sha256,
+    }

@@ -1,0 +1,102 @@
+"""Encoding on Ray Data: the same shards as one process, and a killed worker loses nothing."""
+
+from __future__ import annotations
+
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from retriever import EncoderConfig
+from retriever.datasets import scan_corpus
+from retriever.encoder import Encoder
+from retriever.store import RayOptions, encode_corpus
+from tests.conftest import synthetic_docs, write_jsonl
+
+ray = pytest.importorskip("ray", reason="Ray is an optional extra: pip install 'retriever[ray]'")
+
+
+@pytest.fixture(scope="module")
+def local_ray():
+    """One local Ray for the module (it takes seconds to start)."""
+    ray.init(num_cpus=2, logging_level="ERROR", include_dashboard=False)
+    yield ray
+    ray.shutdown()
+
+
+def _stores(model: str, corpus: Path, tmp_path: Path, chunk: int, **ray_options):
+    encoder = Encoder.load(model, EncoderConfig(max_length=64), dtype="float32")
+    scan = scan_corpus(corpus)
+    single = encode_corpus(encoder, scan, folder=tmp_path / "single", chunk_size=chunk)
+    on_ray = encode_corpus(
+        encoder,
+        scan,
+        folder=tmp_path / "ray",
+        chunk_size=chunk,
+        ray=RayOptions(**ray_options),
+        show_progress=False,
+    )
+    return single, on_ray
+
+
+def _assert_same(single, on_ray) -> None:
+    assert not on_ray.missing_chunks()
+    ids = [d.id for s in on_ray.shards() for d in s.documents()]
+    assert ids == [d.id for s in single.shards() for d in s.documents()]
+    assert len(ids) == len(set(ids)) == single.count  # nothing lost, nothing twice
+    for pooling in ("mean", "last"):
+        a, b = single.read(pooling), on_ray.read(pooling)
+        cosine = (a * b).sum(1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+        assert cosine.min() >= 0.9999
+
+
+def test_ray_shards_match_the_single_process_path(
+    local_ray, tiny_model: Path, tmp_path: Path
+) -> None:
+    corpus = write_jsonl(tmp_path / "docs.jsonl", synthetic_docs(40))
+    _assert_same(*_stores(str(tiny_model), corpus, tmp_path, 8, workers=2))
+
+
+def test_a_worker_killed_mid_run_loses_and_duplicates_nothing(
+    local_ray, tiny_model: Path, tmp_path: Path
+) -> None:
+    import psutil
+
+    corpus = write_jsonl(tmp_path / "docs.jsonl", synthetic_docs(3000))
+    killed: list[int] = []
+
+    def kill_one_worker() -> None:
+        deadline = time.monotonic() + 60
+        while not killed and time.monotonic() < deadline:
+            shards = list((tmp_path / "ray" / "shards").glob("*.json"))
+            workers = [
+                p
+                for p in psutil.process_iter(["cmdline"])
+                if "ChunkEncoder" in " ".join(p.info["cmdline"] or [])
+            ]
+            if shards and workers:
+                workers[0].kill()
+                killed.append(workers[0].pid)
+            time.sleep(0.05)
+
+    killer = threading.Thread(target=kill_one_worker)
+    killer.start()
+    single, on_ray = _stores(str(tiny_model), corpus, tmp_path, 50, workers=2)
+    killer.join()
+    assert killed, "no worker was seen to kill"
+    _assert_same(single, on_ray)
+
+
+@pytest.mark.slow
+def test_ray_with_the_default_model(local_ray, tmp_path: Path) -> None:
+    import os
+
+    from tests.conftest import SHARED_SCIFACT, USER_CACHE
+
+    os.environ["RETRIEVER_CACHE"] = str(USER_CACHE)  # where the converted model lives
+    corpus = tmp_path / "slice.jsonl"
+    with (SHARED_SCIFACT / "corpus.jsonl").open() as source:
+        corpus.write_text("".join(next(source) for _ in range(40)))
+    _assert_same(*_stores("smollm2-135m", corpus, tmp_path, 10, workers=2))
