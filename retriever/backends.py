@@ -337,6 +337,18 @@ def new_backend(spec: BackendSpec, dim: int, folder: Path) -> DenseBackend:
     return FaissBackend.new(dim, spec)
 
 
+def build_in_memory(spec: BackendSpec, vectors: np.ndarray, folder: Path) -> DenseBackend:
+    """A backend over vectors held in memory, keys ``0..n-1`` (benchmarks), trained on a
+    sample as a streamed build would be."""
+    backend = new_backend(spec, vectors.shape[1], folder)
+    if backend.needs_training:
+        size = training_size(spec, vectors.shape[1], len(vectors))
+        rows = np.sort(np.random.default_rng(0).choice(len(vectors), size, replace=False))
+        backend.train(vectors[rows])
+    backend.add(np.arange(len(vectors)), vectors)
+    return backend
+
+
 def open_backend(
     folder: Path, index: dict[str, Any], *, use_gpu: bool | None = None
 ) -> DenseBackend:

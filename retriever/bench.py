@@ -22,6 +22,7 @@ from typing import Any, Protocol
 import faiss
 import numpy as np
 
+from retriever.backends import BackendSpec, build_in_memory
 from retriever.baselines import BASELINES, fit_baseline
 from retriever.config import BANDS, FUSIONS, EncoderConfig, FilterSpec, SparseSpec
 from retriever.datasets import load_corpus, load_qrels, load_queries
@@ -38,7 +39,6 @@ from retriever.evaluation import (
     write_trec_run,
 )
 from retriever.fusion import rank_candidates, ranked_lists
-from retriever.index import build_faiss_index, search_faiss_index
 from retriever.lens import TokenLens, alignment_metrics
 from retriever.lexical import BM25Index
 from retriever.manifest import folder_bytes, library_versions
@@ -91,6 +91,13 @@ class BenchSettings:
         for fusion in self.fusions:
             if fusion not in FUSIONS:
                 raise RetrieverError(f"unknown fusion {fusion!r}; choose from {', '.join(FUSIONS)}")
+        for index_type in self.index_types:
+            parse_index_type(index_type)  # validates the backend and its type
+        if parse_index_type(self.index_types[0]).kind != "faiss":
+            raise RetrieverError(
+                "the first --index-types entry is the hybrids' dense index and the base of the "
+                f"ratios: give a FAISS type first (got {self.index_types[0]!r})"
+            )
 
 
 @dataclass
@@ -150,6 +157,9 @@ class Retrieval:
     single: list[Callable[[], Any]]
     index_bytes: int
     build_seconds: float
+    # Single-query latency already measured (a backend closed after measuring cannot be
+    # called again); None: measure ``single`` when scoring.
+    single_ms: dict[str, float] | None = None
 
 
 def _timed_build(build: Callable[[], Any]) -> tuple[Any, float]:
@@ -165,18 +175,33 @@ def _saved_bytes(save: Callable[[Path], Any]) -> int:
         return folder_bytes(Path(folder) / "part")
 
 
+def parse_index_type(index_type: str) -> BackendSpec:
+    """``TYPE`` (FAISS) or ``milvus:TYPE`` (Milvus Lite) as a backend spec."""
+    kind, _, factory = index_type.rpartition(":")
+    return BackendSpec(kind=kind or "faiss", index_type=factory)
+
+
 def dense_retrieval(
     doc_vectors: np.ndarray, query_vectors: np.ndarray, index_type: str, settings: BenchSettings
 ) -> Retrieval:
-    index, build_seconds = _timed_build(lambda: build_faiss_index(doc_vectors, index_type))
-    k = min(settings.k, len(doc_vectors))
-    results, seconds = median_seconds(lambda: search_faiss_index(index, query_vectors, k))
-    single = [
-        lambda v=v: search_faiss_index(index, v[None], k)
-        for v in query_vectors[: settings.latency_queries]
-    ]
-    nbytes = int(faiss.serialize_index(index).nbytes)
-    return Retrieval(ranked_lists([results], k), seconds, single, nbytes, build_seconds)
+    """One dense index through the backend interface, searched and measured in place."""
+    spec = parse_index_type(index_type)
+    with tempfile.TemporaryDirectory() as folder:
+        folder = Path(folder)
+        backend, build_seconds = _timed_build(
+            lambda: build_in_memory(spec, np.ascontiguousarray(doc_vectors), folder)
+        )
+        k = min(settings.k, len(doc_vectors))
+        results, seconds = median_seconds(lambda: backend.search(query_vectors, k))
+        single = [
+            lambda v=v: backend.search(v[None], k)
+            for v in query_vectors[: settings.latency_queries]
+        ]
+        # Timed now, while the backend is open (the row's latency comes from these calls).
+        timed = percentiles_ms(time_each(single, settings.warmup))
+        backend.save(folder)
+        nbytes = folder_bytes(folder)
+    return Retrieval(ranked_lists([results], k), seconds, single, nbytes, build_seconds, timed)
 
 
 def sparse_retrieval(
@@ -252,7 +277,7 @@ def score_retrieval(
         qid: {doc_ids[row]: score for row, score in found}
         for qid, found in zip(query_ids, retrieval.ranked, strict=True)
     }
-    single = percentiles_ms(time_each(retrieval.single, settings.warmup))
+    single = retrieval.single_ms or percentiles_ms(time_each(retrieval.single, settings.warmup))
     return {
         **labels,
         **evaluate_run(qrels, run),

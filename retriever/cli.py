@@ -1070,6 +1070,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.getLogger("faiss.loader").setLevel(logging.WARNING)
     logging.getLogger("transformers").setLevel(logging.ERROR)
     logging.getLogger("beir").setLevel(logging.WARNING)
+    for chatty in ("milvus_lite", "pymilvus", "grpc", "ray"):
+        logging.getLogger(chatty).setLevel(logging.WARNING)
     try:
         if args.command == "bench":
             return _run_bench(args, argv)

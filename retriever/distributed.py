@@ -157,9 +157,8 @@ def encode_with_ray(
             "scan": scan,
             "slice_label": f"{index}/{total}",
         },
-        # A lost actor is restarted and its chunk retried (shards are idempotent).
-        max_restarts=-1,
-        max_task_retries=-1,
+        # Ray Data restarts a lost actor and retries its chunk by default
+        # (max_restarts = max_task_retries = -1); shards are idempotent, so that is safe.
     )
     size = sum(min(store.chunk_size, store.count - c * store.chunk_size) for c in todo)
     with tqdm(total=size, desc="encoding (ray)", unit="doc", disable=not show_progress) as bar:

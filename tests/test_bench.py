@@ -55,6 +55,7 @@ def bench_out(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
             "--index-types",
             "Flat",
             "HNSW16",
+            "milvus:Flat",
             "--dtype",
             "float32",
             "--out",
@@ -69,8 +70,8 @@ def test_results_rows(bench_out: Path) -> None:
     rows = [
         r for r in json.loads((bench_out / "results.json").read_text()) if r["family"] == "dense"
     ]
-    # Per pooling: unfiltered, nomean x 3 taus, 2 taus x (2 bands + 4 baselines); x 2 types.
-    assert len(rows) == 2 * 2 * (1 + 3 + 2 * 6)
+    # Per pooling: unfiltered, nomean x 3 taus, 2 taus x (2 bands + 4 baselines); x 3 types.
+    assert len(rows) == 2 * 3 * (1 + 3 + 2 * 6)
     assert all(REQUIRED <= set(row) for row in rows)
     methods = {row["method"] for row in rows}
     assert methods == {
@@ -305,3 +306,19 @@ def test_scaling_mode(tiny_model: Path, tmp_path: Path) -> None:
     assert all("nprobe=16" in r["index_type"] for r in approx)
     assert "| 6,000 | 4 | 8 | Flat |" in (out / "scaling.md").read_text()
     assert (out / "scaling.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_milvus_lite_rows_match_faiss_flat(bench_out: Path) -> None:
+    rows = json.loads((bench_out / "results.json").read_text())
+    milvus = [r for r in rows if r["index_type"] == "milvus:Flat"]
+    assert milvus
+    for row in milvus:
+        flat = next(
+            r
+            for r in rows
+            if r["index_type"] == "Flat"
+            and (r["method"], r["band"], r["tau"], r["pooling"])
+            == (row["method"], row["band"], row["tau"], row["pooling"])
+        )
+        assert row["ndcg_at_10"] == pytest.approx(flat["ndcg_at_10"], abs=0.001)
+        assert row["search_ms_p50"] > 0 and row["index_bytes"] > 0
