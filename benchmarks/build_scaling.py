@@ -47,16 +47,21 @@ def run_build(code: Path, corpus: Path, model: Path, out: Path, cache: Path) -> 
     argv = ["index", str(corpus), "--out", str(out), "--model", str(model), *BUILD_FLAGS]
     program = f"import sys; from retriever.cli import main; sys.exit(main({argv!r}))"
     env = {**os.environ, "PYTHONPATH": str(code), "RETRIEVER_CACHE": str(cache)}
+    log = cache / "build.log"  # a file, not a pipe: a full pipe would stall the build
     started = time.perf_counter()
-    # cwd outside the checkout: sys.path[0] must not shadow the code under test.
-    child = subprocess.Popen(
-        [sys.executable, "-c", program], cwd=cache, env=env, stderr=subprocess.PIPE, text=True
-    )
-    _, status, usage = os.wait4(child.pid, 0)
+    with log.open("w") as stderr:
+        # cwd outside the checkout: sys.path[0] must not shadow the code under test.
+        child = subprocess.Popen(
+            [sys.executable, "-c", program],
+            cwd=cache,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=stderr,
+        )
+        _, status, usage = os.wait4(child.pid, 0)
     seconds = time.perf_counter() - started
-    stderr = child.stderr.read()
     if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"build failed ({code}):\n{stderr[-2000:]}")
+        raise SystemExit(f"build failed ({code}):\n{log.read_text()[-2000:]}")
     manifest = json.loads((out / "manifest.json").read_text())
     return {
         "seconds": round(seconds, 2),
