@@ -25,7 +25,7 @@ import numpy as np
 from retriever.backends import BackendSpec, build_in_memory
 from retriever.baselines import BASELINES, fit_baseline
 from retriever.config import BANDS, FUSIONS, EncoderConfig, FilterSpec, SparseSpec
-from retriever.datasets import load_corpus, load_qrels, load_queries
+from retriever.datasets import load_corpus, load_qrels, load_queries, scan_corpus
 from retriever.embedfilter import EmbedFilter, UnembeddingSpectrum
 from retriever.encoder import Encoder
 from retriever.errors import RetrieverError
@@ -43,7 +43,7 @@ from retriever.lens import TokenLens, alignment_metrics
 from retriever.lexical import BM25Index
 from retriever.manifest import folder_bytes, library_versions
 from retriever.sparse import KeyTokenIndex
-from retriever.store import cached_embeddings
+from retriever.store import cached_embeddings, encode_corpus
 
 logger = logging.getLogger(__name__)
 
@@ -533,7 +533,10 @@ def run_bench(
         config = EncoderConfig(prompt=prompt, pooling=poolings[0], max_length=max_length)
         encoder = Encoder.load(model, config, dtype=dtype, device=device, batch_size=batch_size)
         spectrum = UnembeddingSpectrum(encoder.unembedding())
-        documents = cached_embeddings(encoder, doc_texts, poolings, queries=False)
+        # The same store `retriever index` fills: a benchmark after a build (or the other
+        # way round) encodes nothing again.
+        store = encode_corpus(encoder, scan_corpus(dataset, limit))
+        documents = {pooling: store.read(pooling) for pooling in poolings}
         query_embeddings = cached_embeddings(
             encoder, query_texts, poolings, queries=True, show_progress=False
         )
@@ -878,13 +881,10 @@ def run_scaling_bench(
     """Search latency, QPS and bytes against N for each dimension (see retriever.scaling)."""
     from retriever.scaling import run_scaling, write_scaling_report
 
-    corpus = load_corpus(dataset, limit=limit)
     queries, _ = _judged_split(dataset, split)
     config = EncoderConfig(prompt=prompt, pooling=pooling, max_length=max_length)
     encoder = Encoder.load(model, config, dtype=dtype, device=device, batch_size=batch_size)
-    documents = cached_embeddings(
-        encoder, [d.embedding_text for d in corpus.documents], [pooling], queries=False
-    )[pooling]
+    documents = encode_corpus(encoder, scan_corpus(dataset, limit)).read(pooling)
     query_embeddings = cached_embeddings(
         encoder, list(queries.values()), [pooling], queries=True, show_progress=False
     )[pooling]
