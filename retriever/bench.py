@@ -623,7 +623,7 @@ def _bench_setting(
                 variant, index_type, documents, queries, query_ids, doc_ids, qrels, settings
             )
             name = f"{tag}-{variant.method}-{variant.band or 'na'}-tau{variant.tau:g}-{index_type}"
-            name = name.replace(",", "_")
+            name = name.replace(",", "_").replace(":", "-")
             write_trec_run(run, out / "runs" / f"{name}.trec.gz", tag=name)
             row["run_file"] = f"runs/{name}.trec.gz"
             rows.append(row)

@@ -134,3 +134,25 @@ def test_the_filter_moves_the_lens_off_junk(scifact_slice_index: Path) -> None:
     assert metrics["raw"]["content_hit_at_10"] == pytest.approx(0.62, abs=0.1)
     filtered = [t["token"].strip().lower() for t in explained["filtered"]]
     assert "itamin" in filtered  # of "Vitamin": the filtered view reaches the query's words
+
+
+def test_milvus_flat_and_faiss_flat_agree_on_scifact_vectors(
+    scifact_slice_index: Path, tmp_path: Path
+) -> None:
+    """The same filtered vectors (from the slice's embedding store, not encoded again) in
+    Milvus Lite FLAT and FAISS Flat: the same top 10 for every test query."""
+    pytest.importorskip("pymilvus")
+    from retriever.evaluation import evaluate_run, judged_queries
+
+    milvus_index = build_index(SHARED_SCIFACT, tmp_path / "milvus", limit=SLICE, backend="milvus")
+    qrels = load_qrels(SHARED_SCIFACT)
+    queries = judged_queries(load_queries(SHARED_SCIFACT), qrels)
+    runs = {}
+    for name, index in (("faiss", scifact_slice_index), ("milvus", milvus_index)):
+        searcher = Searcher.load(index)
+        runs[name] = searcher.batch_search(queries, k=10)
+        searcher.close()
+    overlap = [len(set(runs["faiss"][q]) & set(runs["milvus"][q])) / 10 for q in queries]
+    assert len(overlap) == 300 and sum(overlap) / len(overlap) >= 0.99
+    ndcg = {name: evaluate_run(qrels, run)["ndcg_at_10"] for name, run in runs.items()}
+    assert abs(ndcg["faiss"] - ndcg["milvus"]) <= 0.001, ndcg

@@ -238,3 +238,15 @@ def test_one_store_serves_many_indexes_without_encoding_again(
         assert manifest["encoder"]["pooling"] == pooling
         assert manifest["encoder"]["max_length"] == 64  # from the store, not the default
         assert manifest["store"]["key_sha256"] == store.digest
+
+
+def test_ray_flags_say_how_to_install_ray_when_it_is_missing(
+    corpus: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    import sys
+
+    monkeypatch.setitem(sys.modules, "ray", None)  # as if Ray were not installed
+    code = main(["encode", str(corpus), "--out", str(tmp_path / "store"), "--ray"])
+    err = capsys.readouterr().err
+    assert code == 2 and "pip install 'retriever[ray]'" in err and "Traceback" not in err
+    assert not (tmp_path / "store").exists()
