@@ -27,6 +27,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from worktree import checkout  # noqa: E402  (benchmarks/ is on the path)
+
 from tests.conftest import TRAINING_TEXTS, save_tiny_model  # noqa: E402
 
 WORDS = sorted({w.strip(".,:") for t in TRAINING_TEXTS for w in t.split()} - {""})
@@ -84,12 +86,7 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory(prefix="build-scaling-") as scratch:
         scratch = Path(scratch)
-        before = scratch / "before"
-        subprocess.run(
-            ["git", "-C", str(ROOT), "worktree", "add", "-q", "--detach", str(before), args.before],
-            check=True,
-        )
-        try:
+        with checkout(args.before, scratch / "before") as before:
             model = save_tiny_model(scratch / "tiny-model", seed=0)
             for n in sizes:
                 corpus = scratch / f"corpus-{n}.jsonl"
@@ -100,10 +97,6 @@ def main() -> None:
                     result = run_build(code, corpus, model, scratch / f"{version}-{n}", cache)
                     rows.append({"n": n, "version": version, **result})
                     print(json.dumps(rows[-1]), flush=True)
-        finally:
-            subprocess.run(
-                ["git", "-C", str(ROOT), "worktree", "remove", "--force", str(before)], check=False
-            )
     command = "python " + shlex.join(["benchmarks/build_scaling.py", *sys.argv[1:]])
     meta = {
         "command": command,

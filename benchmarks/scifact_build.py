@@ -22,6 +22,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from worktree import checkout  # benchmarks/ is on the path
+
 ROOT = Path(__file__).resolve().parents[1]
 DATASET = ROOT.parent / "shared" / "datasets" / "scifact"
 
@@ -68,12 +70,7 @@ def main() -> None:
     results = {}
     with tempfile.TemporaryDirectory(prefix="scifact-build-") as scratch:
         scratch = Path(scratch)
-        before = scratch / "before"
-        subprocess.run(
-            ["git", "-C", str(ROOT), "worktree", "add", "-q", "--detach", str(before), args.before],
-            check=True,
-        )
-        try:
+        with checkout(args.before, scratch / "before") as before:
             # Convert and hash the default model once, outside the timed builds.
             run(
                 ROOT,
@@ -106,10 +103,6 @@ def main() -> None:
                 "max_abs_difference": float(np.abs(old - new).max()),
                 "identical": bool(np.array_equal(old, new)),
             }
-        finally:
-            subprocess.run(
-                ["git", "-C", str(ROOT), "worktree", "remove", "--force", str(before)], check=False
-            )
     command = "python " + shlex.join(["benchmarks/scifact_build.py", *sys.argv[1:]])
     results["meta"] = {
         "command": command,
