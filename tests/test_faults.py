@@ -483,3 +483,41 @@ def test_k_is_checked_before_the_model_loads(
     monkeypatch.setattr("retriever.encoder.load_model", lambda *a, **k: 1 / 0)
     code, line = _cli(capsys, "search", str(index_copy), "fox", "-k", "0")
     assert code == 2 and "-k must be at least 1" in line
+
+
+# --- what already held, kept holding -----------------------------------------------------
+
+
+def test_eight_threads_share_one_searcher(index_copy: Path) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    searcher = Searcher.load(index_copy)
+    queries = [d["title"] + " " + d["text"] for d in TOY_DOCS] * 4
+    serial = [[h.id for h in searcher.search(q, k=3)] for q in queries]
+    with ThreadPoolExecutor(8) as pool:
+        parallel = list(pool.map(lambda q: [h.id for h in searcher.search(q, k=3)], queries))
+    assert parallel == serial
+
+
+def test_eight_processes_search_one_index(index_copy: Path) -> None:
+    argv = [sys.executable, "-m", "retriever.cli", "-q", "search", str(index_copy)]
+    searches = [
+        subprocess.Popen(
+            [*argv, "Foxes The quick brown fox", "--json", "-k", "1"],
+            cwd=ROOT,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(8)
+    ]
+    results = [(p.wait(), p.stdout.read()) for p in searches]
+    assert all(code == 0 and json.loads(out)[0]["id"] == "d2" for code, out in results)
+
+
+def test_a_100000_character_document(tiny_model: Path, tmp_path: Path) -> None:
+    long = {"_id": "long", "title": "Huge", "text": "protein folding " * 6250}
+    corpus = write_jsonl(tmp_path / "docs.jsonl", [*TOY_DOCS, long])
+    searcher = Searcher.load(_build(tiny_model, corpus, tmp_path / "idx"))
+    assert len(searcher.docstore.get(searcher.docstore.key_of("long")).text) == 100_000
+    assert searcher.search("Huge " + long["text"][:200], k=1)[0].id == "long"
