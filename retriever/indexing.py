@@ -797,7 +797,7 @@ def build_index(
         if dataset is None:
             raise RetrieverError("give a DATASET to index, or --from STORE")
         scan = scan_corpus(dataset, limit)
-    _check_plan(plan, config)
+    _check_plan(plan)
     _check_filter_size(plan.filter_spec, model, revision)
     encoder = Encoder.load(
         model,
@@ -838,7 +838,7 @@ def _check_filter_size(spec: FilterSpec, model: str, revision: str | None) -> No
         spec.kept_dims(hidden)
 
 
-def _check_plan(plan: IndexPlan, config: EncoderConfig) -> None:
+def _check_plan(plan: IndexPlan) -> None:
     """Checks that need no model: search parameters must fit the index type."""
     import faiss
 
