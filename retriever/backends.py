@@ -11,8 +11,8 @@ manifest. Row numbers, collections and server addresses stay inside.
   FLOAT_VECTOR field, inner product. The default URI is a Milvus Lite database inside the
   generation folder (``milvus.db``), so it is copied into each new generation like every
   other part; an ``http://host:19530`` URI is a Milvus standalone or cluster, whose
-  collection is changed in place by ``add`` and ``delete`` (the server, not the index
-  folder, then owns its consistency).
+  collection is built once: ``add`` and ``delete`` refuse it (changing it in place would
+  break the generation guarantees).
 """
 
 from __future__ import annotations
@@ -262,10 +262,16 @@ class MilvusBackend(DenseBackend):
     @classmethod
     def copy_lite(cls, base: Path, staging: Path, description: dict[str, Any], dim: int):
         """A writable copy of a generation's Milvus Lite database in ``staging``."""
-        if description["uri"] == MILVUS_LITE_FILE:
-            shutil.copytree(base / MILVUS_LITE_FILE, staging / MILVUS_LITE_FILE)
-            return cls.open(staging, description, dim)
-        return cls.open(base, description, dim)  # a server: changed in place
+        if description["uri"] != MILVUS_LITE_FILE:
+            # Changing a server collection in place would show readers of the current
+            # generation documents it does not hold, and a crash would leave it changed.
+            raise RetrieverError(
+                f"add and delete are not supported on a Milvus server collection "
+                f"({description['uri']}, {description['collection']!r}) yet: rebuild the index "
+                "into a new --collection"
+            )
+        shutil.copytree(base / MILVUS_LITE_FILE, staging / MILVUS_LITE_FILE)
+        return cls.open(staging, description, dim)
 
     @property
     def count(self) -> int:

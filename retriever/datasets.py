@@ -233,7 +233,7 @@ def chunk_starts(scan: CorpusScan, chunk_size: int) -> list[tuple[int, int]]:
             if scan.limit is not None and seen >= scan.limit:
                 break
             here, offset = offset, offset + len(raw)
-            if not raw.strip():
+            if not raw.decode("utf-8").strip():  # blank as the scan saw it (str.strip)
                 continue
             seen += 1
             record = json.loads(raw)

@@ -132,10 +132,14 @@ def encode_with_ray(
         return store
     starts = chunk_starts(scan, store.chunk_size)
     resources = ray.cluster_resources()
-    gpus = resources.get("GPU", 0) if gpus_per_worker is None else 0
+    gpus = resources.get("GPU", 0)
     per_worker_gpus = gpus_per_worker if gpus_per_worker is not None else (1 if gpus else 0)
     if workers is None:
-        workers = int(gpus) if per_worker_gpus else max(1, int(resources.get("CPU", 1)) // 2)
+        workers = (
+            int(gpus / per_worker_gpus)
+            if per_worker_gpus
+            else max(1, int(resources.get("CPU", 1)) // 2)
+        )
     workers = max(1, min(workers, len(todo)))
     logger.info(
         "encoding %d chunks on Ray: %d worker(s), %s GPU each",

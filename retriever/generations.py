@@ -250,8 +250,12 @@ class ReaderHold:
         for _ in range(10):
             folder = path.resolve()
             hold = cls(folder)
-            if folder.is_dir() or not path.is_symlink():
-                return folder, hold  # held (a writer leaves it be), or not an index link
+            if not path.is_symlink() or folder.parent != generations_folder(path.absolute()):
+                return folder, hold  # a folder given directly, a hand-made link, or no index
+            if hold._handle is not None:
+                return folder, hold  # held: no writer deletes it now
+            # Published generations always have READERS: it is gone because a writer is
+            # deleting this (unread a moment ago) generation. The link points elsewhere.
             hold.release()
         raise RetrieverError(f"{path} changed ten times while it was being opened; try again")
 

@@ -83,18 +83,33 @@ def training_sample_size(index_type: str, dim: int, count: int) -> int:
     return min(count, max(MIN_TRAINING_SAMPLE, TRAINING_PER_CENTROID * nlist))
 
 
+def stores_ids(index: faiss.Index) -> bool:
+    """Whether an index keeps ids itself (IVF types do, in their inverted lists).
+
+    Those take document keys directly: wrapping them in ``IndexIDMap2`` would break
+    ``remove_ids``, which shrinks the map without renumbering the IVF's row ids.
+    """
+    try:
+        faiss.extract_index_ivf(index)
+    except RuntimeError:
+        return False
+    return True
+
+
 class DenseIndexBuilder:
     """Builds an inner-product FAISS index batch by batch, each vector under its int64 key.
 
-    The factory index (on the GPU when one is used) holds vectors in insertion order;
-    :meth:`finish` wraps the CPU copy in ``IndexIDMap2`` with the keys, so searches return
-    document keys and documents can be removed by key.
+    IVF types store the keys in their inverted lists. Other factory indexes (on the GPU
+    when one is used) hold vectors in insertion order; :meth:`finish` wraps the CPU copy
+    in ``IndexIDMap2`` with the keys. Either way searches return document keys and
+    documents can be removed by key.
     """
 
     def __init__(self, dim: int, index_type: str = "Flat", *, use_gpu: bool | None = None) -> None:
         self.dim = dim
         self.index_type = index_type
         self._cpu = _factory_index(dim, index_type)
+        self._native_ids = stores_ids(self._cpu)
         self._working = _to_gpu(self._cpu, use_gpu, "build")
         self._keys: list[np.ndarray] = []
 
@@ -112,8 +127,12 @@ class DenseIndexBuilder:
         if self.needs_training:
             raise RetrieverError(f"{self.index_type!r} must be trained before vectors are added")
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-        self._run(lambda: self._working.add(vectors), len(vectors))
-        self._keys.append(np.asarray(keys, dtype=np.int64))
+        keys = np.ascontiguousarray(keys, dtype=np.int64)
+        if self._native_ids:
+            self._run(lambda: self._working.add_with_ids(vectors, keys), len(vectors))
+        else:
+            self._run(lambda: self._working.add(vectors), len(vectors))
+            self._keys.append(keys)
 
     def _run(self, step: Any, count: int) -> None:
         try:
@@ -125,10 +144,12 @@ class DenseIndexBuilder:
             ) from None
 
     def finish(self) -> faiss.Index:
-        """The CPU index, as ``IndexIDMap2`` over the factory index."""
+        """The CPU index: the IVF index itself, or ``IndexIDMap2`` over the factory index."""
         inner = (
             faiss.index_gpu_to_cpu(self._working) if self._working is not self._cpu else self._cpu
         )
+        if self._native_ids:
+            return inner
         keys = np.concatenate(self._keys) if self._keys else np.empty(0, dtype=np.int64)
         return wrap_with_keys(inner, keys)
 
@@ -170,7 +191,17 @@ def build_faiss_index(
 
 
 def index_keys(index: faiss.Index) -> np.ndarray:
-    """The document keys an ``IndexIDMap2`` holds, in insertion order."""
+    """The document keys an index holds: an ``IndexIDMap2``'s in insertion order, an IVF
+    index's list by list."""
+    if stores_ids(index):
+        lists = faiss.extract_index_ivf(index).invlists
+        return np.concatenate(
+            [
+                faiss.rev_swig_ptr(lists.get_ids(i), lists.list_size(i)).copy()
+                for i in range(lists.nlist)
+            ]
+            + [np.empty(0, dtype=np.int64)]
+        ).astype(np.int64)
     return faiss.vector_to_array(faiss.downcast_index(index).id_map).astype(np.int64)
 
 

@@ -160,9 +160,10 @@ class EmbeddingStore:
             foreign = [
                 p.name
                 for p in folder.iterdir()
-                if p.name not in ours and not p.name.startswith(f".{STORE_FILE}.")
+                if p.name not in ours
+                and not p.name.startswith((f".{STORE_FILE}.", f".{SOURCE_FILE}."))
             ]
-            if foreign:
+            if foreign and not path.exists():
                 raise RetrieverError(
                     f"{folder} is not empty and holds no {STORE_FILE}: choose another store folder"
                 )

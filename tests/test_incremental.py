@@ -203,3 +203,30 @@ def _params(ef: int):
     from retriever.indexing import SearchParams
 
     return SearchParams(ef_search=ef)
+
+
+def test_ivf_delete_and_add_match_a_fresh_build(tiny_model: Path, tmp_path: Path) -> None:
+    """IVF keeps document keys in its own lists: removing some and adding others must
+    leave exactly the survivors (an ID map over IVF would renumber them wrongly)."""
+    docs = synthetic_docs(400, seed=11)
+    settings = dict(
+        model=str(tiny_model),
+        dtype="float32",
+        encoder_config=EncoderConfig(max_length=64),
+        filter_spec=FilterSpec(tau=1),
+        index_type="IVF8,Flat",
+    )
+    index = build_index(write_jsonl(tmp_path / "a.jsonl", docs[:300]), tmp_path / "ivf", **settings)
+    gone = [d["_id"] for d in docs[:300:3]]
+    delete_documents(index, gone)
+    Indexer(Searcher.load(index).encoder).add(index, write_jsonl(tmp_path / "b.jsonl", docs[300:]))
+    survivors = [d for d in docs if d["_id"] not in gone]
+    fresh = build_index(
+        write_jsonl(tmp_path / "c.jsonl", survivors), tmp_path / "fresh", **settings
+    )
+    queries = [d["title"] + " " + d["text"] for d in docs[::7]]
+    got = Searcher.load(index, nprobe=8).batch_search(queries, k=10)
+    expected = Searcher.load(fresh, nprobe=8).batch_search(queries, k=10)
+    for qid in expected:
+        assert not set(gone) & set(got[qid])
+        assert list(got[qid]) == list(expected[qid])

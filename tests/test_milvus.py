@@ -90,3 +90,11 @@ def test_index_types_milvus_lite_lacks_are_refused(
 ) -> None:
     with pytest.raises(RetrieverError, match="HNSW32 has no Milvus Lite equivalent"):
         _build(tiny_model, toy_corpus, tmp_path / "x", backend="milvus", index_type="HNSW32")
+
+
+def test_changes_to_a_server_collection_are_refused(tmp_path: Path) -> None:
+    from retriever.backends import MilvusBackend
+
+    description = {"backend": "milvus", "uri": "http://milvus:19530", "collection": "docs"}
+    with pytest.raises(RetrieverError, match="not supported on a Milvus server collection"):
+        MilvusBackend.copy_lite(tmp_path, tmp_path / "staging", description, 16)

@@ -250,3 +250,26 @@ def test_ray_flags_say_how_to_install_ray_when_it_is_missing(
     err = capsys.readouterr().err
     assert code == 2 and "pip install 'retriever[ray]'" in err and "Traceback" not in err
     assert not (tmp_path / "store").exists()
+
+
+def test_a_store_tolerates_another_slice_creating_it(
+    encoder: Encoder, corpus: Path, tmp_path: Path
+) -> None:
+    folder = tmp_path / "store"
+    folder.mkdir()
+    (folder / ".source.json.4242.partial").write_text("{}")  # a slice mid-way through
+    store = encode_corpus(encoder, scan_corpus(corpus), folder=folder, chunk_size=CHUNK)
+    assert not store.missing_chunks()
+
+
+def test_chunk_starts_skip_lines_that_are_only_unicode_whitespace(tmp_path: Path) -> None:
+    from retriever.datasets import chunk_starts, read_chunk
+
+    path = tmp_path / "docs.jsonl"
+    path.write_bytes(
+        b'{"_id": "a", "text": "one"}\n\xc2\xa0\n{"_id": "b", "text": "two"}\n'
+        b'{"_id": "c", "text": "three"}\n'
+    )
+    scan = scan_corpus(path)
+    starts = chunk_starts(scan, 2)
+    assert [d.id for d in read_chunk(scan, starts[1], 1)] == ["c"]
