@@ -10,13 +10,17 @@ manifest. Row numbers, collections and server addresses stay inside.
 - ``milvus``: a Milvus collection with an INT64 primary key (the document key) and a
   FLOAT_VECTOR field, inner product. The default URI is a Milvus Lite database inside the
   generation folder (``milvus.db``), so it is copied into each new generation like every
-  other part; an ``http://host:19530`` URI is a Milvus standalone or cluster, whose
-  collection is built once: ``add`` and ``delete`` refuse it (changing it in place would
-  break the generation guarantees).
+  other part. An ``http://host:19530`` URI is a Milvus standalone or cluster: there each
+  generation owns one collection, ``NAME__<generation>``, and ``NAME`` is a Milvus alias
+  switched to the current one when a generation is published. Readers of an older
+  generation keep searching its collection; it is dropped with its generation (see
+  :mod:`retriever.generations`), and ``add``/``delete`` copy the current collection
+  server-side into a new one, so a change is as atomic there as in a folder.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 import shutil
@@ -27,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from retriever.errors import RetrieverError
+from retriever.generations import EXTERNAL_FILE
 from retriever.index import (
     INDEX_FILE,
     DenseIndexBuilder,
@@ -62,7 +67,8 @@ class BackendSpec:
             raise RetrieverError(f"unknown backend {self.kind!r}; choose {', '.join(BACKENDS)}")
         if self.kind == "milvus":
             milvus_index(self.index_type, lite=self.milvus_uri is None)
-            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,254}", self.collection):
+            # 200, not Milvus's 255: a generation's collection appends ``__<generation>``.
+            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,199}", self.collection):
                 raise RetrieverError(
                     f"--collection {self.collection!r}: letters, digits and _ only, not first "
                     "a digit"
@@ -215,33 +221,30 @@ class MilvusBackend(DenseBackend):
 
     @classmethod
     def new(cls, dim: int, spec: BackendSpec, folder: Path) -> MilvusBackend:
-        from pymilvus import DataType, MilvusClient
-
-        uri = spec.milvus_uri or str(folder / MILVUS_LITE_FILE)
         index_type, params = milvus_index(spec.index_type, lite=spec.milvus_uri is None)
-        client = _milvus_client(uri)
-        if client.has_collection(spec.collection):
-            if spec.milvus_uri is None:
+        if spec.milvus_uri is None:
+            uri = str(folder / MILVUS_LITE_FILE)
+            client = _milvus_client(uri)
+            if client.has_collection(spec.collection):
                 client.drop_collection(spec.collection)
-            else:
-                raise RetrieverError(
-                    f"Milvus at {uri} already has a collection {spec.collection!r}: choose "
-                    "another --collection, or drop it"
-                )
-        schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
-        schema.add_field("key", DataType.INT64, is_primary=True)
-        schema.add_field("vector", DataType.FLOAT_VECTOR, dim=dim)
-        index_params = client.prepare_index_params()
-        index_params.add_index("vector", index_type=index_type, metric_type="IP", params=params)
-        client.create_collection(spec.collection, schema=schema, index_params=index_params)
+            collection = spec.collection
+        else:
+            uri = spec.milvus_uri
+            client = _milvus_client(uri)
+            _check_alias_is_ours(client, uri, spec.collection, folder)
+            collection = _generation_collection(spec.collection, folder)
+            _record_external(folder, uri, collection, spec.collection)
+        _create_collection(client, collection, dim, index_type, params)
         description = {
             "backend": "milvus",
             "uri": MILVUS_LITE_FILE if spec.milvus_uri is None else spec.milvus_uri,
-            "collection": spec.collection,
+            "collection": collection,
             "milvus_index": index_type,
         }
+        if spec.milvus_uri is not None:
+            description["alias"] = spec.collection
         return cls(
-            client, spec.collection, dim, description, uri if spec.milvus_uri is None else None
+            client, collection, dim, description, uri if spec.milvus_uri is None else None
         )
 
     @classmethod
@@ -260,18 +263,37 @@ class MilvusBackend(DenseBackend):
         return cls(client, description["collection"], dim, dict(description), uri if lite else None)
 
     @classmethod
-    def copy_lite(cls, base: Path, staging: Path, description: dict[str, Any], dim: int):
-        """A writable copy of a generation's Milvus Lite database in ``staging``."""
-        if description["uri"] != MILVUS_LITE_FILE:
-            # Changing a server collection in place would show readers of the current
-            # generation documents it does not hold, and a crash would leave it changed.
-            raise RetrieverError(
-                f"add and delete are not supported on a Milvus server collection "
-                f"({description['uri']}, {description['collection']!r}) yet: rebuild the index "
-                "into a new --collection"
-            )
-        shutil.copytree(base / MILVUS_LITE_FILE, staging / MILVUS_LITE_FILE)
-        return cls.open(staging, description, dim)
+    def copy(
+        cls, base: Path, staging: Path, index: dict[str, Any]
+    ) -> MilvusBackend:
+        """A writable copy of a generation's vectors for the generation in ``staging``."""
+        description = index["backend"]
+        dim = int(index["dim"])
+        if description["uri"] == MILVUS_LITE_FILE:
+            shutil.copytree(base / MILVUS_LITE_FILE, staging / MILVUS_LITE_FILE)
+            return cls.open(staging, description, dim)
+        uri = description["uri"]
+        alias = description.get("alias", description["collection"])
+        client = _milvus_client(uri)
+        collection = _generation_collection(alias, staging)
+        _record_external(staging, uri, collection, alias)
+        index_type, params = milvus_index(index["type"], lite=False)
+        _create_collection(client, collection, dim, index_type, params)
+        copy = cls(client, collection, dim, {**description, "collection": collection}, None)
+        # Copied through this process, a batch at a time: Milvus has no server-side copy.
+        client.load_collection(description["collection"])
+        rows = client.query_iterator(
+            description["collection"],
+            batch_size=_INSERT_BATCH,
+            filter="key >= 0",
+            output_fields=["key", "vector"],
+        )
+        try:
+            while batch := rows.next():
+                copy.client.insert(collection, batch)
+        finally:
+            rows.close()
+        return copy
 
     @property
     def count(self) -> int:
@@ -371,7 +393,7 @@ def writable_copy(
     """The base generation's backend, to change and save into ``staging``."""
     description = index.get("backend") or {"backend": "faiss"}
     if description.get("backend") == "milvus":
-        return MilvusBackend.copy_lite(base, staging, description, int(index["dim"]))
+        return MilvusBackend.copy(base, staging, index)
     return FaissBackend.open(base, use_gpu=False if use_gpu is None else use_gpu)
 
 
@@ -391,3 +413,93 @@ def backend_bytes(folder: Path, index: dict[str, Any] | None) -> int | None:
         path = folder / MILVUS_LITE_FILE
         return folder_bytes(path) if description["uri"] == MILVUS_LITE_FILE else None
     return folder_bytes(folder / INDEX_FILE)
+
+
+def _create_collection(
+    client: Any, name: str, dim: int, index_type: str, params: dict[str, int]
+) -> None:
+    from pymilvus import DataType, MilvusClient
+
+    schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
+    schema.add_field("key", DataType.INT64, is_primary=True)
+    schema.add_field("vector", DataType.FLOAT_VECTOR, dim=dim)
+    index_params = client.prepare_index_params()
+    index_params.add_index("vector", index_type=index_type, metric_type="IP", params=params)
+    client.create_collection(name, schema=schema, index_params=index_params)
+
+
+def _generation_collection(alias: str, folder: Path) -> str:
+    generation = folder.name.removesuffix(".partial").replace("-", "_")
+    return f"{alias}__{generation}"
+
+
+def _record_external(folder: Path, uri: str, collection: str, alias: str) -> None:
+    record = {"backend": "milvus", "uri": uri, "collection": collection, "alias": alias}
+    (folder / EXTERNAL_FILE).write_text(json.dumps(record) + "\n")
+
+
+def _aliases(client: Any) -> list[str]:
+    found = client.list_aliases()
+    return list(found.get("aliases", []) if isinstance(found, dict) else found)
+
+
+def _check_alias_is_ours(client: Any, uri: str, alias: str, folder: Path) -> None:
+    """Refuse a ``--collection`` name that another index or another program uses."""
+    if alias in _aliases(client):
+        target = client.describe_alias(alias)["collection_name"]
+        ours = {
+            json.loads(path.read_text())["collection"]
+            for path in folder.parent.glob(f"*/{EXTERNAL_FILE}")
+        }
+        if target not in ours:
+            raise RetrieverError(
+                f"Milvus at {uri} already has a collection {alias!r} that another index "
+                "uses: choose another --collection"
+            )
+    elif client.has_collection(alias):
+        raise RetrieverError(
+            f"Milvus at {uri} already has a collection {alias!r} not made by retriever: "
+            "choose another --collection, or drop it"
+        )
+
+
+def publish_external(record_path: Path) -> None:
+    """Point a published generation's alias at its collection."""
+    record = json.loads(record_path.read_text())
+    alias, collection = record["alias"], record["collection"]
+    try:
+        client = _milvus_client(record["uri"])
+        try:
+            if alias in _aliases(client):
+                client.alter_alias(collection, alias)
+            else:
+                client.create_alias(collection, alias)
+        finally:
+            client.close()
+    except Exception as exc:  # pymilvus raises its own types, per version
+        raise RetrieverError(
+            f"the Milvus alias {alias!r} could not be pointed at {collection!r}: {exc}"
+        ) from None
+
+
+def drop_external(record_path: Path) -> None:
+    """Drop the server collection of a generation being removed."""
+    record = json.loads(record_path.read_text())
+    alias, collection = record["alias"], record["collection"]
+    try:
+        client = _milvus_client(record["uri"])
+        try:
+            if (
+                alias in _aliases(client)
+                and client.describe_alias(alias)["collection_name"] == collection
+            ):
+                client.drop_alias(alias)  # the index at this path no longer uses Milvus
+            if client.has_collection(collection):
+                client.drop_collection(collection)
+        finally:
+            client.close()
+    except Exception as exc:  # pymilvus raises its own types, per version
+        raise RetrieverError(
+            f"the Milvus collection {collection!r} at {record['uri']} could not be dropped: "
+            f"{exc}"
+        ) from None

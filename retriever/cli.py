@@ -321,7 +321,9 @@ def _build_parser() -> argparse.ArgumentParser:
     faiss_group.add_argument(
         "--collection",
         default="retriever",
-        help="with --backend milvus: the collection name (default: %(default)s)",
+        help="with --backend milvus: the collection name. On a server it is an alias of "
+        "the current generation's collection NAME__<generation>, switched on every build, "
+        "add and delete (default: %(default)s)",
     )
     faiss_group.add_argument(
         "--no-dense",
@@ -1075,6 +1077,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     # Milvus Lite's in-process server lacks AllocTimestamp; pymilvus asks, is refused and
     # carries on, but the server side logs the refusal as an error with a traceback.
     logging.getLogger("grpc._server").setLevel(logging.CRITICAL)
+    # Copying a collection (add, delete on a server) asks for a timestamp that Milvus Lite's
+    # server does not give; pymilvus warns and uses its own, which is right for a copy.
+    logging.getLogger("pymilvus.client.iterator.query_iterator").setLevel(logging.ERROR)
     try:
         if args.command == "bench":
             return _run_bench(args, argv)

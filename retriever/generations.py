@@ -17,6 +17,11 @@ A reader holds a shared ``flock`` on its generation's ``READERS`` file while it 
 after a swap the writer deletes every older generation on which it can take the lock
 exclusively, that is, which no process is reading. The one a reader holds is deleted by
 the next writer after the reader lets go.
+
+A part may live outside the folder: a Milvus server collection. Its generation names it
+in ``EXTERNAL`` (written before the part is created, so a crash cannot orphan it); the
+part is made current when its generation is published and dropped when its generation is
+removed (:mod:`retriever.backends` does both).
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ from retriever.errors import RetrieverError
 logger = logging.getLogger(__name__)
 
 READERS_FILE = "READERS"
+EXTERNAL_FILE = "EXTERNAL"
 _PARTIAL = ".partial"
 
 
@@ -165,7 +171,7 @@ def new_generation(out: Path) -> Iterator[Path]:
     folder.mkdir(parents=True, exist_ok=True)
     for leftover in folder.glob(f"*{_PARTIAL}"):
         logger.info("removing %s, left by a writer that did not finish", leftover.name)
-        shutil.rmtree(leftover, ignore_errors=True)
+        _remove(leftover)
     name = _new_generation_name()
     staging = folder / f"{name}{_PARTIAL}"
     # mkdir honours the umask (mkdtemp would force 0700 and hide indexes from a group).
@@ -177,8 +183,10 @@ def new_generation(out: Path) -> Iterator[Path]:
             final = folder / name
             os.replace(staging, final)
             _point(out, final)
+        _publish_external(final)
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        if staging.exists():
+            _remove(staging)
         with contextlib.suppress(OSError):
             folder.rmdir()  # only when empty: a first build that failed leaves no trace
     remove_unread_generations(out)
@@ -209,9 +217,42 @@ def remove_unread_generations(out: Path) -> list[Path]:
             continue
         with contextlib.suppress(BlockingIOError):
             with _locked(generation / READERS_FILE, fcntl.LOCK_EX | fcntl.LOCK_NB):
-                shutil.rmtree(generation, ignore_errors=True)
-                removed.append(generation)
+                if _remove(generation):
+                    removed.append(generation)
     return removed
+
+
+def _remove(generation: Path) -> bool:
+    """Delete a generation with its external parts; kept (for the next writer to retry)
+    when an external part cannot be dropped, since the folder is its only record."""
+    if (generation / EXTERNAL_FILE).exists():
+        from retriever.backends import drop_external
+
+        try:
+            drop_external(generation / EXTERNAL_FILE)
+        except RetrieverError as exc:
+            logger.warning("keeping %s for now: %s", generation.name, exc)
+            return False
+    shutil.rmtree(generation, ignore_errors=True)
+    return True
+
+
+def _publish_external(generation: Path) -> None:
+    if (generation / EXTERNAL_FILE).exists():
+        from retriever.backends import publish_external
+
+        try:
+            publish_external(generation / EXTERNAL_FILE)
+        except RetrieverError as exc:
+            # The index is published and reads its own part by name; only the alias that
+            # users outside this project query is stale. The next writer points it again.
+            logger.warning("%s is published, but %s", generation.name, exc)
+
+
+def external_records(out: Path) -> list[Path]:
+    """The ``EXTERNAL`` files of every generation of ``out``, staging ones included."""
+    folder = generations_folder(out)
+    return sorted(folder.glob(f"*/{EXTERNAL_FILE}")) if folder.is_dir() else []
 
 
 @contextlib.contextmanager

@@ -633,8 +633,14 @@ def plan_of(manifest: dict[str, Any], *, use_gpu: bool | None = None) -> IndexPl
         use_gpu=use_gpu,
         backend=(index.get("backend") or {}).get("backend", "faiss"),
         milvus_uri=_server_uri(index),
-        collection=(index.get("backend") or {}).get("collection", DEFAULT_COLLECTION),
+        collection=_collection_name(index),
     )
+
+
+def _collection_name(index: dict[str, Any]) -> str:
+    """The name a user gave (a server generation's own collection is ``NAME__<gen>``)."""
+    described = index.get("backend") or {}
+    return described.get("alias") or described.get("collection", DEFAULT_COLLECTION)
 
 
 def _server_uri(index: dict[str, Any]) -> str | None:
@@ -722,6 +728,9 @@ def delete_documents(
             for part in ("index", "sparse", "bm25"):
                 if updated.get(part):
                     updated[part]["count"] = counts["docstore"]
+            if updated.get("index"):
+                # A server backend's generation has its own collection.
+                updated["index"]["backend"] = writer.backend_description
             updated["build"]["generation"] = staging.name.removesuffix(".partial")
             updated["build"]["seconds"] = {"total": round(time.perf_counter() - started, 3)}
             _write_manifest(staging, updated)

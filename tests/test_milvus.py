@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -92,9 +98,126 @@ def test_index_types_milvus_lite_lacks_are_refused(
         _build(tiny_model, toy_corpus, tmp_path / "x", backend="milvus", index_type="HNSW32")
 
 
-def test_changes_to_a_server_collection_are_refused(tmp_path: Path) -> None:
-    from retriever.backends import MilvusBackend
+# -- a Milvus server: Milvus Lite's own gRPC server in another process, reached by URI as
+# a standalone would be (Lite offers FLAT and IVF_FLAT; the protocol is the same).
 
-    description = {"backend": "milvus", "uri": "http://milvus:19530", "collection": "docs"}
-    with pytest.raises(RetrieverError, match="not supported on a Milvus server collection"):
-        MilvusBackend.copy_lite(tmp_path, tmp_path / "staging", description, 16)
+
+@pytest.fixture(scope="module")
+def milvus_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    data = tmp_path_factory.mktemp("milvus-server")
+    server = subprocess.Popen(
+        [sys.executable, "-m", "milvus_lite", "server", "--data-dir", str(data), "--port",
+         str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 1):
+                break
+            assert server.poll() is None and time.monotonic() < deadline, "no Milvus server"
+            time.sleep(0.2)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.terminate()
+        server.wait(30)
+
+
+def _server_state(uri: str, alias: str) -> tuple[str | None, list[str]]:
+    """(the collection ``alias`` names, the collections of that alias's generations)."""
+    from pymilvus import MilvusClient
+
+    client = MilvusClient(uri)
+    try:
+        aliases = client.list_aliases().get("aliases", [])
+        target = client.describe_alias(alias)["collection_name"] if alias in aliases else None
+        owned = sorted(c for c in client.list_collections() if c.startswith(f"{alias}__"))
+        return target, owned
+    finally:
+        client.close()
+
+
+def test_a_server_collection_answers_like_faiss_and_changes_by_generation(
+    tiny_model: Path, pair: dict[str, Path], milvus_server: str, tmp_path: Path
+) -> None:
+    corpus = write_jsonl(tmp_path / "docs.jsonl", synthetic_docs(200, seed=5))
+    index = _build(
+        tiny_model, corpus, tmp_path / "served", backend="milvus", milvus_uri=milvus_server,
+        collection="served",
+    )
+    described = json.loads((index / "manifest.json").read_text())["index"]["backend"]
+    first = described["collection"]
+    assert described["alias"] == "served" and first.startswith("served__")
+    assert described["uri"] == milvus_server
+    assert _server_state(milvus_server, "served") == (first, [first])
+    assert not (index / "milvus.db").exists()
+
+    faiss_run = Searcher.load(pair["faiss"]).batch_search(QUERIES, k=10)
+    reader = Searcher.load(index)  # holds the first generation across the changes below
+    served_run = reader.batch_search(QUERIES, k=10)
+    overlap = [len(set(faiss_run[q]) & set(served_run[q])) / 10 for q in faiss_run]
+    assert sum(overlap) / len(overlap) >= 0.99
+
+    extra = write_jsonl(tmp_path / "b.jsonl", synthetic_docs(5, seed=9, prefix="b"))
+    assert main(["add", str(index), str(extra)]) == 0
+    second = json.loads((index / "manifest.json").read_text())["index"]["backend"]["collection"]
+    target, owned = _server_state(milvus_server, "served")
+    assert target == second and owned == sorted([first, second])  # the reader keeps `first`
+    assert reader.batch_search(QUERIES, k=10) == served_run
+    reader.close()
+
+    assert main(["delete", str(index), "s3", "b1"]) == 0
+    third = json.loads((index / "manifest.json").read_text())["index"]["backend"]["collection"]
+    # Nobody reads the first two generations now: their collections went with them.
+    assert _server_state(milvus_server, "served") == (third, [third])
+    searcher = Searcher.load(index)
+    assert len(searcher) == 203
+    found = searcher.batch_search(QUERIES, k=203)
+    assert all(not {"s3", "b1"} & set(hits) for hits in found.values())
+    searcher.close()
+
+    # Another index may not take the name; a rebuild of this one may, and a FAISS rebuild
+    # of this path lets go of the server's collections.
+    with pytest.raises(RetrieverError, match="another index uses"):
+        _build(tiny_model, extra, tmp_path / "other", backend="milvus",
+               milvus_uri=milvus_server, collection="served")
+    _build(tiny_model, extra, index, backend="milvus", milvus_uri=milvus_server,
+           collection="served", overwrite=True)
+    fourth = json.loads((index / "manifest.json").read_text())["index"]["backend"]["collection"]
+    assert _server_state(milvus_server, "served") == (fourth, [fourth])
+    _build(tiny_model, extra, index, overwrite=True)
+    assert _server_state(milvus_server, "served") == (None, [])
+
+
+def test_a_failed_build_leaves_no_collection_on_the_server(
+    tiny_model: Path, milvus_server: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from retriever import indexing
+
+    def fail(*args: object, **kwargs: object) -> None:
+        raise RetrieverError("injected failure after the collection was filled")
+
+    monkeypatch.setattr(indexing, "_write_manifest", fail)
+    corpus = write_jsonl(tmp_path / "docs.jsonl", synthetic_docs(20))
+    with pytest.raises(RetrieverError, match="injected"):
+        _build(tiny_model, corpus, tmp_path / "x", backend="milvus", milvus_uri=milvus_server,
+               collection="failed")
+    assert _server_state(milvus_server, "failed") == (None, [])
+    assert not (tmp_path / "x").exists()
+
+
+def test_a_collection_made_by_someone_else_is_refused(
+    tiny_model: Path, toy_corpus: Path, milvus_server: str, tmp_path: Path
+) -> None:
+    from pymilvus import MilvusClient
+
+    client = MilvusClient(milvus_server)
+    client.create_collection("theirs", dimension=8)
+    client.close()
+    with pytest.raises(RetrieverError, match="'theirs' not made by retriever"):
+        _build(tiny_model, toy_corpus, tmp_path / "x", backend="milvus",
+               milvus_uri=milvus_server, collection="theirs")
