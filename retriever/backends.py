@@ -49,6 +49,21 @@ BACKENDS = ("faiss", "milvus")
 MILVUS_LITE_FILE = "milvus.db"
 DEFAULT_COLLECTION = "retriever"
 _INSERT_BATCH = 5000
+# Milvus's own index names, passed through to a server with its default parameters
+# (GPU ones need a GPU Milvus); Milvus Lite builds only FLAT and IVF_FLAT.
+MILVUS_SERVER_INDEXES = (
+    "AUTOINDEX",
+    "HNSW",
+    "IVF_FLAT",
+    "IVF_SQ8",
+    "IVF_PQ",
+    "SCANN",
+    "DISKANN",
+    "GPU_CAGRA",
+    "GPU_IVF_FLAT",
+    "GPU_IVF_PQ",
+    "GPU_BRUTE_FORCE",
+)
 MILVUS_INSTALL_HINT = "pip install 'retriever[milvus]' (pymilvus and milvus-lite)"
 
 
@@ -173,11 +188,17 @@ def milvus_index(index_type: str, *, lite: bool) -> tuple[str, dict[str, int]]:
     if match := re.fullmatch(r"IVF(\d+),Flat", index_type):
         return "IVF_FLAT", {"nlist": int(match[1])}
     if not lite:
+        if index_type in MILVUS_SERVER_INDEXES:
+            return index_type, {}  # the server's own defaults
         if match := re.fullmatch(r"HNSW(\d+)", index_type):
             return "HNSW", {"M": int(match[1]), "efConstruction": 200}
         if match := re.fullmatch(r"IVF(\d+),PQ(\d+)", index_type):
             return "IVF_PQ", {"nlist": int(match[1]), "m": int(match[2]), "nbits": 8}
-    offered = "Flat, IVFn,Flat" + ("" if lite else ", HNSWm, IVFn,PQm")
+    offered = "Flat, IVFn,Flat" + (
+        "" if lite else ", HNSWm, IVFn,PQm, or a Milvus index name: " + ", ".join(
+            MILVUS_SERVER_INDEXES
+        )
+    )
     raise RetrieverError(
         f"--index-type {index_type} has no Milvus{' Lite' if lite else ''} equivalent here; "
         f"use one of {offered}"

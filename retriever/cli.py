@@ -301,7 +301,8 @@ def _build_parser() -> argparse.ArgumentParser:
         "--index-type",
         default="Flat",
         help="faiss.index_factory string, e.g. Flat, HNSW32, IVF256,Flat, IVF256,PQ16 "
-        "(inner product on normalised vectors; default: %(default)s)",
+        "(inner product on normalised vectors); with --backend milvus on a server also a "
+        "Milvus index name such as HNSW or GPU_CAGRA (default: %(default)s)",
     )
     _add_search_param_options(faiss_group, at_build=True)
     faiss_group.add_argument(

@@ -98,6 +98,21 @@ def test_index_types_milvus_lite_lacks_are_refused(
         _build(tiny_model, toy_corpus, tmp_path / "x", backend="milvus", index_type="HNSW32")
 
 
+def test_index_types_map_to_milvus_server_indexes() -> None:
+    from retriever.backends import milvus_index
+
+    assert milvus_index("HNSW32", lite=False) == ("HNSW", {"M": 32, "efConstruction": 200})
+    assert milvus_index("IVF1024,PQ36", lite=False) == (
+        "IVF_PQ",
+        {"nlist": 1024, "m": 36, "nbits": 8},
+    )
+    assert milvus_index("GPU_CAGRA", lite=False) == ("GPU_CAGRA", {})
+    with pytest.raises(RetrieverError, match="GPU_CAGRA has no Milvus Lite equivalent"):
+        milvus_index("GPU_CAGRA", lite=True)
+    with pytest.raises(RetrieverError, match="or a Milvus index name: AUTOINDEX"):
+        milvus_index("LSH", lite=False)
+
+
 # -- a Milvus server: Milvus Lite's own gRPC server in another process, reached by URI as
 # a standalone would be (Lite offers FLAT and IVF_FLAT; the protocol is the same).
 
