@@ -31,14 +31,24 @@ from typing import Any
 import numpy as np
 
 from retriever.errors import RetrieverError
+from retriever.faiss_gpu import (
+    GpuSetting,
+    Placed,
+    check_gpu_limits,
+    gpu_count,
+    gpu_options,
+    place,
+)
 from retriever.generations import EXTERNAL_FILE
 from retriever.index import (
     INDEX_FILE,
     DenseIndexBuilder,
     load_faiss_index,
+    place_for_search,
     remove_keys,
     save_faiss_index,
     search_faiss_index,
+    search_parameters_of,
     set_search_parameters,
     training_sample_size,
 )
@@ -75,7 +85,7 @@ class BackendSpec:
     index_type: str = "Flat"
     milvus_uri: str | None = None  # None: Milvus Lite inside the index folder
     collection: str = DEFAULT_COLLECTION
-    use_gpu: bool | None = None
+    use_gpu: GpuSetting = None
 
     def __post_init__(self) -> None:
         if self.kind not in BACKENDS:
@@ -122,6 +132,8 @@ class DenseBackend:
         """Write what the folder needs; returns the manifest's description."""
         raise NotImplementedError
 
+    on_gpu = False  # a GPU FAISS index is not thread-safe: callers serialise its searches
+
     def close(self) -> None:
         return None
 
@@ -129,19 +141,37 @@ class DenseBackend:
 class FaissBackend(DenseBackend):
     kind = "faiss"
 
-    def __init__(self, dim: int, *, builder: DenseIndexBuilder | None = None, index: Any = None):
+    def __init__(
+        self,
+        dim: int,
+        *,
+        builder: DenseIndexBuilder | None = None,
+        index: Any = None,
+        use_gpu: GpuSetting = None,
+        read_only: bool = False,
+    ):
         self.dim = dim
         self._builder = builder
-        self._index = index
+        self._index = index  # the CPU index: what is saved, changed and checked
+        self._use_gpu = use_gpu
+        self._read_only = read_only
+        self._placed: Placed | None = None
+        self._nprobe: int | None = None
+        self._parameters: set[str] | None = None  # which the index takes, once placed
 
     @classmethod
     def new(cls, dim: int, spec: BackendSpec) -> FaissBackend:
-        return cls(dim, builder=DenseIndexBuilder(dim, spec.index_type, use_gpu=spec.use_gpu))
+        builder = DenseIndexBuilder(dim, spec.index_type, use_gpu=spec.use_gpu)
+        return cls(dim, builder=builder, use_gpu=spec.use_gpu)
 
     @classmethod
-    def open(cls, folder: Path, *, use_gpu: bool | None = None) -> FaissBackend:
-        index = load_faiss_index(folder, use_gpu=use_gpu)
-        return cls(index.d, index=index)
+    def open(cls, folder: Path, *, use_gpu: GpuSetting = None) -> FaissBackend:
+        """The index in ``folder`` for searching; it moves to the GPU on the first search,
+        after the search parameters are set."""
+        if gpu_options(use_gpu).enabled and gpu_count() == 0:
+            place(None, use_gpu, "search")  # refuses now, not at the first search
+        index = load_faiss_index(folder)
+        return cls(index.d, index=index, use_gpu=use_gpu, read_only=True)
 
     @property
     def index(self) -> Any:
@@ -156,7 +186,22 @@ class FaissBackend(DenseBackend):
 
     @property
     def count(self) -> int:
-        return int(self.index.ntotal)
+        return int((self._placed.index if self._placed else self.index).ntotal)
+
+    @property
+    def placement(self) -> Placed:
+        """Where searches run (the index is placed on the first call)."""
+        if self._placed is None:
+            self._parameters = search_parameters_of(self.index)
+            self._placed = place_for_search(self.index, self._use_gpu)
+            if self._placed.on_gpu and self._read_only:
+                # A searcher never needs the CPU copy again; on a big index it is many GiB.
+                self._index = None
+        return self._placed
+
+    @property
+    def on_gpu(self) -> bool:  # type: ignore[override]
+        return self.placement.on_gpu
 
     def train(self, sample: np.ndarray) -> None:
         self._builder.train(sample)
@@ -165,16 +210,25 @@ class FaissBackend(DenseBackend):
         if self._builder is not None:
             self._builder.add(keys, vectors)
         else:
-            self._index.add_with_ids(np.ascontiguousarray(vectors, dtype=np.float32), keys)
+            self._placed = None  # searches must see the change
+            self.index.add_with_ids(np.ascontiguousarray(vectors, dtype=np.float32), keys)
 
     def remove(self, keys: np.ndarray) -> None:
+        self._placed = None
         self._index = remove_keys(self.index, keys)
 
     def search(self, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        return search_faiss_index(self.index, vectors, k)
+        placed = self.placement
+        check_gpu_limits(on_gpu=placed.on_gpu, k=k, nprobe=self._nprobe)
+        return search_faiss_index(placed.index, vectors, k)
 
     def set_search_params(self, params: dict[str, int | None]) -> None:
-        set_search_parameters(self.index, params)
+        if params.get("nprobe") is not None:
+            self._nprobe = params["nprobe"]
+        if self._index is not None:
+            set_search_parameters(self.index, params)  # checks the names against the type
+        if self._placed is not None and self._placed.index is not self._index:
+            set_search_parameters(self._placed.index, params, applicable=self._parameters)
 
     def save(self, folder: Path) -> dict[str, Any]:
         save_faiss_index(self.index, folder)
@@ -195,9 +249,9 @@ def milvus_index(index_type: str, *, lite: bool) -> tuple[str, dict[str, int]]:
         if match := re.fullmatch(r"IVF(\d+),PQ(\d+)", index_type):
             return "IVF_PQ", {"nlist": int(match[1]), "m": int(match[2]), "nbits": 8}
     offered = "Flat, IVFn,Flat" + (
-        "" if lite else ", HNSWm, IVFn,PQm, or a Milvus index name: " + ", ".join(
-            MILVUS_SERVER_INDEXES
-        )
+        ""
+        if lite
+        else ", HNSWm, IVFn,PQm, or a Milvus index name: " + ", ".join(MILVUS_SERVER_INDEXES)
     )
     raise RetrieverError(
         f"--index-type {index_type} has no Milvus{' Lite' if lite else ''} equivalent here; "
@@ -264,9 +318,7 @@ class MilvusBackend(DenseBackend):
         }
         if spec.milvus_uri is not None:
             description["alias"] = spec.collection
-        return cls(
-            client, collection, dim, description, uri if spec.milvus_uri is None else None
-        )
+        return cls(client, collection, dim, description, uri if spec.milvus_uri is None else None)
 
     @classmethod
     def open(cls, folder: Path, description: dict[str, Any], dim: int) -> MilvusBackend:
@@ -284,9 +336,7 @@ class MilvusBackend(DenseBackend):
         return cls(client, description["collection"], dim, dict(description), uri if lite else None)
 
     @classmethod
-    def copy(
-        cls, base: Path, staging: Path, index: dict[str, Any]
-    ) -> MilvusBackend:
+    def copy(cls, base: Path, staging: Path, index: dict[str, Any]) -> MilvusBackend:
         """A writable copy of a generation's vectors for the generation in ``staging``."""
         description = index["backend"]
         dim = int(index["dim"])
@@ -399,7 +449,7 @@ def build_in_memory(spec: BackendSpec, vectors: np.ndarray, folder: Path) -> Den
 
 
 def open_backend(
-    folder: Path, index: dict[str, Any], *, use_gpu: bool | None = None
+    folder: Path, index: dict[str, Any], *, use_gpu: GpuSetting = None
 ) -> DenseBackend:
     """The backend a manifest's ``index`` entry describes, read from ``folder``."""
     description = index.get("backend") or {"backend": "faiss"}
@@ -409,7 +459,7 @@ def open_backend(
 
 
 def writable_copy(
-    base: Path, staging: Path, index: dict[str, Any], *, use_gpu: bool | None = None
+    base: Path, staging: Path, index: dict[str, Any], *, use_gpu: GpuSetting = None
 ) -> DenseBackend:
     """The base generation's backend, to change and save into ``staging``."""
     description = index.get("backend") or {"backend": "faiss"}
@@ -521,6 +571,5 @@ def drop_external(record_path: Path) -> None:
             client.close()
     except Exception as exc:  # pymilvus raises its own types, per version
         raise RetrieverError(
-            f"the Milvus collection {collection!r} at {record['uri']} could not be dropped: "
-            f"{exc}"
+            f"the Milvus collection {collection!r} at {record['uri']} could not be dropped: {exc}"
         ) from None

@@ -9,20 +9,21 @@ measured side by side. Writes ``results.json`` (one row per variant), ``results.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import platform
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-import faiss
 import numpy as np
 
-from retriever.backends import BackendSpec, build_in_memory
+from retriever.backends import BackendSpec, FaissBackend, build_in_memory
 from retriever.baselines import BASELINES, fit_baseline
 from retriever.config import BANDS, FUSIONS, EncoderConfig, FilterSpec, SparseSpec
 from retriever.datasets import load_corpus, load_qrels, load_queries, scan_corpus
@@ -38,6 +39,8 @@ from retriever.evaluation import (
     time_each,
     write_trec_run,
 )
+from retriever.faiss_gpu import GpuOptions
+from retriever.faiss_install import faiss
 from retriever.fusion import rank_candidates, ranked_lists
 from retriever.lens import TokenLens, alignment_metrics
 from retriever.lexical import BM25Index
@@ -76,6 +79,8 @@ class BenchSettings:
     latency_queries: int = 100
     warmup: int = 5
     seed: int = 0
+    # Where FAISS indexes are built and searched; each row records where it ran.
+    gpu: GpuOptions = field(default_factory=GpuOptions)
 
     def __post_init__(self) -> None:
         for band in self.bands:
@@ -160,6 +165,8 @@ class Retrieval:
     # Single-query latency already measured (a backend closed after measuring cannot be
     # called again); None: measure ``single`` when scoring.
     single_ms: dict[str, float] | None = None
+    # Where the searches that were timed ran: "CPU", "GPU 0 (one GPU)", "CPU (reason)".
+    ran_on: str = "CPU"
 
 
 def _timed_build(build: Callable[[], Any]) -> tuple[Any, float]:
@@ -185,7 +192,7 @@ def dense_retrieval(
     doc_vectors: np.ndarray, query_vectors: np.ndarray, index_type: str, settings: BenchSettings
 ) -> Retrieval:
     """One dense index through the backend interface, searched and measured in place."""
-    spec = parse_index_type(index_type)
+    spec = dataclasses.replace(parse_index_type(index_type), use_gpu=settings.gpu)
     with tempfile.TemporaryDirectory() as folder:
         folder = Path(folder)
         backend, build_seconds = _timed_build(
@@ -199,9 +206,12 @@ def dense_retrieval(
         ]
         # Timed now, while the backend is open (the row's latency comes from these calls).
         timed = percentiles_ms(time_each(single, settings.warmup))
+        ran_on = backend.placement.where if isinstance(backend, FaissBackend) else spec.kind
         backend.save(folder)
         nbytes = folder_bytes(folder)
-    return Retrieval(ranked_lists([results], k), seconds, single, nbytes, build_seconds, timed)
+    return Retrieval(
+        ranked_lists([results], k), seconds, single, nbytes, build_seconds, timed, ran_on
+    )
 
 
 def sparse_retrieval(
@@ -286,6 +296,7 @@ def score_retrieval(
         "batch_qps": len(query_ids) / retrieval.batch_seconds,
         "index_bytes": retrieval.index_bytes,
         "build_seconds": retrieval.build_seconds,
+        "ran_on": retrieval.ran_on,
     }, run
 
 
@@ -730,6 +741,15 @@ def markdown_report(
         "type, measured in the same run. Latency: one query at a time, FAISS search only "
         "(median of up to 100 queries after warm-up); query encoding is listed per setting.",
         "",
+        "Dense searches were timed on: "
+        + "; ".join(
+            f"{place} ({n} rows)"
+            for place, n in Counter(
+                r.get("ran_on", "CPU") for r in rows if r["family"] == "dense"
+            ).items()
+        )
+        + ".",
+        "",
     ]
     settings = dict.fromkeys((r["prompt"], r["pooling"]) for r in rows)
     for prompt, pooling in settings:
@@ -877,6 +897,7 @@ def run_scaling_bench(
     sizes: tuple[int, ...] = (10_000, 100_000, 1_000_000),
     taus: tuple[float, ...] = (1, 2, 4, 8),
     command: str = "",
+    gpu: GpuOptions | None = None,
 ) -> list[dict[str, Any]]:
     """Search latency, QPS and bytes against N for each dimension (see retriever.scaling)."""
     from retriever.scaling import run_scaling, write_scaling_report
@@ -896,6 +917,7 @@ def run_scaling_bench(
         sizes=sizes,
         taus=taus,
         latency_queries=latency_queries,
+        gpu=gpu,
     )
     meta = {
         "command": command,

@@ -217,6 +217,47 @@ def _add_search_param_options(group: argparse._ActionsContainer, *, at_build: bo
     )
 
 
+def _add_gpu_options(group: argparse._ActionsContainer) -> None:
+    group.add_argument(
+        "--gpu",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="build and search FAISS indexes on the GPU (needs faiss-gpu: pip install "
+        "'retriever[gpu]'); --no-gpu keeps the CPU (default: the GPU when faiss sees one, "
+        "else the CPU; the log says which, and why)",
+    )
+    group.add_argument(
+        "--gpu-ids",
+        default=None,
+        metavar="IDS",
+        help="GPUs to use, e.g. 0,1 (default: all visible)",
+    )
+    group.add_argument(
+        "--gpu-placement",
+        choices=("replicate", "shard"),
+        default="replicate",
+        help="on several GPUs: replicate (each holds the whole index, for throughput) or "
+        "shard (each holds a slice, for an index larger than one GPU) (default: %(default)s)",
+    )
+    group.add_argument(
+        "--gpu-float16",
+        action="store_true",
+        help="store vectors in float16 on the GPU (half the memory; scores change in the "
+        "3rd-4th digit). IVF-PQ always uses float16 lookup tables on the GPU",
+    )
+
+
+def _gpu_options(args: argparse.Namespace) -> Any:
+    from retriever.faiss_gpu import GpuOptions, parse_gpu_ids
+
+    return GpuOptions(
+        enabled=args.gpu,
+        ids=parse_gpu_ids(args.gpu_ids) if args.gpu_ids else None,
+        placement=args.gpu_placement,
+        float16=args.gpu_float16,
+    )
+
+
 def _build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="retriever",
@@ -305,6 +346,7 @@ def _build_parser() -> argparse.ArgumentParser:
         "Milvus index name such as HNSW or GPU_CAGRA (default: %(default)s)",
     )
     _add_search_param_options(faiss_group, at_build=True)
+    _add_gpu_options(faiss_group)
     faiss_group.add_argument(
         "--backend",
         choices=("faiss", "milvus"),
@@ -422,7 +464,9 @@ def _build_parser() -> argparse.ArgumentParser:
     search.add_argument("-k", type=int, default=10, help="number of hits (default: %(default)s)")
     search.add_argument("--json", action="store_true", help="print hits as JSON")
     _add_method_options(search)
-    _add_search_param_options(search.add_argument_group("FAISS"), at_build=False)
+    search_faiss = search.add_argument_group("FAISS")
+    _add_search_param_options(search_faiss, at_build=False)
+    _add_gpu_options(search_faiss)
     search.add_argument(
         "--sparse-query-tokens",
         type=int,
@@ -510,7 +554,9 @@ def _build_parser() -> argparse.ArgumentParser:
         default=0.5,
         help="dense share of a weighted fusion (default: %(default)s)",
     )
-    _add_search_param_options(evaluate.add_argument_group("FAISS"), at_build=False)
+    eval_faiss = evaluate.add_argument_group("FAISS")
+    _add_search_param_options(eval_faiss, at_build=False)
+    _add_gpu_options(eval_faiss)
     _add_model_options(evaluate, for_search=True)
 
     bench = commands.add_parser(
@@ -579,6 +625,7 @@ def _build_parser() -> argparse.ArgumentParser:
         metavar="TYPE",
         help="faiss.index_factory strings, space separated (default: Flat)",
     )
+    _add_gpu_options(bench.add_argument_group("FAISS on GPUs"))
     lexical = bench.add_argument_group("sparse, BM25, hybrids and token alignment")
     lexical.add_argument(
         "--no-sparse",
@@ -747,6 +794,7 @@ def _run_index(args: argparse.Namespace) -> int:
         backend=args.backend,
         milvus_uri=args.milvus_uri,
         collection=args.collection,
+        use_gpu=_gpu_options(args),
     )
     print(out)
     return 0
@@ -847,6 +895,7 @@ def _load_searcher(args: argparse.Namespace) -> Any:
         batch_size=args.batch_size,
         nprobe=getattr(args, "nprobe", None),
         ef_search=getattr(args, "ef_search", None),
+        use_gpu=_gpu_options(args) if hasattr(args, "gpu") else None,
     )
 
 
@@ -1009,6 +1058,7 @@ def _run_bench(args: argparse.Namespace, argv: Sequence[str]) -> int:
         fusions=tuple(_comma_list(args.fusion)),
         alignment=not args.no_alignment,
         k=args.k,
+        gpu=_gpu_options(args),
     )
     prompts, poolings = _comma_list(args.prompt), _comma_list(args.pooling)
     for prompt, pooling in ((p, q) for p in prompts for q in poolings):
@@ -1038,6 +1088,7 @@ def _run_bench(args: argparse.Namespace, argv: Sequence[str]) -> int:
             split=args.split,
             sizes=sizes,
             taus=taus,
+            gpu=settings.gpu,
             command=command,
         )
         print(Path(out) / "scaling.md")

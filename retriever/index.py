@@ -1,7 +1,8 @@
 """FAISS vector index: built from an index_factory string, inner product on unit vectors.
 
-Uses a GPU when faiss was built with GPU support and one is visible (one log line says
-which); the index is always saved as a CPU index so that it loads anywhere.
+Uses the GPUs when faiss was built with GPU support and one is visible, placed as
+:mod:`retriever.faiss_gpu` says (one log line per index says where, and why on the CPU);
+the index is always saved as a CPU index so that it loads anywhere.
 """
 
 from __future__ import annotations
@@ -10,48 +11,16 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import faiss
 import numpy as np
 
 from retriever.errors import RetrieverError
+from retriever.faiss_gpu import GpuSetting, Placed, place, to_cpu
+from retriever.faiss_install import faiss
 
 logger = logging.getLogger(__name__)
 
 INDEX_FILE = "index.faiss"
 METRIC = "inner_product"
-
-
-def gpu_count() -> int:
-    """GPUs faiss can use (0 with faiss-cpu)."""
-    return faiss.get_num_gpus() if hasattr(faiss, "StandardGpuResources") else 0
-
-
-_announced: set[str] = set()
-
-
-def _announce(purpose: str, where: str) -> None:
-    """Say once per process where FAISS builds or searches (a benchmark builds many)."""
-    if purpose not in _announced:
-        _announced.add(purpose)
-        logger.info("faiss %s on %s", purpose, where)
-
-
-def _to_gpu(index: faiss.Index, use_gpu: bool | None, purpose: str) -> faiss.Index:
-    if use_gpu is False or gpu_count() == 0:
-        if use_gpu:
-            raise RetrieverError("a GPU index was asked for, but faiss sees no GPU")
-        reason = "faiss-gpu not installed or no GPU visible" if use_gpu is None else "GPU off"
-        _announce(purpose, f"CPU ({reason})")
-        return index
-    try:
-        gpu_index = faiss.index_cpu_to_all_gpus(index)
-    except RuntimeError as exc:  # not every index type has a GPU implementation
-        if use_gpu:
-            raise RetrieverError(f"this index type cannot run on the GPU: {exc}") from exc
-        _announce(purpose, "CPU (this index type has no GPU version)")
-        return index
-    _announce(purpose, f"{gpu_count()} GPU(s)")
-    return gpu_index
 
 
 # IVF and PQ train on a random sample of this many vectors at most (faiss warns under
@@ -105,12 +74,13 @@ class DenseIndexBuilder:
     documents can be removed by key.
     """
 
-    def __init__(self, dim: int, index_type: str = "Flat", *, use_gpu: bool | None = None) -> None:
+    def __init__(self, dim: int, index_type: str = "Flat", *, use_gpu: GpuSetting = None) -> None:
         self.dim = dim
         self.index_type = index_type
         self._cpu = _factory_index(dim, index_type)
         self._native_ids = stores_ids(self._cpu)
-        self._working = _to_gpu(self._cpu, use_gpu, "build")
+        self.placed = place(self._cpu, use_gpu, "build")
+        self._working = self.placed.index
         self._keys: list[np.ndarray] = []
 
     @property
@@ -145,9 +115,7 @@ class DenseIndexBuilder:
 
     def finish(self) -> faiss.Index:
         """The CPU index: the IVF index itself, or ``IndexIDMap2`` over the factory index."""
-        inner = (
-            faiss.index_gpu_to_cpu(self._working) if self._working is not self._cpu else self._cpu
-        )
+        inner = to_cpu(self._working, self.placed.on_gpu)
         if self._native_ids:
             return inner
         keys = np.concatenate(self._keys) if self._keys else np.empty(0, dtype=np.int64)
@@ -176,7 +144,7 @@ def build_faiss_index(
     index_type: str = "Flat",
     *,
     keys: np.ndarray | None = None,
-    use_gpu: bool | None = None,
+    use_gpu: GpuSetting = None,
 ) -> faiss.Index:
     """An index over vectors held in memory (keys ``0..n-1`` unless given), trained on
     a sample as :func:`training_sample_size` says. Returns a CPU index."""
@@ -230,19 +198,44 @@ def remove_keys(index: faiss.Index, keys: np.ndarray) -> faiss.Index:
 SEARCH_PARAMETERS = {"nprobe": "IVF", "efSearch": "HNSW"}
 
 
-def set_search_parameters(index: faiss.Index, params: dict[str, int | None]) -> None:
-    """Apply ``{"nprobe": n, "efSearch": n}`` (``None`` leaves one as it is)."""
+def set_search_parameters(
+    index: faiss.Index, params: dict[str, int | None], *, applicable: set[str] | None = None
+) -> None:
+    """Apply ``{"nprobe": n, "efSearch": n}`` (``None`` leaves one as it is).
+
+    ``applicable``: the parameters the index takes, when it cannot be asked (a GPU index:
+    ask its CPU original with :func:`search_parameters_of`)."""
     for name, value in params.items():
         if value is None:
             continue
         if value < 1:
             raise RetrieverError(f"{name} must be at least 1, got {value}")
-        if not has_parameter(index, name):
+        if name not in (search_parameters_of(index) if applicable is None else applicable):
             raise RetrieverError(
                 f"{name} applies to {SEARCH_PARAMETERS[name]} indexes; this index is "
                 f"{type(faiss.downcast_index(_inner(index))).__name__}"
             )
-        faiss.ParameterSpace().set_index_parameter(index, name, int(value))
+        _parameter_space(index).set_index_parameter(index, name, int(value))
+
+
+def search_parameters_of(index: faiss.Index) -> set[str]:
+    """The search parameters a CPU index takes."""
+    return {name for name in SEARCH_PARAMETERS if has_parameter(index, name)}
+
+
+def _parameter_space(index: faiss.Index) -> Any:
+    """GPU indexes (and replicas or shards of them) take parameters through the GPU space."""
+    if hasattr(faiss, "GpuParameterSpace") and "Gpu" in repr(index) + _types_within(index):
+        return faiss.GpuParameterSpace()
+    return faiss.ParameterSpace()
+
+
+def _types_within(index: faiss.Index) -> str:
+    index = faiss.downcast_index(index)
+    names = [type(index).__name__]
+    if isinstance(index, (faiss.IndexReplicas, faiss.IndexShards)):
+        names += [type(faiss.downcast_index(index.at(i))).__name__ for i in range(index.count())]
+    return " ".join(names)
 
 
 def _inner(index: faiss.Index) -> faiss.Index:
@@ -267,12 +260,17 @@ def save_faiss_index(index: faiss.Index, folder: Path) -> Path:
     return path
 
 
-def load_faiss_index(folder: Path, *, use_gpu: bool | None = None) -> faiss.Index:
+def load_faiss_index(folder: Path) -> faiss.Index:
+    """The CPU index saved in ``folder``."""
     try:
-        index = faiss.read_index(str(folder / INDEX_FILE))
+        return faiss.read_index(str(folder / INDEX_FILE))
     except RuntimeError as exc:
         raise RetrieverError(f"cannot read {folder / INDEX_FILE}: {exc}") from None
-    return _to_gpu(index, use_gpu, "search")
+
+
+def place_for_search(index: faiss.Index, use_gpu: GpuSetting = None) -> Placed:
+    """A CPU index moved where searches should run (see :func:`retriever.faiss_gpu.place`)."""
+    return place(index, use_gpu, "search")
 
 
 def search_faiss_index(

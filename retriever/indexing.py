@@ -48,6 +48,7 @@ from retriever.docstore import (
 from retriever.embedfilter import EmbedFilter
 from retriever.encoder import Encoder
 from retriever.errors import RetrieverError
+from retriever.faiss_gpu import gpu_count
 from retriever.generations import (
     check_destination,
     current_generation,
@@ -55,7 +56,7 @@ from retriever.generations import (
     new_generation,
     writer_lock,
 )
-from retriever.index import INDEX_FILE, METRIC, gpu_count, has_parameter
+from retriever.index import INDEX_FILE, METRIC, has_parameter
 from retriever.lens import TokenLens
 from retriever.lexical import BM25_DIR, STEMMER_LANGUAGE, STOPWORDS, BM25Builder
 from retriever.manifest import (
@@ -849,7 +850,7 @@ def _check_filter_size(spec: FilterSpec, model: str, revision: str | None) -> No
 
 def _check_plan(plan: IndexPlan) -> None:
     """Checks that need no model: search parameters must fit the index type."""
-    import faiss
+    from retriever.faiss_install import faiss
 
     if not plan.dense:
         return

@@ -144,3 +144,15 @@ def synthetic_docs(n: int, *, seed: int = 0, prefix: str = "s") -> list[dict]:
         }
         for i in range(n)
     ]
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """``gpu`` tests run where faiss-gpu sees a GPU, and say why they are skipped elsewhere."""
+    from retriever.faiss_gpu import gpu_count
+
+    if gpu_count():
+        return
+    skip = pytest.mark.skip(reason="needs a GPU that faiss sees (faiss-gpu on a GPU machine)")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)

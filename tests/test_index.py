@@ -52,7 +52,7 @@ def test_bad_factory_string_and_untrainable_index() -> None:
 
 
 def test_asking_for_a_gpu_without_one_is_an_error() -> None:
-    from retriever.index import gpu_count
+    from retriever.faiss_gpu import gpu_count
 
     if gpu_count():
         pytest.skip("a GPU is present")  # the refusal can only be seen without one
