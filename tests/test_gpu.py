@@ -237,3 +237,16 @@ def test_gpu_ivfpq_with_48_byte_codes_runs_on_the_gpu() -> None:
     index = build_faiss_index(_unit(20_000, 576), "IVF64,PQ48", use_gpu=False)
     placed = place(index, True, "search")
     assert placed.on_gpu and "float16" in placed.where
+
+
+def test_queries_are_encoded_in_the_dtype_the_index_was_built_with(
+    tiny_model: Path, tmp_path: Path
+) -> None:
+    import torch
+
+    from tests.conftest import synthetic_docs, write_jsonl
+
+    corpus = write_jsonl(tmp_path / "docs.jsonl", synthetic_docs(12))
+    index = build_index(corpus, tmp_path / "bf16", model=str(tiny_model), dtype="bfloat16")
+    assert Searcher.load(index).encoder.dtype == torch.bfloat16
+    assert Searcher.load(index, dtype="float32").encoder.dtype == torch.float32
