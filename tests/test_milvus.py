@@ -124,8 +124,16 @@ def milvus_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         port = probe.getsockname()[1]
     data = tmp_path_factory.mktemp("milvus-server")
     server = subprocess.Popen(
-        [sys.executable, "-m", "milvus_lite", "server", "--data-dir", str(data), "--port",
-         str(port)],
+        [
+            sys.executable,
+            "-m",
+            "milvus_lite",
+            "server",
+            "--data-dir",
+            str(data),
+            "--port",
+            str(port),
+        ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
@@ -161,7 +169,11 @@ def test_a_server_collection_answers_like_faiss_and_changes_by_generation(
 ) -> None:
     corpus = write_jsonl(tmp_path / "docs.jsonl", synthetic_docs(200, seed=5))
     index = _build(
-        tiny_model, corpus, tmp_path / "served", backend="milvus", milvus_uri=milvus_server,
+        tiny_model,
+        corpus,
+        tmp_path / "served",
+        backend="milvus",
+        milvus_uri=milvus_server,
         collection="served",
     )
     described = json.loads((index / "manifest.json").read_text())["index"]["backend"]
@@ -198,10 +210,23 @@ def test_a_server_collection_answers_like_faiss_and_changes_by_generation(
     # Another index may not take the name; a rebuild of this one may, and a FAISS rebuild
     # of this path lets go of the server's collections.
     with pytest.raises(RetrieverError, match="another index uses"):
-        _build(tiny_model, extra, tmp_path / "other", backend="milvus",
-               milvus_uri=milvus_server, collection="served")
-    _build(tiny_model, extra, index, backend="milvus", milvus_uri=milvus_server,
-           collection="served", overwrite=True)
+        _build(
+            tiny_model,
+            extra,
+            tmp_path / "other",
+            backend="milvus",
+            milvus_uri=milvus_server,
+            collection="served",
+        )
+    _build(
+        tiny_model,
+        extra,
+        index,
+        backend="milvus",
+        milvus_uri=milvus_server,
+        collection="served",
+        overwrite=True,
+    )
     fourth = json.loads((index / "manifest.json").read_text())["index"]["backend"]["collection"]
     assert _server_state(milvus_server, "served") == (fourth, [fourth])
     _build(tiny_model, extra, index, overwrite=True)
@@ -219,8 +244,14 @@ def test_a_failed_build_leaves_no_collection_on_the_server(
     monkeypatch.setattr(indexing, "_write_manifest", fail)
     corpus = write_jsonl(tmp_path / "docs.jsonl", synthetic_docs(20))
     with pytest.raises(RetrieverError, match="injected"):
-        _build(tiny_model, corpus, tmp_path / "x", backend="milvus", milvus_uri=milvus_server,
-               collection="failed")
+        _build(
+            tiny_model,
+            corpus,
+            tmp_path / "x",
+            backend="milvus",
+            milvus_uri=milvus_server,
+            collection="failed",
+        )
     assert _server_state(milvus_server, "failed") == (None, [])
     assert not (tmp_path / "x").exists()
 
@@ -234,5 +265,11 @@ def test_a_collection_made_by_someone_else_is_refused(
     client.create_collection("theirs", dimension=8)
     client.close()
     with pytest.raises(RetrieverError, match="'theirs' not made by retriever"):
-        _build(tiny_model, toy_corpus, tmp_path / "x", backend="milvus",
-               milvus_uri=milvus_server, collection="theirs")
+        _build(
+            tiny_model,
+            toy_corpus,
+            tmp_path / "x",
+            backend="milvus",
+            milvus_uri=milvus_server,
+            collection="theirs",
+        )
