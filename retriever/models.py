@@ -56,15 +56,23 @@ def cache_dir() -> Path:
 
 def resolve_model(name: str, revision: str | None = None) -> ResolvedModel:
     """Turn a model name (bundled alias, local folder or hub id) into a local folder."""
+    local = Path(name).expanduser()
     if name in BUNDLED_MODELS:
         path, revision = _bundled_model_folder(name)
-    elif Path(name).expanduser().is_dir():
-        path = Path(name).expanduser().resolve()
+    elif local.is_file() and local.suffix == ".gguf":
+        path, revision = _gguf_model_folder(local.resolve())
+    elif local.is_dir():
+        path = local.resolve()
         if not (path / "config.json").is_file():
-            raise RetrieverError(
-                f"model folder {path} has no config.json: give a transformers model folder "
-                f"(config, weights, tokenizer), a hub id, or {DEFAULT_MODEL!r}"
-            )
+            ggufs = sorted(path.glob("*.gguf"))
+            if len(ggufs) != 1:
+                raise RetrieverError(
+                    f"model folder {path} has no config.json"
+                    + (f" and {len(ggufs)} .gguf files (name one)" if ggufs else "")
+                    + ": give a transformers model folder (config, weights, tokenizer), a "
+                    f".gguf file, a hub id, or {DEFAULT_MODEL!r}"
+                )
+            path, revision = _gguf_model_folder(ggufs[0])
     else:
         path, revision = _hub_snapshot(name, revision)
     return ResolvedModel(
@@ -157,6 +165,33 @@ def _bundled_model_folder(alias: str) -> tuple[Path, str]:
     return target, revision
 
 
+def _gguf_model_folder(gguf_path: Path) -> tuple[Path, str]:
+    """The converted safetensors folder of a GGUF file, converting on first use; keyed by
+    the file's content, so a changed file is converted again."""
+    digest = file_sha256(gguf_path)
+    target = cache_dir() / "models" / f"gguf-{digest[:16]}"
+    if not (target / "config.json").is_file():
+        logger.info("converting %s to safetensors in %s, once", gguf_path, target)
+        _convert_gguf(gguf_path, target)
+    return target, f"gguf:{gguf_path.name}@sha256:{digest}"
+
+
+def file_sha256(path: Path) -> str:
+    """SHA-256 of one file, memoised like :func:`weights_sha256`."""
+    stat = path.stat()
+    key = hashlib.sha256(json.dumps([str(path), stat.st_size, stat.st_mtime_ns]).encode())
+    memo = cache_dir() / "file-sha256" / key.hexdigest()
+    if memo.is_file():
+        return memo.read_text().strip()
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 24), b""):
+            digest.update(block)
+    memo.parent.mkdir(parents=True, exist_ok=True)
+    memo.write_text(digest.hexdigest())
+    return digest.hexdigest()
+
+
 def _convert_gguf(gguf_path: Path, target: Path) -> None:
     """Dequantise a GGUF checkpoint into a plain safetensors folder.
 
@@ -166,8 +201,19 @@ def _convert_gguf(gguf_path: Path, target: Path) -> None:
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     folder, file = str(gguf_path.parent), gguf_path.name
-    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=file)
-    gguf_model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=file, dtype=torch.float32)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=file)
+        gguf_model = AutoModelForCausalLM.from_pretrained(
+            folder, gguf_file=file, dtype=torch.float32
+        )
+    # transformers reads a fixed list of GGUF architectures and tokenizers; anything else
+    # (or a file that is not GGUF) surfaces as one of several exception types.
+    except Exception as exc:
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise RetrieverError(
+            f"cannot convert {gguf_path}: {detail} (transformers reads GGUF files of the "
+            "architectures it lists in transformers.integrations.ggml)"
+        ) from None
     config_dict = gguf_model.config.to_dict()
     config_dict.pop("quantization_config", None)
     config = type(gguf_model.config).from_dict(config_dict)
