@@ -47,6 +47,7 @@ from retriever.lexical import BM25Index
 from retriever.manifest import folder_bytes, library_versions
 from retriever.sparse import KeyTokenIndex
 from retriever.store import cached_embeddings, encode_corpus
+from retriever.tuning import cross_validate_fusion
 
 logger = logging.getLogger(__name__)
 
@@ -67,12 +68,15 @@ class BenchSettings:
     # Also measure this project's refinement (edge band, mean direction removed).
     mean_direction: bool = True
     # Key-token sparse rows (one per unfiltered / edge / nomean variant), BM25, and
-    # hybrids of the edge filter at `hybrid_tau` with each, fused every way.
+    # hybrids of the best dense variant (nomean, else edge) at `hybrid_tau` with each,
+    # fused every way at fixed settings and with the setting chosen by `cv_folds`-fold
+    # cross-validation over the queries (retriever.tuning).
     sparse: bool = True
     sparse_spec: SparseSpec = field(default_factory=SparseSpec)
     bm25: bool = True
     hybrid_tau: float = 2
     fusions: tuple[str, ...] = FUSIONS
+    cv_folds: int = 5
     alignment: bool = True
     k: int = 100
     fit_sample: int = 100_000
@@ -123,7 +127,12 @@ def build_variants(
     )
     sample = documents[np.sort(sample_rows)]
     variants = [
-        Variant("unfiltered", None, 1, EmbedFilter.from_unembedding(spectrum, FilterSpec(tau=1)))
+        Variant(
+            "unfiltered",
+            None,
+            1,
+            EmbedFilter.from_unembedding(spectrum, FilterSpec(tau=1, remove_mean_direction=False)),
+        )
     ]
     for tau in settings.taus:
         spec = FilterSpec(tau=tau)
@@ -140,7 +149,7 @@ def build_variants(
         if tau == 1:
             continue
         for band in settings.bands:
-            banded = FilterSpec(tau=tau, band=band, seed=settings.seed)
+            banded = FilterSpec(tau=tau, band=band, seed=settings.seed, remove_mean_direction=False)
             variants.append(
                 Variant("embedfilter", band, tau, EmbedFilter.from_unembedding(spectrum, banded))
             )
@@ -350,7 +359,8 @@ def _sparse_and_hybrid_rows(
     lexical: LexicalInputs,
 ) -> list[tuple[dict[str, Any], Run]]:
     """Key-token sparse rows from the unfiltered, edge and nomean variants; BM25; and the
-    edge filter at ``hybrid_tau`` fused with its sparse index and with BM25."""
+    best dense variant at ``hybrid_tau`` (nomean when measured, else edge) fused with its
+    sparse index and with BM25: at fixed settings, and cross-validated."""
     scored = []
 
     def add(retrieval: Retrieval, **labels: Any) -> None:
@@ -386,7 +396,12 @@ def _sparse_and_hybrid_rows(
             dim=variant.projection.dim,
             index_type=kind,
         )
-        if is_edge and variant.tau == settings.hybrid_tau:
+        hybrid_method = "embedfilter-nomean" if settings.mean_direction else "embedfilter"
+        if (
+            variant.method == hybrid_method
+            and variant.band in ("edge", None)
+            and variant.tau == settings.hybrid_tau
+        ):
             hybrid_parts["keytokens"] = sparse
             hybrid_parts["dense"] = dense_retrieval(
                 variant.projection.transform(documents),
@@ -412,7 +427,55 @@ def _sparse_and_hybrid_rows(
                     index_type=f"{settings.index_types[0]} + {other}",
                     fusion=fusion,
                 )
+            if other in hybrid_parts and settings.cv_folds:
+                retrieval, folds = cross_validated_retrieval(
+                    hybrid_parts["dense"], hybrid_parts[other], query_ids, doc_ids, qrels, settings
+                )
+                add(
+                    retrieval,
+                    family="hybrid",
+                    method=f"dense+{other}",
+                    source=hybrid_variant.method,
+                    band=hybrid_variant.band,
+                    tau=hybrid_variant.tau,
+                    dim=hybrid_variant.projection.dim,
+                    index_type=f"{settings.index_types[0]} + {other}",
+                    fusion=f"cv-{settings.cv_folds}fold",
+                    cv_folds=folds,
+                )
     return scored
+
+
+def cross_validated_retrieval(
+    dense: Retrieval,
+    other: Retrieval,
+    query_ids: list[str],
+    doc_ids: list[str],
+    qrels: dict[str, dict[str, int]],
+    settings: BenchSettings,
+) -> tuple[Retrieval, list[dict[str, Any]]]:
+    """The two lists fused with the setting k-fold cross-validation picks per fold (see
+    retriever.tuning); costs one fusion per query, like the fixed-setting hybrids."""
+    candidates = [
+        [{doc_ids[row]: score for row, score in found} for found in part.ranked]
+        for part in (dense, other)
+    ]
+    chosen = cross_validate_fusion(
+        query_ids, *candidates, qrels, folds=settings.cv_folds, k=settings.k, seed=settings.seed
+    )
+    row_of = {doc_id: row for row, doc_id in enumerate(doc_ids)}
+    ranked = [
+        [(row_of[doc], score) for doc, score in chosen.run.get(query_id, {}).items()]
+        for query_id in query_ids
+    ]
+    timed = hybrid_retrieval(dense, other, "weighted", settings)
+    folds = [{**fold, "fold": n} for n, fold in enumerate(chosen.folds)]
+    return (
+        Retrieval(
+            ranked, timed.batch_seconds, timed.single, timed.index_bytes, timed.build_seconds
+        ),
+        folds,
+    )
 
 
 def alignment_report(
@@ -426,10 +489,12 @@ def alignment_report(
     """Alignment metrics of the documents, raw and through each edge / nomean filter,
     with the top tokens of the first few documents as examples."""
     entries = []
-    filters = [("raw", None, 1.0, FilterSpec(tau=1))]
+    filters = [("raw", None, 1.0, FilterSpec(tau=1, remove_mean_direction=False))]
     for tau in settings.taus:
         if tau > 1:
-            filters.append(("embedfilter", "edge", tau, FilterSpec(tau=tau)))
+            filters.append(
+                ("embedfilter", "edge", tau, FilterSpec(tau=tau, remove_mean_direction=False))
+            )
         if settings.mean_direction:
             refined = FilterSpec(tau=tau, remove_mean_direction=True)
             filters.append(("embedfilter-nomean", "edge", tau, refined))
@@ -693,7 +758,9 @@ def _bench_setting(
             )
 
     unfiltered = next(r for r in rows if r["method"] == "unfiltered")
-    normalised = EmbedFilter.from_unembedding(spectrum, FilterSpec(tau=1))
+    normalised = EmbedFilter.from_unembedding(
+        spectrum, FilterSpec(tau=1, remove_mean_direction=False)
+    )
     beir, beir_seconds = beir_cross_check(
         normalised.transform(documents),
         normalised.transform(queries),

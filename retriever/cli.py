@@ -332,9 +332,13 @@ def _build_parser() -> argparse.ArgumentParser:
     filtering.add_argument("--seed", type=int, default=0, help="seed of --band rand")
     filtering.add_argument(
         "--remove-mean-direction",
-        action="store_true",
+        action=argparse.BooleanOptionalAction,
+        default=None,
         help="after the band, also project out the direction of the mean unembedding row "
-        "seen through the filter (data-free refinement; see benchmarks/)",
+        "seen through the filter: this project's data-free refinement, the best data-free "
+        "variant measured on SciFact (nDCG@10 0.310 vs 0.248, mean pooling, tau 2). "
+        "--no-remove-mean-direction builds the paper's exact EmbedFilter (default: on, "
+        "except at --tau 1, the unfiltered baseline)",
     )
 
     faiss_group = index.add_argument_group("dense index (FAISS or Milvus)")
@@ -641,9 +645,20 @@ def _build_parser() -> argparse.ArgumentParser:
         "--hybrid-tau",
         type=float,
         default=2,
-        help="the edge filter whose dense index the hybrids fuse (default: %(default)s)",
+        help="tau of the dense index the hybrids fuse: the best dense variant measured "
+        "(edge, mean direction removed; plain edge with --no-mean-direction) "
+        "(default: %(default)s)",
     )
     _add_fusion_list_option(lexical)
+    lexical.add_argument(
+        "--cv-folds",
+        type=int,
+        default=5,
+        metavar="N",
+        help="also fuse each hybrid with the setting (weighted or RRF, weight, RRF k) chosen "
+        "by N-fold cross-validation over the queries, so no query is scored with a setting "
+        "tuned on its own labels; 0 skips it (default: %(default)s)",
+    )
     lexical.add_argument(
         "--no-alignment",
         action="store_true",
@@ -1055,6 +1070,7 @@ def _run_bench(args: argparse.Namespace, argv: Sequence[str]) -> int:
         sparse_spec=SparseSpec(args.sparse_doc_tokens, args.sparse_query_tokens),
         bm25=not args.no_bm25,
         hybrid_tau=args.hybrid_tau,
+        cv_folds=args.cv_folds,
         fusions=tuple(_comma_list(args.fusion)),
         alignment=not args.no_alignment,
         k=args.k,

@@ -69,6 +69,12 @@ class FilterSpec:
     ``band`` is ``edge``, ``head``, ``tail`` or ``rand``; ``start`` overrides it with an
     explicit first row. ``tau == 1`` (or ``dim == d``) is the identity: the unfiltered
     baseline.
+
+    ``remove_mean_direction`` (this project's data-free refinement, method.md section 3)
+    is on by default: it is the best data-free variant measured on SciFact (nDCG@10 0.310
+    against the paper's exact EmbedFilter 0.248, mean pooling, tau 2). ``False`` gives the
+    paper's EmbedFilter; ``None`` means the default, off at ``tau == 1`` so that tau 1
+    stays the unfiltered baseline.
     """
 
     tau: float | None = None
@@ -76,13 +82,15 @@ class FilterSpec:
     band: str = "edge"
     start: int | None = None
     seed: int = 0
-    # This project's data-free refinement: after the band, project out the direction of
-    # the mean unembedding row seen through the filter (method.md section 3).
-    remove_mean_direction: bool = False
+    # After the band, project out the direction of the mean unembedding row seen through
+    # the filter (see the docstring).
+    remove_mean_direction: bool | None = None
 
     def __post_init__(self) -> None:
         if self.tau is None and self.dim is None:
             object.__setattr__(self, "tau", 2.0)
+        if self.remove_mean_direction is None:
+            object.__setattr__(self, "remove_mean_direction", self.tau != 1)
         if self.tau is not None and self.dim is not None:
             raise RetrieverError("give exactly one of --tau and --dim")
         if self.tau is not None and not (self.tau >= 1 and math.isfinite(self.tau)):
@@ -112,6 +120,8 @@ class FilterSpec:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> FilterSpec:
+        # Manifests written before the default changed always hold the field, so a
+        # stored spec never silently picks up the new default.
         return cls(**{f.name: data[f.name] for f in fields(cls) if f.name in data})
 
 

@@ -137,6 +137,14 @@ class EmbedFilter:
         return int(self.matrix.shape[1])
 
     @property
+    def name(self) -> str:
+        """``unfiltered``, ``embedfilter`` (the paper's) or ``embedfilter-nomean`` (the
+        default: mean direction removed)."""
+        if self.is_identity:
+            return "unfiltered"
+        return "embedfilter-nomean" if self.spec.remove_mean_direction else "embedfilter"
+
+    @property
     def is_identity(self) -> bool:
         return self.dim == self.model_dim and not self.spec.remove_mean_direction
 
@@ -157,6 +165,7 @@ class EmbedFilter:
         rows = self.rows.tolist()
         contiguous = rows == list(range(rows[0], rows[0] + len(rows)))
         return {
+            "name": self.name,
             "spec": self.spec.to_dict(),
             "model_dim": self.model_dim,
             "dim": self.dim,

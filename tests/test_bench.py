@@ -107,7 +107,7 @@ def test_sparse_bm25_and_hybrid_rows(bench_out: Path) -> None:
     rows = json.loads((bench_out / "results.json").read_text())
     others = [r for r in rows if r["family"] != "dense" and r["pooling"] == "mean"]
     # Key tokens from the unfiltered, nomean (3 taus) and edge (2 taus) vectors; BM25; and
-    # the edge tau-2 dense index fused with each, both ways.
+    # the best dense variant (nomean, tau 2) fused with each, both ways and cross-validated.
     assert [(r["method"], r["source"], r["tau"], r["fusion"]) for r in others] == [
         ("keytokens", "unfiltered", 1, None),
         ("keytokens", "embedfilter-nomean", 1, None),
@@ -116,11 +116,21 @@ def test_sparse_bm25_and_hybrid_rows(bench_out: Path) -> None:
         ("keytokens", "embedfilter-nomean", 4, None),
         ("keytokens", "embedfilter", 4, None),
         ("bm25", None, None, None),
-        ("dense+keytokens", "embedfilter", 2, "rrf"),
-        ("dense+keytokens", "embedfilter", 2, "weighted"),
-        ("dense+bm25", "embedfilter", 2, "rrf"),
-        ("dense+bm25", "embedfilter", 2, "weighted"),
+        ("dense+keytokens", "embedfilter-nomean", 2, "rrf"),
+        ("dense+keytokens", "embedfilter-nomean", 2, "weighted"),
+        ("dense+keytokens", "embedfilter-nomean", 2, "cv-5fold"),
+        ("dense+bm25", "embedfilter-nomean", 2, "rrf"),
+        ("dense+bm25", "embedfilter-nomean", 2, "weighted"),
+        ("dense+bm25", "embedfilter-nomean", 2, "cv-5fold"),
     ]
+    judged = set(load_qrels(SHARED_SCIFACT))
+    for cv in (r for r in others if r["fusion"] == "cv-5fold"):
+        held_out = [q for fold in cv["cv_folds"] for q in fold["held_out"]]
+        assert len(held_out) == len(set(held_out)) and set(held_out) <= judged
+        assert all(
+            fold["train_queries"] + fold["held_out_queries"] == len(held_out)
+            for fold in cv["cv_folds"]
+        )
     keytokens = {(r["source"], r["tau"]): r for r in others if r["method"] == "keytokens"}
     bm25 = next(r for r in others if r["method"] == "bm25")
     for row in others:
@@ -134,7 +144,7 @@ def test_sparse_bm25_and_hybrid_rows(bench_out: Path) -> None:
         r
         for r in rows
         if r["family"] == "dense"
-        and r["method"] == "embedfilter"
+        and r["method"] == "embedfilter-nomean"
         and r["band"] == "edge"
         and r["tau"] == 2
         and r["index_type"] == "Flat"

@@ -58,7 +58,7 @@ def test_right_singular_vectors_equal_svd_up_to_sign(unembedding: np.ndarray) ->
 
 @pytest.mark.parametrize("tau", [2, 4, 8])
 def test_filter_rows_are_orthonormal(unembedding: np.ndarray, tau: int) -> None:
-    f = EmbedFilter.from_unembedding(unembedding, FilterSpec(tau=tau))
+    f = EmbedFilter.from_unembedding(unembedding, FilterSpec(tau=tau, remove_mean_direction=False))
     assert f.matrix.shape == (576 // tau, 576)
     np.testing.assert_allclose(f.matrix @ f.matrix.T, np.eye(576 // tau), atol=1e-5)
 
@@ -66,7 +66,7 @@ def test_filter_rows_are_orthonormal(unembedding: np.ndarray, tau: int) -> None:
 def test_filtered_dot_products_equal_the_projection_in_model_space(
     unembedding: np.ndarray,
 ) -> None:
-    f = EmbedFilter.from_unembedding(unembedding, FilterSpec(tau=2))
+    f = EmbedFilter.from_unembedding(unembedding, FilterSpec(tau=2, remove_mean_direction=False))
     h = np.random.default_rng(1).standard_normal((5, 576)).astype(np.float32)
     projection = f.matrix.T @ f.matrix  # F^T F, d x d
     np.testing.assert_allclose(
@@ -87,7 +87,7 @@ def test_tau_one_is_the_unfiltered_baseline(unembedding: np.ndarray) -> None:
 
 
 def test_transform_normalises_and_checks_width(unembedding: np.ndarray) -> None:
-    f = EmbedFilter.from_unembedding(unembedding, FilterSpec(tau=4))
+    f = EmbedFilter.from_unembedding(unembedding, FilterSpec(tau=4, remove_mean_direction=False))
     out = f.transform(np.random.default_rng(3).standard_normal((3, 576)))
     np.testing.assert_allclose(np.linalg.norm(out, axis=1), 1.0, rtol=1e-5)
     with pytest.raises(ValueError, match="shape"):
@@ -132,3 +132,24 @@ def test_invalid_specs_are_refused(kwargs: dict, message: str) -> None:
 def test_sizes_out_of_range_for_the_model(spec: FilterSpec, message: str) -> None:
     with pytest.raises(RetrieverError, match=message):
         band_rows(spec, 576)
+
+
+def test_the_default_filter_removes_the_mean_direction_and_is_named() -> None:
+    from retriever.config import FilterSpec
+
+    assert FilterSpec().remove_mean_direction is True
+    assert FilterSpec(tau=4).remove_mean_direction is True
+    assert FilterSpec(tau=1).remove_mean_direction is False  # tau 1: the unfiltered baseline
+    assert FilterSpec(remove_mean_direction=False).remove_mean_direction is False
+    assert FilterSpec.from_dict(FilterSpec(remove_mean_direction=False).to_dict()) == FilterSpec(
+        remove_mean_direction=False
+    )
+    unembedding = np.random.default_rng(0).standard_normal((200, 16)).astype(np.float32)
+    names = {
+        spec: EmbedFilter.from_unembedding(unembedding, spec).name
+        for spec in (FilterSpec(), FilterSpec(remove_mean_direction=False), FilterSpec(tau=1))
+    }
+    assert list(names.values()) == ["embedfilter-nomean", "embedfilter", "unfiltered"]
+    assert EmbedFilter.from_unembedding(unembedding, FilterSpec()).describe()["name"] == (
+        "embedfilter-nomean"
+    )
