@@ -263,7 +263,13 @@ def _build_parser() -> argparse.ArgumentParser:
         prog="retriever",
         description="Dense retrieval with LLM embeddings and an EmbedFilter-reduced FAISS index.",
     )
-    parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
+    parser.add_argument(
+        "-q",
+        "--quiet",
+        action="store_true",
+        help="only warnings and errors: no info lines, no progress bars (also accepted after "
+        "the command)",
+    )
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     index = commands.add_parser(
@@ -694,6 +700,16 @@ def _build_parser() -> argparse.ArgumentParser:
         default="10000,100000,1000000",
         help="comma list of collection sizes for --scaling (default: %(default)s)",
     )
+    for command in commands.choices.values():
+        # Also after the subcommand (`retriever search ... -q`); SUPPRESS keeps a -q given
+        # before it.
+        command.add_argument(
+            "-q",
+            "--quiet",
+            action="store_true",
+            default=argparse.SUPPRESS,
+            help="only warnings and errors: no info lines, no progress bars",
+        )
     return parser
 
 
@@ -944,9 +960,11 @@ def _run_search(args: argparse.Namespace) -> int:
             record["shared_tokens"] = [token.to_dict() for token in tokens]
         print(json.dumps(records, ensure_ascii=False, indent=2))
         return 0
+    # Reciprocal-rank scores are sums of 1/(60 + rank): they differ in the 5th decimal.
+    digits = 6 if "+" in (args.method or "") and args.fusion == "rrf" else 4
     for rank, hit in enumerate(hits, start=1):
         snippet = " ".join(hit.text.split())
-        print(f"{rank:>3}. {hit.score:.4f}  {hit.id}  {hit.title}")
+        print(f"{rank:>3}. {hit.score:.{digits}f}  {hit.id}  {hit.title}")
         if snippet:
             print(f"     {snippet[:160]}{'...' if len(snippet) > 160 else ''}")
         if shared is not None:
@@ -1131,16 +1149,17 @@ def _run_bench(args: argparse.Namespace, argv: Sequence[str]) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = _build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=logging.WARNING if args.quiet else logging.INFO,
-        format="[retriever] %(message)s",
-    )
+    level = logging.WARNING if args.quiet else logging.INFO
+    logging.basicConfig(level=level, format="[retriever] %(message)s")
+    # Also set here: basicConfig does nothing when logging is already configured (a host
+    # program, a test run), and progress bars follow this logger's level.
+    logging.getLogger("retriever").setLevel(level)
     # Third-party chatter (faiss's loader, transformers' load reports, BEIR's metric
     # printout in the bench cross-check) would drown the few lines that matter.
     logging.getLogger("faiss.loader").setLevel(logging.WARNING)
     logging.getLogger("transformers").setLevel(logging.ERROR)
     logging.getLogger("beir").setLevel(logging.WARNING)
-    for chatty in ("milvus_lite", "pymilvus", "ray"):
+    for chatty in ("milvus_lite", "pymilvus", "ray", "bm25s"):
         logging.getLogger(chatty).setLevel(logging.WARNING)
     # Milvus Lite's in-process server lacks AllocTimestamp; pymilvus asks, is refused and
     # carries on, but the server side logs the refusal as an error with a traceback.

@@ -122,7 +122,7 @@ def encode_with_ray(
     ``encoder_spec`` holds :meth:`Encoder.load`'s arguments (the actors load the model
     themselves); call :func:`connect` first.
     """
-    from tqdm.auto import tqdm
+    from retriever.progress import progress_bar
 
     ray = import_ray()
     index, total = slice_
@@ -165,7 +165,7 @@ def encode_with_ray(
         # (max_restarts = max_task_retries = -1); shards are idempotent, so that is safe.
     )
     size = sum(min(store.chunk_size, store.count - c * store.chunk_size) for c in todo)
-    with tqdm(total=size, desc="encoding (ray)", unit="doc", disable=not show_progress) as bar:
+    with progress_bar(total=size, desc="encoding (ray)", unit="doc", show=show_progress) as bar:
         for row in encoded.iter_rows():
             bar.update(int(row["count"]))
     missing = [c for c in todo if store.shard(c) is None]

@@ -59,7 +59,9 @@ def write_trec_run(run: Run, path: str | Path, tag: str = "retriever") -> Path:
     for query_id, scores in run.items():
         ranked = sorted(scores.items(), key=lambda item: -item[1])
         lines += [
-            f"{query_id} Q0 {doc_id} {rank} {score:.6f} {tag}\n"
+            # Nine significant digits: reciprocal-rank sums differ in the 7th decimal, and
+            # a rounded tie would let trec_eval reorder the list.
+            f"{query_id} Q0 {doc_id} {rank} {score:.9g} {tag}\n"
             for rank, (doc_id, score) in enumerate(ranked, start=1)
         ]
     opener = gzip.open if path.suffix == ".gz" else open

@@ -232,6 +232,9 @@ class _PartsWriter:
         removed_keys = np.array([key for key, _ in self.removed], dtype=np.int64)
         docstore = DocStore.open(self.staging / DOCSTORE_DIR)
         counts = {"docstore": len(docstore)}
+        logger.info(
+            "docstore: %d documents, %s", counts["docstore"], _size(self.staging / DOCSTORE_DIR)
+        )
         if self.dense is not None:
             self._timed("index", lambda: self.dense.remove(removed_keys))
             self.dense.set_search_params(self.plan.search_params.faiss())
@@ -259,9 +262,16 @@ class _PartsWriter:
             bm25 = self._timed("bm25", builder.finish)
             bm25.save(self.staging / BM25_DIR)
             counts["bm25"] = bm25.num_documents
+            logger.info(
+                "BM25 index: %d documents, %s", bm25.num_documents, _size(self.staging / BM25_DIR)
+            )
         docstore.close()
         shutil.rmtree(self.staging / _SCRATCH, ignore_errors=True)
         return counts
+
+
+def _size(path: Path) -> str:
+    return f"{folder_bytes(path) / 2**20:.1f} MiB"
 
 
 def _batched(items: Iterable[Any], size: int) -> Iterator[list[Any]]:

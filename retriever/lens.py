@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import cached_property
+from functools import cached_property, lru_cache
 from typing import Any
 
 import numpy as np
@@ -22,6 +22,9 @@ from retriever.errors import RetrieverError
 
 # Rows of logits scored at once: bounds memory at ~50 MB for a 49k vocabulary.
 _ROWS_PER_BLOCK = 256
+# Ranked tokens searched for display words: enough that junk and sub-words ahead of them
+# (up to 90% of a raw top list) still leave the words asked for.
+_DISPLAY_DEPTH = 40
 
 
 @dataclass(frozen=True)
@@ -111,17 +114,32 @@ class TokenLens:
         return self._strings[token_id]
 
     def top_tokens(
-        self, embeddings: np.ndarray, space: str, top: int = 20
+        self, embeddings: np.ndarray, space: str, top: int = 20, *, words_only: bool = False
     ) -> list[list[AlignedToken]]:
-        """The ``top`` best-aligned tokens of each pooled embedding, best first."""
-        ids, scores = self.top_ids(self.vectors(embeddings, space), space, top)
-        return [
-            [
-                AlignedToken(int(t), self.token_string(t), float(s))
-                for t, s in zip(row_ids, row_scores, strict=True)
-            ]
-            for row_ids, row_scores in zip(ids, scores, strict=True)
-        ]
+        """The ``top`` best-aligned tokens of each pooled embedding, best first.
+
+        ``words_only`` keeps what a person should be shown: whole words (tokens that start
+        a word), no stopwords or punctuation, one token per word. It only filters the
+        ranking; scores and the index are untouched.
+        """
+        depth = top * _DISPLAY_DEPTH if words_only else top
+        ids, scores = self.top_ids(self.vectors(embeddings, space), space, depth)
+        stopwords = english_stopwords() if words_only else frozenset()
+        ranked = []
+        for row_ids, row_scores in zip(ids, scores, strict=True):
+            tokens, seen = [], set()
+            for t, score in zip(row_ids.tolist(), row_scores.tolist(), strict=True):
+                token = self.token_string(t)
+                if words_only:
+                    key = word_key(token)
+                    if not is_display_word(token, stopwords) or key in seen:
+                        continue
+                    seen.add(key)
+                tokens.append(AlignedToken(t, token, score))
+                if len(tokens) == top:
+                    break
+            ranked.append(tokens)
+        return ranked
 
 
 def word_key(token: str) -> str:
@@ -134,10 +152,25 @@ def is_junk(key: str, stopwords: frozenset[str]) -> bool:
     return not any(c.isalnum() for c in key) or key in stopwords
 
 
+@lru_cache(maxsize=1)
 def english_stopwords() -> frozenset[str]:
     from bm25s.stopwords import STOPWORDS_EN_PLUS
 
     return frozenset(STOPWORDS_EN_PLUS)
+
+
+def is_display_word(token: str, stopwords: frozenset[str]) -> bool:
+    """A token worth showing: it starts a word (a leading space in byte-level BPE, so not
+    a fragment such as "idisciplinary"), is made of letters (digits and inner hyphens
+    allowed), has two characters or more, and is not a stopword."""
+    key = word_key(token)
+    return (
+        token[:1].isspace()
+        and len(key) >= 2
+        and any(c.isalpha() for c in key)
+        and all(c.isalnum() or c == "-" for c in key)
+        and key not in stopwords
+    )
 
 
 def alignment_metrics(
@@ -160,7 +193,9 @@ def alignment_metrics(
     - ``local_alignment_rate``: mean over texts of ``|A_K & T| / |T|`` with ``K = |T|``;
     - ``global_alignment_rate``: ``|union(A_K & T)| / |union(T)|`` over the whole set:
       the share of the collection's distinct words that some text containing them aligns;
-    - ``junk_at_10``: share of the ``A_10`` words that are stopwords or punctuation.
+    - ``junk_at_10``: share of the ``A_10`` words that are stopwords or punctuation;
+    - ``displayed_hit_at_10``: content Hit@10 of exactly what the lens shows a person (its
+      ``words_only`` top 10: whole words, no stopwords or punctuation).
     """
     if len(embeddings) != len(text_token_ids):
         raise ValueError("one list of token ids per embedding is needed")
@@ -172,6 +207,7 @@ def alignment_metrics(
     longest = max((len(words) for words in literal), default=0)
     # Enough ranked ids to find `longest` distinct words despite case and space variants.
     ids, _ = lens.top_ids(lens.vectors(embeddings, space), space, 3 * max(longest, hit_at) + 10)
+    displayed = lens.top_tokens(embeddings, space, hit_at, words_only=True)
     hits, content_hits, local, junk = [], [], [], []
     aligned_union: set[str] = set()
     literal_union: set[str] = set()
@@ -194,4 +230,14 @@ def alignment_metrics(
         "local_alignment_rate": float(np.mean(local)) if local else 0.0,
         "global_alignment_rate": len(aligned_union) / len(literal_union) if literal_union else 0.0,
         f"junk_at_{hit_at}": float(np.mean(junk)) if junk else 0.0,
+        f"displayed_hit_at_{hit_at}": float(
+            np.mean(
+                [
+                    bool(words.intersection(word_key(t.token) for t in shown))
+                    for words, shown in zip(literal, displayed, strict=True)
+                ]
+            )
+        )
+        if literal
+        else 0.0,
     }

@@ -7,6 +7,7 @@ a tokenizer, with a content hash of the weights that the index manifest pins.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.metadata
 import json
@@ -14,6 +15,7 @@ import logging
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -276,9 +278,31 @@ def load_model(
     Decoder LLMs load with their LM head (whose weights are the unembedding matrix);
     encoder-only or embedding checkpoints without one fall back to ``AutoModel``.
     """
+    path = str(resolved.path)
+    with _quiet_transformers_bars():
+        return _load_model(resolved, path, dtype, device)
+
+
+@contextlib.contextmanager
+def _quiet_transformers_bars() -> Iterator[None]:
+    """transformers draws a "Loading weights" bar on every load; after the one-time
+    conversion a load takes under a second, so the bar is noise on every search."""
+    from transformers.utils import logging as hf_logging
+
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
+
+
+def _load_model(
+    resolved: ResolvedModel, path: str, dtype: torch.dtype, device: torch.device
+) -> tuple[Any, Any]:
     from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer
 
-    path = str(resolved.path)
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
     except (OSError, ValueError) as exc:

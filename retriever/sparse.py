@@ -17,11 +17,11 @@ from typing import Any
 
 import numpy as np
 import scipy.sparse as sp
-from tqdm.auto import tqdm
 
 from retriever.config import SparseSpec
 from retriever.errors import RetrieverError
 from retriever.lens import TokenLens
+from retriever.progress import progress_bar
 
 SPARSE_DIR = "sparse"
 POSTINGS_FILE = "postings.npz"
@@ -65,7 +65,7 @@ class KeyTokenIndex:
         with tempfile.TemporaryDirectory(prefix="retriever-sparse-") as scratch:
             builder = KeyTokenIndexBuilder(lens, spec, Path(scratch))
             blocks = range(0, len(vectors), _BUILD_BLOCK * 8)
-            for lo in tqdm(blocks, desc="key tokens", unit="block", disable=not show_progress):
+            for lo in progress_bar(blocks, desc="key tokens", unit="block", show=show_progress):
                 hi = lo + _BUILD_BLOCK * 8
                 builder.add(keys[lo:hi], vectors[lo:hi])
             return builder.finish()

@@ -413,7 +413,7 @@ def encode_to_store(
     Chunks already complete are skipped, so a rerun after a crash loses at most the chunk
     that was being encoded.
     """
-    from tqdm.auto import tqdm
+    from retriever.progress import progress_bar
 
     index, total = slice_
     mine = [c for c in range(store.num_chunks) if c % total == index]
@@ -430,8 +430,8 @@ def encode_to_store(
         return store
     size = sum(min(store.chunk_size, store.count - c * store.chunk_size) for c in mine)
     label = f"{index}/{total}"
-    with tqdm(
-        total=size, initial=done, desc="encoding", unit="doc", disable=not show_progress
+    with progress_bar(
+        total=size, initial=done, desc="encoding", unit="doc", show=show_progress
     ) as bar:
         for chunk, batch in chunked_documents(documents, store.chunk_size):
             if chunk not in todo:

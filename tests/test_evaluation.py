@@ -39,7 +39,12 @@ def test_trec_run_round_trip(tmp_path: Path) -> None:
         path = write_trec_run(RUN, tmp_path / name, tag="t")
         assert read_trec_run(path) == RUN
     first = (tmp_path / "run.trec").read_text().splitlines()[0]
-    assert first == "q1 Q0 a 1 3.000000 t"
+    assert first == "q1 Q0 a 1 3 t"
+    # Reciprocal-rank sums that differ in the 7th decimal stay apart in the file.
+    close = {"q": {"a": 1 / 61 + 1 / 62, "b": 1 / 61 + 1 / 62 + 2e-7, "c": 1 / 60}}
+    path = write_trec_run(close, tmp_path / "close.trec")
+    assert read_trec_run(path)["q"] == pytest.approx(close["q"], rel=1e-8)
+    assert len(set(read_trec_run(path)["q"].values())) == 3
 
 
 def test_judged_queries_and_empty_qrels() -> None:

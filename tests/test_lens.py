@@ -9,7 +9,7 @@ import pytest
 from retriever import EmbedFilter, FilterSpec
 from retriever.cli import main
 from retriever.errors import RetrieverError
-from retriever.lens import TokenLens, alignment_metrics, is_junk, word_key
+from retriever.lens import TokenLens, alignment_metrics, is_display_word, is_junk, word_key
 from retriever.models import load_model, resolve_model
 
 
@@ -106,8 +106,24 @@ def test_alignment_metrics_by_hand() -> None:
         "local_alignment_rate": 0.5,  # A: {cat, dog} in its top 2 words; B: "," is not bone
         "global_alignment_rate": pytest.approx(2 / 3),  # cat, dog of {cat, dog, bone}
         "junk_at_2": 0.25,  # A: none; B: ","
+        # Shown words start a word: A shows " Cat", " bone"; B shows " bone", " Cat".
+        "displayed_hit_at_2": 1.0,
     }
     assert word_key(" Cat") == "cat" and is_junk(",", frozenset()) and is_junk("the", {"the"})
+
+
+def test_displayed_tokens_are_whole_words_without_junk() -> None:
+    lens = identity_lens()
+    embedding = np.zeros((1, len(WORDS)), dtype=np.float32)
+    embedding[0, [3, 0, 2, 6, 5, 1]] = [1.0, 0.9, 0.8, 0.7, 0.6, 0.5]
+    assert [t.token for t in lens.top_tokens(embedding, "raw", 4)[0]] == [",", "the", "cat", " and"]
+    shown = lens.top_tokens(embedding, "raw", 4, words_only=True)[0]
+    assert [t.token for t in shown] == [" bone", " Cat"]  # all the words there are
+    assert shown[0].score / shown[1].score == pytest.approx(0.6 / 0.5)  # scores untouched
+    stop = frozenset({"the", "nor"})
+    assert is_display_word(" disease", stop) and is_display_word(" COVID-19", stop)
+    for token in ("idisciplinary", " ),", "=(", " nor", " x", " !).", "\n   "):
+        assert not is_display_word(token, stop), token
 
 
 def test_lens_cli_prints_raw_and_filtered_tokens(tiny_model: Path, tmp_path: Path, capsys) -> None:
