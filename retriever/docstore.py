@@ -24,6 +24,9 @@ _DOCS = b"docs"
 _IDS = b"ids"
 _INITIAL_MAP_SIZE = 64 << 20
 _DIGEST_MODULUS = 1 << 256
+# Every record opens with its id (``_encode`` writes ``_id`` first), so an id is read
+# from the record's head without decoding its text.
+_ID_HEAD = b'{"_id": "'
 # Read-only environments by (folder, inode of its data file); weak, so that an environment
 # closes as soon as no docstore holds it, and a rebuilt folder (new inode) opens afresh.
 _open_environments: weakref.WeakValueDictionary[tuple[str, int], lmdb.Environment] = (
@@ -59,6 +62,20 @@ def _decode(raw: bytes) -> Document:
         ) from None
 
 
+def _decode_id(raw: bytes) -> str:
+    end = raw.find(b'"', len(_ID_HEAD))
+    if raw.startswith(_ID_HEAD) and end >= 0:
+        escaped = raw[len(_ID_HEAD) : end]
+        # A backslash means JSON escapes (a quote in the id ends the slice early): those
+        # rare ids, and records in any other shape, take the full decode.
+        if b"\\" not in escaped:
+            try:
+                return escaped.decode("utf-8")
+            except UnicodeDecodeError:
+                pass
+    return _decode(raw).id
+
+
 def content_digest(documents: Iterable[Document]) -> int:
     """An order-free digest of a set of documents: the sum of their sha256 modulo 2^256.
 
@@ -85,6 +102,10 @@ class DocStore:
         self._env = env
         self._docs = env.open_db(_DOCS, create=False)
         self._ids = env.open_db(_IDS, create=False)
+        # Read-only and never changed in place (a change writes a new generation), so
+        # the count read once here stays true.
+        with env.begin(db=self._docs) as txn:
+            self._count = int(txn.stat(self._docs)["entries"])
 
     @staticmethod
     def write(
@@ -146,13 +167,19 @@ class DocStore:
         self.close()
 
     def __len__(self) -> int:
-        with self._env.begin(db=self._docs) as txn:
-            return txn.stat(self._docs)["entries"]
+        return self._count
 
     def get(self, key: int) -> Document:
         return self.get_many([key])[0]
 
     def get_many(self, keys: Sequence[int]) -> list[Document]:
+        return [_decode(raw) for raw in self._records(keys)]
+
+    def ids_of(self, keys: Sequence[int]) -> list[str]:
+        """The document ids of ``keys``, read without decoding the documents' text."""
+        return [_decode_id(raw) for raw in self._records(keys)]
+
+    def _records(self, keys: Sequence[int]) -> list[bytes]:
         with self._env.begin(db=self._docs) as txn:
             found = []
             for key in keys:
@@ -162,12 +189,8 @@ class DocStore:
                         f"the docstore has no document with key {key}: the index is "
                         "inconsistent; rebuild it"
                     )
-                found.append(_decode(raw))
+                found.append(raw)
             return found
-
-    def ids_of(self, keys: Sequence[int]) -> list[str]:
-        """The document ids of ``keys``."""
-        return [document.id for document in self.get_many(keys)]
 
     def key_of(self, doc_id: str) -> int | None:
         with self._env.begin(db=self._ids) as txn:

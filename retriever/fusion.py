@@ -79,10 +79,17 @@ def ranked_lists(
 ) -> list[list[tuple[int, float]]]:
     """Per query, the best ``k`` ``(row, score)`` pairs of one retriever's ``(scores, rows)``
     arrays, or of two retrievers' fused (rows < 0 pad short lists and are dropped)."""
+    if len(results) == 1:
+        scores, rows = results[0]
+        return [
+            _best(query_rows, query_scores, k)
+            for query_scores, query_rows in zip(scores.tolist(), rows.tolist(), strict=True)
+        ]
+    # Whole arrays to Python numbers at once: far cheaper than one numpy scalar per item.
     candidates = [
         [
-            {int(r): float(s) for r, s in zip(query_rows, query_scores, strict=True) if r >= 0}
-            for query_scores, query_rows in zip(scores, rows, strict=True)
+            {r: s for r, s in zip(query_rows, query_scores, strict=True) if r >= 0}
+            for query_scores, query_rows in zip(scores.tolist(), rows.tolist(), strict=True)
         ]
         for scores, rows in results
     ]
@@ -102,5 +109,18 @@ def rank_candidates(
     ranked = []
     for lists in zip(*candidates, strict=True):
         fused = lists[0] if len(lists) == 1 else fuse(lists[0], lists[1], method, first_weight)
-        ranked.append(sorted(fused.items(), key=lambda item: (-item[1], item[0]))[:k])
+        ranked.append(sorted(fused.items(), key=_order)[:k])
     return ranked
+
+
+def _best(rows: list[int], scores: list[float], k: int) -> list[tuple[int, float]]:
+    """One retriever's list as :func:`rank_candidates` ranks it, without the dict: a
+    retriever never repeats a row within a list, and its list comes best first, so the
+    sort only has ties to order (Python's sort is linear on sorted input)."""
+    found = [(row, score) for row, score in zip(rows, scores, strict=True) if row >= 0]
+    found.sort(key=_order)
+    return found[:k]
+
+
+def _order(item: tuple[int, float]) -> tuple[float, int]:
+    return -item[1], item[0]

@@ -6,7 +6,8 @@ bm25s's defaults; the same text the encoder sees (``title + " " + text``).
 
 from __future__ import annotations
 
-import functools
+import re
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,8 @@ BM25_DIR = "bm25"
 KEYS_FILE = "keys.npy"
 STEMMER_LANGUAGE = "english"
 STOPWORDS = "en"
+# bm25s.tokenize's default word pattern.
+TOKEN_PATTERN = r"(?u)\b\w\w+\b"
 
 
 # Held while a BM25 index is built: ~36 bytes per token (a Python int in a list) plus the
@@ -27,23 +30,38 @@ _BYTES_PER_TOKEN = 40
 _BYTES_PER_DOCUMENT = 120
 
 
-@functools.lru_cache(maxsize=1)
-def _stemmer() -> Any:
-    import Stemmer
+class Analyzer:
+    """Text -> stemmed words exactly as ``bm25s.tokenize`` makes them (lower-cased words of
+    two or more word characters, English stopwords removed, Snowball stems), with the
+    stemmer, stopword set and pattern built once instead of on every call.
 
-    return Stemmer.Stemmer(STEMMER_LANGUAGE)
+    PyStemmer's stemmers are not thread-safe: each thread gets its own, built on its first
+    use.
+    """
 
+    def __init__(self) -> None:
+        from bm25s.stopwords import STOPWORDS_EN  # the list bm25s's STOPWORDS ("en") names
 
-def _tokenize(texts: Sequence[str], *, return_ids: bool = True) -> Any:
-    import bm25s
+        self._stopwords = frozenset(STOPWORDS_EN)
+        self._split = re.compile(TOKEN_PATTERN).findall
+        self._local = threading.local()
 
-    return bm25s.tokenize(
-        list(texts),
-        stopwords=STOPWORDS,
-        stemmer=_stemmer(),
-        return_ids=return_ids,
-        show_progress=False,
-    )
+    def _stemmer(self) -> Any:
+        stemmer = getattr(self._local, "stemmer", None)
+        if stemmer is None:
+            import Stemmer
+
+            stemmer = self._local.stemmer = Stemmer.Stemmer(STEMMER_LANGUAGE)
+        return stemmer
+
+    def __call__(self, texts: Sequence[str]) -> list[list[str]]:
+        """Each text's stemmed words, in order."""
+        stopwords = self._stopwords
+        words = [[w for w in self._split(text.lower()) if w not in stopwords] for text in texts]
+        # Each distinct word stemmed once, as bm25s does.
+        distinct = list(dict.fromkeys(w for text_words in words for w in text_words))
+        stems = dict(zip(distinct, self._stemmer().stemWords(distinct), strict=True))
+        return [[stems[w] for w in text_words] for text_words in words]
 
 
 class BM25Index:
@@ -52,6 +70,7 @@ class BM25Index:
     def __init__(self, model: Any, keys: np.ndarray) -> None:
         self.model = model
         self.keys = np.asarray(keys, dtype=np.int64)
+        self.analyzer = Analyzer()
         if len(self.keys) != self.num_documents:
             raise RetrieverError(
                 f"the BM25 index has {self.num_documents} documents but {len(self.keys)} keys; "
@@ -72,8 +91,9 @@ class BM25Index:
     def search(self, queries: Sequence[str], k: int) -> tuple[np.ndarray, np.ndarray]:
         """``(scores, keys)``, each ``(n, k)``, best first; -1 pads documents scoring 0."""
         k = min(k, self.num_documents)
+        # n_threads=0 scores in this thread: bm25s starts a thread pool for any other value.
         rows, scores = self.model.retrieve(
-            _tokenize(queries), k=k, show_progress=False, n_threads=1
+            self.analyzer(queries), k=k, show_progress=False, n_threads=0
         )
         rows = np.asarray(rows, dtype=np.int64)
         scores = np.asarray(scores, dtype=np.float32)
@@ -115,10 +135,11 @@ class BM25Builder:
         self.token_ids: list[list[int]] = []
         self.keys: list[np.ndarray] = []
         self.tokens = 0
+        self.analyzer = Analyzer()
 
     def add(self, keys: np.ndarray, texts: Sequence[str]) -> None:
         vocabulary = self.vocabulary
-        for words in _tokenize(texts, return_ids=False):
+        for words in self.analyzer(texts):
             self.token_ids.append([vocabulary.setdefault(w, len(vocabulary)) for w in words])
             self.tokens += len(words)
         self.keys.append(np.asarray(keys, dtype=np.int64))

@@ -7,7 +7,9 @@ one of the other two per query.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -93,6 +95,12 @@ class Searcher:
         self.docstore = docstore
         self.sparse = sparse
         self.bm25 = bm25
+        # A GPU FAISS index must not be searched from two threads at once; a CPU one may.
+        # Asked here, while one thread holds the searcher: the backend places its index
+        # (on a GPU or not) on the first question.
+        self._dense_guard: contextlib.AbstractContextManager[Any] = (
+            threading.Lock() if index is not None and index.on_gpu else contextlib.nullcontext()
+        )
 
     @classmethod
     def load(
@@ -281,11 +289,22 @@ class Searcher:
         method = self._check_method(method)
         check_queries(queries)
         if embeddings is None and method != "bm25":
-            embeddings = self.encode_queries(queries)
+            embeddings = self.encoder.encode_queries(list(queries))
         parts = method.split("+")
         depth = k if len(parts) == 1 else max(k, FUSION_DEPTH)
+        # Filtered once, for the dense half and a filtered-space sparse half alike.
+        vectors = None
+        if "dense" in parts or ("sparse" in parts and self.sparse.spec.space == "filtered"):
+            vectors = self.filter.transform(embeddings)
         results = [
-            self.retrieve(part, queries, embeddings, depth, sparse_query_tokens=sparse_query_tokens)
+            self.retrieve(
+                part,
+                queries,
+                embeddings,
+                depth,
+                sparse_query_tokens=sparse_query_tokens,
+                vectors=vectors,
+            )
             for part in parts
         ]
         return ranked_lists(results, k, fusion, dense_weight)
@@ -298,16 +317,24 @@ class Searcher:
         k: int,
         *,
         sparse_query_tokens: int | None = None,
+        vectors: np.ndarray | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
-        """One retriever's ``(scores, keys)``, each ``(n, k)``; -1 keys pad short lists."""
+        """One retriever's ``(scores, keys)``, each ``(n, k)``; -1 keys pad short lists.
+
+        ``vectors`` are the filtered ``embeddings`` when the caller has them already.
+        """
         k = min(k, len(self))
         if part == "dense":
-            return self.search_vectors(self.filter.transform(embeddings), k)
+            return self.search_vectors(
+                self.filter.transform(embeddings) if vectors is None else vectors, k
+            )
         if part == "sparse":
             space = self.sparse.spec.space
+            if space != "filtered" or vectors is None:
+                vectors = self.lens.vectors(embeddings, space)
             query_matrix = self.sparse.query_matrix(
                 self.lens,
-                self.lens.vectors(embeddings, space),
+                vectors,
                 self.encoder.text_token_ids(queries, queries=True),
                 sparse_query_tokens,
             )
@@ -320,7 +347,8 @@ class Searcher:
             raise RetrieverError(f"k must be at least 1, got {k}")
         if self.index is None:
             self._check_method("dense")
-        return self.index.search(vectors, min(k, len(self)))
+        with self._dense_guard:
+            return self.index.search(vectors, min(k, len(self)))
 
     def explain(self, item: str | Hit, top: int = 20) -> dict[str, Any]:
         """The top aligned tokens of a query text (or of a hit's document), raw and filtered.
@@ -388,7 +416,8 @@ class Searcher:
         """Change ``nprobe`` (IVF) or ``efSearch`` (HNSW) for the searches that follow."""
         if self.index is None:
             self._check_method("dense")
-        self.index.set_search_params({"nprobe": nprobe, "efSearch": ef_search})
+        with self._dense_guard:
+            self.index.set_search_params({"nprobe": nprobe, "efSearch": ef_search})
 
 
 def _check_counts(

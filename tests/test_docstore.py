@@ -53,3 +53,48 @@ def test_one_folder_opened_twice_shares_its_environment(tmp_path: Path) -> None:
     assert second.get(1).id == "b"  # closing one leaves the other readable
     second.close()
     assert DocStore.open(folder).key_of("b") == 1
+
+
+class _CountingEnv:
+    """An LMDB environment that counts the transactions begun through it."""
+
+    def __init__(self, env: object) -> None:
+        self._env = env
+        self.begun = 0
+
+    def begin(self, *args: object, **kwargs: object) -> object:
+        self.begun += 1
+        return self._env.begin(*args, **kwargs)
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._env, name)
+
+
+def test_len_opens_no_transaction(tmp_path: Path) -> None:
+    DocStore.write(tmp_path / "store", _documents(7))
+    store = DocStore.open(tmp_path / "store")
+    counting = store._env = _CountingEnv(store._env)
+    assert [len(store) for _ in range(50)] == [7] * 50
+    assert counting.begun == 0
+    assert store.get(6).id == "id-6" and counting.begun == 1
+
+
+def test_ids_of_decodes_no_document(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    plain = _documents(40)
+    # Ids JSON escapes: a quote, a backslash, a newline; and characters it keeps as they are.
+    awkward = [
+        Document(doc_id, "t", "x")
+        for doc_id in ('say "hi"', "back\\slash", "new\nline", "東京 ☕", "tab\there", "/ok/")
+    ]
+    DocStore.write(tmp_path / "store", plain + awkward)
+    store = DocStore.open(tmp_path / "store")
+    decoded = []
+    real = docstore_module._decode
+    monkeypatch.setattr(docstore_module, "_decode", lambda raw: decoded.append(raw) or real(raw))
+    keys = list(range(len(plain)))[::-1]
+    assert store.ids_of(keys) == [plain[key].id for key in keys]
+    assert decoded == []
+    assert store.ids_of(range(40, 46)) == [d.id for d in awkward]
+    assert len(decoded) == 4  # only the ids with JSON escapes take the full decode
+    with pytest.raises(RetrieverError, match="no document with key 46"):
+        store.ids_of([46])

@@ -1,9 +1,18 @@
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
+from retriever import fusion as fusion_module
 from retriever.errors import RetrieverError
-from retriever.fusion import fuse, min_max, reciprocal_rank_fusion, weighted_fusion
+from retriever.fusion import (
+    fuse,
+    min_max,
+    rank_candidates,
+    ranked_lists,
+    reciprocal_rank_fusion,
+    weighted_fusion,
+)
 
 DENSE = {"a": 0.9, "b": 0.8, "c": 0.1}
 SPARSE = {"c": 12.0, "d": 6.0, "a": 3.0}
@@ -38,3 +47,22 @@ def test_fuse_checks_its_arguments() -> None:
         fuse(DENSE, SPARSE, "weighted", first_weight=1.5)
     with pytest.raises(ValueError):
         weighted_fusion([DENSE], [0.5, 0.5])
+
+
+def test_one_retriever_is_ranked_without_fusing(monkeypatch: pytest.MonkeyPatch) -> None:
+    rng = np.random.default_rng(0)
+    # Best first as retrievers return them, with ties (few distinct scores), -1 padding
+    # and -inf scores of unmatched documents, as BM25 and the sparse index pad.
+    scores = -np.sort(-rng.integers(0, 5, size=(50, 20)).astype(np.float32), axis=1)
+    rows = np.stack([rng.permutation(1000)[:20] for _ in range(50)]).astype(np.int64)
+    rows[:10, 15:] = -1
+    scores[:10, 15:] = -np.inf
+    candidates = [
+        {int(r): float(s) for r, s in zip(qr, qs, strict=True) if r >= 0}
+        for qs, qr in zip(scores, rows, strict=True)
+    ]
+    expected = rank_candidates([candidates], 12)
+    monkeypatch.setattr(fusion_module, "rank_candidates", lambda *a, **k: 1 / 0)
+    ranked = ranked_lists([(scores, rows)], 12)
+    assert ranked == expected
+    assert all(type(r) is int and type(s) is float for found in ranked for r, s in found)
