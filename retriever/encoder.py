@@ -7,6 +7,7 @@ always survives; ``echo`` pools over the second copy of the text alone.
 
 from __future__ import annotations
 
+import itertools
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -14,7 +15,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from retriever.config import POOLINGS, PROMPTS, EncoderConfig
 from retriever.errors import RetrieverError
@@ -28,8 +28,12 @@ from retriever.models import (
     resolve_model,
     unembedding_matrix,
 )
+from retriever.progress import progress_bar
 
 logger = logging.getLogger(__name__)
+
+# Pooled rows kept on the device before one copy to the host.
+_HOST_ROWS = 4096
 
 
 @dataclass(frozen=True)
@@ -39,6 +43,29 @@ class _Prepared:
     ids: list[int]
     start: int
     end: int
+
+
+def encoder_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    """:func:`pick_dtype`, except that ``auto`` on a GPU without native bf16 is float32.
+
+    Pre-Ampere GPUs (T4, V100) run bf16 only emulated, far slower than float32. float16
+    is not the fallback: its range (65504) overflows on the outlier activations of some
+    LLMs (Gemma, Qwen2), which would fill an index with inf and NaN without a word;
+    ``--dtype float16`` remains a choice for a model known to stay in range.
+    """
+    chosen = pick_dtype(dtype, device)
+    if (
+        dtype == "auto"
+        and chosen == torch.bfloat16
+        and device.type == "cuda"
+        and not torch.cuda.is_bf16_supported(including_emulation=False)
+    ):
+        logger.info(
+            "this GPU has no native bfloat16: encoding in float32 (--dtype float16 is faster "
+            "where the model's activations fit its range)"
+        )
+        return torch.float32
+    return chosen
 
 
 def head_tail(ids: list[int], budget: int) -> list[int]:
@@ -78,13 +105,16 @@ class Encoder:
         self.device = device
         self.batch_size = batch_size
         self.unembedding_from = unembedding_from
-        self._template_parts = PROMPTS[config.prompt].split("{text}")
         self._pad_id = next(
             (t for t in (tokenizer.pad_token_id, tokenizer.eos_token_id) if t is not None), 0
         )
         # Special tokens the tokenizer puts in front of every input (BOS for Llama-3,
         # nothing for SmolLM2 or Qwen).
         self._prefix_ids = list(tokenizer("", add_special_tokens=True)["input_ids"])
+        # Tokenised prompts by (config, instruction): a single query per call must not
+        # pay for tokenising the prompt again. The config is part of the key because
+        # callers swap ``encoder.config`` (an index's own settings, a benchmark's prompts).
+        self._prompts: dict[tuple[EncoderConfig, str], tuple[list[list[int]], int]] = {}
 
     @classmethod
     def load(
@@ -119,7 +149,7 @@ class Encoder:
                 "PATH to a copy of it), or rebuild the index"
             )
         torch_device = pick_device(device)
-        torch_dtype = pick_dtype(dtype, torch_device)
+        torch_dtype = encoder_dtype(dtype, torch_device)
         logger.info(
             "loading %s on %s as %s", model, torch_device, str(torch_dtype).removeprefix("torch.")
         )
@@ -195,10 +225,14 @@ class Encoder:
 
     def _prompt_parts(self, instruction: str) -> tuple[list[list[int]], int]:
         """The prompt's token ids around each copy of the text, and the text's budget."""
+        key = (self.config, instruction)
+        if key in self._prompts:
+            return self._prompts[key]
+        template_parts = PROMPTS[self.config.prompt].split("{text}")
         parts = [
             list(ids)
             for ids in self.tokenizer(
-                [instruction + self._template_parts[0], *self._template_parts[1:]],
+                [instruction + template_parts[0], *template_parts[1:]],
                 add_special_tokens=False,
             )["input_ids"]
         ]
@@ -210,15 +244,17 @@ class Encoder:
                 f"--max-length {self.config.max_length} leaves no room for text: the "
                 f"{self.config.prompt!r} prompt alone takes {fixed} tokens"
             )
+        self._prompts[key] = parts, budget
         return parts, budget
 
     def _prepare(self, texts: Sequence[str], instruction: str) -> list[_Prepared]:
         parts, budget = self._prompt_parts(instruction)
         text_ids = self.tokenizer(list(texts), add_special_tokens=False)["input_ids"]
+        head = self._prefix_ids + parts[0]
         prepared = []
         for ids in text_ids:
             body = head_tail(list(ids), budget)
-            sequence = self._prefix_ids + parts[0]
+            sequence = head
             for part in parts[1:]:
                 copy_start = len(sequence)
                 sequence = sequence + body + part
@@ -240,42 +276,106 @@ class Encoder:
         prepared = self._prepare(texts, instruction)
         # Longest first: similar lengths share a batch (little padding) and a batch that
         # does not fit in memory fails at once rather than at the end.
-        order = sorted(range(len(prepared)), key=lambda i: -len(prepared[i].ids))
+        order = np.argsort([-len(p.ids) for p in prepared], kind="stable")
         encoder = self.model.base_model
-        with tqdm(total=len(texts), desc="encoding", unit="text", disable=not show_progress) as bar:
-            for lo in range(0, len(order), self.batch_size):
-                rows = order[lo : lo + self.batch_size]
-                pooled = self._pool_batch(encoder, [prepared[i] for i in rows], poolings)
-                for pooling, vectors in pooled.items():
-                    out[pooling][rows] = vectors
-                bar.update(len(rows))
+        size = self.batch_size
+        # Pooled batches stay on the device until _HOST_ROWS rows are due: moving each
+        # batch to the host would wait for the device every batch.
+        pending: list[torch.Tensor] = []
+        on_host = done = 0
+        with progress_bar(
+            total=len(texts), desc="encoding", unit="text", show=show_progress
+        ) as bar:
+            while done < len(order):
+                batch = [prepared[i] for i in order[done : done + size]]
+                try:
+                    pooled = self._pool_batch(encoder, batch, poolings)
+                # torch.cuda's name is the one torch 2.4 has; from 2.5 on it is the
+                # device-neutral torch.OutOfMemoryError.
+                except torch.cuda.OutOfMemoryError:
+                    pooled = None
+                # Outside the except block, so that the failed batch's tensors are freed.
+                if pooled is None:
+                    size = self._smaller_batch(size, batch)
+                    continue
+                pending.append(torch.stack([pooled[p] for p in poolings], dim=1))
+                done += len(batch)
+                bar.update(len(batch))
+                if done - on_host >= _HOST_ROWS or done == len(order):
+                    vectors = torch.cat(pending).cpu().numpy()
+                    for j, pooling in enumerate(poolings):
+                        out[pooling][order[on_host:done]] = vectors[:, j]
+                    pending, on_host = [], done
         return out
+
+    def _smaller_batch(self, size: int, batch: list[_Prepared]) -> int:
+        """Half of ``size`` after ``batch`` ran out of memory; refuses below one text."""
+        if size == 1:
+            raise RetrieverError(
+                f"one text of {len(batch[0].ids)} tokens does not fit in {self.device.type} "
+                f"memory even alone: lower --max-length (now {self.config.max_length}), pick "
+                "a smaller --dtype, or free the device"
+            )
+        if size == self.batch_size:
+            logger.warning(
+                "out of %s memory with batches of %d texts: halving the batch until it fits, "
+                "for the rest of this call (a smaller --batch-size avoids the retries)",
+                self.device.type,
+                size,
+            )
+        return size // 2
 
     def _pool_batch(
         self, encoder: Any, batch: list[_Prepared], poolings: tuple[str, ...]
-    ) -> dict[str, np.ndarray]:
-        width = max(len(p.ids) for p in batch)
+    ) -> dict[str, torch.Tensor]:
+        """``{pooling: (len(batch), d) float32}`` on the encoder's device."""
+        ids, spans = self._batch_arrays(batch)
+        ids_t, spans_t = self._to_device(ids), self._to_device(spans)
+        lengths, start, end = spans_t.unbind(dim=1)
+        positions = torch.arange(ids.shape[1], device=self.device)
         # Right padding: with causal attention the real tokens never see the pads, and
         # position ids stay 0..n-1 without special handling.
-        ids = torch.full((len(batch), width), self._pad_id, dtype=torch.long)
-        attention = torch.zeros((len(batch), width), dtype=torch.long)
-        weights = {p: torch.zeros((len(batch), width), dtype=torch.float32) for p in poolings}
-        for row, item in enumerate(batch):
-            ids[row, : len(item.ids)] = torch.tensor(item.ids)
-            attention[row, : len(item.ids)] = 1
-            if "mean" in weights:
-                weights["mean"][row, item.start : item.end] = 1.0
-            if "last" in weights:
-                weights["last"][row, len(item.ids) - 1] = 1.0
-        hidden = encoder(
-            input_ids=ids.to(self.device), attention_mask=attention.to(self.device)
-        ).last_hidden_state.float()
-        pooled = {}
-        for pooling, weight in weights.items():
-            weight = weight.to(self.device)
-            vectors = (hidden * weight.unsqueeze(-1)).sum(dim=1) / weight.sum(dim=1, keepdim=True)
-            pooled[pooling] = vectors.cpu().numpy()
-        return pooled
+        attention = (positions < lengths[:, None]).long()
+        hidden = encoder(input_ids=ids_t, attention_mask=attention).last_hidden_state
+        weights = []
+        for pooling in poolings:
+            if pooling == "mean":
+                span = (positions >= start[:, None]) & (positions < end[:, None])
+                # Weights of 1/n rather than a sum of ones: the pooled value stays within the
+                # range of the states, where a float16 sum of long inputs could overflow.
+                weights.append(span / (end - start)[:, None])
+            else:
+                weights.append((positions == lengths[:, None] - 1).float())
+        # One (B, P, T) x (B, T, d) product in the model's dtype: matmul kernels accumulate
+        # in float32, and only the small pooled result is converted, never the states.
+        pooled = torch.bmm(torch.stack(weights, dim=1).to(hidden.dtype), hidden).float()
+        return {pooling: pooled[:, j] for j, pooling in enumerate(poolings)}
+
+    def _batch_arrays(self, batch: list[_Prepared]) -> tuple[np.ndarray, np.ndarray]:
+        """Right-padded ``(B, T)`` token ids, and ``(B, 3)`` rows of (length, start, end)."""
+        lengths = np.fromiter((len(p.ids) for p in batch), dtype=np.int64, count=len(batch))
+        ids = np.full((len(batch), int(lengths.max())), self._pad_id, dtype=np.int64)
+        # A row-major boolean mask visits row 0's real tokens, then row 1's, ...: the order
+        # of the concatenated ids.
+        ids[np.arange(ids.shape[1]) < lengths[:, None]] = np.fromiter(
+            itertools.chain.from_iterable(p.ids for p in batch),
+            dtype=np.int64,
+            count=int(lengths.sum()),
+        )
+        spans = np.fromiter(
+            itertools.chain.from_iterable((len(p.ids), p.start, p.end) for p in batch),
+            dtype=np.int64,
+            count=3 * len(batch),
+        ).reshape(len(batch), 3)
+        return ids, spans
+
+    def _to_device(self, array: np.ndarray) -> torch.Tensor:
+        tensor = torch.from_numpy(array)
+        if self.device.type == "cuda":
+            # From page-locked memory the copy runs asynchronously, overlapping the
+            # device's work on the previous batch.
+            tensor = tensor.pin_memory()
+        return tensor.to(self.device, non_blocking=True)
 
     def describe(self) -> dict[str, Any]:
         """What the manifest records about the model and how text is encoded."""

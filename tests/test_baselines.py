@@ -66,7 +66,9 @@ def test_removing_the_mean_direction(tau: int) -> None:
     rng = np.random.default_rng(5)
     # A vocabulary with a strong common offset, as real unembedding matrices have.
     unembedding = rng.standard_normal((500, 32)) + 2.0 * rng.standard_normal(32)
-    plain = EmbedFilter.from_unembedding(unembedding, FilterSpec(tau=tau))
+    plain = EmbedFilter.from_unembedding(
+        unembedding, FilterSpec(tau=tau, remove_mean_direction=False)
+    )
     refined = EmbedFilter.from_unembedding(
         unembedding, FilterSpec(tau=tau, remove_mean_direction=True)
     )

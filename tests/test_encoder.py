@@ -181,3 +181,198 @@ def test_one_forward_pass_pools_every_way(tiny_model: Path) -> None:
         )
     with pytest.raises(RetrieverError, match="unknown pooling"):
         _encoder(tiny_model).encode_poolings(TEXTS, ("max",))
+
+
+# Lengths from a few tokens to past --max-length 64, so batches pad and truncate.
+MIXED = [
+    "fox",
+    "Vitamin D deficiency is associated with bone disease.",
+    "Dense retrieval encodes queries and documents into vectors, " * 9,
+    "Café, naïve, 東京 ☕",
+    "Protein folding, gene expression and cell biology.",
+    "The quick brown fox " * 3,
+    "Unembedding matrices project hidden states onto the vocabulary.",
+    "dog",
+    "Rewrite the following paragraph: bone disease " * 5,
+]
+
+
+def _reference(encoder: Encoder, texts: list[str], pooling: str) -> np.ndarray:
+    """One text at a time, unpadded, pooled in float64 from the token states."""
+    vectors = []
+    for item in encoder._prepare(texts, ""):
+        with torch.inference_mode():
+            states = encoder.model.base_model(input_ids=torch.tensor([item.ids])).last_hidden_state
+        states = states[0].double()
+        vectors.append(states[item.start : item.end].mean(0) if pooling == "mean" else states[-1])
+    return torch.stack(vectors).numpy()
+
+
+def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return np.sum(a * b, axis=1) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1)
+
+
+@pytest.mark.parametrize("prompt", ["prompteol", "echo"])
+def test_batched_vectors_equal_a_plain_reference(tiny_model: Path, prompt: str) -> None:
+    encoder = Encoder.load(
+        str(tiny_model), EncoderConfig(prompt=prompt, max_length=64), dtype="float32", batch_size=3
+    )
+    pooled = encoder.encode_poolings(MIXED, ("mean", "last"), show_progress=False)
+    for pooling in ("mean", "last"):
+        reference = _reference(encoder, MIXED, pooling)
+        assert pooled[pooling].dtype == np.float32
+        assert _cosines(pooled[pooling], reference).min() >= 0.9999
+        np.testing.assert_allclose(pooled[pooling], reference, rtol=1e-4, atol=1e-5)
+
+
+def _out_of_memory_above(encoder: Encoder, limit: int, monkeypatch: pytest.MonkeyPatch) -> list:
+    """Make batches of more than ``limit`` texts fail as a full GPU would; returns the
+    batch sizes the encoder tried, in order."""
+    base = encoder.model.base_model
+    forward = base.forward
+    tried = []
+
+    def failing_forward(input_ids: torch.Tensor, **kwargs):
+        tried.append(len(input_ids))
+        if len(input_ids) > limit:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return forward(input_ids=input_ids, **kwargs)
+
+    monkeypatch.setattr(base, "forward", failing_forward)
+    return tried
+
+
+def test_out_of_memory_halves_the_batch_for_the_rest_of_the_call(
+    tiny_model: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    encoder = Encoder.load(str(tiny_model), dtype="float32", batch_size=8)
+    unconstrained = encoder.encode_documents(MIXED, show_progress=False)
+    tried = _out_of_memory_above(encoder, 2, monkeypatch)
+    with caplog.at_level("WARNING", logger="retriever.encoder"):
+        constrained = encoder.encode_documents(MIXED, show_progress=False)
+    np.testing.assert_allclose(constrained, unconstrained, rtol=1e-5, atol=1e-6)
+    # 8 and 4 fail; the 9 texts then go in batches of 2, never a bigger one again.
+    assert tried == [8, 4, 2, 2, 2, 2, 1]
+    assert len([r for r in caplog.records if "out of" in r.getMessage()]) == 1
+    assert encoder.batch_size == 8
+
+
+def test_out_of_memory_with_one_text_is_refused(
+    tiny_model: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    encoder = Encoder.load(str(tiny_model), dtype="float32", batch_size=4)
+    _out_of_memory_above(encoder, 0, monkeypatch)
+    with pytest.raises(RetrieverError, match="does not fit in cpu memory even alone"):
+        encoder.encode_documents(MIXED, show_progress=False)
+
+
+@pytest.mark.parametrize(
+    ("native_bf16", "expected"), [(False, torch.float32), (True, torch.bfloat16)]
+)
+def test_dtype_auto_on_a_gpu_uses_bf16_only_where_it_is_native(
+    tiny_model: Path, monkeypatch: pytest.MonkeyPatch, native_bf16: bool, expected: torch.dtype
+) -> None:
+    import retriever.encoder
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(
+        torch.cuda,
+        "is_bf16_supported",
+        lambda including_emulation=True: native_bf16 or including_emulation,
+    )
+    real_load = retriever.encoder.load_model
+    # The weights load on the CPU: only the choice of dtype is under test.
+    monkeypatch.setattr(
+        retriever.encoder,
+        "load_model",
+        lambda resolved, dtype, device: real_load(resolved, dtype, torch.device("cpu")),
+    )
+    encoder = Encoder.load(str(tiny_model))
+    assert encoder.device.type == "cuda"
+    assert encoder.dtype == expected and encoder.model.dtype == expected
+
+
+def test_prompt_is_tokenised_once_per_instruction(tiny_model: Path) -> None:
+    encoder = _encoder(tiny_model, query_instruction="Find the claim: ")
+    tokenizer = encoder.tokenizer
+    calls: list = []
+
+    class Counting:
+        def __call__(self, texts, **kwargs):
+            calls.append(list(texts) if isinstance(texts, list) else [texts])
+            return tokenizer(texts, **kwargs)
+
+        def __getattr__(self, name: str):
+            return getattr(tokenizer, name)
+
+    encoder.tokenizer = Counting()
+    for text in TEXTS:
+        encoder.encode_queries([text])
+        encoder.encode_documents([text], show_progress=False)
+    encoder.text_token_ids(TEXTS, queries=True)
+    suffix = '" means in one word:"'
+    assert len([c for c in calls if suffix in c]) == 2  # the query and the document prompt
+    assert len(calls) == 2 + 2 * len(TEXTS) + 1  # otherwise, the texts only
+
+
+def test_a_swapped_config_takes_effect(tiny_model: Path) -> None:
+    encoder = _encoder(tiny_model, prompt="prompteol")
+    encoder.encode_documents(TEXTS, show_progress=False)
+    encoder.config = EncoderConfig(prompt="echo", max_length=64)
+    np.testing.assert_allclose(
+        encoder.encode_documents(TEXTS, show_progress=False),
+        _encoder(tiny_model, prompt="echo", max_length=64).encode_documents(
+            TEXTS, show_progress=False
+        ),
+        rtol=1e-5,
+        atol=1e-6,
+    )
+
+
+def test_pooling_makes_no_float32_copy_of_the_hidden_states(tiny_model: Path) -> None:
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils._pytree import tree_leaves
+
+    encoder = Encoder.load(str(tiny_model), dtype="bfloat16", batch_size=3)
+    base = encoder.model.base_model
+
+    class Outside(TorchDispatchMode):
+        """Every tensor made outside the model's forward: (dtype, shape)."""
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.inside = False
+            self.made: list = []
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            if not self.inside:
+                self.made += [(t.dtype, t.shape) for t in tree_leaves(out) if torch.is_tensor(t)]
+            return out
+
+    mode = Outside()
+    base.register_forward_pre_hook(lambda *_: setattr(mode, "inside", True))
+    base.register_forward_hook(lambda *_: setattr(mode, "inside", False))
+    with mode:
+        vectors = encoder.encode_poolings(MIXED, ("mean", "last"), show_progress=False)
+    assert vectors["mean"].dtype == np.float32 and np.isfinite(vectors["mean"]).all()
+    # (B, T, d) float32 would be a copy of the states; (B, poolings, d) is the result.
+    copies = [s for d, s in mode.made if d == torch.float32 and len(s) == 3 and s[1] > 2]
+    assert mode.made and not copies
+
+
+def test_pooled_vectors_reach_the_host_once_per_call(
+    tiny_model: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    encoder = _encoder(tiny_model)
+    encoder.batch_size = 1
+    real_cpu = torch.Tensor.cpu
+    moved = []
+
+    def counting_cpu(self: torch.Tensor, *args, **kwargs) -> torch.Tensor:
+        moved.append(tuple(self.shape))
+        return real_cpu(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.Tensor, "cpu", counting_cpu)
+    encoder.encode_poolings(MIXED, ("mean", "last"), show_progress=False)
+    assert len(moved) == 1  # one copy (one wait for the device), not one per batch
