@@ -71,7 +71,7 @@ def main() -> None:
         "pooling, tau 2. *content Hit@10*: a non-stopword of the document among the top 10 "
         "tokens; *displayed Hit@10*: the same over the 10 words the lens displays (whole "
         "words, no stopwords or punctuation). Demo query: "
-        f"\"{DEMO_QUERY}\".",
+        f'"{DEMO_QUERY}".',
         "",
         "| filter | space | Hit@10 | content Hit@10 | junk@10 | displayed Hit@10 | "
         "demo query, displayed top 10 |",

@@ -49,7 +49,9 @@ def main() -> None:
     for pooling in poolings:
         h, q = docs[pooling], qs[pooling]
         for tau in (2, 4, 8):
-            f = EmbedFilter.from_unembedding(spectrum, FilterSpec(tau=tau, remove_mean_direction=False)).matrix
+            f = EmbedFilter.from_unembedding(
+                spectrum, FilterSpec(tau=tau, remove_mean_direction=False)
+            ).matrix
             k = 576 // tau
             start = (576 - k) // 2
             f32 = vh_float32[start : start + k]

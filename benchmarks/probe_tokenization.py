@@ -75,7 +75,9 @@ def main() -> None:
             f"{cosine.mean():.5f} min {cosine.min():.5f}"
         )
         for tau in (1, 2, 4, 8):
-            f = EmbedFilter.from_unembedding(spectrum, FilterSpec(tau=tau, remove_mean_direction=False))
+            f = EmbedFilter.from_unembedding(
+                spectrum, FilterSpec(tau=tau, remove_mean_direction=False)
+            )
             a = ndcg(f.transform(ours[0][pooling]), f.transform(ours[1][pooling]))
             b = ndcg(f.transform(joint[0][pooling]), f.transform(joint[1][pooling]))
             print(f"  tau {tau}: text-only tokenization {a:.4f} | whole-string {b:.4f}")

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from retriever.backends import DenseBackend, open_backend
-from retriever.config import METHODS
+from retriever.config import DISPLAY_SPACE, METHODS
 from retriever.docstore import DOCSTORE_DIR, DocStore
 from retriever.embedfilter import EmbedFilter
 from retriever.encoder import Encoder
@@ -350,11 +350,13 @@ class Searcher:
         with self._dense_guard:
             return self.index.search(vectors, min(k, len(self)))
 
-    def explain(self, item: str | Hit, top: int = 20) -> dict[str, Any]:
+    def explain(self, item: str | Hit, top: int = 20, *, words_only: bool = True) -> dict[str, Any]:
         """The top aligned tokens of a query text (or of a hit's document), raw and filtered.
 
         Returns ``{"text", "raw": [{"token", "score", "id"}...], "filtered": [...]}``;
         ``filtered`` reads the vector the index stores, mapped back by ``F^T``.
+        ``words_only`` (the default) shows whole words, without stopwords or punctuation
+        (see :meth:`TokenLens.top_tokens`); ``False`` gives the plain ranking.
         """
         if isinstance(item, Hit):
             text = item.embedding_text
@@ -365,19 +367,28 @@ class Searcher:
         return {
             "text": text,
             **{
-                space: [token.to_dict() for token in self.lens.top_tokens(embedding, space, top)[0]]
+                space: [
+                    token.to_dict()
+                    for token in self.lens.top_tokens(embedding, space, top, words_only=words_only)[
+                        0
+                    ]
+                ]
                 for space in ("raw", "filtered")
             },
         }
 
     def shared_tokens(
-        self, query: str, hits: Sequence[Hit], top: int = 50
+        self, query: str, hits: Sequence[Hit], top: int = 50, *, space: str = DISPLAY_SPACE
     ) -> list[list[AlignedToken]]:
-        """For each hit, the tokens among both its and the query's ``top`` filtered tokens.
+        """For each hit, the words among both its and the query's ``top`` aligned words in
+        ``space`` (whole words, no stopwords or punctuation; the default space is the one
+        whose displayed words match the text best, see ``lens.DISPLAY_SPACE``).
 
         Ordered by the product of the two scores; each token carries the hit's score.
         """
-        query_tokens = self.lens.top_tokens(self.encode_queries([query]), "filtered", top)[0]
+        query_tokens = self.lens.top_tokens(
+            self.encode_queries([query]), space, top, words_only=True
+        )[0]
         query_scores = {token.id: token.score for token in query_tokens}
         if not hits:
             return []
@@ -385,7 +396,7 @@ class Searcher:
             [hit.embedding_text for hit in hits], show_progress=False
         )
         shared = []
-        for tokens in self.lens.top_tokens(documents, "filtered", top):
+        for tokens in self.lens.top_tokens(documents, space, top, words_only=True):
             common = [t for t in tokens if t.id in query_scores]
             shared.append(sorted(common, key=lambda t: -t.score * query_scores[t.id]))
         return shared

@@ -9,7 +9,14 @@ import pytest
 from retriever import EmbedFilter, FilterSpec
 from retriever.cli import main
 from retriever.errors import RetrieverError
-from retriever.lens import TokenLens, alignment_metrics, is_display_word, is_junk, word_key
+from retriever.lens import (
+    TokenLens,
+    alignment_metrics,
+    english_stopwords,
+    is_display_word,
+    is_junk,
+    word_key,
+)
 from retriever.models import load_model, resolve_model
 
 
@@ -136,12 +143,19 @@ def test_lens_cli_prints_raw_and_filtered_tokens(tiny_model: Path, tmp_path: Pat
         model=str(tiny_model),
         dtype="float32",
     )
-    assert main(["-q", "lens", str(index), "bone disease", "--top", "7", "--json"]) == 0
+    lens = ["-q", "lens", str(index), "bone disease", "--top", "7", "--json"]
+    assert main([*lens, "--all-tokens"]) == 0
     report = json.loads(capsys.readouterr().out)
     assert report["text"] == "bone disease"
     assert len(report["raw"]) == 7 and len(report["filtered"]) == 7
     assert set(report["raw"][0]) == {"token", "score", "id"}
     assert report["raw"] != report["filtered"]
+    assert main(lens) == 0  # words only: whole words, no stopwords or punctuation
+    words = json.loads(capsys.readouterr().out)
+    stopwords = english_stopwords()
+    for space in ("raw", "filtered"):
+        assert 0 < len(words[space]) <= 7
+        assert all(is_display_word(token["token"], stopwords) for token in words[space])
     assert main(["-q", "lens", str(index), "bone disease", "--top", "3"]) == 0
     assert "filtered W F^T F h" in capsys.readouterr().out
 

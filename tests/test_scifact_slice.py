@@ -15,8 +15,9 @@ from pathlib import Path
 import pytest
 
 from retriever import Searcher, build_index
+from retriever.config import DISPLAY_SPACE
 from retriever.datasets import load_qrels, load_queries
-from retriever.lens import alignment_metrics
+from retriever.lens import alignment_metrics, english_stopwords, is_display_word
 from retriever.sparse import SparseSpec
 from tests.conftest import SHARED_SCIFACT, USER_CACHE
 
@@ -99,26 +100,34 @@ def test_every_method_finds_gold_documents(
             found[method, fusion] = sum(
                 bool(gold & set(run[qid])) for qid, (_, gold) in slice_queries.items()
             )
-    # Found (of 21) when this test was written; BM25 and dense+BM25 lead, as on the full
-    # collection, and the sparse index trails the dense one it is read from.
+    # Found (of 21) with the default filter (edge, mean direction removed), measured when
+    # it became the default: BM25 and dense+BM25 lead, as on the full collection; the key
+    # tokens read through this filter find as much as its dense index (with the paper's
+    # filter they found 10).
     measured = {
-        ("dense", "rrf"): 16,
-        ("sparse", "rrf"): 10,
+        ("dense", "rrf"): 15,
+        ("sparse", "rrf"): 16,
         ("bm25", "rrf"): 20,
-        ("dense+sparse", "rrf"): 12,
-        ("dense+sparse", "weighted"): 15,
+        ("dense+sparse", "rrf"): 16,
+        ("dense+sparse", "weighted"): 16,
         ("dense+bm25", "rrf"): 21,
         ("dense+bm25", "weighted"): 21,
     }
     assert set(found) == set(measured)
-    assert all(abs(found[key] - count) <= 2 for key, count in measured.items()), found
+    assert all(abs(found[key] - count) <= 2 for key, count in measured.items()), repr(found)
 
 
-def test_the_filter_moves_the_lens_off_junk(scifact_slice_index: Path) -> None:
+def test_the_lens_shows_words_and_measures_what_it_shows(scifact_slice_index: Path) -> None:
     searcher = Searcher.load(scifact_slice_index)
-    explained = searcher.explain("Vitamin D deficiency is associated with bone disease.", top=10)
-    raw = [t["token"].strip().lower() for t in explained["raw"]]
+    query = "Vitamin D deficiency is associated with bone disease."
+    plain = searcher.explain(query, top=10, words_only=False)
+    raw = [t["token"].strip().lower() for t in plain["raw"]]
     assert {"the", ",", "and", "a", "of"} & set(raw)  # a raw LLM embedding reads as junk
+    shown = searcher.explain(query, top=10)
+    stopwords = english_stopwords()
+    for space in ("raw", "filtered"):
+        assert len(shown[space]) == 10
+        assert all(is_display_word(t["token"], stopwords) for t in shown[space]), shown[space]
     texts = [searcher.docstore.get(row).embedding_text for row in range(100)]
     embeddings = searcher.encoder.encode_documents(texts, show_progress=False)
     token_ids = searcher.encoder.text_token_ids(texts)
@@ -126,14 +135,15 @@ def test_the_filter_moves_the_lens_off_junk(scifact_slice_index: Path) -> None:
         space: alignment_metrics(searcher.lens, embeddings, token_ids, space)
         for space in ("raw", "filtered")
     }
-    # Measured on these 100 documents: junk@10 0.874 raw -> 0.365 filtered; content Hit@10
-    # 0.62 -> 0.32 (the filter moves the top tokens off junk, but not onto the text's words).
+    # Measured on these 100 documents: junk@10 0.873 raw -> 0.114 filtered; displayed
+    # Hit@10 1.00 raw, 0.64 filtered.
     assert metrics["raw"]["hit_at_10"] == 1.0  # every document contains some stopword
-    assert metrics["raw"]["junk_at_10"] > 0.8 and metrics["filtered"]["junk_at_10"] < 0.5
-    assert metrics["filtered"]["content_hit_at_10"] == pytest.approx(0.32, abs=0.1)
-    assert metrics["raw"]["content_hit_at_10"] == pytest.approx(0.62, abs=0.1)
-    filtered = [t["token"].strip().lower() for t in explained["filtered"]]
-    assert "itamin" in filtered  # of "Vitamin": the filtered view reaches the query's words
+    assert metrics["raw"]["junk_at_10"] > 0.8 and metrics["filtered"]["junk_at_10"] < 0.3
+    assert metrics["filtered"]["displayed_hit_at_10"] == pytest.approx(0.64, abs=0.1)
+    # The display space is the one whose shown words match the text more often.
+    assert metrics[DISPLAY_SPACE]["displayed_hit_at_10"] == max(
+        m["displayed_hit_at_10"] for m in metrics.values()
+    )
 
 
 def test_milvus_flat_and_faiss_flat_agree_on_scifact_vectors(
