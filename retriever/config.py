@@ -30,7 +30,7 @@ FUSIONS = ("rrf", "weighted")
 # Token-lens spaces: the raw embedding h, or the filtered vector F h the index stores.
 SPACES = ("raw", "filtered")
 # The lens space whose words a person is shown by default (`search --explain`): the one
-# whose displayed top 10 holds a word of the text more often. Measured on 300 SciFact
+# whose displayed top 10 holds a word of the text more often. Measured on 500 SciFact
 # documents with the default model and filter (benchmarks/results/lens-display):
 # displayed Hit@10 1.000 raw against 0.610 filtered.
 DISPLAY_SPACE = "raw"
