@@ -509,6 +509,10 @@ def alignment_report(
             [token.token for token in tokens]
             for tokens in lens.top_tokens(documents[:examples], space, top=10)
         ]
+        entry["displayed_examples"] = [
+            [token.token for token in tokens]
+            for tokens in lens.top_tokens(documents[:examples], space, top=10, words_only=True)
+        ]
         entries.append(entry)
     return entries
 
@@ -894,20 +898,23 @@ def _alignment_table(entries: list[dict[str, Any]]) -> list[str]:
         "words; content Hit@10 = the same without stopwords and punctuation; local rate = "
         "mean share of a document's words among its |T| best-aligned; "
         "global rate = share of the collection's distinct words aligned in a document "
-        "holding them; junk@10 = share of stopwords and punctuation in the top 10. *raw* "
-        "reads W h, the filters read W F^T F h.",
+        "holding them; junk@10 = share of stopwords and punctuation in the top 10; "
+        "displayed Hit@10 = content Hit@10 of exactly the 10 words the lens displays (whole "
+        "words, no stopwords or punctuation). *raw* reads W h, the filters read W F^T F h.",
         "",
         "| embedding | band | tau | Hit@10 | content Hit@10 | local rate | global rate | "
-        "junk@10 | top 10 tokens of the first document |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "junk@10 | displayed Hit@10 | top 10 tokens of the first document | "
+        "displayed top 10 |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for e in entries:
         example = " ".join(f"`{token.strip() or repr(token)}`" for token in e["examples"][0])
+        shown = " ".join(f"`{token.strip()}`" for token in e["displayed_examples"][0])
         lines.append(
             f"| {e['space']} | {e['band'] or ''} | {e['tau']:g} | {e['hit_at_10']:.3f} | "
             f"{e['content_hit_at_10']:.3f} | {e['local_alignment_rate']:.3f} | "
             f"{e['global_alignment_rate']:.3f} | "
-            f"{e['junk_at_10']:.3f} | {example} |"
+            f"{e['junk_at_10']:.3f} | {e['displayed_hit_at_10']:.3f} | {example} | {shown} |"
         )
     return [*lines, ""]
 

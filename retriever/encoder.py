@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import itertools
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -202,11 +202,13 @@ class Encoder:
         *,
         queries: bool = False,
         show_progress: bool = True,
+        on_batch: Callable[[int], object] | None = None,
     ) -> dict[str, np.ndarray]:
         """Pool one forward pass several ways: ``{pooling: (n, d) float32}``.
 
         Mean and last-token pooling read the same hidden states, so a benchmark of both
-        pays for one encoding of the corpus.
+        pays for one encoding of the corpus. ``on_batch(n)`` follows each batch of ``n``
+        texts (a caller's own progress bar).
         """
         if isinstance(texts, str):
             raise TypeError("encode_* takes a sequence of texts, not one string")
@@ -214,7 +216,7 @@ class Encoder:
         if unknown:
             raise RetrieverError(f"unknown pooling {sorted(unknown)}; choose from {POOLINGS}")
         instruction = self.config.query_instruction if queries else self.config.document_instruction
-        return self._encode(texts, instruction, tuple(poolings), show_progress)
+        return self._encode(texts, instruction, tuple(poolings), show_progress, on_batch)
 
     def text_token_ids(self, texts: Sequence[str], *, queries: bool = False) -> list[list[int]]:
         """Each text's token ids as the model reads them: without the prompt, truncated."""
@@ -268,7 +270,12 @@ class Encoder:
 
     @torch.inference_mode()
     def _encode(
-        self, texts: Sequence[str], instruction: str, poolings: tuple[str, ...], show_progress: bool
+        self,
+        texts: Sequence[str],
+        instruction: str,
+        poolings: tuple[str, ...],
+        show_progress: bool,
+        on_batch: Callable[[int], object] | None = None,
     ) -> dict[str, np.ndarray]:
         out = {p: np.zeros((len(texts), self.hidden_size), dtype=np.float32) for p in poolings}
         if not len(texts):
@@ -301,6 +308,8 @@ class Encoder:
                 pending.append(torch.stack([pooled[p] for p in poolings], dim=1))
                 done += len(batch)
                 bar.update(len(batch))
+                if on_batch is not None:
+                    on_batch(len(batch))
                 if done - on_host >= _HOST_ROWS or done == len(order):
                     vectors = torch.cat(pending).cpu().numpy()
                     for j, pooling in enumerate(poolings):

@@ -437,11 +437,14 @@ def encode_to_store(
             if chunk not in todo:
                 continue
             vectors = encoder.encode_poolings(
-                [d.embedding_text for d in batch], POOLINGS, queries=queries, show_progress=False
+                [d.embedding_text for d in batch],
+                POOLINGS,
+                queries=queries,
+                show_progress=False,
+                on_batch=bar.update,  # the bar moves per batch, not per chunk of thousands
             )
             with disk_errors(store.folder):
                 store.write_shard(chunk, batch, vectors, slice_label=label)
-            bar.update(len(batch))
             todo.discard(chunk)
             if not todo:
                 break

@@ -31,3 +31,23 @@ def test_quiet_before_or_after_the_command_hides_every_bar(
     err = capsys.readouterr().err
     assert "encoding" in err and "%|" in err  # (info lines go to pytest's log capture here)
     assert "Loading weights" not in err
+
+
+def test_the_encoding_bar_moves_per_batch_not_per_chunk(tiny_model: Path, tmp_path: Path) -> None:
+    from retriever import Encoder
+    from retriever.datasets import scan_corpus
+    from retriever.store import encode_corpus
+
+    encoder = Encoder.load(str(tiny_model), batch_size=4)
+    seen: list[int] = []
+    original = encoder.encode_poolings
+
+    def spy(*args: object, **kwargs: object) -> object:
+        on_batch = kwargs["on_batch"]
+        kwargs["on_batch"] = lambda n: (seen.append(n), on_batch(n))
+        return original(*args, **kwargs)
+
+    encoder.encode_poolings = spy
+    corpus = write_jsonl(tmp_path / "docs.jsonl", synthetic_docs(20))
+    encode_corpus(encoder, scan_corpus(corpus), folder=tmp_path / "store", chunk_size=10)
+    assert seen == [4, 4, 2] * 2  # per batch of 4 within each chunk of 10
