@@ -162,11 +162,12 @@ def english_stopwords() -> frozenset[str]:
 def is_display_word(token: str, stopwords: frozenset[str]) -> bool:
     """A token worth showing: it starts a word (a leading space in byte-level BPE, so not
     a fragment such as "idisciplinary"), is made of letters (digits and inner hyphens
-    allowed), has two characters or more, and is not a stopword."""
+    allowed), has three characters or more (two-letter word starts such as " de", " th"
+    are mostly fragments), and is not a stopword."""
     key = word_key(token)
     return (
         token[:1].isspace()
-        and len(key) >= 2
+        and len(key) >= 3
         and any(c.isalpha() for c in key)
         and all(c.isalnum() or c == "-" for c in key)
         and key not in stopwords

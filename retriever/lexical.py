@@ -6,6 +6,7 @@ bm25s's defaults; the same text the encoder sees (``title + " " + text``).
 
 from __future__ import annotations
 
+import logging
 import re
 import threading
 from collections.abc import Sequence
@@ -112,7 +113,7 @@ class BM25Index:
 
     @classmethod
     def load(cls, folder: str | Path) -> BM25Index:
-        import bm25s
+        bm25s = _bm25s()
 
         try:
             model = bm25s.BM25.load(str(folder), show_progress=False)
@@ -159,10 +160,20 @@ class BM25Builder:
             )
 
     def finish(self) -> BM25Index:
-        import bm25s
+        bm25s = _bm25s()
 
         if not self.token_ids:
             raise RetrieverError("cannot build BM25 over an empty collection")
         model = bm25s.BM25()
         model.index((self.token_ids, self.vocabulary), show_progress=False)
         return BM25Index(model, np.concatenate(self.keys))
+
+
+def _bm25s() -> Any:
+    import bm25s
+
+    # bm25s sets its own logger to DEBUG on import, so its "Building index from IDs" line
+    # would reach whatever handler the application has (ours prints it as a [retriever]
+    # line); its warnings still come through.
+    logging.getLogger("bm25s").setLevel(logging.WARNING)
+    return bm25s

@@ -10,6 +10,7 @@ import pytest
 
 from retriever import RetrieverError, Searcher, build_index
 from retriever.cli import main
+from retriever.config import DISPLAY_SPACE
 from retriever.fusion import fuse
 from retriever.sparse import SparseSpec
 from tests.conftest import TOY_DOCS, write_jsonl
@@ -86,21 +87,25 @@ def test_every_method_answers_and_hybrids_fuse_their_parts(full_index: Path) -> 
 
 def test_explain_and_shared_tokens(full_index: Path) -> None:
     searcher = Searcher.load(full_index, dtype="float32")
-    explained = searcher.explain("bone disease", top=6)
+    explained = searcher.explain("bone disease", top=6, words_only=False)
     assert explained["text"] == "bone disease"
     assert [len(explained[s]) for s in ("raw", "filtered")] == [6, 6]
     hit = searcher.search("bone disease", k=1)[0]
-    as_document = searcher.explain(hit, top=4)
+    as_document = searcher.explain(hit, top=4, words_only=False)
     assert as_document["text"] == hit.embedding_text and len(as_document["filtered"]) == 4
     hits = searcher.search("The quick brown fox", k=2)
+    # Shared words are read in the display space, among each side's top displayed words.
     shared = searcher.shared_tokens("The quick brown fox", hits, top=40)
-    query_top = {t["id"] for t in searcher.explain("The quick brown fox", top=40)["filtered"]}
+    query_top = {t["id"] for t in searcher.explain("The quick brown fox", top=40)[DISPLAY_SPACE]}
     for hit, tokens in zip(hits, shared, strict=True):
-        hit_top = {t["id"] for t in searcher.explain(hit, top=40)["filtered"]}
+        hit_top = {t["id"] for t in searcher.explain(hit, top=40)[DISPLAY_SPACE]}
         assert {t.id for t in tokens} == query_top & hit_top
-    # A document read against itself shares every top token.
+    # A document read against itself shares every word it shows.
     own = searcher.search(TOY_DOCS[1]["title"] + " " + TOY_DOCS[1]["text"], k=1)
-    assert len(searcher.shared_tokens(own[0].embedding_text, own, top=10)[0]) >= 8
+    shown = searcher.explain(own[0].embedding_text, top=10)[DISPLAY_SPACE]
+    assert len(searcher.shared_tokens(own[0].embedding_text, own, top=10)[0]) == len(shown) > 0
+    filtered = searcher.shared_tokens("bone disease", hits, top=40, space="filtered")
+    assert all(t.token.startswith(" ") for tokens in filtered for t in tokens)
 
 
 def test_sparse_only_index_and_missing_parts(

@@ -129,7 +129,7 @@ def test_displayed_tokens_are_whole_words_without_junk() -> None:
     assert shown[0].score / shown[1].score == pytest.approx(0.6 / 0.5)  # scores untouched
     stop = frozenset({"the", "nor"})
     assert is_display_word(" disease", stop) and is_display_word(" COVID-19", stop)
-    for token in ("idisciplinary", " ),", "=(", " nor", " x", " !).", "\n   "):
+    for token in ("idisciplinary", " ),", "=(", " nor", " x", " th", " !).", "\n   "):
         assert not is_display_word(token, stop), token
 
 
