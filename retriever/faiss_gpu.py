@@ -138,11 +138,18 @@ def place(index: Any, setting: GpuSetting, purpose: str) -> Placed:
     return Placed(moved, True, where)
 
 
+_said: set[str] = set()
+
+
 def _on_cpu(index: Any, purpose: str, reason: str, *, warn: bool) -> Placed:
     where = f"CPU ({reason})"
-    # Said for every index, not once per process: a benchmark places many, and a fallback
-    # of the third must not hide behind the first one's line.
-    (logger.warning if warn else logger.info)("faiss %s on %s", purpose, where)
+    if warn:
+        # A fallback is said for every index: a benchmark places many, and the third's
+        # must not hide behind the first one's line.
+        logger.warning("faiss %s on %s", purpose, where)
+    elif f"{purpose} {where}" not in _said:
+        _said.add(f"{purpose} {where}")  # no GPU at all: once per process is enough
+        logger.info("faiss %s on %s", purpose, where)
     return Placed(index, False, where)
 
 
