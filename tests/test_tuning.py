@@ -3,10 +3,17 @@ setting tuned on its own labels, and the choice can fall back to the better retr
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from retriever import RetrieverError
-from retriever.tuning import FusionSetting, cross_validate_fusion, fusion_grid, kfold
+from retriever.tuning import (
+    FusionSetting,
+    beats_by_one_standard_error,
+    cross_validate_fusion,
+    fusion_grid,
+    kfold,
+)
 
 
 def test_folds_partition_the_queries_deterministically() -> None:
@@ -67,3 +74,20 @@ def test_the_grid_holds_both_fusions_and_both_single_retrievers() -> None:
     assert FusionSetting("rrf", 0.5, 60) in grid
     rrf = FusionSetting("rrf", 0.5, 60).fuse({"a": 3.0, "b": 1.0}, {"b": 2.0})
     assert rrf == pytest.approx({"a": 0.5 / 61, "b": 0.5 / 62 + 0.5 / 61})
+
+
+def test_a_blend_that_helps_every_query_is_kept_and_one_by_luck_is_not() -> None:
+    ids = [f"q{i}" for i in range(12)]
+    qrels = {q: {f"{q}-gold": 1} for q in ids}
+    # Each retriever ranks the gold document second behind its own noise: fused, it wins.
+    first = [{f"{q}-a": 0.9, f"{q}-gold": 0.8, "x": 0.1} for q in ids]
+    second = [{f"{q}-b": 0.9, f"{q}-gold": 0.8, "y": 0.1} for q in ids]
+    chosen = cross_validate_fusion(ids, first, second, qrels, folds=3)
+    assert all(fold["blend_kept"] for fold in chosen.folds)
+    assert chosen.mean_fold_score == pytest.approx(1.0)
+    # A gain on one query of twelve, nothing elsewhere: its mean is one standard error
+    # exactly, so it is luck, not a gain; a steady gain on every query is kept.
+    baseline = np.full(12, 0.5)
+    assert not beats_by_one_standard_error(baseline + 0.5 * np.eye(12)[0], baseline)
+    assert beats_by_one_standard_error(baseline + 0.1 + 0.01 * np.arange(12), baseline)
+    assert not beats_by_one_standard_error(np.array([0.9]), np.array([0.1]))
