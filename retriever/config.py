@@ -77,7 +77,7 @@ class FilterSpec:
 
     ``remove_mean_direction`` (this project's data-free refinement, method.md section 3)
     is on by default: it is the best data-free variant measured on SciFact (nDCG@10 0.310
-    against the paper's exact EmbedFilter 0.248, mean pooling, tau 2). ``False`` gives the
+    against the paper's exact EmbedFilter 0.251, mean pooling, tau 2, bf16). ``False`` gives the
     paper's EmbedFilter; ``None`` means the default, off at ``tau == 1`` so that tau 1
     stays the unfiltered baseline.
     """
