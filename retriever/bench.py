@@ -13,6 +13,7 @@ import dataclasses
 import json
 import logging
 import platform
+import shutil
 import tempfile
 import time
 from collections import Counter
@@ -600,6 +601,9 @@ def run_bench(
     """Benchmark every variant for every (prompt, pooling) setting; returns the rows."""
     settings = settings or BenchSettings()
     out = Path(out)
+    # The run files are this run's: a previous run's rows (other variants) must not linger
+    # beside results.json, which lists exactly the ones written now.
+    shutil.rmtree(out / "runs", ignore_errors=True)
     corpus = load_corpus(dataset, limit=limit)
     queries, qrels = _judged_split(dataset, split)
     query_ids, query_texts = list(queries), list(queries.values())

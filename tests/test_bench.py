@@ -38,6 +38,9 @@ REQUIRED = {
 @pytest.fixture(scope="module")
 def bench_out(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("bench") / "results"
+    # A run file left by an earlier run into the same folder must not survive this one.
+    (out / "runs").mkdir(parents=True)
+    (out / "runs" / "earlier-variant.trec.gz").write_bytes(b"")
     code = main(
         [
             "bench",
@@ -190,6 +193,8 @@ def test_alignment_of_the_documents(bench_out: Path) -> None:
 def test_run_files_reproduce_the_metrics(bench_out: Path) -> None:
     qrels = load_qrels(SHARED_SCIFACT)
     rows = json.loads((bench_out / "results.json").read_text())
+    written = {path.name for path in (bench_out / "runs").iterdir()}
+    assert written == {Path(row["run_file"]).name for row in rows}
     for row in rows[:8]:
         run = read_trec_run(bench_out / row["run_file"])
         if row["index_type"] == "Flat":  # exact: k = 100 > 80 documents returns them all
