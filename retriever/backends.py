@@ -20,10 +20,12 @@ manifest. Row numbers, collections and server addresses stay inside.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import re
 import shutil
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,14 +33,7 @@ from typing import Any
 import numpy as np
 
 from retriever.errors import RetrieverError
-from retriever.faiss_gpu import (
-    GpuSetting,
-    Placed,
-    check_gpu_limits,
-    gpu_count,
-    gpu_options,
-    place,
-)
+from retriever.faiss_gpu import GpuSetting, Placed, check_gpu_limits, refuse_a_missing_gpu
 from retriever.generations import EXTERNAL_FILE
 from retriever.index import (
     INDEX_FILE,
@@ -168,8 +163,7 @@ class FaissBackend(DenseBackend):
     def open(cls, folder: Path, *, use_gpu: GpuSetting = None) -> FaissBackend:
         """The index in ``folder`` for searching; it moves to the GPU on the first search,
         after the search parameters are set."""
-        if gpu_options(use_gpu).enabled and gpu_count() == 0:
-            place(None, use_gpu, "search")  # refuses now, not at the first search
+        refuse_a_missing_gpu(use_gpu)  # now, not at the first search
         index = load_faiss_index(folder)
         return cls(index.d, index=index, use_gpu=use_gpu, read_only=True)
 
@@ -228,7 +222,10 @@ class FaissBackend(DenseBackend):
         if self._index is not None:
             set_search_parameters(self.index, params)  # checks the names against the type
         if self._placed is not None and self._placed.index is not self._index:
-            set_search_parameters(self._placed.index, params, applicable=self._parameters)
+            # The GPU copy, a separate object (the CPU index above was checked and set).
+            set_search_parameters(
+                self._placed.index, params, applicable=self._parameters, on_gpu=True
+            )
 
     def save(self, folder: Path) -> dict[str, Any]:
         save_faiss_index(self.index, folder)
@@ -536,40 +533,38 @@ def _check_alias_is_ours(client: Any, uri: str, alias: str, folder: Path) -> Non
 
 def publish_external(record_path: Path) -> None:
     """Point a published generation's alias at its collection."""
-    record = json.loads(record_path.read_text())
-    alias, collection = record["alias"], record["collection"]
-    try:
-        client = _milvus_client(record["uri"])
-        try:
-            if alias in _aliases(client):
-                client.alter_alias(collection, alias)
-            else:
-                client.create_alias(collection, alias)
-        finally:
-            client.close()
-    except Exception as exc:  # pymilvus raises its own types, per version
-        raise RetrieverError(
-            f"the Milvus alias {alias!r} could not be pointed at {collection!r}: {exc}"
-        ) from None
+    with _server_record(record_path, "pointing the alias at") as (client, alias, collection):
+        if alias in _aliases(client):
+            client.alter_alias(collection, alias)
+        else:
+            client.create_alias(collection, alias)
 
 
 def drop_external(record_path: Path) -> None:
     """Drop the server collection of a generation being removed."""
+    with _server_record(record_path, "dropping") as (client, alias, collection):
+        if alias in _aliases(client) and client.describe_alias(alias)["collection_name"] == (
+            collection
+        ):
+            client.drop_alias(alias)  # the index at this path no longer uses Milvus
+        if client.has_collection(collection):
+            client.drop_collection(collection)
+
+
+@contextlib.contextmanager
+def _server_record(record_path: Path, doing: str) -> Iterator[tuple[Any, str, str]]:
+    """``(client, alias, collection)`` of a generation's ``EXTERNAL`` record; any failure
+    on the server is one ``RetrieverError`` naming what was being done."""
     record = json.loads(record_path.read_text())
     alias, collection = record["alias"], record["collection"]
     try:
         client = _milvus_client(record["uri"])
         try:
-            if (
-                alias in _aliases(client)
-                and client.describe_alias(alias)["collection_name"] == collection
-            ):
-                client.drop_alias(alias)  # the index at this path no longer uses Milvus
-            if client.has_collection(collection):
-                client.drop_collection(collection)
+            yield client, alias, collection
         finally:
             client.close()
     except Exception as exc:  # pymilvus raises its own types, per version
         raise RetrieverError(
-            f"the Milvus collection {collection!r} at {record['uri']} could not be dropped: {exc}"
+            f"{doing} the Milvus collection {collection!r} (alias {alias!r}) at "
+            f"{record['uri']} failed: {exc}"
         ) from None

@@ -416,47 +416,46 @@ def _sparse_and_hybrid_rows(
         hybrid_parts["bm25"] = lexical.bm25
     if "dense" in hybrid_parts:
         for other in ("keytokens", "bm25"):
-            for fusion in settings.fusions if other in hybrid_parts else ():
-                add(
-                    hybrid_retrieval(hybrid_parts["dense"], hybrid_parts[other], fusion, settings),
-                    family="hybrid",
-                    method=f"dense+{other}",
-                    source=hybrid_variant.method,
-                    band=hybrid_variant.band,
-                    tau=hybrid_variant.tau,
-                    dim=hybrid_variant.projection.dim,
-                    index_type=f"{settings.index_types[0]} + {other}",
-                    fusion=fusion,
+            if other not in hybrid_parts:
+                continue
+            labels = {
+                "family": "hybrid",
+                "method": f"dense+{other}",
+                "source": hybrid_variant.method,
+                "band": hybrid_variant.band,
+                "tau": hybrid_variant.tau,
+                "dim": hybrid_variant.projection.dim,
+                "index_type": f"{settings.index_types[0]} + {other}",
+            }
+            dense, second = hybrid_parts["dense"], hybrid_parts[other]
+            fixed = {f: hybrid_retrieval(dense, second, f, settings) for f in settings.fusions}
+            for fusion, retrieval in fixed.items():
+                add(retrieval, **labels, fusion=fusion)
+            if settings.cv_folds:
+                # Timed like the weighted hybrid: one fusion per query, whatever it picks.
+                timed = fixed.get("weighted") or hybrid_retrieval(
+                    dense, second, "weighted", settings
                 )
-            if other in hybrid_parts and settings.cv_folds:
                 retrieval, folds = cross_validated_retrieval(
-                    hybrid_parts["dense"], hybrid_parts[other], query_ids, doc_ids, qrels, settings
+                    dense, second, timed, query_ids, doc_ids, qrels, settings
                 )
-                add(
-                    retrieval,
-                    family="hybrid",
-                    method=f"dense+{other}",
-                    source=hybrid_variant.method,
-                    band=hybrid_variant.band,
-                    tau=hybrid_variant.tau,
-                    dim=hybrid_variant.projection.dim,
-                    index_type=f"{settings.index_types[0]} + {other}",
-                    fusion=f"cv-{settings.cv_folds}fold",
-                    cv_folds=folds,
-                )
+                fusion = f"cv-{settings.cv_folds}fold"
+                add(retrieval, **labels, fusion=fusion, cv_folds=folds)
     return scored
 
 
 def cross_validated_retrieval(
     dense: Retrieval,
     other: Retrieval,
+    timed: Retrieval,
     query_ids: list[str],
     doc_ids: list[str],
     qrels: dict[str, dict[str, int]],
     settings: BenchSettings,
 ) -> tuple[Retrieval, list[dict[str, Any]]]:
     """The two lists fused with the setting k-fold cross-validation picks per fold (see
-    retriever.tuning); costs one fusion per query, like the fixed-setting hybrids."""
+    retriever.tuning). It costs one fusion per query like the fixed-setting hybrids, so
+    it reports ``timed``'s latency (the weighted one) and bytes."""
     candidates = [
         [{doc_ids[row]: score for row, score in found} for found in part.ranked]
         for part in (dense, other)
@@ -469,7 +468,6 @@ def cross_validated_retrieval(
         [(row_of[doc], score) for doc, score in chosen.run.get(query_id, {}).items()]
         for query_id in query_ids
     ]
-    timed = hybrid_retrieval(dense, other, "weighted", settings)
     folds = [{**fold, "fold": n} for n, fold in enumerate(chosen.folds)]
     return (
         Retrieval(

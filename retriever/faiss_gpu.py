@@ -96,17 +96,22 @@ class Placed:
     where: str
 
 
+def refuse_a_missing_gpu(setting: GpuSetting) -> None:
+    """Refuse ``--gpu`` (a GPU required) when faiss sees none, before anything loads."""
+    if gpu_options(setting).enabled and gpu_count() == 0:
+        raise RetrieverError(
+            "a GPU index was asked for (--gpu), but faiss sees no GPU"
+            + ("" if hasattr(faiss, "StandardGpuResources") else ": faiss-cpu is installed")
+        )
+
+
 def place(index: Any, setting: GpuSetting, purpose: str) -> Placed:
     """``index`` (a CPU index) moved where ``setting`` says, or left on the CPU with the
     reason logged. ``purpose`` names the step in the log ("build", "search")."""
     options = gpu_options(setting)
+    refuse_a_missing_gpu(options)
     available = gpu_count()
     if options.enabled is False or available == 0:
-        if options.enabled:
-            raise RetrieverError(
-                "a GPU index was asked for (--gpu), but faiss sees no GPU"
-                + ("" if hasattr(faiss, "StandardGpuResources") else ": faiss-cpu is installed")
-            )
         if options.enabled is False:
             reason = "GPU off"
         elif hasattr(faiss, "StandardGpuResources"):

@@ -249,12 +249,6 @@ def _publish_external(generation: Path) -> None:
             logger.warning("%s is published, but %s", generation.name, exc)
 
 
-def external_records(out: Path) -> list[Path]:
-    """The ``EXTERNAL`` files of every generation of ``out``, staging ones included."""
-    folder = generations_folder(out)
-    return sorted(folder.glob(f"*/{EXTERNAL_FILE}")) if folder.is_dir() else []
-
-
 @contextlib.contextmanager
 def _locked(path: Path, operation: int) -> Iterator[None]:
     try:

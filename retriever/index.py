@@ -199,12 +199,19 @@ SEARCH_PARAMETERS = {"nprobe": "IVF", "efSearch": "HNSW"}
 
 
 def set_search_parameters(
-    index: faiss.Index, params: dict[str, int | None], *, applicable: set[str] | None = None
+    index: faiss.Index,
+    params: dict[str, int | None],
+    *,
+    applicable: set[str] | None = None,
+    on_gpu: bool = False,
 ) -> None:
     """Apply ``{"nprobe": n, "efSearch": n}`` (``None`` leaves one as it is).
 
-    ``applicable``: the parameters the index takes, when it cannot be asked (a GPU index:
-    ask its CPU original with :func:`search_parameters_of`)."""
+    ``on_gpu``: the index is a GPU one (or replicas or shards of them), which takes its
+    parameters through faiss's GPU parameter space and cannot say which it takes:
+    ``applicable`` names them, read from its CPU original with :func:`search_parameters_of`.
+    """
+    space = faiss.GpuParameterSpace() if on_gpu else faiss.ParameterSpace()
     for name, value in params.items():
         if value is None:
             continue
@@ -215,27 +222,12 @@ def set_search_parameters(
                 f"{name} applies to {SEARCH_PARAMETERS[name]} indexes; this index is "
                 f"{type(faiss.downcast_index(_inner(index))).__name__}"
             )
-        _parameter_space(index).set_index_parameter(index, name, int(value))
+        space.set_index_parameter(index, name, int(value))
 
 
 def search_parameters_of(index: faiss.Index) -> set[str]:
     """The search parameters a CPU index takes."""
     return {name for name in SEARCH_PARAMETERS if has_parameter(index, name)}
-
-
-def _parameter_space(index: faiss.Index) -> Any:
-    """GPU indexes (and replicas or shards of them) take parameters through the GPU space."""
-    if hasattr(faiss, "GpuParameterSpace") and "Gpu" in repr(index) + _types_within(index):
-        return faiss.GpuParameterSpace()
-    return faiss.ParameterSpace()
-
-
-def _types_within(index: faiss.Index) -> str:
-    index = faiss.downcast_index(index)
-    names = [type(index).__name__]
-    if isinstance(index, (faiss.IndexReplicas, faiss.IndexShards)):
-        names += [type(faiss.downcast_index(index.at(i))).__name__ for i in range(index.count())]
-    return " ".join(names)
 
 
 def _inner(index: faiss.Index) -> faiss.Index:

@@ -127,14 +127,21 @@ def weights_sha256(folder: Path) -> str:
     files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix in _WEIGHT_SUFFIXES)
     if not files:
         raise RetrieverError(f"model folder {folder} holds no weight files ({_WEIGHT_SUFFIXES})")
+    return _memoised_sha256("weights-sha256", files, with_names=True)
+
+
+def _memoised_sha256(kind: str, files: list[Path], *, with_names: bool) -> str:
+    """SHA-256 over the files' bytes (each after its name with ``with_names``), memoised
+    in the cache under ``kind``, keyed by each file's path, size and modification time."""
     stats = [(str(p.resolve()), p.stat().st_size, p.stat().st_mtime_ns) for p in files]
     key = hashlib.sha256(json.dumps(stats).encode()).hexdigest()
-    memo = cache_dir() / "weights-sha256" / key
+    memo = cache_dir() / kind / key
     if memo.is_file():
         return memo.read_text().strip()
     digest = hashlib.sha256()
     for path in files:
-        digest.update(path.name.encode())
+        if with_names:
+            digest.update(path.name.encode())
         with path.open("rb") as handle:
             for block in iter(lambda: handle.read(1 << 24), b""):
                 digest.update(block)
@@ -180,18 +187,7 @@ def _gguf_model_folder(gguf_path: Path) -> tuple[Path, str]:
 
 def file_sha256(path: Path) -> str:
     """SHA-256 of one file, memoised like :func:`weights_sha256`."""
-    stat = path.stat()
-    key = hashlib.sha256(json.dumps([str(path), stat.st_size, stat.st_mtime_ns]).encode())
-    memo = cache_dir() / "file-sha256" / key.hexdigest()
-    if memo.is_file():
-        return memo.read_text().strip()
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 24), b""):
-            digest.update(block)
-    memo.parent.mkdir(parents=True, exist_ok=True)
-    memo.write_text(digest.hexdigest())
-    return digest.hexdigest()
+    return _memoised_sha256("file-sha256", [path], with_names=False)
 
 
 def _convert_gguf(gguf_path: Path, target: Path) -> None:

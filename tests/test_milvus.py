@@ -150,6 +150,17 @@ def milvus_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         server.wait(30)
 
 
+def _serve(model: Path, corpus: Path, out: Path, uri: str, collection: str, **kwargs) -> Path:
+    return _build(
+        model, corpus, out, backend="milvus", milvus_uri=uri, collection=collection, **kwargs
+    )
+
+
+def _collection(index: Path) -> str:
+    """The server collection the index's current generation reads."""
+    return json.loads((index / "manifest.json").read_text())["index"]["backend"]["collection"]
+
+
 def _server_state(uri: str, alias: str) -> tuple[str | None, list[str]]:
     """(the collection ``alias`` names, the collections of that alias's generations)."""
     from pymilvus import MilvusClient
@@ -168,14 +179,7 @@ def test_a_server_collection_answers_like_faiss_and_changes_by_generation(
     tiny_model: Path, pair: dict[str, Path], milvus_server: str, tmp_path: Path
 ) -> None:
     corpus = write_jsonl(tmp_path / "docs.jsonl", synthetic_docs(200, seed=5))
-    index = _build(
-        tiny_model,
-        corpus,
-        tmp_path / "served",
-        backend="milvus",
-        milvus_uri=milvus_server,
-        collection="served",
-    )
+    index = _serve(tiny_model, corpus, tmp_path / "served", milvus_server, "served")
     described = json.loads((index / "manifest.json").read_text())["index"]["backend"]
     first = described["collection"]
     assert described["alias"] == "served" and first.startswith("served__")
@@ -191,14 +195,14 @@ def test_a_server_collection_answers_like_faiss_and_changes_by_generation(
 
     extra = write_jsonl(tmp_path / "b.jsonl", synthetic_docs(5, seed=9, prefix="b"))
     assert main(["add", str(index), str(extra)]) == 0
-    second = json.loads((index / "manifest.json").read_text())["index"]["backend"]["collection"]
+    second = _collection(index)
     target, owned = _server_state(milvus_server, "served")
     assert target == second and owned == sorted([first, second])  # the reader keeps `first`
     assert reader.batch_search(QUERIES, k=10) == served_run
     reader.close()
 
     assert main(["delete", str(index), "s3", "b1"]) == 0
-    third = json.loads((index / "manifest.json").read_text())["index"]["backend"]["collection"]
+    third = _collection(index)
     # Nobody reads the first two generations now: their collections went with them.
     assert _server_state(milvus_server, "served") == (third, [third])
     searcher = Searcher.load(index)
@@ -210,24 +214,9 @@ def test_a_server_collection_answers_like_faiss_and_changes_by_generation(
     # Another index may not take the name; a rebuild of this one may, and a FAISS rebuild
     # of this path lets go of the server's collections.
     with pytest.raises(RetrieverError, match="another index uses"):
-        _build(
-            tiny_model,
-            extra,
-            tmp_path / "other",
-            backend="milvus",
-            milvus_uri=milvus_server,
-            collection="served",
-        )
-    _build(
-        tiny_model,
-        extra,
-        index,
-        backend="milvus",
-        milvus_uri=milvus_server,
-        collection="served",
-        overwrite=True,
-    )
-    fourth = json.loads((index / "manifest.json").read_text())["index"]["backend"]["collection"]
+        _serve(tiny_model, extra, tmp_path / "other", milvus_server, "served")
+    _serve(tiny_model, extra, index, milvus_server, "served", overwrite=True)
+    fourth = _collection(index)
     assert _server_state(milvus_server, "served") == (fourth, [fourth])
     _build(tiny_model, extra, index, overwrite=True)
     assert _server_state(milvus_server, "served") == (None, [])
@@ -244,14 +233,7 @@ def test_a_failed_build_leaves_no_collection_on_the_server(
     monkeypatch.setattr(indexing, "_write_manifest", fail)
     corpus = write_jsonl(tmp_path / "docs.jsonl", synthetic_docs(20))
     with pytest.raises(RetrieverError, match="injected"):
-        _build(
-            tiny_model,
-            corpus,
-            tmp_path / "x",
-            backend="milvus",
-            milvus_uri=milvus_server,
-            collection="failed",
-        )
+        _serve(tiny_model, corpus, tmp_path / "x", milvus_server, "failed")
     assert _server_state(milvus_server, "failed") == (None, [])
     assert not (tmp_path / "x").exists()
 
@@ -265,11 +247,4 @@ def test_a_collection_made_by_someone_else_is_refused(
     client.create_collection("theirs", dimension=8)
     client.close()
     with pytest.raises(RetrieverError, match="'theirs' not made by retriever"):
-        _build(
-            tiny_model,
-            toy_corpus,
-            tmp_path / "x",
-            backend="milvus",
-            milvus_uri=milvus_server,
-            collection="theirs",
-        )
+        _serve(tiny_model, toy_corpus, tmp_path / "x", milvus_server, "theirs")
