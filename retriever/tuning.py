@@ -10,11 +10,15 @@ The grid holds both fusions: the weighted sum of min-max normalised scores with 
 retriever's weight in 0, 0.05, ..., 1, and reciprocal-rank fusion with a weight in the
 same steps and k in ``RRF_KS``. Weights 0 and 1 are the single retrievers.
 
-A fold takes its best blend only when it beats the better single retriever on the
-training queries by more than one standard error of their paired difference (the
-one-standard-error rule); otherwise it keeps that retriever. With 189 settings, the best
-on 240 queries is partly luck, and a blend chosen by luck loses on the held-out fold to
-the part it was meant to improve: the rule is what makes a hybrid that never loses.
+A blend must earn its place. The best of 189 settings on 240 training queries wins partly
+by luck, so its training score says little about the held-out fold; what does is how the
+tuning itself generalises. Each fold therefore runs a second, inner cross-validation on its
+training queries only: tune on the inner folds, score the inner held-out queries, and
+compare those held-out scores with the better single retriever's, chosen the same way. The
+fold keeps its best blend only when that paired gain is significant (one-sided paired
+t-test, ``BLEND_SIGNIFICANCE``); otherwise it keeps the better single retriever. When the
+retrievers add nothing to each other, the hybrid is then the better retriever on almost
+every fold, which is what makes a hybrid that does not lose to its own part.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import pytrec_eval
+from scipy import stats
 
 from retriever.errors import RetrieverError
 from retriever.fusion import min_max
@@ -31,6 +36,8 @@ from retriever.fusion import min_max
 WEIGHTS = tuple(round(w, 2) for w in np.linspace(0.0, 1.0, 21))
 RRF_KS = (1, 5, 10, 20, 40, 60, 100, 200)
 TUNED_METRIC = "ndcg_cut_10"
+# The one-sided p-value under which an inner-cross-validated gain counts as real.
+BLEND_SIGNIFICANCE = 0.05
 
 Candidates = Sequence[Mapping[str, float]]  # per query: {doc id: score} of one retriever
 
@@ -111,9 +118,9 @@ def cross_validate_fusion(
     """Fuse two retrievers' candidates per query, the setting chosen by k-fold CV.
 
     Only judged queries take part. Each fold's setting maximises mean nDCG@10 over the
-    other folds (ties: the earlier grid point), unless it does not beat the better single
-    retriever by one standard error (see the module docstring); the held-out queries are
-    fused with it.
+    other folds (ties: the earlier grid point), unless an inner cross-validation on those
+    folds finds no significant gain over the better single retriever (see
+    :func:`choose_setting`); the held-out queries are fused with it.
     """
     judged = [i for i, q in enumerate(query_ids) if q in qrels]
     ids = [query_ids[i] for i in judged]
@@ -141,39 +148,74 @@ def cross_validate_fusion(
     fold_reports = []
     for held_out in kfold(ids, folds, seed):
         held = set(held_out)
-        train = [position[q] for q in ids if q not in held]
-        means = scores[:, train].mean(axis=1)
-        best = int(np.argmax(means))
-        single = max(singles, key=lambda g: means[g]) if singles else best
-        blended = best != single and beats_by_one_standard_error(
-            scores[best, train], scores[single, train]
-        )
-        if not blended:
-            best = single
+        train = np.array([position[q] for q in ids if q not in held])
+        choice = choose_setting(scores, train, singles, folds, seed)
         test = [position[q] for q in held_out]
         for query_id in held_out:
-            held_out_run[query_id] = fused_runs[best][query_id]
+            held_out_run[query_id] = fused_runs[choice.setting][query_id]
         fold_reports.append(
             {
-                "setting": grid[best].describe(),
-                "blend_kept": bool(blended),
+                "setting": grid[choice.setting].describe(),
+                "blend_kept": choice.blend_kept,
+                "inner_cv_gain": choice.inner_gain,
+                "inner_cv_p_value": choice.p_value,
                 "held_out": list(held_out),
                 "train_queries": len(train),
                 "held_out_queries": len(test),
-                "train_ndcg@10": float(scores[best, train].mean()),
-                "held_out_ndcg@10": float(scores[best, test].mean()),
+                "train_ndcg@10": float(scores[choice.setting, train].mean()),
+                "held_out_ndcg@10": float(scores[choice.setting, test].mean()),
             }
         )
     return CrossValidated(held_out_run, fold_reports)
 
 
-def beats_by_one_standard_error(candidate: np.ndarray, baseline: np.ndarray) -> bool:
-    """Whether per-query scores ``candidate`` beat ``baseline`` (same queries) by more
-    than one standard error of their mean paired difference."""
-    gain = np.asarray(candidate, dtype=float) - np.asarray(baseline, dtype=float)
-    if len(gain) < 2:
-        return False
-    return bool(gain.mean() > gain.std(ddof=1) / np.sqrt(len(gain)) + 1e-12)
+@dataclass(frozen=True)
+class Choice:
+    """A fold's setting (a row of the score matrix) and the evidence it was chosen on."""
+
+    setting: int
+    blend_kept: bool
+    inner_gain: float
+    p_value: float
+
+
+def choose_setting(
+    scores: np.ndarray, train: np.ndarray, singles: Sequence[int], folds: int, seed: int = 0
+) -> Choice:
+    """The setting to apply to a held-out fold, from per-query ``scores`` (settings x
+    queries) on the ``train`` columns only: the best blend if an inner ``folds``-fold
+    cross-validation over ``train`` finds its tuning beats the better single retriever
+    (rows ``singles``) significantly, else that retriever."""
+    best_single = _argmax(scores, train, singles)
+    tuned = _argmax(scores, train)
+    if tuned in singles or len(train) < 2:
+        return Choice(best_single, False, 0.0, 1.0)
+    blend_held_out = np.empty(len(train))
+    single_held_out = np.empty(len(train))
+    order = np.random.default_rng(seed).permutation(len(train))
+    for inner in np.array_split(order, min(folds, len(train))):
+        inner_train = np.delete(train, inner)
+        blend_held_out[inner] = scores[_argmax(scores, inner_train), train[inner]]
+        single_held_out[inner] = scores[_argmax(scores, inner_train, singles), train[inner]]
+    gain = blend_held_out - single_held_out
+    p_value = _one_sided_p(gain)
+    blend_kept = p_value < BLEND_SIGNIFICANCE
+    return Choice(tuned if blend_kept else best_single, blend_kept, float(gain.mean()), p_value)
+
+
+def _argmax(scores: np.ndarray, columns: np.ndarray, rows: Sequence[int] | None = None) -> int:
+    """The row with the highest mean over ``columns`` (ties: the earlier row)."""
+    rows = list(range(len(scores))) if rows is None else list(rows)
+    means = scores[np.ix_(rows, columns)].mean(axis=1)
+    return rows[int(np.argmax(means))]
+
+
+def _one_sided_p(gain: np.ndarray) -> float:
+    """The paired t-test's p-value for a mean ``gain`` above zero (a constant gain is
+    certain, a constant zero or loss is not)."""
+    if np.all(gain == gain[0]):
+        return 0.0 if gain[0] > 0 else 1.0
+    return float(stats.ttest_1samp(gain, 0.0, alternative="greater").pvalue)
 
 
 def _top(scores: Mapping[str, float], k: int) -> dict[str, float]:

@@ -9,7 +9,7 @@ import pytest
 from retriever import RetrieverError
 from retriever.tuning import (
     FusionSetting,
-    beats_by_one_standard_error,
+    choose_setting,
     cross_validate_fusion,
     fusion_grid,
     kfold,
@@ -85,9 +85,41 @@ def test_a_blend_that_helps_every_query_is_kept_and_one_by_luck_is_not() -> None
     chosen = cross_validate_fusion(ids, first, second, qrels, folds=3)
     assert all(fold["blend_kept"] for fold in chosen.folds)
     assert chosen.mean_fold_score == pytest.approx(1.0)
-    # A gain on one query of twelve, nothing elsewhere: its mean is one standard error
-    # exactly, so it is luck, not a gain; a steady gain on every query is kept.
-    baseline = np.full(12, 0.5)
-    assert not beats_by_one_standard_error(baseline + 0.5 * np.eye(12)[0], baseline)
-    assert beats_by_one_standard_error(baseline + 0.1 + 0.01 * np.arange(12), baseline)
-    assert not beats_by_one_standard_error(np.array([0.9]), np.array([0.1]))
+
+
+def test_a_blend_that_wins_on_training_queries_by_luck_is_not_kept() -> None:
+    # Blend j gains 0.5 on queries j and j+1 only: on the training queries the best blend
+    # is ahead of the single retriever, but tuned without a query it never helps that
+    # query, so the inner cross-validation sees no gain.
+    n = 20
+    single = np.full(n, 0.5)
+    blends = [single + 0.5 * (np.eye(n)[j] + np.eye(n)[(j + 1) % n]) for j in range(n)]
+    scores = np.array([np.zeros(n), *blends, single])
+    singles = [0, len(scores) - 1]
+    train = np.arange(n)
+    assert scores[1:-1, train].mean(axis=1).max() > single.mean()
+    choice = choose_setting(scores, train, singles, folds=5)
+    assert choice.setting == len(scores) - 1 and not choice.blend_kept
+    assert choice.inner_gain <= 0 and choice.p_value == 1.0
+
+
+def test_without_a_true_gain_almost_every_fold_keeps_the_better_retriever() -> None:
+    # 30 blends that are the strong retriever plus zero-mean noise: the best of them always
+    # looks better on the training queries, and never is.
+    rng = np.random.default_rng(0)
+    folds, queries, blended, looked_better = 5, 200, 0, 0
+    for replicate in range(20):
+        strong = rng.uniform(0, 1, queries)
+        noise = rng.normal(0, 0.1, (30, queries))
+        scores = np.vstack([strong * 0.3, strong + noise, strong])
+        singles = [0, len(scores) - 1]
+        for held_out in kfold(list(range(queries)), folds, replicate):
+            train = np.setdiff1d(np.arange(queries), held_out)
+            looked_better += scores[1:-1, train].mean(axis=1).max() > strong[train].mean()
+            choice = choose_setting(scores, train, singles, folds, seed=replicate)
+            blended += choice.blend_kept
+            assert choice.blend_kept or choice.setting == len(scores) - 1
+    assert looked_better == 100
+    # The t-test's nominal level is 5%; cross-validation folds are not independent
+    # samples, so the measured rate runs higher (benchmarks/fusion_selection.py).
+    assert blended <= 15
