@@ -683,7 +683,9 @@ def _build_parser() -> argparse.ArgumentParser:
         metavar="N",
         help="also fuse each hybrid with the setting (weighted or RRF, weight, RRF k) chosen "
         "by N-fold cross-validation over the queries, so no query is scored with a setting "
-        "tuned on its own labels; 0 skips it (default: %(default)s)",
+        "tuned on its own labels; a fold keeps a blend only when an inner cross-validation "
+        "on its training queries shows a significant gain over the better single retriever; "
+        "0 skips it (default: %(default)s)",
     )
     lexical.add_argument(
         "--no-alignment",

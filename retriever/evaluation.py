@@ -64,9 +64,10 @@ def write_trec_run(run: Run, path: str | Path, tag: str = "retriever") -> Path:
             f"{query_id} Q0 {doc_id} {rank} {score:.9g} {tag}\n"
             for rank, (doc_id, score) in enumerate(ranked, start=1)
         ]
-    opener = gzip.open if path.suffix == ".gz" else open
-    with opener(path, "wt", encoding="utf-8") as handle:
-        handle.writelines(lines)
+    data = "".join(lines).encode("utf-8")
+    # No timestamp in the gzip header: an unchanged run rewrites to the same bytes, so a
+    # benchmark rerun only changes the run files whose rankings changed.
+    path.write_bytes(gzip.compress(data, mtime=0) if path.suffix == ".gz" else data)
     return path
 
 

@@ -47,6 +47,12 @@ def test_trec_run_round_trip(tmp_path: Path) -> None:
     assert len(set(read_trec_run(path)["q"].values())) == 3
 
 
+def test_a_gzipped_run_rewrites_to_the_same_bytes(tmp_path: Path) -> None:
+    first = write_trec_run(RUN, tmp_path / "a.trec.gz").read_bytes()
+    assert first[4:8] == bytes(4)  # gzip's mtime field: no timestamp to differ by
+    assert write_trec_run(RUN, tmp_path / "b.trec.gz").read_bytes() == first
+
+
 def test_judged_queries_and_empty_qrels() -> None:
     assert judged_queries({"q1": "x", "q9": "y"}, QRELS) == {"q1": "x"}
     with pytest.raises(RetrieverError, match="none of the queries"):
