@@ -3,6 +3,8 @@
 faiss-cpu and faiss-gpu both install the module ``faiss``: with both present, whichever
 was installed last wins, and any reinstall silently swaps them. Every module of the
 package imports FAISS from here, so a missing or doubled install is one line, with the fix.
+It also sets the one FAISS knob the package changes process-wide: when batched exhaustive
+search switches to BLAS (see ``blas_threshold``).
 """
 
 from __future__ import annotations
@@ -41,10 +43,31 @@ def _installed(distribution: str) -> bool:
     return True
 
 
+# FAISS 1.15 scans exhaustively with its own SIMD loop, not BLAS, while queries x dim stays
+# under this default: tuned on many cores, it keeps a 300-query batch at 288 dimensions on
+# the loop, 5-7x slower than BLAS on two cores (benchmarks/blas_threshold.py), and makes
+# EmbedFilter's smaller vectors slower to batch-search than the unfiltered ones. FAISS's
+# own follow-up (PR 5109) scales the threshold with the threads: 800 per thread.
+FAISS_DIMENSION_AWARE_DEFAULT = 128_000
+BLAS_WORK_PER_THREAD = 800
+
+
+def blas_threshold(current: int, threads: int) -> int:
+    """The exhaustive-search BLAS threshold to use: thread-scaled where FAISS still has its
+    1.15 default, ``current`` otherwise (another FAISS version's rule, or the user's)."""
+    if current != FAISS_DIMENSION_AWARE_DEFAULT:
+        return current
+    return BLAS_WORK_PER_THREAD * max(1, threads)
+
+
 check_faiss_install()
 try:
     import faiss
 except ImportError:
     raise RetrieverError(f"FAISS is not installed: {INSTALL_HINT}") from None
 
-__all__ = ["faiss", "check_faiss_install", "installed_faiss"]
+faiss.cvar.distance_compute_blas_threshold = blas_threshold(
+    faiss.cvar.distance_compute_blas_threshold, faiss.omp_get_max_threads()
+)
+
+__all__ = ["faiss", "blas_threshold", "check_faiss_install", "installed_faiss"]

@@ -6,6 +6,11 @@ import numpy as np
 import pytest
 
 from retriever.errors import RetrieverError
+from retriever.faiss_install import (
+    FAISS_DIMENSION_AWARE_DEFAULT,
+    blas_threshold,
+    faiss,
+)
 from retriever.index import (
     build_faiss_index,
     load_faiss_index,
@@ -58,3 +63,30 @@ def test_asking_for_a_gpu_without_one_is_an_error() -> None:
         pytest.skip("a GPU is present")  # the refusal can only be seen without one
     with pytest.raises(RetrieverError, match="faiss sees no GPU"):
         build_faiss_index(_unit_vectors(10, 8, 5), "Flat", use_gpu=True)
+
+
+def test_batched_exhaustive_search_switches_to_blas_after_a_few_queries() -> None:
+    assert blas_threshold(FAISS_DIMENSION_AWARE_DEFAULT, 2) == 1_600
+    assert blas_threshold(FAISS_DIMENSION_AWARE_DEFAULT, 0) == 800
+    assert blas_threshold(20, 2) == 20  # FAISS before 1.15 counts queries, not work
+    assert blas_threshold(5_000, 8) == 5_000  # a value someone chose is theirs
+    assert faiss.cvar.distance_compute_blas_threshold != FAISS_DIMENSION_AWARE_DEFAULT
+
+
+def test_blas_and_the_simd_scan_return_the_same_hits() -> None:
+    rng = np.random.default_rng(0)
+    vectors = rng.standard_normal((3000, 72), dtype=np.float32)
+    queries = rng.standard_normal((300, 72), dtype=np.float32)
+    index = faiss.IndexFlatIP(72)
+    index.add(vectors)
+    chosen = faiss.cvar.distance_compute_blas_threshold
+    try:
+        runs = []
+        for threshold in (0, 2**31 - 1):  # always BLAS, never BLAS
+            faiss.cvar.distance_compute_blas_threshold = threshold
+            runs.append(index.search(queries, 10))
+    finally:
+        faiss.cvar.distance_compute_blas_threshold = chosen
+    (blas_scores, blas_ids), (scan_scores, scan_ids) = runs
+    assert np.array_equal(blas_ids, scan_ids)
+    assert np.allclose(blas_scores, scan_scores, atol=1e-5)

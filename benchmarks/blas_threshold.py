@@ -1,0 +1,152 @@
+"""Batched exhaustive search: FAISS 1.15's BLAS threshold against the one this package sets.
+
+FAISS answers a batch of queries on a Flat index either with its own SIMD scan or with a
+BLAS matrix product, switching when queries x dim reaches ``distance_compute_blas_threshold``
+(128,000 by default in 1.15). The package sets 800 per OpenMP thread instead (see
+``retriever/faiss_install.py``). For each dimension EmbedFilter produces from the 576-dim
+model, N random unit vectors and a batch of random unit queries, timed under both
+thresholds in the same run (median of ``--repeats`` after a warm-up), plus the ratio of the
+two paths' times per batch size, which shows where the crossover lies on this machine.
+
+    python benchmarks/blas_threshold.py --out benchmarks/results/blas-threshold
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from retriever.faiss_install import FAISS_DIMENSION_AWARE_DEFAULT, faiss
+
+ALWAYS_BLAS, NEVER_BLAS = 0, 2**31 - 1
+
+
+def median_seconds(search, repeats: int) -> float:
+    search()
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        search()
+        times.append(time.perf_counter() - started)
+    return float(np.median(times))
+
+
+def unit_rows(rng: np.random.Generator, n: int, dim: int) -> np.ndarray:
+    rows = rng.standard_normal((n, dim), dtype=np.float32)
+    return rows / np.linalg.norm(rows, axis=1, keepdims=True)
+
+
+def timed(index: faiss.Index, queries: np.ndarray, k: int, threshold: int, repeats: int):
+    faiss.cvar.distance_compute_blas_threshold = threshold
+    return median_seconds(lambda: index.search(queries, k), repeats)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default="100000,1000000")
+    parser.add_argument("--dims", default="576,288,144,72")
+    parser.add_argument("--batches", default="16,300")
+    parser.add_argument("--crossover-size", type=int, default=200_000)
+    parser.add_argument("--crossover-batches", default="1,2,4,8,16,32,64,300")
+    parser.add_argument("--k", type=int, default=10)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--out", default="benchmarks/results/blas-threshold")
+    args = parser.parse_args()
+
+    package_threshold = faiss.cvar.distance_compute_blas_threshold
+    threads = faiss.omp_get_max_threads()
+    rng = np.random.default_rng(0)
+    dims = [int(d) for d in args.dims.split(",")]
+    rows, crossover = [], []
+    for n in (int(s) for s in args.sizes.split(",")):
+        for dim in dims:
+            index = faiss.IndexFlatIP(dim)
+            index.add(unit_rows(rng, n, dim))
+            for batch in (int(b) for b in args.batches.split(",")):
+                queries = unit_rows(rng, batch, dim)
+                default = timed(index, queries, args.k, FAISS_DIMENSION_AWARE_DEFAULT, args.repeats)
+                package = timed(index, queries, args.k, package_threshold, args.repeats)
+                rows.append(
+                    {
+                        "n": n,
+                        "dim": dim,
+                        "queries": batch,
+                        "faiss_default_qps": batch / default,
+                        "package_qps": batch / package,
+                        "speedup": default / package,
+                    }
+                )
+                print(json.dumps(rows[-1]), flush=True)
+            del index
+    for dim in dims:
+        index = faiss.IndexFlatIP(dim)
+        index.add(unit_rows(rng, args.crossover_size, dim))
+        ratios = {}
+        for batch in (int(b) for b in args.crossover_batches.split(",")):
+            queries = unit_rows(rng, batch, dim)
+            scan = timed(index, queries, args.k, NEVER_BLAS, args.repeats)
+            blas = timed(index, queries, args.k, ALWAYS_BLAS, args.repeats)
+            ratios[batch] = scan / blas
+        crossover.append({"dim": dim, "scan_over_blas_seconds": ratios})
+        print(json.dumps(crossover[-1]), flush=True)
+        del index
+    faiss.cvar.distance_compute_blas_threshold = package_threshold
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    command = "python " + shlex.join(sys.argv)
+    meta = {
+        "faiss": faiss.__version__,
+        "omp_threads": threads,
+        "package_threshold": package_threshold,
+        "faiss_default_threshold": FAISS_DIMENSION_AWARE_DEFAULT,
+    }
+    (out / "blas_threshold.json").write_text(
+        json.dumps(
+            {"command": command, "meta": meta, "rows": rows, "crossover": crossover}, indent=2
+        )
+        + "\n"
+    )
+    lines = [
+        f"`{command}`",
+        "",
+        f"FAISS {meta['faiss']}, {threads} OpenMP threads; Flat inner product, k = {args.k}, "
+        f"random unit vectors; median of {args.repeats} after a warm-up.",
+        "",
+        f"Batch QPS with FAISS's default threshold ({FAISS_DIMENSION_AWARE_DEFAULT:,}) and "
+        f"the package's ({package_threshold:,}):",
+        "",
+        "| N | dim | queries | FAISS default QPS | package QPS | speed-up |",
+        "|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        lines.append(
+            f"| {row['n']:,} | {row['dim']} | {row['queries']} | "
+            f"{row['faiss_default_qps']:,.0f} | {row['package_qps']:,.0f} | "
+            f"{row['speedup']:.2f}x |"
+        )
+    batches = list(crossover[0]["scan_over_blas_seconds"])
+    lines += [
+        "",
+        f"SIMD scan time over BLAS time, N = {args.crossover_size:,} (above 1: BLAS is faster):",
+        "",
+        "| dim | " + " | ".join(f"{b} queries" for b in batches) + " |",
+        "|---|" + "---|" * len(batches),
+    ]
+    for entry in crossover:
+        ratios = entry["scan_over_blas_seconds"]
+        lines.append(
+            f"| {entry['dim']} | " + " | ".join(f"{ratios[b]:.2f}" for b in batches) + " |"
+        )
+    (out / "blas_threshold.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
