@@ -7,6 +7,9 @@ BLAS matrix product, switching when queries x dim reaches ``distance_compute_bla
 model, N random unit vectors and a batch of random unit queries, timed under both
 thresholds in the same run (median of ``--repeats`` after a warm-up), plus the ratio of the
 two paths' times per batch size, which shows where the crossover lies on this machine.
+Last, the same batch timed right after a numpy matrix product the size of a filter
+transform, with numpy's BLAS threads as they are and on one thread
+(``retriever.evaluation.numpy_blas_on_one_thread``, what ``retriever bench`` runs under).
 
     python benchmarks/blas_threshold.py --out benchmarks/results/blas-threshold
 """
@@ -22,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from retriever.evaluation import numpy_blas_on_one_thread
 from retriever.faiss_install import FAISS_DIMENSION_AWARE_DEFAULT, faiss
 
 ALWAYS_BLAS, NEVER_BLAS = 0, 2**31 - 1
@@ -47,6 +51,21 @@ def timed(index: faiss.Index, queries: np.ndarray, k: int, threshold: int, repea
     return median_seconds(lambda: index.search(queries, k), repeats)
 
 
+def qps_after_numpy_product(
+    index: faiss.Index, queries: np.ndarray, k: int, rng: np.random.Generator, repeats: int
+) -> float:
+    """Median QPS of one batch searched right after a (5,183 x 576) @ (576 x 576) product."""
+    documents = rng.standard_normal((5183, 576), dtype=np.float32)
+    projection = rng.standard_normal((576, 576), dtype=np.float32)
+    seconds = []
+    for _ in range(repeats):
+        documents @ projection
+        started = time.perf_counter()
+        index.search(queries, k)
+        seconds.append(time.perf_counter() - started)
+    return len(queries) / float(np.median(seconds))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", default="100000,1000000")
@@ -54,6 +73,8 @@ def main() -> None:
     parser.add_argument("--batches", default="16,300")
     parser.add_argument("--crossover-size", type=int, default=200_000)
     parser.add_argument("--crossover-batches", default="1,2,4,8,16,32,64,300")
+    parser.add_argument("--after-numpy-size", type=int, default=10_000)
+    parser.add_argument("--after-numpy-dim", type=int, default=72)
     parser.add_argument("--k", type=int, default=10)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--out", default="benchmarks/results/blas-threshold")
@@ -97,6 +118,19 @@ def main() -> None:
         print(json.dumps(crossover[-1]), flush=True)
         del index
     faiss.cvar.distance_compute_blas_threshold = package_threshold
+    index = faiss.IndexFlatIP(args.after_numpy_dim)
+    index.add(unit_rows(rng, args.after_numpy_size, args.after_numpy_dim))
+    queries = unit_rows(rng, 300, args.after_numpy_dim)
+    after_numpy = {
+        "numpy_blas_threads_as_they_are": qps_after_numpy_product(
+            index, queries, args.k, rng, 5 * args.repeats
+        )
+    }
+    with numpy_blas_on_one_thread():
+        after_numpy["numpy_blas_on_one_thread"] = qps_after_numpy_product(
+            index, queries, args.k, rng, 5 * args.repeats
+        )
+    print(json.dumps(after_numpy), flush=True)
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -109,7 +143,14 @@ def main() -> None:
     }
     (out / "blas_threshold.json").write_text(
         json.dumps(
-            {"command": command, "meta": meta, "rows": rows, "crossover": crossover}, indent=2
+            {
+                "command": command,
+                "meta": meta,
+                "rows": rows,
+                "crossover": crossover,
+                "after_numpy_product": after_numpy,
+            },
+            indent=2,
         )
         + "\n"
     )
@@ -144,6 +185,14 @@ def main() -> None:
         lines.append(
             f"| {entry['dim']} | " + " | ".join(f"{ratios[b]:.2f}" for b in batches) + " |"
         )
+    lines += [
+        "",
+        f"300 queries on Flat {args.after_numpy_size:,} x {args.after_numpy_dim}, each batch "
+        "timed right after a numpy (5,183 x 576) @ (576 x 576) product (median of "
+        f"{5 * args.repeats}): {after_numpy['numpy_blas_threads_as_they_are']:,.0f} QPS with "
+        "numpy's BLAS threads as they are, "
+        f"{after_numpy['numpy_blas_on_one_thread']:,.0f} with numpy's BLAS on one thread.",
+    ]
     (out / "blas_threshold.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
 

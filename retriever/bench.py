@@ -36,6 +36,7 @@ from retriever.evaluation import (
     evaluate_run,
     judged_queries,
     median_seconds,
+    numpy_blas_on_one_thread,
     percentiles_ms,
     time_each,
     write_trec_run,
@@ -580,6 +581,7 @@ def _judged_split(
     return queries, {q: dict(d) for q, d in qrels.items() if q in queries}
 
 
+@numpy_blas_on_one_thread()
 def run_bench(
     dataset: str | Path,
     out: str | Path,
@@ -957,6 +959,7 @@ def plot_results(rows: list[dict[str, Any]], path: Path) -> None:
     plt.close(fig)
 
 
+@numpy_blas_on_one_thread()
 def run_scaling_bench(
     dataset: str | Path,
     out: str | Path,

@@ -4,9 +4,16 @@ import math
 from pathlib import Path
 
 import pytest
+from threadpoolctl import threadpool_info
 
 from retriever.errors import RetrieverError
-from retriever.evaluation import evaluate_run, judged_queries, read_trec_run, write_trec_run
+from retriever.evaluation import (
+    evaluate_run,
+    judged_queries,
+    numpy_blas_on_one_thread,
+    read_trec_run,
+    write_trec_run,
+)
 
 QRELS = {"q1": {"a": 1, "c": 2}, "q2": {"b": 1}}
 RUN = {
@@ -59,3 +66,23 @@ def test_judged_queries_and_empty_qrels() -> None:
         judged_queries({"q9": "y"}, QRELS)
     with pytest.raises(RetrieverError, match="no relevance judgements"):
         evaluate_run({}, RUN)
+
+
+def test_benchmarks_put_numpys_blas_on_one_thread_and_leave_faiss_alone() -> None:
+    # FAISS's own OpenBLAS, loaded with it, must keep its threads.
+    from retriever.faiss_install import faiss  # noqa: F401
+
+    def blas_threads() -> dict[str, tuple[str, int]]:
+        return {
+            lib["filepath"]: (lib.get("threading_layer"), lib["num_threads"])
+            for lib in threadpool_info()
+            if lib["user_api"] == "blas"
+        }
+
+    before = blas_threads()
+    assert any(layer == "pthreads" for layer, _ in before.values())  # numpy's wheel
+    with numpy_blas_on_one_thread():
+        inside = blas_threads()
+    for path, (layer, threads) in inside.items():
+        assert threads == (1 if layer == "pthreads" else before[path][1])
+    assert blas_threads() == before
