@@ -9,7 +9,7 @@ thresholds in the same run (median of ``--repeats`` after a warm-up), plus the r
 two paths' times per batch size, which shows where the crossover lies on this machine.
 Last, the same batch timed right after a numpy matrix product the size of a filter
 transform, with numpy's BLAS threads as they are and on one thread
-(``retriever.evaluation.numpy_blas_on_one_thread``, what ``retriever bench`` runs under).
+(``retriever.threads.numpy_blas_on_one_thread``, what ``retriever bench`` runs under).
 
     python benchmarks/blas_threshold.py --out benchmarks/results/blas-threshold
 """
@@ -25,8 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
-from retriever.evaluation import numpy_blas_on_one_thread
 from retriever.faiss_install import FAISS_DIMENSION_AWARE_DEFAULT, faiss
+from retriever.threads import numpy_blas_on_one_thread
 
 ALWAYS_BLAS, NEVER_BLAS = 0, 2**31 - 1
 

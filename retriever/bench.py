@@ -36,7 +36,6 @@ from retriever.evaluation import (
     evaluate_run,
     judged_queries,
     median_seconds,
-    numpy_blas_on_one_thread,
     percentiles_ms,
     time_each,
     write_trec_run,
@@ -49,6 +48,7 @@ from retriever.lexical import BM25Index
 from retriever.manifest import folder_bytes, library_versions
 from retriever.sparse import KeyTokenIndex
 from retriever.store import cached_embeddings, encode_corpus
+from retriever.threads import numpy_blas_on_one_thread
 from retriever.tuning import cross_validate_fusion
 
 logger = logging.getLogger(__name__)

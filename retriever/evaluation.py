@@ -8,14 +8,12 @@ from __future__ import annotations
 
 import gzip
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
 import numpy as np
 import pytrec_eval
-from threadpoolctl import ThreadpoolController
 
 from retriever.backends import MILVUS_LITE_FILE
 from retriever.docstore import DOCSTORE_DIR
@@ -98,27 +96,6 @@ def time_each(calls: list[Callable[[], Any]], warmup: int = 5) -> list[float]:
         call()
         timings.append(time.perf_counter() - started)
     return timings
-
-
-@contextmanager
-def numpy_blas_on_one_thread() -> Iterator[None]:
-    """Run numpy's and scipy's BLAS on one thread (usable as a decorator too).
-
-    Their OpenBLAS builds thread with pthreads, and after each multi-threaded call the
-    workers keep spinning for a while (about 0.1 s). On a few cores they steal the CPU from
-    whatever runs next: a FAISS batch timed right after a filter-sized matrix product
-    measured several times slower than it is (``benchmarks/blas_threshold.py``).
-    FAISS's own OpenBLAS (OpenMP-threaded) and torch's thread pool are left alone, so the
-    searches and LLM forwards being measured keep every core.
-    """
-    controller = ThreadpoolController()
-    pthread_blas = [
-        lib.filepath
-        for lib in controller.lib_controllers
-        if getattr(lib, "threading_layer", None) == "pthreads"
-    ]
-    with controller.select(filepath=pthread_blas).limit(limits=1):
-        yield
 
 
 def median_seconds(call: Callable[[], T], repeats: int = 3) -> tuple[T, float]:

@@ -30,6 +30,7 @@ from retriever.lens import AlignedToken, TokenLens
 from retriever.lexical import BM25_DIR, BM25Index
 from retriever.manifest import load_encoder_for, read_manifest
 from retriever.sparse import SPARSE_DIR, KeyTokenIndex
+from retriever.threads import pthread_blas
 
 logger = logging.getLogger(__name__)
 
@@ -101,6 +102,7 @@ class Searcher:
         self._dense_guard: contextlib.AbstractContextManager[Any] = (
             threading.Lock() if index is not None and index.on_gpu else contextlib.nullcontext()
         )
+        self._numpy_blas = pthread_blas()
 
     @classmethod
     def load(
@@ -290,6 +292,27 @@ class Searcher:
         check_queries(queries)
         if embeddings is None and method != "bm25":
             embeddings = self.encoder.encode_queries(list(queries))
+        # One query: numpy's products run on one thread, so no spinning BLAS worker takes
+        # a core from the FAISS search or the next query's forward (retriever.threads). A
+        # batch keeps numpy's threads: its products are big, and it pays the spin once.
+        numpy_threads = (
+            self._numpy_blas.limit(limits=1) if len(queries) == 1 else contextlib.nullcontext()
+        )
+        with numpy_threads:
+            return self._rank_embedded(
+                queries, embeddings, k, method, fusion, dense_weight, sparse_query_tokens
+            )
+
+    def _rank_embedded(
+        self,
+        queries: Sequence[str],
+        embeddings: np.ndarray | None,
+        k: int,
+        method: str,
+        fusion: str,
+        dense_weight: float,
+        sparse_query_tokens: int | None,
+    ) -> list[list[tuple[int, float]]]:
         parts = method.split("+")
         depth = k if len(parts) == 1 else max(k, FUSION_DEPTH)
         # Filtered once, for the dense half and a filtered-space sparse half alike.

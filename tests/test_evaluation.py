@@ -10,10 +10,10 @@ from retriever.errors import RetrieverError
 from retriever.evaluation import (
     evaluate_run,
     judged_queries,
-    numpy_blas_on_one_thread,
     read_trec_run,
     write_trec_run,
 )
+from retriever.threads import numpy_blas_on_one_thread
 
 QRELS = {"q1": {"a": 1, "c": 2}, "q2": {"b": 1}}
 RUN = {

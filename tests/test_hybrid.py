@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from threadpoolctl import threadpool_info
 
 from retriever import RetrieverError, Searcher, build_index
 from retriever.cli import main
@@ -142,3 +143,38 @@ def test_cli_search_methods_and_explain(full_index: Path, capsys: pytest.Capture
         + ["--dense-weight", "2"]
     )
     assert code == 2 and "--dense-weight must lie in [0, 1]" in capsys.readouterr().err
+
+
+def test_one_query_runs_numpys_blas_on_one_thread_and_a_batch_keeps_its_threads(
+    full_index: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    searcher = Searcher.load(full_index, dtype="float32")
+    seen = []
+    transform = searcher.filter.transform
+
+    def recording(*args, **kwargs):
+        seen.append(
+            {
+                lib["filepath"]: lib["num_threads"]
+                for lib in threadpool_info()
+                if lib.get("threading_layer") == "pthreads"
+            }
+        )
+        return transform(*args, **kwargs)
+
+    monkeypatch.setattr(searcher.filter, "transform", recording)
+    before = {
+        lib["filepath"]: lib["num_threads"]
+        for lib in threadpool_info()
+        if lib.get("threading_layer") == "pthreads"
+    }
+    assert before  # numpy's wheel threads its OpenBLAS with pthreads
+    searcher.search("alpha", 3, method="dense+sparse")
+    searcher.rank(["alpha", "beta"], 3, method="dense+sparse")
+    assert seen == [dict.fromkeys(before, 1), before]
+    after = {
+        lib["filepath"]: lib["num_threads"]
+        for lib in threadpool_info()
+        if lib.get("threading_layer") == "pthreads"
+    }
+    assert after == before
