@@ -81,7 +81,7 @@ def main() -> None:
         result = work(index, method, queries)
         (Path(scratch) / "worker.json").write_text(json.dumps(result))
         return
-    index = Path(args.index).resolve()
+    index = Path(args.index).resolve()  # a generation folder, fixed for the whole run
     if not (index / "manifest.json").exists():
         raise SystemExit(f"{index} is not a built index: run the README's main command first")
     queries = first_queries(args.queries)
@@ -119,7 +119,8 @@ def main() -> None:
         f"`{command}`",
         "",
         f"Median end-to-end `Searcher.search` per query over the first {len(queries)} SciFact "
-        f"queries, {args.rounds} rounds, default model, {index.name}; before = {args.before}.",
+        f"queries, {args.rounds} rounds, default model, {args.index} (generation "
+        f"{index.name}); before = {args.before}.",
         "",
         "| method | before ms | after ms | after / before |",
         "|---|---|---|---|",
