@@ -7,6 +7,9 @@ for one query therefore runs its numpy products on one thread (they are matrix-v
 products, which gain little from a second thread), and benchmarks run numpy's BLAS on
 one thread throughout so that the searches they time get every core. FAISS's own
 OpenBLAS (OpenMP-threaded) and torch's thread pool are left alone.
+
+The limit is process-wide while it holds (BLAS libraries have one thread count each):
+numpy work in another thread meanwhile runs on one thread too.
 """
 
 from __future__ import annotations
