@@ -109,8 +109,13 @@ def rank_candidates(
     ranked = []
     for lists in zip(*candidates, strict=True):
         fused = lists[0] if len(lists) == 1 else fuse(lists[0], lists[1], method, first_weight)
-        ranked.append(sorted(fused.items(), key=_order)[:k])
+        ranked.append(top_k(fused, k))
     return ranked
+
+
+def top_k(scores: Mapping[Doc, float], k: int) -> list[tuple[Doc, float]]:
+    """The ``k`` best ``(doc, score)`` pairs, best first; ties go to the lower doc."""
+    return sorted(scores.items(), key=_order)[:k]
 
 
 def _best(rows: list[int], scores: list[float], k: int) -> list[tuple[int, float]]:
@@ -122,5 +127,5 @@ def _best(rows: list[int], scores: list[float], k: int) -> list[tuple[int, float
     return found[:k]
 
 
-def _order(item: tuple[int, float]) -> tuple[float, int]:
+def _order(item: tuple[Doc, float]) -> tuple[float, Doc]:
     return -item[1], item[0]

@@ -299,38 +299,24 @@ class Searcher:
             self._numpy_blas.limit(limits=1) if len(queries) == 1 else contextlib.nullcontext()
         )
         with numpy_threads:
-            return self._rank_embedded(
-                queries, embeddings, k, method, fusion, dense_weight, sparse_query_tokens
-            )
-
-    def _rank_embedded(
-        self,
-        queries: Sequence[str],
-        embeddings: np.ndarray | None,
-        k: int,
-        method: str,
-        fusion: str,
-        dense_weight: float,
-        sparse_query_tokens: int | None,
-    ) -> list[list[tuple[int, float]]]:
-        parts = method.split("+")
-        depth = k if len(parts) == 1 else max(k, FUSION_DEPTH)
-        # Filtered once, for the dense half and a filtered-space sparse half alike.
-        vectors = None
-        if "dense" in parts or ("sparse" in parts and self.sparse.spec.space == "filtered"):
-            vectors = self.filter.transform(embeddings)
-        results = [
-            self.retrieve(
-                part,
-                queries,
-                embeddings,
-                depth,
-                sparse_query_tokens=sparse_query_tokens,
-                vectors=vectors,
-            )
-            for part in parts
-        ]
-        return ranked_lists(results, k, fusion, dense_weight)
+            parts = method.split("+")
+            depth = k if len(parts) == 1 else max(k, FUSION_DEPTH)
+            # Filtered once, for the dense half and a filtered-space sparse half alike.
+            vectors = None
+            if "dense" in parts or ("sparse" in parts and self.sparse.spec.space == "filtered"):
+                vectors = self.filter.transform(embeddings)
+            results = [
+                self.retrieve(
+                    part,
+                    queries,
+                    embeddings,
+                    depth,
+                    sparse_query_tokens=sparse_query_tokens,
+                    vectors=vectors,
+                )
+                for part in parts
+            ]
+            return ranked_lists(results, k, fusion, dense_weight)
 
     def retrieve(
         self,

@@ -25,13 +25,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 import pytrec_eval
 from scipy import stats
 
 from retriever.errors import RetrieverError
-from retriever.fusion import min_max
+from retriever.fusion import top_k, weighted_fusion
 
 WEIGHTS = tuple(round(w, 2) for w in np.linspace(0.0, 1.0, 21))
 RRF_KS = (1, 5, 10, 20, 40, 60, 100, 200)
@@ -39,6 +40,7 @@ TUNED_METRIC = "ndcg_cut_10"
 # The one-sided p-value under which an inner-cross-validated gain counts as real.
 BLEND_SIGNIFICANCE = 0.05
 
+Item = TypeVar("Item")
 Candidates = Sequence[Mapping[str, float]]  # per query: {doc id: score} of one retriever
 
 
@@ -51,14 +53,14 @@ class FusionSetting:
     rrf_k: int | None = None
 
     def fuse(self, first: Mapping[str, float], second: Mapping[str, float]) -> dict[str, float]:
+        weights = (self.weight, 1.0 - self.weight)
         if self.method == "weighted":
-            parts = (min_max(first), min_max(second))
-        else:
-            parts = tuple(_reciprocal_ranks(ranking, self.rrf_k) for ranking in (first, second))
+            return weighted_fusion([first, second], weights)
+        # Weighted RRF, ties within a list ranked by doc id (the package's RRF has neither).
         fused: dict[str, float] = {}
-        for part, weight in zip(parts, (self.weight, 1.0 - self.weight), strict=True):
-            for doc, score in part.items():
-                fused[doc] = fused.get(doc, 0.0) + weight * score
+        for ranking, weight in zip((first, second), weights, strict=True):
+            for doc, reciprocal in _reciprocal_ranks(ranking, self.rrf_k).items():
+                fused[doc] = fused.get(doc, 0.0) + weight * reciprocal
         return fused
 
     def describe(self) -> str:
@@ -84,7 +86,7 @@ def fusion_grid(methods: Sequence[str] = ("weighted", "rrf")) -> list[FusionSett
     return grid
 
 
-def kfold(query_ids: Sequence[str], folds: int, seed: int = 0) -> list[list[str]]:
+def kfold(query_ids: Sequence[Item], folds: int, seed: int = 0) -> list[list[Item]]:
     """The queries in ``folds`` disjoint groups of near-equal size (a seeded shuffle)."""
     if not 2 <= folds <= len(query_ids):
         raise RetrieverError(f"{folds} folds need 2 to {len(query_ids)} queries per fold")
@@ -132,7 +134,7 @@ def cross_validate_fusion(
     scores = np.zeros((len(grid), len(ids)))
     for g, setting in enumerate(grid):
         run = {
-            query_id: _top(setting.fuse(first[i], second[i]), k)
+            query_id: dict(top_k(setting.fuse(first[i], second[i]), k))
             for query_id, i in zip(ids, judged, strict=True)
         }
         per_query = evaluator.evaluate(run)
@@ -192,8 +194,8 @@ def choose_setting(
         return Choice(best_single, False, 0.0, 1.0)
     blend_held_out = np.empty(len(train))
     single_held_out = np.empty(len(train))
-    order = np.random.default_rng(seed).permutation(len(train))
-    for inner in np.array_split(order, min(folds, len(train))):
+    for part in kfold(range(len(train)), min(folds, len(train)), seed):
+        inner = np.array(part)
         inner_train = np.delete(train, inner)
         blend_held_out[inner] = scores[_argmax(scores, inner_train), train[inner]]
         single_held_out[inner] = scores[_argmax(scores, inner_train, singles), train[inner]]
@@ -216,8 +218,3 @@ def _one_sided_p(gain: np.ndarray) -> float:
     if np.all(gain == gain[0]):
         return 0.0 if gain[0] > 0 else 1.0
     return float(stats.ttest_1samp(gain, 0.0, alternative="greater").pvalue)
-
-
-def _top(scores: Mapping[str, float], k: int) -> dict[str, float]:
-    ordered = sorted(scores.items(), key=lambda item: (-item[1], item[0]))[:k]
-    return dict(ordered)
