@@ -18,27 +18,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import shlex
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
+from report import command_line, markdown_table, write_report
 
+from retriever.evaluation import median_seconds
 from retriever.faiss_install import FAISS_DIMENSION_AWARE_DEFAULT, faiss
 from retriever.threads import numpy_blas_on_one_thread
 
 ALWAYS_BLAS, NEVER_BLAS = 0, 2**31 - 1
-
-
-def median_seconds(search, repeats: int) -> float:
-    search()
-    times = []
-    for _ in range(repeats):
-        started = time.perf_counter()
-        search()
-        times.append(time.perf_counter() - started)
-    return float(np.median(times))
 
 
 def unit_rows(rng: np.random.Generator, n: int, dim: int) -> np.ndarray:
@@ -48,7 +37,7 @@ def unit_rows(rng: np.random.Generator, n: int, dim: int) -> np.ndarray:
 
 def timed(index: faiss.Index, queries: np.ndarray, k: int, threshold: int, repeats: int):
     faiss.cvar.distance_compute_blas_threshold = threshold
-    return median_seconds(lambda: index.search(queries, k), repeats)
+    return median_seconds(lambda: index.search(queries, k), repeats)[1]
 
 
 def qps_after_numpy_product(
@@ -132,28 +121,14 @@ def main() -> None:
         )
     print(json.dumps(after_numpy), flush=True)
 
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    command = "python " + shlex.join(sys.argv)
+    command = command_line()
     meta = {
         "faiss": faiss.__version__,
         "omp_threads": threads,
         "package_threshold": package_threshold,
         "faiss_default_threshold": FAISS_DIMENSION_AWARE_DEFAULT,
     }
-    (out / "blas_threshold.json").write_text(
-        json.dumps(
-            {
-                "command": command,
-                "meta": meta,
-                "rows": rows,
-                "crossover": crossover,
-                "after_numpy_product": after_numpy,
-            },
-            indent=2,
-        )
-        + "\n"
-    )
+    batches = list(crossover[0]["scan_over_blas_seconds"])
     lines = [
         f"`{command}`",
         "",
@@ -163,29 +138,30 @@ def main() -> None:
         f"Batch QPS with FAISS's default threshold ({FAISS_DIMENSION_AWARE_DEFAULT:,}) and "
         f"the package's ({package_threshold:,}):",
         "",
-        "| N | dim | queries | FAISS default QPS | package QPS | speed-up |",
-        "|---|---|---|---|---|---|",
-    ]
-    for row in rows:
-        lines.append(
-            f"| {row['n']:,} | {row['dim']} | {row['queries']} | "
-            f"{row['faiss_default_qps']:,.0f} | {row['package_qps']:,.0f} | "
-            f"{row['speedup']:.2f}x |"
-        )
-    batches = list(crossover[0]["scan_over_blas_seconds"])
-    lines += [
+        *markdown_table(
+            ["N", "dim", "queries", "FAISS default QPS", "package QPS", "speed-up"],
+            (
+                [
+                    f"{row['n']:,}",
+                    str(row["dim"]),
+                    str(row["queries"]),
+                    f"{row['faiss_default_qps']:,.0f}",
+                    f"{row['package_qps']:,.0f}",
+                    f"{row['speedup']:.2f}x",
+                ]
+                for row in rows
+            ),
+        ),
         "",
         f"SIMD scan time over BLAS time, N = {args.crossover_size:,} (above 1: BLAS is faster):",
         "",
-        "| dim | " + " | ".join(f"{b} queries" for b in batches) + " |",
-        "|---|" + "---|" * len(batches),
-    ]
-    for entry in crossover:
-        ratios = entry["scan_over_blas_seconds"]
-        lines.append(
-            f"| {entry['dim']} | " + " | ".join(f"{ratios[b]:.2f}" for b in batches) + " |"
-        )
-    lines += [
+        *markdown_table(
+            ["dim", *(f"{b} queries" for b in batches)],
+            (
+                [str(entry["dim"])] + [f"{entry['scan_over_blas_seconds'][b]:.2f}" for b in batches]
+                for entry in crossover
+            ),
+        ),
         "",
         f"300 queries on Flat {args.after_numpy_size:,} x {args.after_numpy_dim}, each batch "
         "timed right after a numpy (5,183 x 576) @ (576 x 576) product (median of "
@@ -193,8 +169,14 @@ def main() -> None:
         "numpy's BLAS threads as they are, "
         f"{after_numpy['numpy_blas_on_one_thread']:,.0f} with numpy's BLAS on one thread.",
     ]
-    (out / "blas_threshold.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    record = {
+        "command": command,
+        "meta": meta,
+        "rows": rows,
+        "crossover": crossover,
+        "after_numpy_product": after_numpy,
+    }
+    write_report(args.out, "blas_threshold", record, lines)
 
 
 if __name__ == "__main__":

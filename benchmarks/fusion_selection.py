@@ -24,13 +24,10 @@ share of replicates where the hybrid lost, and the share of folds that kept a bl
 from __future__ import annotations
 
 import argparse
-import json
-import shlex
-import sys
 from collections.abc import Callable, Sequence
-from pathlib import Path
 
 import numpy as np
+from report import command_line, markdown_table, write_report
 
 from retriever.tuning import choose_setting, kfold
 
@@ -120,11 +117,27 @@ def main() -> None:
                 }
             )
 
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    command = "python " + shlex.join(sys.argv)
-    (out / "fusion_selection.json").write_text(
-        json.dumps({"command": command, "settings": vars(args), "rows": rows}, indent=2) + "\n"
+    command = command_line()
+    table = markdown_table(
+        [
+            "blend noise",
+            "true gain of the best blend",
+            "rule",
+            "mean CV - better single",
+            "runs losing",
+            "folds keeping a blend",
+        ],
+        (
+            [
+                row["blend_noise"],
+                f"{row['true_gain']:g}",
+                row["rule"],
+                f"{row['mean_cv_minus_better_single']:+.4f}",
+                f"{row['share_of_runs_losing']:.0%}",
+                f"{row['share_of_folds_blending']:.0%}",
+            ]
+            for row in rows
+        ),
     )
     lines = [
         f"`{command}`",
@@ -132,18 +145,10 @@ def main() -> None:
         f"{args.replicates} replicates of {args.queries} synthetic queries, "
         f"{args.blends} blends, {args.folds}-fold cross-validation.",
         "",
-        "| blend noise | true gain of the best blend | rule | mean CV - better single "
-        "| runs losing | folds keeping a blend |",
-        "|---|---|---|---|---|---|",
+        *table,
     ]
-    for row in rows:
-        lines.append(
-            f"| {row['blend_noise']} | {row['true_gain']:g} | {row['rule']} "
-            f"| {row['mean_cv_minus_better_single']:+.4f} "
-            f"| {row['share_of_runs_losing']:.0%} | {row['share_of_folds_blending']:.0%} |"
-        )
-    (out / "fusion_selection.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    record = {"command": command, "settings": vars(args), "rows": rows}
+    write_report(args.out, "fusion_selection", record, lines)
 
 
 if __name__ == "__main__":

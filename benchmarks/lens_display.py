@@ -13,10 +13,8 @@ displayed Hit@10 for the default filter.
 from __future__ import annotations
 
 import argparse
-import json
-import shlex
-import sys
-from pathlib import Path
+
+from report import command_line, markdown_table, write_report
 
 from retriever import Encoder, EncoderConfig
 from retriever.config import FilterSpec
@@ -56,11 +54,29 @@ def main() -> None:
             rows.append(
                 {"filter": name, "space": space, **metrics, "demo_query": [t.token for t in shown]}
             )
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    command = "python " + shlex.join(sys.argv)
-    (out / "lens_display.json").write_text(
-        json.dumps({"command": command, "rows": rows}, indent=2, ensure_ascii=False) + "\n"
+    command = command_line()
+    table = markdown_table(
+        [
+            "filter",
+            "space",
+            "Hit@10",
+            "content Hit@10",
+            "junk@10",
+            "displayed Hit@10",
+            "demo query, displayed top 10",
+        ],
+        (
+            [
+                r["filter"],
+                r["space"],
+                f"{r['hit_at_10']:.3f}",
+                f"{r['content_hit_at_10']:.3f}",
+                f"{r['junk_at_10']:.3f}",
+                f"{r['displayed_hit_at_10']:.3f}",
+                " ".join(repr(t) for t in r["demo_query"]),
+            ]
+            for r in rows
+        ),
     )
     lines = [
         "# What the token lens shows, space by space",
@@ -73,18 +89,9 @@ def main() -> None:
         "words, no stopwords or punctuation). Demo query: "
         f'"{DEMO_QUERY}".',
         "",
-        "| filter | space | Hit@10 | content Hit@10 | junk@10 | displayed Hit@10 | "
-        "demo query, displayed top 10 |",
-        "|---|---|---|---|---|---|---|",
+        *table,
     ]
-    for r in rows:
-        lines.append(
-            f"| {r['filter']} | {r['space']} | {r['hit_at_10']:.3f} | "
-            f"{r['content_hit_at_10']:.3f} | {r['junk_at_10']:.3f} | "
-            f"{r['displayed_hit_at_10']:.3f} | {' '.join(repr(t) for t in r['demo_query'])} |"
-        )
-    (out / "lens_display.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    write_report(args.out, "lens_display", {"command": command, "rows": rows}, lines)
 
 
 if __name__ == "__main__":

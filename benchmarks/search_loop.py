@@ -18,13 +18,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shlex
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+from report import command_line, markdown_table, write_report
 
 ROOT = Path(__file__).resolve().parents[1]
 DATASET = ROOT.parent / "shared" / "datasets" / "scifact"
@@ -85,8 +86,7 @@ def main() -> None:
     if not (index / "manifest.json").exists():
         raise SystemExit(f"{index} is not a built index: run the README's main command first")
     queries = first_queries(args.queries)
-    sys.path.insert(0, str(ROOT / "benchmarks"))
-    from worktree import checkout
+    from worktree import checkout  # benchmarks/ is on the path
 
     times: dict[str, dict[str, list[float]]] = {"before": {}, "after": {}}
     with (
@@ -109,11 +109,18 @@ def main() -> None:
         }
         for method in METHODS
     ]
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    command = ".venv/bin/python " + shlex.join(sys.argv)
-    (out / "search_loop.json").write_text(
-        json.dumps({"command": command, "before": args.before, "rows": rows}, indent=2) + "\n"
+    command = command_line(".venv/bin/python")
+    table = markdown_table(
+        ["method", "before ms", "after ms", "after / before"],
+        (
+            [
+                row["method"],
+                f"{row['before_ms_p50']:.1f}",
+                f"{row['after_ms_p50']:.1f}",
+                f"{row['after_ms_p50'] / row['before_ms_p50']:.2f}",
+            ]
+            for row in rows
+        ),
     )
     lines = [
         f"`{command}`",
@@ -122,16 +129,10 @@ def main() -> None:
         f"queries, {args.rounds} rounds, default model, {args.index} (generation "
         f"{index.name}); before = {args.before}.",
         "",
-        "| method | before ms | after ms | after / before |",
-        "|---|---|---|---|",
+        *table,
     ]
-    for row in rows:
-        lines.append(
-            f"| {row['method']} | {row['before_ms_p50']:.1f} | {row['after_ms_p50']:.1f} | "
-            f"{row['after_ms_p50'] / row['before_ms_p50']:.2f} |"
-        )
-    (out / "search_loop.md").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
+    record = {"command": command, "before": args.before, "rows": rows}
+    write_report(args.out, "search_loop", record, lines)
 
 
 if __name__ == "__main__":
