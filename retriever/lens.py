@@ -90,21 +90,33 @@ class TokenLens:
 
     def top_ids(self, vectors: np.ndarray, space: str, top: int) -> tuple[np.ndarray, np.ndarray]:
         """``(ids, scores)``, each ``(n, top)``, best first, for vectors of ``space``."""
-        if top < 1:
-            raise RetrieverError(f"--top must be at least 1, got {top}")
+        return self.top_ids_at(vectors, space, [top])[0]
+
+    def top_ids_at(
+        self, vectors: np.ndarray, space: str, tops: Sequence[int]
+    ) -> list[tuple[np.ndarray, np.ndarray]]:
+        """:meth:`top_ids` for each depth in ``tops``, from one pass over the logits."""
+        if min(tops) < 1:
+            raise RetrieverError(f"--top must be at least 1, got {min(tops)}")
         matrix = self.token_matrix(space)
-        top = min(top, len(matrix))
+        tops = [min(top, len(matrix)) for top in tops]
         vectors = np.asarray(vectors, dtype=np.float32)
-        ids = np.empty((len(vectors), top), dtype=np.int64)
-        scores = np.empty((len(vectors), top), dtype=np.float32)
+        results = [
+            (
+                np.empty((len(vectors), top), dtype=np.int64),
+                np.empty((len(vectors), top), dtype=np.float32),
+            )
+            for top in tops
+        ]
         for lo in range(0, len(vectors), _ROWS_PER_BLOCK):
             logits = vectors[lo : lo + _ROWS_PER_BLOCK] @ matrix.T
-            best = np.argpartition(-logits, top - 1, axis=1)[:, :top]
-            best_scores = np.take_along_axis(logits, best, axis=1)
-            order = np.argsort(-best_scores, axis=1, kind="stable")
-            ids[lo : lo + len(logits)] = np.take_along_axis(best, order, axis=1)
-            scores[lo : lo + len(logits)] = np.take_along_axis(best_scores, order, axis=1)
-        return ids, scores
+            for top, (ids, scores) in zip(tops, results, strict=True):
+                best = np.argpartition(-logits, top - 1, axis=1)[:, :top]
+                best_scores = np.take_along_axis(logits, best, axis=1)
+                order = np.argsort(-best_scores, axis=1, kind="stable")
+                ids[lo : lo + len(logits)] = np.take_along_axis(best, order, axis=1)
+                scores[lo : lo + len(logits)] = np.take_along_axis(best_scores, order, axis=1)
+        return results
 
     def token_string(self, token_id: int) -> str:
         """The token as text (a leading space shows a word start)."""
@@ -122,8 +134,15 @@ class TokenLens:
         a word), no stopwords or punctuation, one token per word. It only filters the
         ranking; scores and the index are untouched.
         """
-        depth = top * _DISPLAY_DEPTH if words_only else top
-        ids, scores = self.top_ids(self.vectors(embeddings, space), space, depth)
+        ids, scores = self.top_ids(
+            self.vectors(embeddings, space), space, ranking_depth(top, words_only)
+        )
+        return self.tokens_from_ids(ids, scores, top, words_only=words_only)
+
+    def tokens_from_ids(
+        self, ids: np.ndarray, scores: np.ndarray, top: int, *, words_only: bool = False
+    ) -> list[list[AlignedToken]]:
+        """:meth:`top_tokens` from rankings :meth:`top_ids` gave, ``ranking_depth`` deep."""
         stopwords = english_stopwords() if words_only else frozenset()
         ranked = []
         for row_ids, row_scores in zip(ids, scores, strict=True):
@@ -140,6 +159,11 @@ class TokenLens:
                     break
             ranked.append(tokens)
         return ranked
+
+
+def ranking_depth(top: int, words_only: bool) -> int:
+    """Ranked tokens to read for ``top`` tokens (many more when only words are shown)."""
+    return top * _DISPLAY_DEPTH if words_only else top
 
 
 def word_key(token: str) -> str:
@@ -207,8 +231,13 @@ def alignment_metrics(
     ]
     longest = max((len(words) for words in literal), default=0)
     # Enough ranked ids to find `longest` distinct words despite case and space variants.
-    ids, _ = lens.top_ids(lens.vectors(embeddings, space), space, 3 * max(longest, hit_at) + 10)
-    displayed = lens.top_tokens(embeddings, space, hit_at, words_only=True)
+    # One pass over the logits serves both rankings: the literal metrics' and the display's.
+    (ids, _), (shown_ids, shown_scores) = lens.top_ids_at(
+        lens.vectors(embeddings, space),
+        space,
+        [3 * max(longest, hit_at) + 10, ranking_depth(hit_at, words_only=True)],
+    )
+    displayed = lens.tokens_from_ids(shown_ids, shown_scores, hit_at, words_only=True)
     hits, content_hits, local, junk = [], [], [], []
     aligned_union: set[str] = set()
     literal_union: set[str] = set()
