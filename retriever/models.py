@@ -274,9 +274,8 @@ def load_model(
     Decoder LLMs load with their LM head (whose weights are the unembedding matrix);
     encoder-only or embedding checkpoints without one fall back to ``AutoModel``.
     """
-    path = str(resolved.path)
     with _quiet_transformers_bars():
-        return _load_model(resolved, path, dtype, device)
+        return _load_model(resolved, dtype, device)
 
 
 @contextlib.contextmanager
@@ -295,9 +294,11 @@ def _quiet_transformers_bars() -> Iterator[None]:
 
 
 def _load_model(
-    resolved: ResolvedModel, path: str, dtype: torch.dtype, device: torch.device
+    resolved: ResolvedModel, dtype: torch.dtype, device: torch.device
 ) -> tuple[Any, Any]:
     from transformers import AutoModel, AutoModelForCausalLM, AutoTokenizer
+
+    path = str(resolved.path)
 
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=False)
