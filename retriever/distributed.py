@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 from typing import Any
 
 from retriever.config import POOLINGS, EncoderConfig
@@ -29,6 +30,12 @@ from retriever.errors import RetrieverError
 from retriever.store import EmbeddingStore
 
 logger = logging.getLogger(__name__)
+
+# Fault injection for tests: while this names a folder holding a file ``armed``, the first
+# worker to write a shard afterwards claims ``fired`` (an exclusive create, so exactly one
+# worker) with its pid and dies as a killed process would. Tests see the kill happen at a
+# known step instead of racing the pipeline against a clock.
+KILL_AFTER_SHARD_ENV = "RETRIEVER_TEST_KILL_WORKER_AFTER_SHARD"
 
 INSTALL_HINT = (
     "Ray is an optional extra: pip install 'retriever[ray]' (or: pip install 'ray[data]')"
@@ -103,8 +110,22 @@ class ChunkEncoder:
                     [d.embedding_text for d in documents], POOLINGS, show_progress=False
                 )
                 self.store.write_shard(chunk, documents, vectors, slice_label=self.slice_label)
+                _die_if_a_test_asks()
             counts.append(self.store.shard(chunk).count)
         return {"chunk": [int(c) for c in batch["chunk"]], "count": counts}
+
+
+def _die_if_a_test_asks() -> None:
+    folder = os.environ.get(KILL_AFTER_SHARD_ENV)
+    if not folder or not os.path.exists(os.path.join(folder, "armed")):
+        return
+    try:
+        claim = os.open(os.path.join(folder, "fired"), os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    except FileExistsError:
+        return
+    os.write(claim, str(os.getpid()).encode())
+    os.close(claim)
+    os.kill(os.getpid(), signal.SIGKILL)
 
 
 def encode_with_ray(

@@ -63,11 +63,11 @@ def test_a_second_writer_fails_at_once_naming_the_holder(
     def other_writer() -> None:  # another thread stands for another process
         with writer_lock(out):
             holding.set()
-            done.wait(30)
+            done.wait(600)  # released by the test as soon as its refused build returns
 
     thread = threading.Thread(target=other_writer)
     thread.start()
-    holding.wait(30)
+    assert holding.wait(600), "the other writer never took the lock"
     try:
         code, message = _cli(
             capsys, "index", str(toy_corpus), "--out", str(out), "--model", str(tiny_model)

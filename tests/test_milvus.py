@@ -138,16 +138,30 @@ def milvus_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
         stderr=subprocess.DEVNULL,
     )
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 1):
-                break
-            assert server.poll() is None and time.monotonic() < deadline, "no Milvus server"
-            time.sleep(0.2)
+        _wait_until_it_answers(server, port)
         yield f"http://127.0.0.1:{port}"
     finally:
         server.terminate()
         server.wait(30)
+
+
+# Milvus Lite's server answers within a few seconds on an idle 2-core machine; ten times
+# that and more leaves room for a machine busy with other work. Only a server that never
+# answers fails, and the message says so.
+SERVER_START_SECONDS = 300
+
+
+def _wait_until_it_answers(server: subprocess.Popen, port: int) -> None:
+    deadline = time.monotonic() + SERVER_START_SECONDS
+    while True:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 1):
+            return
+        code = server.poll()
+        assert code is None, f"the Milvus Lite server exited with code {code} before answering"
+        assert time.monotonic() < deadline, (
+            f"the Milvus Lite server did not answer on port {port} in {SERVER_START_SECONDS} s"
+        )
+        time.sleep(0.2)
 
 
 def _serve(model: Path, corpus: Path, out: Path, uri: str, collection: str, **kwargs) -> Path:

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import threading
-import time
+import os
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +10,7 @@ import pytest
 
 from retriever import EncoderConfig
 from retriever.datasets import scan_corpus
+from retriever.distributed import KILL_AFTER_SHARD_ENV
 from retriever.encoder import Encoder
 from retriever.store import RayOptions, encode_corpus
 from tests.conftest import synthetic_docs, write_jsonl
@@ -19,9 +19,20 @@ ray = pytest.importorskip("ray", reason="Ray is an optional extra: pip install '
 
 
 @pytest.fixture(scope="module")
-def local_ray():
+def fault_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Where a test arms the workers' kill-after-shard hook (see retriever.distributed)."""
+    return tmp_path_factory.mktemp("ray-faults")
+
+
+@pytest.fixture(scope="module")
+def local_ray(fault_folder: Path):
     """One local Ray for the module (it takes seconds to start)."""
-    ray.init(num_cpus=2, logging_level="ERROR", include_dashboard=False)
+    ray.init(
+        num_cpus=2,
+        logging_level="ERROR",
+        include_dashboard=False,
+        runtime_env={"env_vars": {KILL_AFTER_SHARD_ENV: str(fault_folder)}},
+    )
     yield ray
     ray.shutdown()
 
@@ -60,39 +71,23 @@ def test_ray_shards_match_the_single_process_path(
 
 
 def test_a_worker_killed_mid_run_loses_and_duplicates_nothing(
-    local_ray, tiny_model: Path, tmp_path: Path
+    local_ray, fault_folder: Path, tiny_model: Path, tmp_path: Path
 ) -> None:
-    import psutil
-
-    corpus = write_jsonl(tmp_path / "docs.jsonl", synthetic_docs(3000))
-    killed: list[int] = []
-
-    def kill_one_worker() -> None:
-        deadline = time.monotonic() + 60
-        while not killed and time.monotonic() < deadline:
-            shards = list((tmp_path / "ray" / "shards").glob("*.json"))
-            workers = [
-                p
-                for p in psutil.process_iter(["cmdline"])
-                if "ChunkEncoder" in " ".join(p.info["cmdline"] or [])
-            ]
-            if shards and workers:
-                workers[0].kill()
-                killed.append(workers[0].pid)
-            time.sleep(0.05)
-
-    killer = threading.Thread(target=kill_one_worker)
-    killer.start()
-    single, on_ray = _stores(str(tiny_model), corpus, tmp_path, 50, workers=2)
-    killer.join()
-    assert killed, "no worker was seen to kill"
+    # The first worker to write a shard after this dies by SIGKILL, with chunks still to
+    # do: Ray restarts it and retries its chunk, which must find its shard already there.
+    corpus = write_jsonl(tmp_path / "docs.jsonl", synthetic_docs(400))
+    (fault_folder / "armed").touch()
+    try:
+        single, on_ray = _stores(str(tiny_model), corpus, tmp_path, 50, workers=2)
+    finally:
+        (fault_folder / "armed").unlink()
+    assert (fault_folder / "fired").exists(), "no Ray worker reached the kill hook"
+    assert int((fault_folder / "fired").read_text()) != os.getpid()  # a worker, not us
     _assert_same(single, on_ray)
 
 
 @pytest.mark.slow
 def test_ray_with_the_default_model(local_ray, tmp_path: Path) -> None:
-    import os
-
     from tests.conftest import SHARED_SCIFACT, USER_CACHE
 
     os.environ["RETRIEVER_CACHE"] = str(USER_CACHE)  # where the converted model lives

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
 from pathlib import Path
 
 import bm25s
@@ -116,22 +115,32 @@ def test_threads_share_one_bm25_index(searcher: Searcher) -> None:
 
 
 class _RecordingBackend(DenseBackend):
-    """A dense backend that records how many threads are inside ``search`` at once."""
+    """A dense backend that records how many threads are inside ``search`` at once.
+
+    With ``wait_for_company`` a search waits (up to a generous bound) until a second thread
+    is inside too, so threads that may overlap are seen to, however busy the machine; a
+    guarded backend must not wait, since no second thread can come in.
+    """
 
     kind = "fake"
     dim = 4
 
-    def __init__(self, *, on_gpu: bool) -> None:
+    def __init__(self, *, on_gpu: bool, wait_for_company: bool) -> None:
         self.on_gpu = on_gpu
+        self.wait_for_company = wait_for_company
         self.inside = 0
         self.most_inside = 0
+        self.company = threading.Event()
         self._count_lock = threading.Lock()
 
     def search(self, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         with self._count_lock:
             self.inside += 1
             self.most_inside = max(self.most_inside, self.inside)
-        time.sleep(0.002)
+            if self.inside > 1:
+                self.company.set()
+        if self.wait_for_company:
+            self.company.wait(300)
         with self._count_lock:
             self.inside -= 1
         return np.zeros((len(vectors), k), np.float32), np.zeros((len(vectors), k), np.int64)
@@ -155,8 +164,9 @@ def _most_threads_inside(backend: _RecordingBackend) -> int:
 
 
 def test_a_gpu_index_is_searched_by_one_thread_at_a_time() -> None:
-    assert _most_threads_inside(_RecordingBackend(on_gpu=True)) == 1
-    assert _most_threads_inside(_RecordingBackend(on_gpu=False)) > 1  # CPU: no lock
+    assert _most_threads_inside(_RecordingBackend(on_gpu=True, wait_for_company=False)) == 1
+    # CPU: no lock, so a second thread comes in while the first waits for it.
+    assert _most_threads_inside(_RecordingBackend(on_gpu=False, wait_for_company=True)) > 1
 
 
 def test_a_cpu_faiss_searcher_takes_no_lock(searcher: Searcher) -> None:
