@@ -9,6 +9,7 @@ from __future__ import annotations
 import gzip
 import time
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -21,6 +22,7 @@ from retriever.errors import RetrieverError
 from retriever.index import INDEX_FILE
 from retriever.lexical import BM25_DIR
 from retriever.manifest import folder_bytes
+from retriever.results import Results
 from retriever.searcher import Searcher
 from retriever.sparse import SPARSE_DIR
 
@@ -37,8 +39,10 @@ METRICS = {
 }
 
 
-def evaluate_run(qrels: Qrels, run: Run) -> dict[str, float]:
+def evaluate_run(qrels: Qrels, run: Run | Results) -> dict[str, float]:
     """Mean nDCG@10, nDCG@100, Recall@100 and MAP@100 over the judged queries."""
+    if isinstance(run, Results):
+        run = run.to_beir()
     if not qrels:
         raise RetrieverError("no relevance judgements to evaluate against")
     evaluator = pytrec_eval.RelevanceEvaluator(
@@ -135,6 +139,40 @@ def index_sizes(folder: Path) -> dict[str, int]:
     return {**sizes, "folder": folder_bytes(folder)}
 
 
+@dataclass(frozen=True)
+class EncodedQueries:
+    """Judged queries with their raw pooled embeddings, encoded once for every method
+    (and every index of one model) that searches them, and what encoding them cost:
+    ``batch_seconds`` for all at once, ``latency_ms`` (p50, p95) one at a time."""
+
+    ids: list[str]
+    texts: list[str]
+    embeddings: np.ndarray | None = None
+    batch_seconds: float = 0.0
+    latency_ms: dict[str, float] = field(default_factory=lambda: {"p50": 0.0, "p95": 0.0})
+
+
+def encode_timed(
+    encode: Callable[[list[str]], np.ndarray],
+    queries: Mapping[str, str],
+    *,
+    warmup: int = 5,
+    latency_queries: int | None = None,
+) -> EncodedQueries:
+    """Encode ``queries`` with ``encode`` in one timed batch (after a small warm-up: it is
+    the LLM forward over every query, too costly to repeat for a median), then time one
+    query at a time over the first ``latency_queries`` (all by default)."""
+    texts = list(queries.values())
+    encode(texts[:warmup])
+    started = time.perf_counter()
+    embeddings = encode(texts)
+    seconds = time.perf_counter() - started
+    single = [lambda t=t: encode([t]) for t in texts[:latency_queries]]
+    return EncodedQueries(
+        list(queries), texts, embeddings, seconds, percentiles_ms(time_each(single, warmup))
+    )
+
+
 def evaluate_index(
     searcher: Searcher,
     queries: Mapping[str, str],
@@ -145,69 +183,89 @@ def evaluate_index(
     fusions: Sequence[str] = ("rrf",),
     dense_weight: float = 0.5,
     warmup: int = 5,
+    encoded: EncodedQueries | None = None,
+    latency_queries: int | None = None,
 ) -> tuple[list[dict[str, Any]], dict[str, Run]]:
     """Search every judged query with each method; one report row and one run per method.
 
     Hybrid methods give one row per fusion. Latency is per query, split into query
-    encoding (LLM forward, paid by every method but BM25) and search (the retrievers and
-    the fusion), each as median and p95 after ``warmup`` untimed queries; ``batch_qps`` is
-    the end-to-end throughput of one batched search over all queries (median of 3).
-    ``index_bytes`` counts the files the method reads (FAISS file, sparse or BM25 folder).
-    Runs are keyed ``method`` or ``method/fusion``.
+    encoding (LLM forward, paid by every method but BM25) and search (the filter, the
+    retrievers and the fusion), each as median and p95 after ``warmup`` untimed queries,
+    over the first ``latency_queries`` (all by default). ``batch_qps`` is the end-to-end
+    throughput of one batched search over all queries, encoding included; ``search_qps``
+    the same without encoding (medians of 3). ``index_bytes`` counts the files the method
+    reads (FAISS file, sparse or BM25 folder). ``encoded`` gives the queries' embeddings
+    and encoding times when the caller has them (a benchmark searches many indexes of one
+    model). Runs are keyed ``method`` or ``method/fusion``.
     """
     queries = judged_queries(queries, qrels)
-    query_ids, texts = list(queries), list(queries.values())
     methods = list(methods or searcher.methods)
-    needs_encoder = {method: searcher.needs_encoder(method) for method in methods}
-    embeddings, encode_seconds, encode_ms = None, 0.0, {"p50": 0.0, "p95": 0.0}
-    if any(needs_encoder.values()):
-        # One batched encoding, timed after a small warm-up: it is the LLM forward over
-        # every query, too costly to repeat for a median.
-        searcher.encode_queries(texts[:warmup])
-        started = time.perf_counter()
-        embeddings = searcher.encode_queries(texts)
-        encode_seconds = time.perf_counter() - started
-        encode_ms = percentiles_ms(
-            time_each([lambda t=t: searcher.encode_queries([t]) for t in texts], warmup)
-        )
+    if encoded is None:
+        encoded = EncodedQueries(list(queries), list(queries.values()))
+        if any(searcher.needs_encoder(method) for method in methods):
+            encoded = encode_timed(
+                searcher.encode_queries, queries, warmup=warmup, latency_queries=latency_queries
+            )
     part_bytes = index_sizes(searcher.folder)
     rows, runs = [], {}
     for method in methods:
-        encoded = embeddings if needs_encoder[method] else None
         for fusion in fusions if "+" in method else (None,):
             options = {"method": method, "fusion": fusion or "rrf", "dense_weight": dense_weight}
-            ranked, batch_seconds = median_seconds(
-                lambda options=options, encoded=encoded: searcher.rank(
-                    texts, k, embeddings=encoded, **options
-                )
+            row, run = _measure_method(
+                searcher, encoded, qrels, k, options, warmup, latency_queries
             )
-            run = searcher.to_run(query_ids, ranked)
-            single = [
-                lambda i=i, options=options, encoded=encoded: searcher.rank(
-                    [texts[i]],
-                    k,
-                    embeddings=None if encoded is None else encoded[i : i + 1],
-                    **options,
-                )
-                for i in range(len(texts))
-            ]
-            search_ms = percentiles_ms(time_each(single, warmup))
-            own_encode = encode_ms if encoded is not None else {"p50": 0.0, "p95": 0.0}
-            rows.append(
-                {
-                    "method": method,
-                    "fusion": fusion,
-                    "queries": len(texts),
-                    "k": k,
-                    **evaluate_run(qrels, run),
-                    "encode_ms_p50": own_encode["p50"],
-                    "encode_ms_p95": own_encode["p95"],
-                    "search_ms_p50": search_ms["p50"],
-                    "search_ms_p95": search_ms["p95"],
-                    "batch_qps": len(texts)
-                    / (batch_seconds + (encode_seconds if encoded is not None else 0.0)),
-                    "index_bytes": sum(part_bytes[part] for part in method.split("+")),
-                }
-            )
+            row["fusion"] = fusion
+            row["index_bytes"] = sum(part_bytes[part] for part in method.split("+"))
+            rows.append(row)
             runs[method if fusion is None else f"{method}/{fusion}"] = run
     return rows, runs
+
+
+def _measure_method(
+    searcher: Searcher,
+    encoded: EncodedQueries,
+    qrels: Qrels,
+    k: int,
+    options: dict[str, Any],
+    warmup: int,
+    latency_queries: int | None,
+) -> tuple[dict[str, Any], Run]:
+    """One method's row (metrics and timings) and run, searching through ``searcher``."""
+    embeddings = encoded.embeddings if searcher.needs_encoder(options["method"]) else None
+    texts = encoded.texts
+
+    def one(i: int) -> Any:
+        alone = None if embeddings is None else embeddings[i : i + 1]
+        return searcher.rank([texts[i]], k, embeddings=alone, **options)
+
+    results, search_seconds = median_seconds(
+        lambda: searcher.rank(texts, k, embeddings=embeddings, query_ids=encoded.ids, **options)
+    )
+    single = [lambda i=i: one(i) for i in range(len(texts))[:latency_queries]]
+    search_ms = percentiles_ms(time_each(single, warmup))
+    encode_ms = encoded.latency_ms if embeddings is not None else {"p50": 0.0, "p95": 0.0}
+    encode_seconds = encoded.batch_seconds if embeddings is not None else 0.0
+    run = results.to_beir()
+    row = {
+        "method": options["method"],
+        "queries": len(texts),
+        "k": k,
+        **evaluate_run(qrels, run),
+        "encode_ms_p50": encode_ms["p50"],
+        "encode_ms_p95": encode_ms["p95"],
+        "search_ms_p50": search_ms["p50"],
+        "search_ms_p95": search_ms["p95"],
+        "batch_qps": len(texts) / (search_seconds + encode_seconds),
+        "search_qps": len(texts) / search_seconds,
+        "ran_on": _ran_on(searcher, options["method"]),
+    }
+    return row, run
+
+
+def _ran_on(searcher: Searcher, method: str) -> str:
+    """Where the timed dense search ran: "CPU", "GPU 0 (one GPU)", "CPU (reason)", or the
+    backend (milvus)."""
+    if "dense" not in method:
+        return "CPU"
+    placement = getattr(searcher.index, "placement", None)
+    return placement.where if placement is not None else searcher.index.kind

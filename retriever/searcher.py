@@ -11,7 +11,6 @@ import contextlib
 import logging
 import threading
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from retriever.backends import DenseBackend, open_backend
-from retriever.config import DISPLAY_SPACE, METHODS
+from retriever.config import DISPLAY_SPACE, METHODS, EncoderConfig
 from retriever.docstore import DOCSTORE_DIR, DocStore
 from retriever.embedfilter import EmbedFilter
 from retriever.encoder import Encoder
@@ -29,6 +28,7 @@ from retriever.generations import ReaderHold
 from retriever.lens import AlignedToken, TokenLens
 from retriever.lexical import BM25_DIR, BM25Index
 from retriever.manifest import load_encoder_for, read_manifest
+from retriever.results import Hit, Ranking, Results, results_from_lists
 from retriever.sparse import SPARSE_DIR, KeyTokenIndex
 from retriever.threads import pthread_blas
 
@@ -36,27 +36,6 @@ logger = logging.getLogger(__name__)
 
 # Candidates taken from each retriever before fusing (at least k).
 FUSION_DEPTH = 100
-
-
-@dataclass(frozen=True)
-class Hit:
-    """One search result: the document's id, its score (cosine for dense), title and text;
-    ``key`` is the document's int64 key inside the index."""
-
-    id: str
-    score: float
-    title: str
-    text: str
-    key: int
-    metadata: dict[str, Any] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"id": self.id, "score": self.score, "title": self.title, "text": self.text}
-
-    @property
-    def embedding_text(self) -> str:
-        """What the encoder saw of this document (as ``Document.embedding_text``)."""
-        return f"{self.title} {self.text}".strip()
 
 
 def check_queries(queries: Sequence[str]) -> None:
@@ -116,6 +95,7 @@ class Searcher:
         use_gpu: bool | None = None,
         nprobe: int | None = None,
         ef_search: int | None = None,
+        encoder: Encoder | None = None,
     ) -> Searcher:
         """Open an index and load the model that built it.
 
@@ -125,6 +105,9 @@ class Searcher:
         to the manifest's ``weights_sha256`` before any of them is loaded. ``model``
         overrides where the model is found; ``dtype`` defaults to the one the index was
         built with; ``nprobe`` and ``ef_search`` override the index's search defaults.
+        ``encoder`` is an already loaded model to use instead of loading one (a benchmark
+        searches many indexes of one model); its weights and settings must be the ones the
+        index was built with.
         """
         folder, hold = ReaderHold.resolve(Path(path).expanduser())
         try:
@@ -150,9 +133,12 @@ class Searcher:
                         "efSearch": ef_search or defaults.get("efSearch"),
                     }
                 )
-            encoder = load_encoder_for(
-                manifest, folder, model=model, dtype=dtype, device=device, batch_size=batch_size
-            )
+            if encoder is None:
+                encoder = load_encoder_for(
+                    manifest, folder, model=model, dtype=dtype, device=device, batch_size=batch_size
+                )
+            else:
+                _check_encoder(folder, manifest, encoder)
             if encoder.hidden_size != manifest["filter"]["model_dim"]:
                 raise RetrieverError(
                     f"{folder} expects hidden size {manifest['filter']['model_dim']}, the model "
@@ -219,23 +205,22 @@ class Searcher:
         fusion: str = "rrf",
         dense_weight: float = 0.5,
         sparse_query_tokens: int | None = None,
-    ) -> list[Hit]:
-        """The ``k`` best documents for ``query``, best first.
+    ) -> Ranking:
+        """The ``k`` best documents for ``query``, best first: a sequence of :class:`Hit`.
 
         ``method`` is one of :attr:`methods` (default: dense when the index has it);
         hybrids fuse by ``fusion`` (``rrf`` or ``weighted``, where ``dense_weight`` is the
         dense share of the sum of min-max normalised scores). ``sparse_query_tokens``
         overrides the index's number M of aligned tokens added to a sparse query.
         """
-        ranked = self.rank(
+        return self.rank(
             [query],
             k,
             method=method,
             fusion=fusion,
             dense_weight=dense_weight,
             sparse_query_tokens=sparse_query_tokens,
-        )
-        return self._hits(ranked)[0]
+        ).rankings[0]
 
     def batch_search(
         self,
@@ -245,26 +230,22 @@ class Searcher:
         method: str | None = None,
         fusion: str = "rrf",
         dense_weight: float = 0.5,
-    ) -> dict[str, dict[str, float]]:
-        """BEIR-style ``{query_id: {doc_id: score}}``; a list is keyed by its positions."""
+        sparse_query_tokens: int | None = None,
+    ) -> Results:
+        """Every query's ranking, by query id (a list is keyed by its positions); the
+        options are :meth:`search`'s. ``.to_beir()`` gives ``{query_id: {doc_id: score}}``."""
         if not isinstance(queries, Mapping):
             queries = {str(i): text for i, text in enumerate(queries)}
         ids = list(queries)
-        ranked = self.rank(
-            [queries[q] for q in ids], k, method=method, fusion=fusion, dense_weight=dense_weight
+        return self.rank(
+            [queries[q] for q in ids],
+            k,
+            method=method,
+            fusion=fusion,
+            dense_weight=dense_weight,
+            sparse_query_tokens=sparse_query_tokens,
+            query_ids=ids,
         )
-        return self.to_run(ids, ranked)
-
-    def to_run(
-        self, query_ids: Sequence[str], ranked: Sequence[Sequence[tuple[int, float]]]
-    ) -> dict[str, dict[str, float]]:
-        """``{query_id: {doc_id: score}}`` from :meth:`rank`'s key lists."""
-        keys = sorted({key for found in ranked for key, _ in found})
-        doc_ids = dict(zip(keys, self.docstore.ids_of(keys), strict=True))
-        return {
-            qid: {doc_ids[key]: score for key, score in found}
-            for qid, found in zip(query_ids, ranked, strict=True)
-        }
 
     def needs_encoder(self, method: str | None = None) -> bool:
         """Whether ``method`` encodes the query with the LLM (all but BM25 do)."""
@@ -280,11 +261,13 @@ class Searcher:
         dense_weight: float = 0.5,
         embeddings: np.ndarray | None = None,
         sparse_query_tokens: int | None = None,
-    ) -> list[list[tuple[int, float]]]:
-        """Each query's ``(key, score)`` list, best first: the core every search runs.
+        query_ids: Sequence[str] | None = None,
+    ) -> Results:
+        """Each query's ranking, best first: the core every search runs.
 
         ``embeddings`` are the queries' raw pooled embeddings when the caller has them
         (a benchmark times encoding apart); otherwise the queries are encoded here.
+        ``query_ids`` name the queries (default: their positions).
         """
         if k < 1:
             raise RetrieverError(f"k must be at least 1, got {k}")
@@ -316,7 +299,10 @@ class Searcher:
                 )
                 for part in parts
             ]
-            return ranked_lists(results, k, fusion, dense_weight)
+            ranked = ranked_lists(results, k, fusion, dense_weight)
+        if query_ids is None:
+            query_ids = [str(i) for i in range(len(queries))]
+        return results_from_lists(query_ids, ranked, self.docstore.ids_of, self.docstore)
 
     def retrieve(
         self,
@@ -410,18 +396,6 @@ class Searcher:
             shared.append(sorted(common, key=lambda t: -t.score * query_scores[t.id]))
         return shared
 
-    def _hits(self, ranked: list[list[tuple[int, float]]]) -> list[list[Hit]]:
-        results = []
-        for found in ranked:
-            documents = self.docstore.get_many([key for key, _ in found])
-            results.append(
-                [
-                    Hit(doc.id, score, doc.title, doc.text, key, doc.metadata)
-                    for doc, (key, score) in zip(documents, found, strict=True)
-                ]
-            )
-        return results
-
     def close(self) -> None:
         """Let go of the docstore, the dense backend and this searcher's hold on its
         generation."""
@@ -438,6 +412,22 @@ class Searcher:
             self._check_method("dense")
         with self._dense_guard:
             self.index.set_search_params({"nprobe": nprobe, "efSearch": ef_search})
+
+
+def _check_encoder(folder: Path, manifest: dict[str, Any], encoder: Encoder) -> None:
+    """A caller's encoder must be the one the index was built with."""
+    built_with = manifest["model"]["weights_sha256"]
+    if encoder.resolved.weights_sha256 != built_with:
+        raise RetrieverError(
+            f"{folder} was built with other weights (sha256 {built_with[:12]}...) than the "
+            f"encoder given ({encoder.resolved.weights_sha256[:12]}...)"
+        )
+    settings = EncoderConfig.from_dict(manifest["encoder"])
+    if encoder.config != settings:
+        raise RetrieverError(
+            f"{folder} was built with encoder settings {settings.to_dict()}, the encoder given "
+            f"has {encoder.config.to_dict()}"
+        )
 
 
 def _check_counts(

@@ -69,15 +69,18 @@ def test_every_method_answers_and_hybrids_fuse_their_parts(full_index: Path) -> 
     assert searcher.search(query, k=1, method="bm25")[0].id == "d1"
     # A hybrid is the fusion of its parts' candidate lists, cut to k.
     embeddings = searcher.encode_queries([query])
-    dense = dict(searcher.rank([query], 100, method="dense", embeddings=embeddings)[0])
-    bm25 = dict(searcher.rank([query], 100, method="bm25")[0])
+    dense = searcher.rank([query], 100, method="dense", embeddings=embeddings).rankings[0]
+    bm25 = searcher.rank([query], 100, method="bm25").rankings[0]
+    dense, bm25 = (
+        dict(zip(r.keys.tolist(), r.scores.tolist(), strict=True)) for r in (dense, bm25)
+    )
     for fusion in ("rrf", "weighted"):
         expected = fuse(dense, bm25, fusion, 0.3)
         ranked = searcher.rank(
             [query], 4, method="dense+bm25", fusion=fusion, dense_weight=0.3, embeddings=embeddings
-        )[0]
-        assert [row for row, _ in ranked] == sorted(expected, key=lambda r: (-expected[r], r))[:4]
-        np.testing.assert_allclose([s for _, s in ranked], sorted(expected.values())[::-1][:4])
+        ).rankings[0]
+        assert ranked.keys.tolist() == sorted(expected, key=lambda r: (-expected[r], r))[:4]
+        np.testing.assert_allclose(ranked.scores, sorted(expected.values())[::-1][:4])
     # More aligned query tokens can only add matches.
     few = searcher.search(query, k=6, method="sparse", sparse_query_tokens=0)
     many = searcher.search(query, k=6, method="sparse", sparse_query_tokens=200)
@@ -135,7 +138,7 @@ def test_cli_search_methods_and_explain(full_index: Path, capsys: pytest.Capture
     )
     hits = json.loads(capsys.readouterr().out)
     assert code == 0 and len(hits) == 2
-    assert set(hits[0]) == {"id", "score", "title", "text", "shared_tokens"}
+    assert set(hits[0]) == {"id", "score", "title", "text", "key", "metadata", "shared_tokens"}
     code = main(["-q", "search", str(full_index), "bone disease", "-k", "1", "--explain"])
     assert code == 0 and "shared tokens:" in capsys.readouterr().out
     code = main(

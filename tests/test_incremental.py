@@ -45,7 +45,7 @@ def _runs(index: Path) -> dict[str, dict[str, dict[str, float]]]:
     searcher = Searcher.load(index)
     k = len(searcher)
     runs = {
-        method: searcher.batch_search(QUERIES, k=k, method=method, fusion=fusion)
+        method: searcher.batch_search(QUERIES, k=k, method=method, fusion=fusion).to_beir()
         for method, fusion in METHODS
     }
     searcher.close()
@@ -182,11 +182,11 @@ def test_nprobe_and_ef_search_are_stored_and_overridable(tiny_model: Path, tmp_p
     assert manifest["index"]["search_params"] == {"nprobe": 3}
     flat = build_index(corpus, tmp_path / "flat", filter_spec=FilterSpec(tau=1), **settings)
     exact = Searcher.load(flat)
-    truth = exact.batch_search([d["text"] for d in docs[:40]], k=10)
+    truth = exact.batch_search([d["text"] for d in docs[:40]], k=10).to_beir()
 
     def recall(nprobe: int | None) -> float:
         searcher = Searcher.load(tmp_path / "ivf", nprobe=nprobe)
-        run = searcher.batch_search([d["text"] for d in docs[:40]], k=10)
+        run = searcher.batch_search([d["text"] for d in docs[:40]], k=10).to_beir()
         return np.mean([len(set(run[q]) & set(truth[q])) / 10 for q in truth])
 
     import faiss
@@ -225,8 +225,8 @@ def test_ivf_delete_and_add_match_a_fresh_build(tiny_model: Path, tmp_path: Path
         write_jsonl(tmp_path / "c.jsonl", survivors), tmp_path / "fresh", **settings
     )
     queries = [d["title"] + " " + d["text"] for d in docs[::7]]
-    got = Searcher.load(index, nprobe=8).batch_search(queries, k=10)
-    expected = Searcher.load(fresh, nprobe=8).batch_search(queries, k=10)
+    got = Searcher.load(index, nprobe=8).batch_search(queries, k=10).to_beir()
+    expected = Searcher.load(fresh, nprobe=8).batch_search(queries, k=10).to_beir()
     for qid in expected:
         assert not set(gone) & set(got[qid])
         assert list(got[qid]) == list(expected[qid])

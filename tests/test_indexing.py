@@ -6,10 +6,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from retriever import EncoderConfig, FilterSpec, RetrieverError, Searcher, build_index
+from retriever import (
+    EmbedFilter,
+    Encoder,
+    EncoderConfig,
+    FilterSpec,
+    RetrieverError,
+    Searcher,
+    build_index,
+)
 from retriever import docstore as docstore_module
 from retriever.cli import main
-from tests.conftest import TOY_DOCS, write_jsonl
+from retriever.datasets import scan_corpus
+from retriever.encoding import encode_corpus
+from tests.conftest import TOY_DOCS, synthetic_docs, write_jsonl
 
 
 @pytest.fixture(scope="module")
@@ -79,7 +89,7 @@ def test_search_finds_a_document_by_its_own_text(tiny_index: Path) -> None:
 def test_batch_search_is_beir_shaped_and_matches_search(tiny_index: Path) -> None:
     searcher = Searcher.load(tiny_index, dtype="float32")
     queries = {"q1": "bone disease", "q2": "a fox"}
-    run = searcher.batch_search(queries, k=4)
+    run = searcher.batch_search(queries, k=4).to_beir()
     assert set(run) == {"q1", "q2"} and all(len(v) == 4 for v in run.values())
     single = searcher.search("bone disease", k=4)
     assert list(run["q1"]) == [h.id for h in single]
@@ -226,7 +236,7 @@ def test_cli_index_and_search(
     )
     hits = json.loads(stdout)
     assert code == 0 and len(hits) == 2 and hits[0]["id"] == "d2"
-    assert set(hits[0]) == {"id", "score", "title", "text"}
+    assert set(hits[0]) == {"id", "score", "title", "text", "key", "metadata"}
 
     code, stdout, _ = _cli(capsys, "search", str(out), "fox", "-k", "1", "--dtype", "float32")
     assert code == 0 and stdout.startswith("  1. ")
@@ -363,6 +373,72 @@ def test_empty_documents_are_counted_in_the_manifest(
     documents = json.loads((tmp_path / "idx" / "manifest.json").read_text())["documents"]
     assert documents["count"] == 3 and documents["history"][0]["skipped_empty"] == 1
     assert documents["history"][0]["skipped_empty_ids"] == ["blank"]
+
+
+@pytest.fixture
+def mean_store(tiny_model: Path, tmp_path: Path) -> tuple[Encoder, Path]:
+    """A loaded encoder (mean pooling, max length 64) and a store it encoded."""
+    encoder = Encoder.load(str(tiny_model), EncoderConfig(max_length=64), dtype="float32")
+    corpus = write_jsonl(tmp_path / "docs.jsonl", synthetic_docs(40))
+    store = encode_corpus(encoder, scan_corpus(corpus), folder=tmp_path / "store", chunk_size=16)
+    return encoder, store.folder
+
+
+def test_a_ready_projection_and_a_loaded_encoder_build_from_a_store(
+    mean_store: tuple[Encoder, Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import faiss
+
+    from retriever.store import EmbeddingStore
+
+    encoder, store = mean_store
+    matrix = np.random.default_rng(0).standard_normal((12, encoder.hidden_size))
+    projection = EmbedFilter(matrix, FilterSpec(dim=12), np.arange(12))
+
+    def never(*args, **kwargs):
+        raise AssertionError("the model was loaded again or the LLM ran again")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(Encoder, "load", never)
+        patched.setattr(Encoder, "encode_poolings", never)
+        out = build_index(
+            None,
+            tmp_path / "idx",
+            from_store=store,
+            encoder=encoder,
+            encoder_config=EncoderConfig(pooling="last"),
+            embed_filter=projection,
+        )
+    assert encoder.config.pooling == "mean"  # the caller's encoder keeps its settings
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["filter"] == projection.describe()
+    assert manifest["encoder"]["pooling"] == "last" and manifest["encoder"]["max_length"] == 64
+    searcher = Searcher.load(out)
+    np.testing.assert_array_equal(searcher.filter.matrix, projection.matrix)
+    mapped = faiss.downcast_index(searcher.index.index)
+    stored = mapped.index.reconstruct_n(0, mapped.ntotal)
+    expected = projection.transform(EmbeddingStore.open(store).read("last"))
+    np.testing.assert_allclose(stored, expected, rtol=1e-5, atol=1e-6)  # the last pooling
+    for document in list(searcher.docstore)[:5]:
+        assert searcher.search(document.embedding_text, k=1)[0].id == document.id
+    searcher.close()
+
+
+def test_a_ready_projection_or_encoder_that_does_not_fit_is_one_line(
+    mean_store: tuple[Encoder, Path], other_tiny_model: Path, tmp_path: Path
+) -> None:
+    encoder, store = mean_store
+    narrow = EmbedFilter(np.eye(4, 8), FilterSpec(dim=4), np.arange(4))
+    with pytest.raises(RetrieverError, match="embed_filter projects 8-dimensional embeddings, but"):
+        build_index(None, tmp_path / "a", from_store=store, encoder=encoder, embed_filter=narrow)
+    with pytest.raises(RetrieverError, match="give filter_spec or embed_filter, not both"):
+        build_index(
+            None, tmp_path / "b", from_store=store, filter_spec=FilterSpec(), embed_filter=narrow
+        )
+    other = Encoder.load(str(other_tiny_model), EncoderConfig(max_length=64), dtype="float32")
+    with pytest.raises(RetrieverError, match="was encoded differently from this encoder"):
+        build_index(None, tmp_path / "c", from_store=store, encoder=other)
+    assert _visible(tmp_path) == ["docs.jsonl", "store"]
 
 
 def _visible(folder: Path) -> list[str]:

@@ -46,9 +46,9 @@ def pair(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str
 
 
 def test_milvus_flat_answers_like_faiss_flat(pair: dict[str, Path]) -> None:
-    faiss_run = Searcher.load(pair["faiss"]).batch_search(QUERIES, k=10)
+    faiss_run = Searcher.load(pair["faiss"]).batch_search(QUERIES, k=10).to_beir()
     milvus = Searcher.load(pair["milvus"])
-    milvus_run = milvus.batch_search(QUERIES, k=10)
+    milvus_run = milvus.batch_search(QUERIES, k=10).to_beir()
     overlap = [len(set(faiss_run[q]) & set(milvus_run[q])) / 10 for q in faiss_run]
     assert sum(overlap) / len(overlap) >= 0.99
     for q in faiss_run:
@@ -77,7 +77,7 @@ def test_add_and_delete_on_milvus(tiny_model: Path, tmp_path: Path) -> None:
     assert main(["delete", str(index), "s3", "b1"]) == 0
     searcher = Searcher.load(index)
     assert len(searcher) == 23
-    run = searcher.batch_search(QUERIES, k=23)
+    run = searcher.batch_search(QUERIES, k=23).to_beir()
     assert all(not {"s3", "b1"} & set(found) for found in run.values())
     assert (
         searcher.search(
@@ -99,7 +99,7 @@ def test_index_types_milvus_lite_lacks_are_refused(
 
 
 def test_index_types_map_to_milvus_server_indexes() -> None:
-    from retriever.backends import milvus_index
+    from retriever.milvus import milvus_index
 
     assert milvus_index("HNSW32", lite=False) == ("HNSW", {"M": 32, "efConstruction": 200})
     assert milvus_index("IVF1024,PQ36", lite=False) == (
@@ -201,9 +201,9 @@ def test_a_server_collection_answers_like_faiss_and_changes_by_generation(
     assert _server_state(milvus_server, "served") == (first, [first])
     assert not (index / "milvus.db").exists()
 
-    faiss_run = Searcher.load(pair["faiss"]).batch_search(QUERIES, k=10)
+    faiss_run = Searcher.load(pair["faiss"]).batch_search(QUERIES, k=10).to_beir()
     reader = Searcher.load(index)  # holds the first generation across the changes below
-    served_run = reader.batch_search(QUERIES, k=10)
+    served_run = reader.batch_search(QUERIES, k=10).to_beir()
     overlap = [len(set(faiss_run[q]) & set(served_run[q])) / 10 for q in faiss_run]
     assert sum(overlap) / len(overlap) >= 0.99
 
@@ -212,7 +212,7 @@ def test_a_server_collection_answers_like_faiss_and_changes_by_generation(
     second = _collection(index)
     target, owned = _server_state(milvus_server, "served")
     assert target == second and owned == sorted([first, second])  # the reader keeps `first`
-    assert reader.batch_search(QUERIES, k=10) == served_run
+    assert reader.batch_search(QUERIES, k=10).to_beir() == served_run
     reader.close()
 
     assert main(["delete", str(index), "s3", "b1"]) == 0
@@ -221,7 +221,7 @@ def test_a_server_collection_answers_like_faiss_and_changes_by_generation(
     assert _server_state(milvus_server, "served") == (third, [third])
     searcher = Searcher.load(index)
     assert len(searcher) == 203
-    found = searcher.batch_search(QUERIES, k=203)
+    found = searcher.batch_search(QUERIES, k=203).to_beir()
     assert all(not {"s3", "b1"} & set(hits) for hits in found.values())
     searcher.close()
 
@@ -244,7 +244,7 @@ def test_a_failed_build_leaves_no_collection_on_the_server(
     def fail(*args: object, **kwargs: object) -> None:
         raise RetrieverError("injected failure after the collection was filled")
 
-    monkeypatch.setattr(indexing, "_write_manifest", fail)
+    monkeypatch.setattr(indexing, "write_manifest", fail)
     corpus = write_jsonl(tmp_path / "docs.jsonl", synthetic_docs(20))
     with pytest.raises(RetrieverError, match="injected"):
         _serve(tiny_model, corpus, tmp_path / "x", milvus_server, "failed")

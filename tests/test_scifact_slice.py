@@ -75,7 +75,7 @@ def test_gold_documents_rank_in_the_top_10(
     searcher = Searcher.load(scifact_slice_index)
     assert len(slice_queries) == 21
     run = searcher.batch_search({qid: text for qid, (text, _) in slice_queries.items()}, k=10)
-    found = {qid for qid, (_, gold) in slice_queries.items() if gold & set(run[qid])}
+    found = {qid for qid, (_, gold) in slice_queries.items() if gold & set(run[qid].ids)}
     # When this test was written, 16 of the 21 queries found their gold document in the
     # top 10, and these 9 in the top 3; a broken encoder, filter or index loses them.
     strong = {"248", "249", "261", "399", "552", "839", "921", "957", "1137"}
@@ -98,7 +98,7 @@ def test_every_method_finds_gold_documents(
         for fusion in ("rrf", "weighted") if "+" in method else ("rrf",):
             run = searcher.batch_search(queries, k=10, method=method, fusion=fusion)
             found[method, fusion] = sum(
-                bool(gold & set(run[qid])) for qid, (_, gold) in slice_queries.items()
+                bool(gold & set(run[qid].ids)) for qid, (_, gold) in slice_queries.items()
             )
     # Found (of 21) with the default filter (edge, mean direction removed), measured when
     # it became the default: BM25 and dense+BM25 lead, as on the full collection; the key
@@ -162,7 +162,7 @@ def test_milvus_flat_and_faiss_flat_agree_on_scifact_vectors(
         searcher = Searcher.load(index)
         runs[name] = searcher.batch_search(queries, k=10)
         searcher.close()
-    overlap = [len(set(runs["faiss"][q]) & set(runs["milvus"][q])) / 10 for q in queries]
+    overlap = [len(set(runs["faiss"][q].ids) & set(runs["milvus"][q].ids)) / 10 for q in queries]
     assert len(overlap) == 300 and sum(overlap) / len(overlap) >= 0.99
     ndcg = {name: evaluate_run(qrels, run)["ndcg_at_10"] for name, run in runs.items()}
     assert abs(ndcg["faiss"] - ndcg["milvus"]) <= 0.001, ndcg

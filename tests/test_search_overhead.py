@@ -66,7 +66,7 @@ def test_a_run_reads_ids_without_decoding_documents(
         for i, q in enumerate(QUERIES)
     }
     decodes = _count_calls(monkeypatch, docstore_module, "_decode")
-    assert searcher.batch_search(QUERIES, k=4, method="dense+bm25") == expected
+    assert searcher.batch_search(QUERIES, k=4, method="dense+bm25").to_beir() == expected
     assert decodes == [0]
 
 
