@@ -4,7 +4,7 @@ Each missing chunk of the embedding store becomes one row of a Ray dataset; an a
 pool (``map_batches`` over :class:`ChunkEncoder`, one model load per actor, ``num_gpus``
 per actor when GPUs exist) reads its chunk from the corpus file at the chunk's byte
 offset, encodes it and writes the shard into the store, exactly as the single-process
-path does (:func:`retriever.store.encode_to_store`). So resume, assembly and "encode once,
+path does (:func:`retriever.encoding.encode_to_store`). So resume, assembly and "encode once,
 index many" are the same whoever encoded a shard:
 
 - chunks already in the store are skipped, so a failed job reruns where it stopped (open
@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+from dataclasses import dataclass
 from typing import Any
 
 from retriever.config import POOLINGS, EncoderConfig
@@ -40,6 +41,16 @@ KILL_AFTER_SHARD_ENV = "RETRIEVER_TEST_KILL_WORKER_AFTER_SHARD"
 INSTALL_HINT = (
     "Ray is an optional extra: pip install 'retriever[ray]' (or: pip install 'ray[data]')"
 )
+
+
+@dataclass(frozen=True)
+class RayOptions:
+    """Where and how the encode stage runs on Ray."""
+
+    address: str | None = None  # None: a local Ray with this machine's cores
+    workers: int | None = None  # None: one per GPU, else half the CPUs
+    gpus_per_worker: float | None = None  # None: 1 when the cluster has GPUs
+    device: str | None = None  # the actors' torch device (None: cuda if present)
 
 
 def import_ray() -> Any:
@@ -129,55 +140,42 @@ def _die_if_a_test_asks() -> None:
 
 
 def encode_with_ray(
-    encoder_spec: dict[str, Any],
+    encoder: Any,
     scan: CorpusScan,
     store: EmbeddingStore,
+    options: RayOptions,
     *,
     slice_: tuple[int, int] = (0, 1),
-    workers: int | None = None,
-    gpus_per_worker: float | None = None,
     show_progress: bool = True,
 ) -> EmbeddingStore:
-    """Encode this slice's missing chunks of ``store`` on a Ray actor pool.
-
-    ``encoder_spec`` holds :meth:`Encoder.load`'s arguments (the actors load the model
-    themselves); call :func:`connect` first.
-    """
+    """Encode this slice's missing chunks of ``store`` on a Ray actor pool, joining or
+    starting Ray as ``options`` say; each actor loads ``encoder``'s model itself."""
     from retriever.progress import progress_bar
 
-    ray = import_ray()
     index, total = slice_
     todo = [c for c in store.missing_chunks() if c % total == index]
     if not todo:
         logger.info("every chunk of this slice is already in %s", store.folder)
         return store
-    starts = chunk_starts(scan, store.chunk_size)
+    ray = connect(options.address)
     resources = ray.cluster_resources()
-    gpus = resources.get("GPU", 0)
-    per_worker_gpus = gpus_per_worker if gpus_per_worker is not None else (1 if gpus else 0)
-    if workers is None:
-        workers = (
-            int(gpus / per_worker_gpus)
-            if per_worker_gpus
-            else max(1, int(resources.get("CPU", 1)) // 2)
-        )
-    workers = max(1, min(workers, len(todo)))
+    gpus = options.gpus_per_worker
+    if gpus is None:
+        gpus = 1 if resources.get("GPU", 0) else 0
+    workers = _worker_count(resources, options.workers, gpus, len(todo))
     logger.info(
-        "encoding %d chunks on Ray: %d worker(s), %s GPU each",
-        len(todo),
-        workers,
-        per_worker_gpus or "no",
+        "encoding %d chunks on Ray: %d worker(s), %s GPU each", len(todo), workers, gpus or "no"
     )
+    starts = chunk_starts(scan, store.chunk_size)
     rows = [{"chunk": c, "offset": starts[c][0], "line": starts[c][1]} for c in todo]
-    dataset = ray.data.from_items(rows, override_num_blocks=len(rows))
-    encoded = dataset.map_batches(
+    encoded = ray.data.from_items(rows, override_num_blocks=len(rows)).map_batches(
         ChunkEncoder,
         batch_size=1,
         concurrency=workers,
-        num_gpus=per_worker_gpus,
-        num_cpus=None if per_worker_gpus else max(1, int(resources.get("CPU", 1)) // workers),
+        num_gpus=gpus,
+        num_cpus=None if gpus else max(1, int(resources.get("CPU", 1)) // workers),
         fn_constructor_kwargs={
-            **encoder_spec,
+            **_encoder_spec(encoder, dtype=store.key["dtype"], device=options.device),
             "store": str(store.folder),
             "scan": scan,
             "slice_label": f"{index}/{total}",
@@ -195,22 +193,28 @@ def encode_with_ray(
     return store
 
 
-def encoder_spec(
-    model: str,
-    revision: str | None,
-    config: EncoderConfig,
-    *,
-    dtype: str,
-    device: str | None,
-    batch_size: int,
-    weights_sha256: str,
-) -> dict[str, Any]:
+def _worker_count(
+    resources: dict[str, float], asked: int | None, gpus_per_worker: float, chunks: int
+) -> int:
+    """The actors to start: as asked, else one per GPU share, else half the CPUs; never
+    more than there are chunks."""
+    if asked is None:
+        asked = (
+            int(resources.get("GPU", 0) / gpus_per_worker)
+            if gpus_per_worker
+            else max(1, int(resources.get("CPU", 1)) // 2)
+        )
+    return max(1, min(asked, chunks))
+
+
+def _encoder_spec(encoder: Any, *, dtype: str, device: str | None) -> dict[str, Any]:
+    """:class:`ChunkEncoder`'s arguments that load the same model as ``encoder``."""
     return {
-        "model": model,
-        "revision": revision,
-        "config": config.to_dict(),
+        "model": encoder.resolved.name,
+        "revision": encoder.resolved.revision,
+        "config": encoder.config.to_dict(),
         "dtype": dtype,
         "device": device,
-        "batch_size": batch_size,
-        "expected_weights_sha256": weights_sha256,
+        "batch_size": encoder.batch_size,
+        "expected_weights_sha256": encoder.resolved.weights_sha256,
     }

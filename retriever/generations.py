@@ -21,7 +21,8 @@ the next writer after the reader lets go.
 A part may live outside the folder: a Milvus server collection. Its generation names it
 in ``EXTERNAL`` (written before the part is created, so a crash cannot orphan it); the
 part is made current when its generation is published and dropped when its generation is
-removed (:mod:`retriever.backends` does both).
+removed. The writer says how, with the :class:`ExternalParts` of the backends
+(:data:`retriever.backends.EXTERNAL_PARTS`): this module knows folders, not servers.
 """
 
 from __future__ import annotations
@@ -35,7 +36,8 @@ import os
 import secrets
 import shutil
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 from retriever.errors import RetrieverError
@@ -45,6 +47,16 @@ logger = logging.getLogger(__name__)
 READERS_FILE = "READERS"
 EXTERNAL_FILE = "EXTERNAL"
 _PARTIAL = ".partial"
+
+
+@dataclass(frozen=True)
+class ExternalParts:
+    """How a generation's parts outside its folder, named in its ``EXTERNAL`` record, are
+    made current (``publish``) and dropped (``drop``); each takes the record's path and
+    raises :class:`RetrieverError` when the server refuses."""
+
+    publish: Callable[[Path], None]
+    drop: Callable[[Path], None]
 
 
 def generations_folder(out: Path) -> Path:
@@ -160,18 +172,19 @@ def _new_generation_name() -> str:
 
 
 @contextlib.contextmanager
-def new_generation(out: Path) -> Iterator[Path]:
+def new_generation(out: Path, *, external: ExternalParts) -> Iterator[Path]:
     """A staging folder for the next generation of ``out``; published on success.
 
     Call it holding :func:`writer_lock`. Staging folders of dead writers are removed
     first (under the lock no other writer can be alive). On an exception the staging
-    folder is removed and ``out`` is untouched.
+    folder is removed and ``out`` is untouched. ``external`` publishes and drops the
+    parts generations keep outside their folders.
     """
     folder = generations_folder(out)
     folder.mkdir(parents=True, exist_ok=True)
     for leftover in folder.glob(f"*{_PARTIAL}"):
         logger.info("removing %s, left by a writer that did not finish", leftover.name)
-        _remove(leftover)
+        _remove(leftover, external)
     name = _new_generation_name()
     staging = folder / f"{name}{_PARTIAL}"
     # mkdir honours the umask (mkdtemp would force 0700 and hide indexes from a group).
@@ -183,13 +196,13 @@ def new_generation(out: Path) -> Iterator[Path]:
             final = folder / name
             os.replace(staging, final)
             _point(out, final)
-        _publish_external(final)
+        _publish_external(final, external)
     finally:
         if staging.exists():
-            _remove(staging)
+            _remove(staging, external)
         with contextlib.suppress(OSError):
             folder.rmdir()  # only when empty: a first build that failed leaves no trace
-    remove_unread_generations(out)
+    remove_unread_generations(out, external)
 
 
 def _point(out: Path, generation: Path) -> None:
@@ -203,7 +216,7 @@ def _point(out: Path, generation: Path) -> None:
     _fsync_dir(out.parent)
 
 
-def remove_unread_generations(out: Path) -> list[Path]:
+def remove_unread_generations(out: Path, external: ExternalParts) -> list[Path]:
     """Delete every generation of ``out`` but the current one that no reader holds."""
     current = current_generation(out)
     removed = []
@@ -217,19 +230,17 @@ def remove_unread_generations(out: Path) -> list[Path]:
             continue
         with contextlib.suppress(BlockingIOError):
             with _locked(generation / READERS_FILE, fcntl.LOCK_EX | fcntl.LOCK_NB):
-                if _remove(generation):
+                if _remove(generation, external):
                     removed.append(generation)
     return removed
 
 
-def _remove(generation: Path) -> bool:
+def _remove(generation: Path, external: ExternalParts) -> bool:
     """Delete a generation with its external parts; kept (for the next writer to retry)
     when an external part cannot be dropped, since the folder is its only record."""
     if (generation / EXTERNAL_FILE).exists():
-        from retriever.backends import drop_external
-
         try:
-            drop_external(generation / EXTERNAL_FILE)
+            external.drop(generation / EXTERNAL_FILE)
         except RetrieverError as exc:
             logger.warning("keeping %s for now: %s", generation.name, exc)
             return False
@@ -237,12 +248,10 @@ def _remove(generation: Path) -> bool:
     return True
 
 
-def _publish_external(generation: Path) -> None:
+def _publish_external(generation: Path, external: ExternalParts) -> None:
     if (generation / EXTERNAL_FILE).exists():
-        from retriever.backends import publish_external
-
         try:
-            publish_external(generation / EXTERNAL_FILE)
+            external.publish(generation / EXTERNAL_FILE)
         except RetrieverError as exc:
             # The index is published and reads its own part by name; only the alias that
             # users outside this project query is stale. The next writer points it again.

@@ -30,9 +30,8 @@ from typing import Any
 import numpy as np
 
 from retriever.config import POOLINGS
-from retriever.datasets import CorpusScan, Document, iter_documents
+from retriever.datasets import CorpusScan, Document
 from retriever.errors import RetrieverError
-from retriever.generations import disk_errors
 
 logger = logging.getLogger(__name__)
 
@@ -76,7 +75,7 @@ def key_digest(key: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()
 
 
-def _describe_difference(held: dict[str, Any], wanted: dict[str, Any]) -> str:
+def describe_difference(held: dict[str, Any], wanted: dict[str, Any]) -> str:
     fields = {
         "model": lambda k: f"{k['model']['name']} ({k['model']['weights_sha256'][:12]})",
         "dtype": lambda k: k["dtype"],
@@ -95,16 +94,6 @@ def _describe_difference(held: dict[str, Any], wanted: dict[str, Any]) -> str:
         if show(held) != show(wanted)
     ]
     return "; ".join(changed) or "a different store format"
-
-
-@dataclass(frozen=True)
-class RayOptions:
-    """Where and how the encode stage runs on Ray (see :mod:`retriever.distributed`)."""
-
-    address: str | None = None  # None: a local Ray with this machine's cores
-    workers: int | None = None  # None: one per GPU, else half the CPUs
-    gpus_per_worker: float | None = None  # None: 1 when the cluster has GPUs
-    device: str | None = None  # the actors' torch device (None: cuda if present)
 
 
 @dataclass(frozen=True)
@@ -173,7 +162,7 @@ class EmbeddingStore:
         if key_digest(held) != key_digest(key):
             raise RetrieverError(
                 f"the embedding store {folder} holds another encoding "
-                f"({_describe_difference(held, key)}); pass --restart to encode afresh into "
+                f"({describe_difference(held, key)}); pass --restart to encode afresh into "
                 "it, or choose another store"
             )
         return cls(folder, held)
@@ -399,58 +388,6 @@ def chunked_documents(
         yield number, chunk
 
 
-def encode_to_store(
-    encoder: Any,
-    store: EmbeddingStore,
-    documents: Iterable[Document],
-    *,
-    queries: bool = False,
-    slice_: tuple[int, int] = (0, 1),
-    show_progress: bool = True,
-) -> EmbeddingStore:
-    """The encode stage: encode every chunk of this slice that the store lacks.
-
-    Chunks already complete are skipped, so a rerun after a crash loses at most the chunk
-    that was being encoded.
-    """
-    from retriever.progress import progress_bar
-
-    index, total = slice_
-    mine = [c for c in range(store.num_chunks) if c % total == index]
-    todo = {c for c in mine if store.shard(c) is None}
-    done = store.done_count(c for c in mine if c not in todo)
-    if done:
-        logger.info(
-            "resuming: %d of %d chunks of this slice already encoded in %s",
-            len(mine) - len(todo),
-            len(mine),
-            store.folder,
-        )
-    if not todo:
-        return store
-    size = sum(min(store.chunk_size, store.count - c * store.chunk_size) for c in mine)
-    label = f"{index}/{total}"
-    with progress_bar(
-        total=size, initial=done, desc="encoding", unit="doc", show=show_progress
-    ) as bar:
-        for chunk, batch in chunked_documents(documents, store.chunk_size):
-            if chunk not in todo:
-                continue
-            vectors = encoder.encode_poolings(
-                [d.embedding_text for d in batch],
-                POOLINGS,
-                queries=queries,
-                show_progress=False,
-                on_batch=bar.update,  # the bar moves per batch, not per chunk of thousands
-            )
-            with disk_errors(store.folder):
-                store.write_shard(chunk, batch, vectors, slice_label=label)
-            todo.discard(chunk)
-            if not todo:
-                break
-    return store
-
-
 def store_for_corpus(
     encoder: Any,
     scan: CorpusScan,
@@ -470,81 +407,3 @@ def cached_store_folder(key: dict[str, Any]) -> Path:
     from retriever.models import cache_dir
 
     return cache_dir() / "embeddings" / key_digest(key)[:24]
-
-
-def encode_corpus(
-    encoder: Any,
-    scan: CorpusScan,
-    *,
-    folder: str | Path | None = None,
-    chunk_size: int = DEFAULT_CHUNK_SIZE,
-    slice_: tuple[int, int] = (0, 1),
-    restart: bool = False,
-    show_progress: bool = True,
-    ray: RayOptions | None = None,
-) -> EmbeddingStore:
-    """Scan -> encode -> store for a corpus file (resumable; see :func:`encode_to_store`).
-
-    With ``ray`` the chunks are encoded by a Ray actor pool instead of this process
-    (:mod:`retriever.distributed`); the shards are the same.
-    """
-    if chunk_size < 1:
-        raise RetrieverError(f"--chunk-size must be at least 1, got {chunk_size}")
-    store = store_for_corpus(encoder, scan, folder=folder, chunk_size=chunk_size, restart=restart)
-    store.describe_source(scan)
-    if ray is not None:
-        from retriever import distributed
-
-        distributed.connect(ray.address)
-        spec = distributed.encoder_spec(
-            encoder.resolved.name,
-            encoder.resolved.revision,
-            encoder.config,
-            dtype=store.key["dtype"],
-            device=ray.device,
-            batch_size=encoder.batch_size,
-            weights_sha256=encoder.resolved.weights_sha256,
-        )
-        return distributed.encode_with_ray(
-            spec,
-            scan,
-            store,
-            slice_=slice_,
-            workers=ray.workers,
-            gpus_per_worker=ray.gpus_per_worker,
-            show_progress=show_progress,
-        )
-    return encode_to_store(
-        encoder, store, iter_documents(scan), slice_=slice_, show_progress=show_progress
-    )
-
-
-def cached_embeddings(
-    encoder: Any,
-    texts: list[str],
-    poolings: Iterable[str],
-    *,
-    queries: bool,
-    show_progress: bool = True,
-) -> dict[str, np.ndarray]:
-    """``{pooling: (n, d) float32}`` of a list of texts, through a store in the cache.
-
-    For collections held in memory (a benchmark's corpus and queries): the key's source
-    is a hash of the texts themselves.
-    """
-    digest = hashlib.sha256()
-    for text in texts:
-        encoded = text.encode("utf-8")
-        digest.update(len(encoded).to_bytes(8, "big"))  # unambiguous boundaries
-        digest.update(encoded)
-    kind = "queries" if queries else "documents"
-    key = encoding_key(
-        encoder, digest.hexdigest(), len(texts), kind=kind, chunk_size=DEFAULT_CHUNK_SIZE
-    )
-    store = EmbeddingStore.open_or_create(cached_store_folder(key), key)
-    if store.missing_chunks():
-        documents = (Document(str(i), "", text) for i, text in enumerate(texts))
-        encode_to_store(encoder, store, documents, queries=queries, show_progress=show_progress)
-    else:
-        logger.info("embedding store hit for %d %s", len(texts), kind)
-    return {pooling: store.read(pooling) for pooling in poolings}

@@ -10,9 +10,9 @@ import pytest
 
 from retriever import EncoderConfig
 from retriever.datasets import scan_corpus
-from retriever.distributed import KILL_AFTER_SHARD_ENV
+from retriever.distributed import KILL_AFTER_SHARD_ENV, RayOptions
 from retriever.encoder import Encoder
-from retriever.store import RayOptions, encode_corpus
+from retriever.encoding import encode_corpus
 from tests.conftest import synthetic_docs, write_jsonl
 
 ray = pytest.importorskip("ray", reason="Ray is an optional extra: pip install 'retriever[ray]'")

@@ -13,7 +13,8 @@ from retriever import EncoderConfig, FilterSpec, RetrieverError, Searcher, build
 from retriever.cli import main
 from retriever.datasets import scan_corpus
 from retriever.encoder import Encoder
-from retriever.store import EmbeddingStore, encode_corpus
+from retriever.encoding import encode_corpus
+from retriever.store import EmbeddingStore
 from tests.conftest import synthetic_docs, write_jsonl
 
 CHUNK = 8
