@@ -8,38 +8,30 @@ identically to documents and queries, then L2-normalised like the filter:
   principal directions (D = d // 100, at least 1) and keep the next k, so that it is
   compared at the same k;
 - ``random``: a seeded random orthonormal projection, no fitting.
+
+Each comes out as an :class:`~retriever.embedfilter.EmbedFilter` with an offset
+(``F h + b`` with ``F = diag(scale) P`` and ``b = -F mu``), so an index stores and a
+searcher applies it exactly as it does EmbedFilter itself.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import numpy as np
 
+from retriever.config import FilterSpec
+from retriever.embedfilter import EmbedFilter
 from retriever.errors import RetrieverError
 
 BASELINES = ("pca", "whiten", "abtt", "random")
 
 
-@dataclass(frozen=True)
-class FittedProjection:
-    """``((h - mean) @ matrix.T) * scale``, then L2-normalised."""
-
-    method: str
-    mean: np.ndarray
-    matrix: np.ndarray
-    scale: np.ndarray
-
-    @property
-    def dim(self) -> int:
-        return int(self.matrix.shape[0])
-
-    def transform(self, embeddings: np.ndarray, *, normalize: bool = True) -> np.ndarray:
-        projected = ((np.asarray(embeddings, np.float32) - self.mean) @ self.matrix.T) * self.scale
-        if normalize:
-            norms = np.linalg.norm(projected, axis=1, keepdims=True)
-            projected /= np.maximum(norms, np.finfo(np.float32).tiny)
-        return projected.astype(np.float32)
+def _fitted(
+    method: str, mean: np.ndarray, axes: np.ndarray, rows: np.ndarray, scale: np.ndarray
+) -> EmbedFilter:
+    """``scale * (axes[rows] (h - mean))`` as a filter with an offset."""
+    matrix = axes[rows] * scale[:, None]
+    spec = FilterSpec(dim=len(rows), remove_mean_direction=False)
+    return EmbedFilter(matrix, spec, rows, offset=-(matrix @ mean), name=method)
 
 
 def _principal_axes(sample: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -56,25 +48,25 @@ def abtt_dropped(model_dim: int) -> int:
     return max(1, model_dim // 100)
 
 
-def fit_baseline(method: str, sample: np.ndarray, k: int, *, seed: int = 0) -> FittedProjection:
+def fit_baseline(method: str, sample: np.ndarray, k: int, *, seed: int = 0) -> EmbedFilter:
     """Fit ``method`` (one of :data:`BASELINES`) on ``sample`` (n, d) to output k dims."""
     d = int(sample.shape[1])
     if not 1 <= k <= d:
         raise RetrieverError(f"a {method} baseline needs 1 <= k <= {d}, got {k}")
-    ones = np.ones(k, dtype=np.float32)
+    ones = np.ones(k)
     if method == "random":
         gaussian = np.random.default_rng(seed).standard_normal((d, k))
         q, _ = np.linalg.qr(gaussian)
-        return FittedProjection(method, np.zeros(d, np.float32), q.T.astype(np.float32), ones)
+        return _fitted(method, np.zeros(d), q.T, np.arange(k), ones)
     mean, eigenvalues, axes = _principal_axes(sample)
     if method == "pca":
-        rows, scale = slice(0, k), ones
+        rows, scale = np.arange(k), ones
     elif method == "whiten":
-        rows = slice(0, k)
-        scale = (1.0 / np.sqrt(np.maximum(eigenvalues[:k], 1e-12))).astype(np.float32)
+        rows = np.arange(k)
+        scale = 1.0 / np.sqrt(np.maximum(eigenvalues[:k], 1e-12))
     elif method == "abtt":
         drop = min(abtt_dropped(d), d - k)
-        rows, scale = slice(drop, drop + k), ones
+        rows, scale = np.arange(drop, drop + k), ones
     else:
         raise RetrieverError(f"unknown baseline {method!r}; choose from {', '.join(BASELINES)}")
-    return FittedProjection(method, mean.astype(np.float32), axes[rows].astype(np.float32), scale)
+    return _fitted(method, mean, axes, rows, scale)

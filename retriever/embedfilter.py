@@ -20,6 +20,7 @@ from retriever.config import FilterSpec
 from retriever.errors import RetrieverError
 
 MATRIX_FILE = "filter.npy"
+OFFSET_FILE = "filter_offset.npy"
 SPEC_FILE = "filter.json"
 
 
@@ -95,15 +96,31 @@ class EmbedFilter:
     """A ``k x d`` matrix ``F``; ``transform(h)`` is ``F h``, L2-normalised.
 
     The rows of a band filter are orthonormal; with ``remove_mean_direction`` the matrix
-    is ``(I - u u^T) F``, which has rank ``k - 1``.
+    is ``(I - u u^T) F``, which has rank ``k - 1``. A projection fitted on documents (the
+    baselines of :mod:`retriever.baselines`) also has an ``offset`` ``b``
+    (``transform(h)`` is ``F h + b``) and its own ``name``; its ``rows`` are the axes of
+    its own basis that it keeps. Every projection an index stores is one of these, so
+    the searcher applies any of them the same way.
     """
 
-    def __init__(self, matrix: np.ndarray, spec: FilterSpec, rows: np.ndarray) -> None:
+    def __init__(
+        self,
+        matrix: np.ndarray,
+        spec: FilterSpec,
+        rows: np.ndarray,
+        *,
+        offset: np.ndarray | None = None,
+        name: str | None = None,
+    ) -> None:
         self.matrix = np.ascontiguousarray(matrix, dtype=np.float32)
         self.spec = spec
         self.rows = np.asarray(rows, dtype=np.int64)
+        self.offset = None if offset is None else np.asarray(offset, dtype=np.float32)
+        self._name = name
         if self.matrix.shape != (len(self.rows), self.matrix.shape[1]):
             raise ValueError(f"filter matrix {self.matrix.shape} does not match {len(rows)} rows")
+        if self.offset is not None and self.offset.shape != (len(self.rows),):
+            raise ValueError(f"filter offset {self.offset.shape} does not match {len(rows)} rows")
 
     @classmethod
     def from_unembedding(
@@ -139,14 +156,21 @@ class EmbedFilter:
     @property
     def name(self) -> str:
         """``unfiltered``, ``embedfilter`` (the paper's) or ``embedfilter-nomean`` (the
-        default: mean direction removed)."""
+        default: mean direction removed); a fitted projection's own name (``pca``, ...)."""
+        if self._name is not None:
+            return self._name
         if self.is_identity:
             return "unfiltered"
         return "embedfilter-nomean" if self.spec.remove_mean_direction else "embedfilter"
 
     @property
     def is_identity(self) -> bool:
-        return self.dim == self.model_dim and not self.spec.remove_mean_direction
+        return (
+            self._name is None
+            and self.offset is None
+            and self.dim == self.model_dim
+            and not self.spec.remove_mean_direction
+        )
 
     def transform(self, embeddings: np.ndarray, *, normalize: bool = True) -> np.ndarray:
         """Project ``(n, d)`` pooled embeddings to ``(n, k)``, L2-normalised by default."""
@@ -156,6 +180,8 @@ class EmbedFilter:
                 f"expected embeddings of shape (n, {self.model_dim}), got {embeddings.shape}"
             )
         projected = embeddings @ self.matrix.T
+        if self.offset is not None:
+            projected += self.offset
         if normalize:
             norms = np.linalg.norm(projected, axis=1, keepdims=True)
             projected /= np.maximum(norms, np.finfo(np.float32).tiny)
@@ -171,6 +197,7 @@ class EmbedFilter:
             "dim": self.dim,
             "rows": [rows[0], rows[-1] + 1] if contiguous else rows,
             "rows_are_range": contiguous,
+            "offset": self.offset is not None,
         }
 
     def save(self, folder: str | Path) -> None:
@@ -178,6 +205,8 @@ class EmbedFilter:
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         np.save(folder / MATRIX_FILE, self.matrix, allow_pickle=False)
+        if self.offset is not None:
+            np.save(folder / OFFSET_FILE, self.offset, allow_pickle=False)
         (folder / SPEC_FILE).write_text(json.dumps(self.describe(), indent=2) + "\n")
 
     @classmethod
@@ -186,9 +215,18 @@ class EmbedFilter:
         try:
             matrix = np.load(folder / MATRIX_FILE, allow_pickle=False)
             info = json.loads((folder / SPEC_FILE).read_text())
+            offset = (
+                np.load(folder / OFFSET_FILE, allow_pickle=False) if info.get("offset") else None
+            )
         except (OSError, ValueError) as exc:
             raise RetrieverError(f"cannot read the filter in {folder}: {exc}") from exc
         rows = info["rows"]
         if info["rows_are_range"]:
             rows = list(range(rows[0], rows[1]))
-        return cls(matrix, FilterSpec.from_dict(info["spec"]), np.asarray(rows))
+        spec = FilterSpec.from_dict(info["spec"])
+        # A band filter's name follows from its spec; any other is a fitted projection's own.
+        fitted = None if info.get("name", "unfiltered") in _BAND_FILTER_NAMES else info["name"]
+        return cls(matrix, spec, np.asarray(rows), offset=offset, name=fitted)
+
+
+_BAND_FILTER_NAMES = ("unfiltered", "embedfilter", "embedfilter-nomean")

@@ -18,17 +18,12 @@ from typing import Any
 
 import numpy as np
 
+from retriever.backends import BackendSpec, FaissBackend, build_in_memory
 from retriever.config import FilterSpec
 from retriever.embedfilter import EmbedFilter, UnembeddingSpectrum
 from retriever.evaluation import median_seconds, percentiles_ms, time_each
 from retriever.faiss_gpu import GpuSetting
-from retriever.faiss_install import faiss
-from retriever.index import (
-    build_faiss_index,
-    place_for_search,
-    search_faiss_index,
-    set_search_parameters,
-)
+from retriever.manifest import folder_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -68,37 +63,107 @@ def ivfpq_type(n: int, dim: int) -> str:
     return f"IVF{nlist},PQ{m}"
 
 
-def index_bytes(index: faiss.Index) -> int:
-    with tempfile.NamedTemporaryFile(suffix=".faiss") as handle:
-        faiss.write_index(index, handle.name)
-        return Path(handle.name).stat().st_size
-
-
 def _measure(
-    index: faiss.Index,
+    backend: FaissBackend,
     queries: np.ndarray,
     k: int,
     latency_queries: int,
     warmup: int,
-    gpu: GpuSetting,
 ) -> tuple[dict[str, Any], np.ndarray]:
-    """Times ``index`` where searches run (on the GPU when ``gpu`` puts it there): the
-    object timed is the object searched."""
-    placed = place_for_search(index, gpu)
-    searched = placed.index
+    """Times ``backend`` as a searcher does (it places its index on a GPU when asked to):
+    the object timed is the object searched."""
     single = percentiles_ms(
         time_each(
-            [lambda q=q: searched.search(q[None], k) for q in queries[:latency_queries]], warmup
+            [lambda q=q: backend.search(q[None], k) for q in queries[:latency_queries]], warmup
         )
     )
-    (_, rows), batch_seconds = median_seconds(lambda: search_faiss_index(searched, queries, k))
+    (_, rows), batch_seconds = median_seconds(lambda: backend.search(queries, k))
+    with tempfile.TemporaryDirectory() as folder:
+        backend.save(Path(folder))
+        nbytes = folder_bytes(Path(folder))
     return {
         "search_ms_p50": single["p50"],
         "search_ms_p95": single["p95"],
         "batch_qps": len(queries) / batch_seconds,
-        "index_bytes": index_bytes(index),
-        "ran_on": placed.where,
+        "index_bytes": nbytes,
+        "ran_on": backend.placement.where,
     }, rows
+
+
+def _timed_backend(
+    vectors: np.ndarray, index_type: str, gpu: GpuSetting, params: dict[str, int | None]
+) -> tuple[FaissBackend, float]:
+    """The dense backend a searcher would open, built over ``vectors`` (keys 0..n-1)."""
+    spec = BackendSpec(kind="faiss", index_type=index_type, use_gpu=gpu)
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory() as folder:
+        backend = build_in_memory(spec, vectors, Path(folder))
+    seconds = time.perf_counter() - started
+    backend.set_search_params(params)
+    return backend, seconds
+
+
+def _recalls(approx: np.ndarray, flat: np.ndarray, k: int, copies_of: int) -> tuple[float, float]:
+    """Recall@k of ``approx`` against ``flat``, per vector and per source document: tiled
+    copies of one document are near-identical, so which copy an index returns is noise."""
+    per_vector = np.mean([len(set(a) & set(f)) / k for a, f in zip(approx, flat, strict=True)])
+    per_document = np.mean(
+        [
+            len(set(a % copies_of) & set(f % copies_of)) / len(set(f % copies_of))
+            for a, f in zip(approx, flat, strict=True)
+        ]
+    )
+    return float(per_vector), float(per_document)
+
+
+def _size_rows(
+    base: np.ndarray,
+    query_vectors: np.ndarray,
+    n: int,
+    tau: float,
+    options: dict[str, Any],
+) -> list[dict[str, Any]]:
+    """Flat and IVF-PQ over ``base`` tiled to ``n`` vectors: one row each."""
+    k, nprobe, gpu = options["k"], options["nprobe"], options["gpu"]
+    timing = (options["latency_queries"], options["warmup"])
+    vectors = tiled_vectors(base, n, noise=options["noise"], seed=options["seed"])
+    flat, _ = _timed_backend(vectors, "Flat", gpu, {})
+    flat_row, flat_hits = _measure(flat, query_vectors, k, *timing)
+    flat.close()
+    approx_type = ivfpq_type(n, base.shape[1])
+    approx, build_seconds = _timed_backend(vectors, approx_type, gpu, {"nprobe": nprobe})
+    del vectors
+    approx_row, approx_hits = _measure(approx, query_vectors, k, *timing)
+    approx.close()
+    recall, doc_recall = _recalls(approx_hits, flat_hits, k, len(base))
+    common = {"n": n, "tau": tau, "dim": base.shape[1]}
+    logger.info(
+        "N %-8d dim %-4d Flat %.3f ms, %s %.3f ms (recall@10 %.3f, documents %.3f)",
+        n,
+        base.shape[1],
+        flat_row["search_ms_p50"],
+        approx_type,
+        approx_row["search_ms_p50"],
+        recall,
+        doc_recall,
+    )
+    return [
+        {
+            **common,
+            "index_type": "Flat",
+            **flat_row,
+            "recall_at_10_vs_flat": 1.0,
+            "doc_recall_at_10_vs_flat": 1.0,
+        },
+        {
+            **common,
+            "index_type": f"{approx_type} nprobe={nprobe}",
+            **approx_row,
+            "recall_at_10_vs_flat": recall,
+            "doc_recall_at_10_vs_flat": doc_recall,
+            "build_seconds": build_seconds,
+        },
+    ]
 
 
 def run_scaling(
@@ -116,8 +181,18 @@ def run_scaling(
     seed: int = 0,
     gpu: GpuSetting = None,
 ) -> list[dict[str, Any]]:
-    """Rows of ``{n, tau, dim, index_type, search_ms_p50, ..., recall_at_10_vs_flat}``."""
+    """Rows of ``{n, tau, dim, index_type, search_ms_p50, ..., recall_at_10_vs_flat}``,
+    each index searched through the dense backend a :class:`~retriever.Searcher` uses."""
     spectrum = UnembeddingSpectrum(unembedding)
+    options = {
+        "k": k,
+        "noise": noise,
+        "nprobe": nprobe,
+        "latency_queries": latency_queries,
+        "warmup": warmup,
+        "seed": seed,
+        "gpu": gpu,
+    }
     rows = []
     for tau in taus:
         # The paper's filter, as in the published scaling rows (only the dimension matters).
@@ -126,65 +201,7 @@ def run_scaling(
         base = embed_filter.transform(documents)
         query_vectors = embed_filter.transform(queries)
         for n in sizes:
-            vectors = tiled_vectors(base, n, noise=noise, seed=seed)
-            flat = build_faiss_index(vectors, "Flat", use_gpu=gpu)
-            flat_row, flat_hits = _measure(flat, query_vectors, k, latency_queries, warmup, gpu)
-            del flat
-            approx_type = ivfpq_type(n, embed_filter.dim)
-            started = time.perf_counter()
-            approx = build_faiss_index(vectors, approx_type, use_gpu=gpu)
-            build_seconds = time.perf_counter() - started
-            # Set on the CPU index: placing it on a GPU copies nprobe with it.
-            set_search_parameters(approx, {"nprobe": nprobe})
-            approx_row, approx_hits = _measure(
-                approx, query_vectors, k, latency_queries, warmup, gpu
-            )
-            del approx, vectors
-            recall = float(
-                np.mean(
-                    [len(set(a) & set(b)) / k for a, b in zip(approx_hits, flat_hits, strict=True)]
-                )
-            )
-            # Tiled copies of one document are near-identical, so which copy an index
-            # returns is noise: also score hits collapsed to their source document.
-            doc_recall = float(
-                np.mean(
-                    [
-                        len(set(a % len(base)) & set(f % len(base))) / len(set(f % len(base)))
-                        for a, f in zip(approx_hits, flat_hits, strict=True)
-                    ]
-                )
-            )
-            common = {"n": n, "tau": tau, "dim": embed_filter.dim}
-            rows.append(
-                {
-                    **common,
-                    "index_type": "Flat",
-                    **flat_row,
-                    "recall_at_10_vs_flat": 1.0,
-                    "doc_recall_at_10_vs_flat": 1.0,
-                }
-            )
-            rows.append(
-                {
-                    **common,
-                    "index_type": f"{approx_type} nprobe={nprobe}",
-                    **approx_row,
-                    "recall_at_10_vs_flat": recall,
-                    "doc_recall_at_10_vs_flat": doc_recall,
-                    "build_seconds": build_seconds,
-                }
-            )
-            logger.info(
-                "N %-8d dim %-4d Flat %.3f ms, %s %.3f ms (recall@10 %.3f, documents %.3f)",
-                n,
-                embed_filter.dim,
-                flat_row["search_ms_p50"],
-                approx_type,
-                approx_row["search_ms_p50"],
-                recall,
-                doc_recall,
-            )
+            rows += _size_rows(base, query_vectors, n, tau, options)
     return rows
 
 

@@ -217,11 +217,16 @@ def test_table_and_plot(bench_out: Path) -> None:
 def test_second_run_reuses_the_cached_embeddings(
     bench_out: Path, tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    from retriever.datasets import load_corpus
     from retriever.encoder import Encoder
 
+    documents = {d.embedding_text for d in load_corpus(SHARED_SCIFACT, limit=80).documents}
+
     def no_corpus_encoding(self, texts, poolings, **kwargs):
-        if len(texts) > 1:  # single queries are still timed live
-            raise AssertionError("the corpus or queries were encoded again")
+        # Queries are still encoded live, but only to time the LLM forward: the rankings
+        # come from the stored embeddings (test_every_row_is_what_searcher_returns...).
+        if documents & set(texts):
+            raise AssertionError("the corpus was encoded again")
         return original(self, texts, poolings, **kwargs)
 
     original = Encoder.encode_poolings
@@ -337,3 +342,72 @@ def test_milvus_lite_rows_match_faiss_flat(bench_out: Path) -> None:
         )
         assert row["ndcg_at_10"] == pytest.approx(flat["ndcg_at_10"], abs=0.001)
         assert row["search_ms_p50"] > 0 and row["index_bytes"] > 0
+
+
+# --- one path: the benchmark's rows are what Searcher answers on the same folders -------
+
+
+@pytest.fixture(scope="module")
+def kept_bench(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
+    from retriever.bench import BenchSettings, run_bench
+
+    root = tmp_path_factory.mktemp("kept-bench")
+    settings = BenchSettings(
+        taus=(1, 2),
+        bands=("edge",),
+        baselines=("pca",),
+        index_types=("Flat", "HNSW16"),
+        alignment=False,
+        latency_queries=3,
+        warmup=1,
+        k=20,
+        keep_indexes=root / "indexes",
+    )
+    return run_bench(
+        SHARED_SCIFACT,
+        root / "results",
+        model=str(tiny_model),
+        dtype="float32",
+        limit=60,
+        settings=settings,
+    )
+
+
+def test_every_row_is_what_searcher_returns_for_its_folder(kept_bench: list[dict]) -> None:
+    from retriever import Searcher
+    from retriever.datasets import load_queries
+    from retriever.encoding import cached_embeddings
+    from retriever.evaluation import judged_queries
+
+    qrels = load_qrels(SHARED_SCIFACT)
+    queries = judged_queries(load_queries(SHARED_SCIFACT), qrels)
+    texts = list(queries.values())
+    fixed = [r for r in kept_bench if not (r["fusion"] or "").startswith("cv")]
+    assert {r["family"] for r in fixed} == {"dense", "sparse", "lexical", "hybrid"}
+    methods = {"dense": "dense", "sparse": "sparse", "lexical": "bm25"}
+    for row in fixed:
+        method = methods.get(row["family"]) or row["method"].replace("keytokens", "sparse")
+        searcher = Searcher.load(row["index_folder"], dtype="float32")
+        try:
+            # The queries' stored embeddings, as the benchmark searched them: the same
+            # vectors, so the same hits to the last digit.
+            embeddings = cached_embeddings(
+                searcher.encoder, texts, [row["pooling"]], queries=True, show_progress=False
+            )[row["pooling"]]
+            found = searcher.rank(
+                texts,
+                20,
+                method=method,
+                fusion=row["fusion"] or "rrf",
+                embeddings=embeddings,
+                query_ids=list(queries),
+            )
+        finally:
+            searcher.close()
+        results = Path(row["index_folder"]).parents[2] / "results"
+        expected = read_trec_run(results / row["run_file"])
+        got = {q: d for q, d in found.to_beir().items() if d}  # TREC files list no empty run
+        assert {q: list(d) for q, d in got.items()} == {q: list(d) for q, d in expected.items()}
+        for q, scores in expected.items():
+            assert list(got[q].values()) == pytest.approx(list(scores.values()), rel=1e-6)
+        assert evaluate_run(qrels, found)["ndcg_at_10"] == pytest.approx(row["ndcg_at_10"])

@@ -148,44 +148,52 @@ def test_asking_for_a_gpu_without_one_is_one_line(
 
 
 def test_the_scaling_benchmark_times_the_index_it_searches(
-    monkeypatch: pytest.MonkeyPatch,
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    from retriever import scaling
+    from retriever import backends, scaling
+    from retriever.backends import BackendSpec, build_in_memory
 
     searched: list[int] = []
 
     class Counting:
         def __init__(self, index: object) -> None:
             self.index = index
+            self.ntotal = index.ntotal
 
         def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
             searched.append(len(queries))
             return self.index.search(queries, k)
 
     monkeypatch.setattr(
-        scaling,
+        backends,
         "place_for_search",
         lambda index, gpu: Placed(Counting(index), True, "GPU 0 (one GPU)"),
     )
-    index = build_faiss_index(_unit(100, 8), "Flat")
-    row, _ = scaling._measure(index, _unit(7, 8, seed=1), 5, 4, 1, None)
+    backend = build_in_memory(BackendSpec(kind="faiss", index_type="Flat"), _unit(100, 8), tmp_path)
+    row, _ = scaling._measure(backend, _unit(7, 8, seed=1), 5, 4, 1)
     assert row["ran_on"] == "GPU 0 (one GPU)"
     assert searched.count(1) == 4 + 1  # the timed single queries and the warm-up
     assert searched.count(7) >= 2  # the batched runs
 
 
-def test_the_bench_records_where_its_dense_searches_ran(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_bench_records_where_its_dense_searches_ran(
+    monkeypatch: pytest.MonkeyPatch, tiny_model: Path, tmp_path: Path
+) -> None:
     from retriever import backends
-    from retriever.bench import BenchSettings, dense_retrieval
+    from retriever.evaluation import evaluate_index
+    from tests.conftest import synthetic_docs, write_jsonl
 
+    corpus = write_jsonl(tmp_path / "docs.jsonl", synthetic_docs(30))
+    index = build_index(corpus, tmp_path / "idx", model=str(tiny_model), dtype="float32")
     monkeypatch.setattr(
         backends,
         "place_for_search",
         lambda index, gpu: Placed(index, False, "CPU (faked: no GPU version)"),
     )
-    settings = BenchSettings(latency_queries=3, warmup=0, k=5)
-    retrieval = dense_retrieval(_unit(60, 8), _unit(4, 8, seed=2), "Flat", settings)
-    assert retrieval.ran_on == "CPU (faked: no GPU version)"
+    searcher = Searcher.load(index)
+    queries = {"q1": "quick brown fox", "q2": "protein folding"}
+    rows, _ = evaluate_index(searcher, queries, {"q1": {"s1": 1}, "q2": {"s2": 1}}, warmup=0)
+    assert rows[0]["ran_on"] == "CPU (faked: no GPU version)"
 
 
 def test_scaling_pq_sizes_are_gpu_sizes() -> None:
@@ -226,7 +234,7 @@ def test_gpu_ivf_search_matches_the_cpu_with_its_nprobe(tiny_model: Path, tmp_pa
     on_gpu = Searcher.load(index, nprobe=8, use_gpu=True)
     assert on_gpu.index.on_gpu
     gpu = on_gpu.batch_search(queries, k=10)
-    overlap = np.mean([len(set(cpu[q]) & set(gpu[q])) / 10 for q in cpu])
+    overlap = np.mean([len(set(cpu[q].ids) & set(gpu[q].ids)) / 10 for q in cpu])
     assert overlap >= 0.99
     with pytest.raises(RetrieverError, match="at most 2048 hits"):
         on_gpu.search(queries[0], k=GPU_MAX_K + 1)
