@@ -1,0 +1,80 @@
+"""How ``--help`` reads: descriptions wrapped to the terminal, examples kept as written."""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import textwrap
+from collections.abc import Iterable
+from typing import Any
+
+
+class Verbatim(str):
+    """Text that ``--help`` prints line for line (examples), where prose would be re-wrapped."""
+
+
+class OldFormAction(argparse.Action):
+    """An option that still parses an older spelling of its value(s).
+
+    ``--help`` shows only the documented form: ``documented_nargs`` replaces ``nargs`` when
+    the option is displayed, so the old form stays accepted without being advertised.
+    """
+
+    documented_nargs: int | str | None = None
+
+
+class HelpFormatter(argparse.HelpFormatter):
+    """Wraps description paragraphs to the terminal width (``COLUMNS``); keeps Verbatim text.
+
+    Lines break at spaces only, so a flag such as --no-remove-mean-direction is never
+    split at one of its hyphens.
+    """
+
+    def _fill_text(self, text: str, width: int, indent: str) -> str:
+        if isinstance(text, Verbatim):
+            return "".join(indent + line for line in text.splitlines(keepends=True))
+        return "\n\n".join(
+            "\n".join(indent + line for line in self._split_lines(paragraph, width))
+            for paragraph in text.split("\n\n")
+        )
+
+    def _split_lines(self, text: str, width: int) -> list[str]:
+        return textwrap.wrap(" ".join(text.split()), width, break_on_hyphens=False)
+
+    def add_usage(
+        self,
+        usage: str | None,
+        actions: Iterable[argparse.Action],
+        groups: Iterable[Any],
+        prefix: str | None = None,
+    ) -> None:
+        super().add_usage(usage, [_documented(action) for action in actions], groups, prefix)
+
+    def add_argument(self, action: argparse.Action) -> None:
+        super().add_argument(_documented(action))
+
+
+def _documented(action: argparse.Action) -> argparse.Action:
+    if not isinstance(action, OldFormAction):
+        return action
+    shown = copy.copy(action)
+    shown.nargs = action.documented_nargs
+    return shown
+
+
+def add_command(
+    commands: argparse._SubParsersAction,
+    name: str,
+    *,
+    summary: str,
+    description: str,
+    examples: str | None = None,
+) -> argparse.ArgumentParser:
+    """A subcommand parser whose help wraps ``description`` and prints ``examples`` as is."""
+    return commands.add_parser(
+        name,
+        help=summary,
+        description=description,
+        epilog=Verbatim(textwrap.dedent(examples)) if examples else None,
+        formatter_class=HelpFormatter,
+    )
