@@ -21,7 +21,7 @@ import json
 import time
 
 import numpy as np
-from report import command_line, markdown_table, write_report
+from report import markdown_table, write_report
 
 from retriever.evaluation import median_seconds
 from retriever.faiss_install import FAISS_DIMENSION_AWARE_DEFAULT, faiss
@@ -55,88 +55,81 @@ def qps_after_numpy_product(
     return len(queries) / float(np.median(seconds))
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes", default="100000,1000000")
-    parser.add_argument("--dims", default="576,288,144,72")
-    parser.add_argument("--batches", default="16,300")
-    parser.add_argument("--crossover-size", type=int, default=200_000)
-    parser.add_argument("--crossover-batches", default="1,2,4,8,16,32,64,300")
-    parser.add_argument("--after-numpy-size", type=int, default=10_000)
-    parser.add_argument("--after-numpy-dim", type=int, default=72)
-    parser.add_argument("--k", type=int, default=10)
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--out", default="benchmarks/results/blas-threshold")
-    args = parser.parse_args()
-
+def threshold_rows(args: argparse.Namespace, rng: np.random.Generator) -> list[dict]:
+    """Batch QPS under FAISS's default threshold and the package's, per N, dim and batch."""
     package_threshold = faiss.cvar.distance_compute_blas_threshold
-    threads = faiss.omp_get_max_threads()
-    rng = np.random.default_rng(0)
-    dims = [int(d) for d in args.dims.split(",")]
-    rows, crossover = [], []
-    for n in (int(s) for s in args.sizes.split(",")):
-        for dim in dims:
+    rows = []
+    for n in comma_ints(args.sizes):
+        for dim in comma_ints(args.dims):
             index = faiss.IndexFlatIP(dim)
             index.add(unit_rows(rng, n, dim))
-            for batch in (int(b) for b in args.batches.split(",")):
+            for batch in comma_ints(args.batches):
                 queries = unit_rows(rng, batch, dim)
                 default = timed(index, queries, args.k, FAISS_DIMENSION_AWARE_DEFAULT, args.repeats)
                 package = timed(index, queries, args.k, package_threshold, args.repeats)
-                rows.append(
-                    {
-                        "n": n,
-                        "dim": dim,
-                        "queries": batch,
-                        "faiss_default_qps": batch / default,
-                        "package_qps": batch / package,
-                        "speedup": default / package,
-                    }
-                )
-                print(json.dumps(rows[-1]), flush=True)
-            del index
-    for dim in dims:
+                row = {
+                    "n": n,
+                    "dim": dim,
+                    "queries": batch,
+                    "faiss_default_qps": batch / default,
+                    "package_qps": batch / package,
+                    "speedup": default / package,
+                }
+                rows.append(row)
+                print(json.dumps(row), flush=True)
+    faiss.cvar.distance_compute_blas_threshold = package_threshold
+    return rows
+
+
+def crossover(args: argparse.Namespace, rng: np.random.Generator) -> list[dict]:
+    """Per dimension and batch size, the SIMD scan's time over BLAS's."""
+    package_threshold = faiss.cvar.distance_compute_blas_threshold
+    entries = []
+    for dim in comma_ints(args.dims):
         index = faiss.IndexFlatIP(dim)
         index.add(unit_rows(rng, args.crossover_size, dim))
         ratios = {}
-        for batch in (int(b) for b in args.crossover_batches.split(",")):
+        for batch in comma_ints(args.crossover_batches):
             queries = unit_rows(rng, batch, dim)
             scan = timed(index, queries, args.k, NEVER_BLAS, args.repeats)
             blas = timed(index, queries, args.k, ALWAYS_BLAS, args.repeats)
             ratios[batch] = scan / blas
-        crossover.append({"dim": dim, "scan_over_blas_seconds": ratios})
-        print(json.dumps(crossover[-1]), flush=True)
-        del index
+        entries.append({"dim": dim, "scan_over_blas_seconds": ratios})
+        print(json.dumps(entries[-1]), flush=True)
     faiss.cvar.distance_compute_blas_threshold = package_threshold
+    return entries
+
+
+def after_numpy(args: argparse.Namespace, rng: np.random.Generator) -> dict[str, float]:
+    """QPS of a batch searched right after a numpy product, numpy's BLAS threads as they
+    are and on one thread."""
     index = faiss.IndexFlatIP(args.after_numpy_dim)
     index.add(unit_rows(rng, args.after_numpy_size, args.after_numpy_dim))
     queries = unit_rows(rng, 300, args.after_numpy_dim)
-    after_numpy = {
+    repeats = 5 * args.repeats
+    qps = {
         "numpy_blas_threads_as_they_are": qps_after_numpy_product(
-            index, queries, args.k, rng, 5 * args.repeats
+            index, queries, args.k, rng, repeats
         )
     }
     with numpy_blas_on_one_thread():
-        after_numpy["numpy_blas_on_one_thread"] = qps_after_numpy_product(
-            index, queries, args.k, rng, 5 * args.repeats
+        qps["numpy_blas_on_one_thread"] = qps_after_numpy_product(
+            index, queries, args.k, rng, repeats
         )
-    print(json.dumps(after_numpy), flush=True)
+    print(json.dumps(qps), flush=True)
+    return qps
 
-    command = command_line()
-    meta = {
-        "faiss": faiss.__version__,
-        "omp_threads": threads,
-        "package_threshold": package_threshold,
-        "faiss_default_threshold": FAISS_DIMENSION_AWARE_DEFAULT,
-    }
-    batches = list(crossover[0]["scan_over_blas_seconds"])
-    lines = [
-        f"`{command}`",
+
+def report_body(args: argparse.Namespace, record: dict) -> list[str]:
+    meta, rows, entries = record["meta"], record["rows"], record["crossover"]
+    qps = record["after_numpy_product"]
+    batches = list(entries[0]["scan_over_blas_seconds"])
+    return [
+        f"FAISS {meta['faiss']}, {meta['omp_threads']} OpenMP threads; Flat inner product, "
+        f"k = {args.k}, random unit vectors; median of {args.repeats} after a warm-up.",
         "",
-        f"FAISS {meta['faiss']}, {threads} OpenMP threads; Flat inner product, k = {args.k}, "
-        f"random unit vectors; median of {args.repeats} after a warm-up.",
-        "",
-        f"Batch QPS with FAISS's default threshold ({FAISS_DIMENSION_AWARE_DEFAULT:,}) and "
-        f"the package's ({package_threshold:,}):",
+        f"Batch QPS with FAISS's default threshold ({meta['faiss_default_threshold']:,}) and "
+        f"the package's ({meta['package_threshold']:,}):",
         "",
         *markdown_table(
             ["N", "dim", "queries", "FAISS default QPS", "package QPS", "speed-up"],
@@ -159,24 +152,60 @@ def main() -> None:
             ["dim", *(f"{b} queries" for b in batches)],
             (
                 [str(entry["dim"])] + [f"{entry['scan_over_blas_seconds'][b]:.2f}" for b in batches]
-                for entry in crossover
+                for entry in entries
             ),
         ),
         "",
         f"300 queries on Flat {args.after_numpy_size:,} x {args.after_numpy_dim}, each batch "
         "timed right after a numpy (5,183 x 576) @ (576 x 576) product (median of "
-        f"{5 * args.repeats}): {after_numpy['numpy_blas_threads_as_they_are']:,.0f} QPS with "
+        f"{5 * args.repeats}): {qps['numpy_blas_threads_as_they_are']:,.0f} QPS with "
         "numpy's BLAS threads as they are, "
-        f"{after_numpy['numpy_blas_on_one_thread']:,.0f} with numpy's BLAS on one thread.",
+        f"{qps['numpy_blas_on_one_thread']:,.0f} with numpy's BLAS on one thread.",
     ]
-    record = {
-        "command": command,
-        "meta": meta,
-        "rows": rows,
-        "crossover": crossover,
-        "after_numpy_product": after_numpy,
+
+
+def comma_ints(text: str) -> list[int]:
+    return [int(part) for part in text.split(",")]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", default="100000,1000000", help="comma list of index sizes")
+    parser.add_argument("--dims", default="576,288,144,72", help="comma list of dimensions")
+    parser.add_argument("--batches", default="16,300", help="comma list of queries per batch")
+    parser.add_argument(
+        "--crossover-size", type=int, default=200_000, help="index size of the crossover table"
+    )
+    parser.add_argument(
+        "--crossover-batches",
+        default="1,2,4,8,16,32,64,300",
+        help="comma list of batch sizes of the crossover table",
+    )
+    parser.add_argument(
+        "--after-numpy-size", type=int, default=10_000, help="index size of the numpy check"
+    )
+    parser.add_argument(
+        "--after-numpy-dim", type=int, default=72, help="dimension of the numpy check"
+    )
+    parser.add_argument("--k", type=int, default=10, help="hits per query")
+    parser.add_argument("--repeats", type=int, default=3, help="timed runs per measurement")
+    parser.add_argument("--out", default="benchmarks/results/blas-threshold", help="results folder")
+    args = parser.parse_args()
+
+    rng = np.random.default_rng(0)
+    meta = {
+        "faiss": faiss.__version__,
+        "omp_threads": faiss.omp_get_max_threads(),
+        "package_threshold": faiss.cvar.distance_compute_blas_threshold,
+        "faiss_default_threshold": FAISS_DIMENSION_AWARE_DEFAULT,
     }
-    write_report(args.out, "blas_threshold", record, lines)
+    record = {
+        "meta": meta,
+        "rows": threshold_rows(args, rng),
+        "crossover": crossover(args, rng),
+        "after_numpy_product": after_numpy(args, rng),
+    }
+    write_report(args.out, "blas_threshold", record, report_body(args, record))
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ import argparse
 from collections.abc import Callable, Sequence
 
 import numpy as np
-from report import command_line, markdown_table, write_report
+from report import markdown_table, write_report
 
 from retriever.tuning import choose_setting, kfold
 
@@ -74,50 +74,39 @@ def simulated_scores(
     return np.array(rows), [0, len(rows) - 1]
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--gains", default="0,0.01,0.03,0.06")
-    parser.add_argument("--replicates", type=int, default=200)
-    parser.add_argument("--queries", type=int, default=300)
-    parser.add_argument("--blends", type=int, default=60)
-    parser.add_argument("--folds", type=int, default=5)
-    parser.add_argument("--out", default="benchmarks/results/fusion-selection")
-    args = parser.parse_args()
+def judge_rules(args: argparse.Namespace, blend_noise: str, gain: float) -> list[dict]:
+    """Both rules on ``args.replicates`` draws of one scenario: one row per rule."""
+    rng = np.random.default_rng(0)
+    differences: dict[str, list[float]] = {name: [] for name in RULES}
+    blend_folds = dict.fromkeys(RULES, 0)
+    ids = list(range(args.queries))
+    for replicate in range(args.replicates):
+        scores, singles = simulated_scores(
+            rng, args.queries, args.blends, gain, SHARED_NOISE[blend_noise]
+        )
+        better_single = max(scores[g].mean() for g in singles)
+        for name, rule in RULES.items():
+            held_out_means = []
+            for held_out in kfold(ids, args.folds, replicate):
+                train = np.setdiff1d(ids, held_out)
+                setting = rule(scores, train, singles, replicate)
+                blend_folds[name] += setting not in singles
+                held_out_means.append(scores[setting, held_out].mean())
+            differences[name].append(np.mean(held_out_means) - better_single)
+    return [
+        {
+            "blend_noise": blend_noise,
+            "true_gain": gain,
+            "rule": name,
+            "mean_cv_minus_better_single": float(np.mean(differences[name])),
+            "share_of_runs_losing": float(np.mean(np.array(differences[name]) < -1e-12)),
+            "share_of_folds_blending": blend_folds[name] / (args.replicates * args.folds),
+        }
+        for name in RULES
+    ]
 
-    rows = []
-    scenarios = [(blends, float(gain)) for blends in SHARED_NOISE for gain in args.gains.split(",")]
-    for blend_noise, gain in scenarios:
-        rng = np.random.default_rng(0)
-        differences = {name: [] for name in RULES}
-        blend_folds = dict.fromkeys(RULES, 0)
-        for replicate in range(args.replicates):
-            scores, singles = simulated_scores(
-                rng, args.queries, args.blends, gain, SHARED_NOISE[blend_noise]
-            )
-            better_single = max(scores[g].mean() for g in singles)
-            ids = list(range(args.queries))
-            for name, rule in RULES.items():
-                held_out_means = []
-                for held_out in kfold(ids, args.folds, replicate):
-                    train = np.setdiff1d(ids, held_out)
-                    setting = rule(scores, train, singles, replicate)
-                    blend_folds[name] += setting not in singles
-                    held_out_means.append(scores[setting, held_out].mean())
-                differences[name].append(np.mean(held_out_means) - better_single)
-        for name in RULES:
-            d = np.array(differences[name])
-            rows.append(
-                {
-                    "blend_noise": blend_noise,
-                    "true_gain": gain,
-                    "rule": name,
-                    "mean_cv_minus_better_single": float(d.mean()),
-                    "share_of_runs_losing": float(np.mean(d < -1e-12)),
-                    "share_of_folds_blending": blend_folds[name] / (args.replicates * args.folds),
-                }
-            )
 
-    command = command_line()
+def report_body(args: argparse.Namespace, rows: list[dict]) -> list[str]:
     table = markdown_table(
         [
             "blend noise",
@@ -139,16 +128,35 @@ def main() -> None:
             for row in rows
         ),
     )
-    lines = [
-        f"`{command}`",
-        "",
+    return [
         f"{args.replicates} replicates of {args.queries} synthetic queries, "
         f"{args.blends} blends, {args.folds}-fold cross-validation.",
         "",
         *table,
     ]
-    record = {"command": command, "settings": vars(args), "rows": rows}
-    write_report(args.out, "fusion_selection", record, lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--gains", default="0,0.01,0.03,0.06", help="comma list of the best blend's true gains"
+    )
+    parser.add_argument("--replicates", type=int, default=200, help="draws per scenario")
+    parser.add_argument("--queries", type=int, default=300, help="queries per draw")
+    parser.add_argument("--blends", type=int, default=60, help="candidate blends per draw")
+    parser.add_argument("--folds", type=int, default=5, help="outer cross-validation folds")
+    parser.add_argument(
+        "--out", default="benchmarks/results/fusion-selection", help="results folder"
+    )
+    args = parser.parse_args()
+    rows = [
+        row
+        for blend_noise in SHARED_NOISE
+        for gain in args.gains.split(",")
+        for row in judge_rules(args, blend_noise, float(gain))
+    ]
+    record = {"settings": vars(args), "rows": rows}
+    write_report(args.out, "fusion_selection", record, report_body(args, rows))
 
 
 if __name__ == "__main__":

@@ -14,47 +14,46 @@ from __future__ import annotations
 
 import argparse
 
-from report import command_line, markdown_table, write_report
+from inputs import SCIFACT, dataset_path
+from report import markdown_table, write_report
 
 from retriever import Encoder, EncoderConfig
 from retriever.config import FilterSpec
 from retriever.datasets import load_texts
 from retriever.embedfilter import EmbedFilter
 from retriever.lens import TokenLens, alignment_metrics
+from retriever.models import DEFAULT_MODEL
 
 DEMO_QUERY = "Vitamin D deficiency is associated with bone disease."
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--dataset", default="../shared/datasets/scifact")
-    parser.add_argument("--docs", type=int, default=500)
-    parser.add_argument("--dtype", default="bfloat16")
-    parser.add_argument("--out", default="benchmarks/results/lens-display")
-    args = parser.parse_args()
+FILTERS = {
+    "embedfilter": FilterSpec(tau=2, remove_mean_direction=False),
+    "embedfilter-nomean (default)": FilterSpec(tau=2),
+}
 
-    encoder = Encoder.load(config=EncoderConfig(), dtype=args.dtype)
-    texts = load_texts(args.dataset, limit=args.docs)
+
+def measure(encoder: Encoder, texts: list[str]) -> list[dict]:
+    """Per filter and space: the alignment metrics of ``texts`` and the demo query's
+    displayed top 10."""
     embeddings = encoder.encode_documents(texts)
     token_ids = encoder.text_token_ids(texts)
     query = encoder.encode_queries([DEMO_QUERY])
+    unembedding = encoder.unembedding()
     rows = []
-    for name, spec in (
-        ("embedfilter", FilterSpec(tau=2, remove_mean_direction=False)),
-        ("embedfilter-nomean (default)", FilterSpec(tau=2)),
-    ):
-        lens = TokenLens(
-            encoder.unembedding(),
-            EmbedFilter.from_unembedding(encoder.unembedding(), spec),
-            encoder.tokenizer,
-        )
+    for name, spec in FILTERS.items():
+        embed_filter = EmbedFilter.from_unembedding(unembedding, spec)
+        lens = TokenLens(unembedding, embed_filter, encoder.tokenizer)
         for space in ("raw", "filtered"):
             metrics = alignment_metrics(lens, embeddings, token_ids, space)
             shown = lens.top_tokens(query, space, 10, words_only=True)[0]
             rows.append(
                 {"filter": name, "space": space, **metrics, "demo_query": [t.token for t in shown]}
             )
-    command = command_line()
+    return rows
+
+
+def report_body(args: argparse.Namespace, documents: int, rows: list[dict]) -> list[str]:
     table = markdown_table(
         [
             "filter",
@@ -78,12 +77,9 @@ def main() -> None:
             for r in rows
         ),
     )
-    lines = [
-        "# What the token lens shows, space by space",
-        "",
-        f"`{command}`",
-        "",
-        f"First {len(texts)} SciFact documents, SmolLM2-135M ({args.dtype}), PromptEOL, mean "
+    model = "SmolLM2-135M" if args.model == DEFAULT_MODEL else args.model
+    return [
+        f"First {documents} SciFact documents, {model} ({args.dtype}), PromptEOL, mean "
         "pooling, tau 2. *content Hit@10*: a non-stopword of the document among the top 10 "
         "tokens; *displayed Hit@10*: the same over the 10 words the lens displays (whole "
         "words, no stopwords or punctuation). Demo query: "
@@ -91,7 +87,31 @@ def main() -> None:
         "",
         *table,
     ]
-    write_report(args.out, "lens_display", {"command": command, "rows": rows}, lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--dataset", type=dataset_path, default=SCIFACT, help="BEIR folder or JSONL"
+    )
+    parser.add_argument("--docs", type=int, default=500, help="first N documents")
+    parser.add_argument(
+        "--model", default=DEFAULT_MODEL, help="model alias or folder (default: %(default)s)"
+    )
+    parser.add_argument("--dtype", default="bfloat16", help="weights dtype (default: %(default)s)")
+    parser.add_argument("--out", default="benchmarks/results/lens-display", help="results folder")
+    args = parser.parse_args()
+
+    encoder = Encoder.load(args.model, EncoderConfig(), dtype=args.dtype)
+    texts = load_texts(args.dataset, limit=args.docs)
+    rows = measure(encoder, texts)
+    write_report(
+        args.out,
+        "lens_display",
+        {"rows": rows},
+        report_body(args, len(texts), rows),
+        title="What the token lens shows, space by space",
+    )
 
 
 if __name__ == "__main__":

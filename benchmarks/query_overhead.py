@@ -3,37 +3,43 @@
 Overhead is what a search spends beyond the work it cannot avoid: end-to-end
 `Searcher.search(query, k=10)` minus the query's LLM forward and filter minus the search
 proper of each retriever it uses (FAISS, the key-token product, BM25 scoring). Methods
-dense, sparse, bm25, dense+sparse and dense+bm25; the code of git revision --before (a
-temporary worktree) and this checkout, each in its own process, alternating per method,
-on one index folder built once.
+dense, sparse, bm25, dense+sparse and dense+bm25; the code of git revision --before and
+of --after (default: this working tree), each in its own process, alternating per
+method, on one index folder built once by the before code's `retriever index`.
 
 The index is SciFact's 5,183 documents encoded with the tiny random Llama of the tests
 (hidden size 32, a BPE tokenizer trained on the fly): overhead excludes the LLM forward,
 and the real model would take 10+ minutes to encode the corpus on 2 cores.
 
-    .venv/bin/python benchmarks/query_overhead.py --before f8fac94 \
-        --out benchmarks/results/query-overhead
+    python benchmarks/query_overhead.py --before f8fac94 --out benchmarks/results/query-overhead
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
+import functools
 import json
-import os
 import platform
-import shlex
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
-ROOT = Path(__file__).resolve().parents[1]
-DATASET = ROOT.parent / "shared" / "datasets" / "scifact"
-METHODS = ("dense", "sparse", "bm25", "dense+sparse", "dense+bm25")
+from inputs import SCIFACT, dataset_path, save_tiny_model, test_queries
+from report import machine, markdown_table, write_report
+from revisions import (
+    Code,
+    add_revision_options,
+    code_trees,
+    run_cli,
+    run_worker,
+    worker_job,
+    worker_reply,
+)
+
+METHODS = "dense,sparse,bm25,dense+sparse,dense+bm25"
 K = 10
 # A lighter key-token index than the default K = 1000 of a 49k vocabulary: the tiny
 # model's vocabulary is 400 tokens.
@@ -46,177 +52,146 @@ BUILD_FLAGS = [
 THREADS_ENV = {name: "1" for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--before", default="f8fac94", help="git revision of the old code")
-    parser.add_argument("--queries", type=int, default=300, help="first N SciFact test queries")
-    parser.add_argument("--repeats", type=int, default=5, help="timed searches per query")
-    parser.add_argument("--out", default="benchmarks/results/query-overhead")
-    parser.add_argument("--worker", nargs=4, help=argparse.SUPPRESS)  # INDEX METHOD IN OUT
-    args = parser.parse_args()
-    if args.worker:
-        index, method, queries, result = args.worker
-        texts = json.loads(Path(queries).read_text())
-        Path(result).write_text(json.dumps(measure(Path(index), method, texts, args.repeats)))
-        return
-    run(args)
+# --- the worker: one code, one method, in its own process ---------------------------------
+# It drives the searcher through public names only (its public attributes and methods, no
+# `_names`), so that one worker runs on either side of a comparison.
 
 
-# --- the worker: one version, one method, in its own process ---------------------------
+class EncoderClock:
+    """Times the encoder's own calls (the forward, a sparse query's token ids) inside each
+    search, so that the LLM forward, the noisy part, is subtracted within the same call;
+    keeps the untimed originals for the parts called directly."""
 
+    def __init__(self, encoder: Any) -> None:
+        self.nanoseconds = 0
+        self.encode_queries = encoder.encode_queries
+        self.text_token_ids = encoder.text_token_ids
+        encoder.encode_queries = self.timed(encoder.encode_queries)
+        encoder.text_token_ids = self.timed(encoder.text_token_ids)
 
-def measure(folder: Path, method: str, queries: list[str], repeats: int) -> dict:
-    """Per query: the minimum over ``repeats`` of (end-to-end - encoder time inside the same
-    call), and the minimum over ``repeats`` of each unavoidable part called directly."""
-    import bm25s
-    import numpy as np
-    import Stemmer
-
-    import retriever
-    from retriever.searcher import FUSION_DEPTH, Searcher
-
-    searcher = Searcher.load(folder, dtype="float32")
-    parts = method.split("+")
-    depth = min(K if len(parts) == 1 else max(K, FUSION_DEPTH), len(searcher))
-    encoder = searcher.encoder
-    in_call = [0]
-
-    def timed(function):
-        def call(*args, **kwargs):
+    def timed(self, function: Callable[..., Any]) -> Callable[..., Any]:
+        def call(*args: Any, **kwargs: Any) -> Any:
             started = time.perf_counter_ns()
             try:
                 return function(*args, **kwargs)
             finally:
-                in_call[0] += time.perf_counter_ns() - started
+                self.nanoseconds += time.perf_counter_ns() - started
 
         return call
 
-    # The encoder's own work (the forward, and the sparse query's own token ids), timed
-    # inside each search: the noisy part is subtracted within the same call.
-    raw_encode, raw_token_ids = encoder.encode_queries, encoder.text_token_ids
-    encoder.encode_queries = timed(raw_encode)
-    encoder.text_token_ids = timed(raw_token_ids)
 
-    def unavoidable(query: str) -> dict[str, Callable[[], object]]:
-        """The parts a search of ``query`` cannot skip, each ready to call directly."""
-        calls = {}
-        if "bm25" not in parts or "dense" in parts:
-            embedding = raw_encode([query])
-            vectors = searcher.filter.transform(embedding)
-            calls["filter"] = lambda: searcher.filter.transform(embedding)
-        if "dense" in parts:
-            calls["faiss"] = lambda: searcher.index.search(vectors, depth)
-        if "sparse" in parts:
-            space = searcher.sparse.spec.space
-            own = raw_token_ids([query], queries=True)
-            lens_vectors = (
-                vectors if space == "filtered" else searcher.lens.vectors(embedding, space)
-            )
+@functools.cache
+def english_stemmer() -> Any:
+    import Stemmer
 
-            def sparse() -> object:
-                matrix = searcher.sparse.query_matrix(searcher.lens, lens_vectors, own, None)
-                return searcher.sparse.search(matrix, depth)
+    return Stemmer.Stemmer("english")
 
-            calls["sparse"] = sparse
-        if "bm25" in parts:
-            words = bm25s.tokenize(
-                [query], stopwords="en", stemmer=stemmer, return_ids=False, show_progress=False
-            )
-            calls["bm25"] = lambda: searcher.bm25.model.retrieve(
-                words, k=depth, show_progress=False, n_threads=0
-            )
-        return calls
 
-    stemmer = Stemmer.Stemmer("english")
+def unavoidable_parts(
+    searcher: Any, clock: EncoderClock, query: str, method: str, depth: int
+) -> dict[str, Callable[[], object]]:
+    """The parts a search of ``query`` by ``method`` cannot skip, each ready to call."""
+    import bm25s
+
+    parts, calls = method.split("+"), {}
+    if method != "bm25":
+        embedding = clock.encode_queries([query])
+        vectors = searcher.filter.transform(embedding)
+        calls["filter"] = lambda: searcher.filter.transform(embedding)
+    if "dense" in parts:
+        calls["faiss"] = lambda: searcher.search_vectors(vectors, depth)
+    if "sparse" in parts:
+        space = searcher.sparse.spec.space
+        own = clock.text_token_ids([query], queries=True)
+        lens_vectors = vectors if space == "filtered" else searcher.lens.vectors(embedding, space)
+
+        def sparse() -> object:
+            matrix = searcher.sparse.query_matrix(searcher.lens, lens_vectors, own, None)
+            return searcher.sparse.search(matrix, depth)
+
+        calls["sparse"] = sparse
+    if "bm25" in parts:
+        words = bm25s.tokenize(
+            [query],
+            stopwords="en",
+            stemmer=english_stemmer(),
+            return_ids=False,
+            show_progress=False,
+        )
+        calls["bm25"] = lambda: searcher.bm25.model.retrieve(
+            words, k=depth, show_progress=False, n_threads=0
+        )
+    return calls
+
+
+def fastest_ns(call: Callable[[], object], repeats: int) -> int:
+    times = []
+    for _ in range(repeats):
+        started = time.perf_counter_ns()
+        call()
+        times.append(time.perf_counter_ns() - started)
+    return min(times)
+
+
+def measure_query(
+    searcher: Any, clock: EncoderClock, query: str, method: str, repeats: int, depth: int
+) -> tuple[dict[str, Any], list[list]]:
+    """One query's row (microseconds) and its hits as ``[id, score]`` pairs."""
+    outside = []
+    for _ in range(repeats):
+        clock.nanoseconds = 0
+        started = time.perf_counter_ns()
+        found = searcher.search(query, k=K, method=method)
+        outside.append((time.perf_counter_ns() - started, clock.nanoseconds))
+    direct = {
+        name: fastest_ns(call, repeats)
+        for name, call in unavoidable_parts(searcher, clock, query, method, depth).items()
+    }
+    encoder_direct = None
+    if method != "bm25":
+        encoder_direct = fastest_ns(lambda: clock.encode_queries([query]), repeats) / 1e3
+    overhead = min(total - inner for total, inner in outside) - sum(direct.values())
+    row = {
+        "end_to_end_us": min(total for total, _ in outside) / 1e3,
+        "encoder_in_call_us": min(inner for _, inner in outside) / 1e3,
+        "encoder_direct_us": encoder_direct,
+        "direct_us": {name: ns / 1e3 for name, ns in direct.items()},
+        "overhead_us": overhead / 1e3,
+    }
+    return row, [[hit.id, hit.score] for hit in found]
+
+
+def measure(folder: Path, method: str, queries: list[str], repeats: int) -> dict[str, Any]:
+    """Per query: the minimum over ``repeats`` of (end-to-end - encoder time inside the same
+    call), less the minimum over ``repeats`` of each unavoidable part called directly."""
+    import numpy as np
+
+    from retriever import Searcher
+    from retriever.searcher import FUSION_DEPTH
+
+    searcher = Searcher.load(folder, dtype="float32")
+    clock = EncoderClock(searcher.encoder)
+    depth = min(K if "+" not in method else max(K, FUSION_DEPTH), len(searcher))
     for query in queries[:5]:  # warm-up: lazy parts (lens, placement, caches) are built
         searcher.search(query, k=K, method=method)
-        for call in unavoidable(query).values():
+        for call in unavoidable_parts(searcher, clock, query, method, depth).values():
             call()
     rows, hits = [], []
     for query in queries:
-        outside = []
-        for _ in range(repeats):
-            in_call[0] = 0
-            started = time.perf_counter_ns()
-            found = searcher.search(query, k=K, method=method)
-            outside.append((time.perf_counter_ns() - started, in_call[0]))
-        calls = unavoidable(query)
-        direct = {}
-        for name, call in calls.items():
-            times = []
-            for _ in range(repeats):
-                started = time.perf_counter_ns()
-                call()
-                times.append(time.perf_counter_ns() - started)
-            direct[name] = min(times)
-        encoder_direct = None
-        if "bm25" not in parts or "dense" in parts:
-            times = []
-            for _ in range(repeats):
-                started = time.perf_counter_ns()
-                raw_encode([query])
-                times.append(time.perf_counter_ns() - started)
-            encoder_direct = min(times)
-        rows.append(
-            {
-                "end_to_end_us": min(total for total, _ in outside) / 1e3,
-                "encoder_in_call_us": min(inner for _, inner in outside) / 1e3,
-                "encoder_direct_us": None if encoder_direct is None else encoder_direct / 1e3,
-                "direct_us": {name: ns / 1e3 for name, ns in direct.items()},
-                "overhead_us": (
-                    min(total - inner for total, inner in outside) - sum(direct.values())
-                )
-                / 1e3,
-            }
-        )
-        hits.append([[hit.id, hit.score] for hit in found])
+        row, found = measure_query(searcher, clock, query, method, repeats, depth)
+        rows.append(row)
+        hits.append(found)
     searcher.close()
-    return {
-        "code": str(Path(retriever.__file__).parents[1]),
-        "numpy": np.__version__,
-        "rows": rows,
-        "hits": hits,
-    }
+    return {"numpy": np.__version__, "rows": rows, "hits": hits}
 
 
-# --- the driver ------------------------------------------------------------------------
+def worker(job_file: Path) -> None:
+    job = json.loads(job_file.read_text())
+    result = measure(Path(job["index"]), job["method"], job["queries"], job["repeats"])
+    worker_reply(job, result)
 
 
-def test_queries(limit: int) -> list[str]:
-    with (DATASET / "qrels" / "test.tsv").open() as handle:
-        ids = list(dict.fromkeys(row["query-id"] for row in csv.DictReader(handle, delimiter="\t")))
-    texts = {}
-    with (DATASET / "queries.jsonl").open() as handle:
-        for line in handle:
-            record = json.loads(line)
-            texts[record["_id"]] = record["text"]
-    return [texts[i] for i in ids[:limit]]
-
-
-def child_env(code: Path, cache: Path) -> dict[str, str]:
-    return {**os.environ, **THREADS_ENV, "PYTHONPATH": str(code), "RETRIEVER_CACHE": str(cache)}
-
-
-def build(code: Path, model: Path, folder: Path, cache: Path) -> float:
-    argv = ["-q", "index", str(DATASET), "--out", str(folder), "--model", str(model), *BUILD_FLAGS]
-    program = f"import sys; from retriever.cli import main; sys.exit(main({argv!r}))"
-    started = time.perf_counter()
-    # cwd outside the checkout: sys.path[0] must not shadow the code under test.
-    subprocess.run(
-        [sys.executable, "-c", program], cwd=cache, env=child_env(code, cache), check=True
-    )
-    return time.perf_counter() - started
-
-
-def worker(code: Path, folder: Path, method: str, queries: Path, repeats: int, cache: Path) -> dict:
-    output = cache / "worker.json"
-    argv = [sys.executable, __file__, "--repeats", str(repeats)]
-    argv += ["--worker", str(folder), method, str(queries), str(output)]
-    subprocess.run(argv, cwd=cache, env=child_env(code, cache), check=True)
-    result = json.loads(output.read_text())
-    if Path(result["code"]).resolve() != code.resolve():
-        raise SystemExit(f"the worker ran {result['code']}, not {code}")
-    return result
+# --- the driver --------------------------------------------------------------------------
 
 
 def summary(result: dict) -> dict:
@@ -254,114 +229,146 @@ def compare(before: list[list], after: list[list]) -> dict:
     return {"same_ids": True, "max_score_difference": gap}
 
 
-def run(args: argparse.Namespace) -> None:
-    sys.path.insert(0, str(ROOT))
-    from worktree import checkout  # benchmarks/ is on the path
-
-    from tests.conftest import save_tiny_model
-
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    queries = test_queries(args.queries)
-    results: dict = {"methods": {}}
-    with tempfile.TemporaryDirectory(prefix="query-overhead-") as scratch:
-        scratch = Path(scratch)
-        cache = scratch / "cache"
-        cache.mkdir()
-        query_file = scratch / "queries.json"
-        query_file.write_text(json.dumps(queries))
-        with checkout(args.before, scratch / "before") as before:
-            model = save_tiny_model(scratch / "tiny-model", seed=0)
-            folder = scratch / "index"
-            # Built by the old code: the new code reads what the old one wrote.
-            build_seconds = build(before, model, folder, cache)
-            print(f"index built in {build_seconds:.0f} s", flush=True)
-            for method in METHODS:
-                found = {}
-                for version, code in (("before", before), ("after", ROOT)):
-                    result = worker(code, folder, method, query_file, args.repeats, cache)
-                    found[version] = result["hits"]
-                    results["methods"].setdefault(method, {})[version] = {
-                        **summary(result),
-                        "per_query": result["rows"],
-                    }
-                    print(method, version, json.dumps(summary(result)), flush=True)
-                results["methods"][method].update(compare(found["before"], found["after"]))
-    command = "python " + shlex.join(["benchmarks/query_overhead.py", *sys.argv[1:]])
-    results["meta"] = {
-        "command": command,
-        "before": subprocess.run(
-            ["git", "-C", str(ROOT), "rev-parse", args.before], capture_output=True, text=True
-        ).stdout.strip(),
-        "queries": len(queries),
-        "repeats": args.repeats,
-        "k": K,
-        "build_flags": BUILD_FLAGS,
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores",
-        "python": platform.python_version(),
-    }
-    (out / "query_overhead.json").write_text(json.dumps(results, indent=2) + "\n")
-    write_report(results, out / "query_overhead.md")
+def build(args: argparse.Namespace, code: Code, folder: Path, scratch: Path) -> float:
+    """The index, built by ``code``'s own `retriever index`: its seconds."""
+    model = save_tiny_model(scratch / "tiny-model")
+    limit = ["--limit", str(args.limit)] if args.limit else []
+    argv = ["-q", "index", str(args.dataset), "--out", str(folder), "--model", str(model)]
+    cache = {"RETRIEVER_CACHE": str(scratch / "cache")}
+    return run_cli(code, [*argv, *BUILD_FLAGS, *limit], cwd=scratch, **THREADS_ENV, **cache).seconds
 
 
-def write_report(results: dict, path: Path) -> None:
+def measure_methods(args: argparse.Namespace, scratch: Path) -> tuple[dict, list[Code]]:
+    """Every method searched by both codes, one after the other, on one index."""
+    codes = code_trees(args.before, args.after, scratch)
+    folder = scratch / "index"
+    # Built by the old code: the new code reads what the old one wrote.
+    print(f"index built in {build(args, codes[0], folder, scratch):.0f} s", flush=True)
+    queries = test_queries(args.dataset, args.queries)
+    env = {**THREADS_ENV, "RETRIEVER_CACHE": str(scratch / "cache")}
+    methods: dict[str, dict] = {}
+    for method in args.methods.split(","):
+        found = {}
+        job = {"index": str(folder), "method": method, "queries": queries, "repeats": args.repeats}
+        for code in codes:
+            result = run_worker(__file__, code, job, scratch, **env)
+            found[code.side] = result["hits"]
+            methods.setdefault(method, {})[code.side] = {
+                **summary(result),
+                "per_query": result["rows"],
+            }
+            print(method, code.side, json.dumps(summary(result)), flush=True)
+        methods[method].update(compare(found["before"], found["after"]))
+    return {"methods": methods, "queries": len(queries)}, codes
+
+
+def method_rows(methods: dict) -> list[list[str]]:
+    rows = []
+    for method, versions in methods.items():
+        for version in ("before", "after"):
+            r = versions[version]
+            direct = ", ".join(f"{name} {ms:.3f}" for name, ms in r["direct_ms_p50"].items())
+            rows.append(
+                [
+                    method,
+                    version,
+                    f"{r['overhead_ms_p50']:.3f}",
+                    f"{r['overhead_ms_p90']:.3f}",
+                    f"{r['end_to_end_ms_p50']:.3f}",
+                    f"{r['encoder_in_call_ms_p50']:.3f}",
+                    f"{r['encoder_direct_ms_p50']:.3f}",
+                    direct,
+                    "yes" if versions["same_ids"] else "NO",
+                    str(versions["max_score_difference"]),
+                ]
+            )
+    return rows
+
+
+HOW = (
+    "How overhead is measured, per query: each search is timed end to end with the "
+    "encoder's own calls (`Encoder.encode_queries`, and `text_token_ids` for a sparse "
+    "query) timed inside that same call, so the LLM forward, the noisy part, is "
+    "subtracted exactly; the minimum over the repeats of (end to end - encoder) is "
+    "taken. From it the minimum over the repeats of each unavoidable part, called "
+    "directly, is subtracted: the filter applied once, the FAISS search "
+    "(`Searcher.search_vectors`) at the depth the method uses (k, or 100 for a hybrid), "
+    "the key-token `query_matrix` + `search`, bm25s scoring on the query's pre-tokenised "
+    "words. What remains is the searcher's own work: validation, a second filter, BM25 "
+    "tokenising and thread starts, fusion, reading the k documents from LMDB and building "
+    "the hits. Minima estimate each cost without the machine's interference; the direct "
+    "calls run with hot caches, so the overhead errs high, not low. The table gives the "
+    "median and 90th percentile over queries."
+)
+
+
+def report_body(results: dict) -> list[str]:
     meta = results["meta"]
-    lines = [
-        "# Per-query overhead of `Searcher.search`, before and after",
-        "",
-        f"`{meta['command']}`",
-        "",
-        f"SciFact (5,183 documents), the first {meta['queries']} test queries, k = {meta['k']}, "
-        f"{meta['repeats']} timed searches per query; before = git {meta['before'][:12]}, "
-        f"after = this checkout; {meta['machine']}, one thread (OMP/MKL/OpenBLAS), each "
-        "version in its own process, alternating per method, one index folder for both "
-        "(built by the old code).",
+    after = {m: v["after"]["overhead_ms_p50"] for m, v in results["methods"].items()}
+    met = all(ms <= 1.0 for ms in after.values())
+    header = [
+        "method", "version", "overhead p50 ms", "overhead p90 ms", "end to end p50 ms",
+        "encoder in call p50 ms", "encoder direct p50 ms", "parts called directly, p50 ms",
+        "same ids", "largest score difference",
+    ]  # fmt: skip
+    return [
+        f"{meta['dataset']}, {meta['documents']}, the first {meta['queries']} test queries, "
+        f"k = {meta['k']}, {meta['repeats']} timed searches per query; before = "
+        f"{meta['before']}, after = {meta['after']}; {meta['machine']}, one thread "
+        "(OMP/MKL/OpenBLAS), each version in its own process, alternating per method, one "
+        "index folder for both (built by the old code).",
         "",
         "The index is built with the tiny random Llama of the tests (hidden size 32, a "
         "400-token BPE vocabulary; filter tau 2, Flat; key-token index "
         "K = 64, M = 16; BM25), not the real model: overhead excludes the LLM forward, and "
         "the real model would take 10+ minutes to encode the corpus on this machine.",
         "",
-        "How overhead is measured, per query: each search is timed end to end with the "
-        "encoder's own calls (`Encoder.encode_queries`, and `text_token_ids` for a sparse "
-        "query) timed inside that same call, so the LLM forward, the noisy part, is "
-        "subtracted exactly; the minimum over the repeats of (end to end - encoder) is "
-        "taken. From it the minimum over the repeats of each unavoidable part, called "
-        "directly, is subtracted: the filter applied once, FAISS `search` at the depth the "
-        "method uses (k, or 100 for a hybrid), the key-token `query_matrix` + `search`, "
-        "bm25s scoring on the query's pre-tokenised words. What remains is the searcher's "
-        "own work: validation, a second filter, BM25 tokenising and thread starts, "
-        "fusion, reading the k documents from LMDB and building the hits. Minima estimate "
-        "each cost without the machine's interference; the direct calls run with hot "
-        "caches, so the overhead errs high, not low. The table gives the median and 90th "
-        "percentile over queries.",
+        HOW,
         "",
-        "| method | version | overhead p50 ms | overhead p90 ms | end to end p50 ms "
-        "| encoder in call p50 ms | encoder direct p50 ms | parts called directly, p50 ms "
-        "| same ids | largest score difference |",
-        "|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for method, versions in results["methods"].items():
-        for version in ("before", "after"):
-            r = versions[version]
-            direct = ", ".join(f"{name} {ms:.3f}" for name, ms in r["direct_ms_p50"].items())
-            lines.append(
-                f"| {method} | {version} | {r['overhead_ms_p50']:.3f} | {r['overhead_ms_p90']:.3f} "
-                f"| {r['end_to_end_ms_p50']:.3f} | {r['encoder_in_call_ms_p50']:.3f} "
-                f"| {r['encoder_direct_ms_p50']:.3f} | {direct} "
-                f"| {'yes' if versions['same_ids'] else 'NO'} "
-                f"| {versions['max_score_difference']} |"
-            )
-    after = {m: v["after"]["overhead_ms_p50"] for m, v in results["methods"].items()}
-    met = all(ms <= 1.0 for ms in after.values())
-    lines += [
+        *markdown_table(header, method_rows(results["methods"])),
         "",
         f"Goal, overhead <= 1 ms per query for every method after: {'met' if met else 'NOT met'} "
         f"(after, p50: {', '.join(f'{m} {ms:.3f} ms' for m, ms in after.items())}). "
         "'same ids': every query's k hits have the same ids in the same order before and "
         "after; then the largest absolute difference between their scores.",
     ]
-    path.write_text("\n".join(lines) + "\n")
+
+
+def main() -> None:
+    job = worker_job()
+    if job is not None:
+        worker(job)
+        return
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_revision_options(parser)
+    parser.add_argument("--dataset", type=dataset_path, default=SCIFACT, help="BEIR dataset folder")
+    parser.add_argument("--limit", type=int, default=None, help="index only the first N documents")
+    parser.add_argument("--queries", type=int, default=300, help="first N test queries")
+    parser.add_argument("--repeats", type=int, default=5, help="timed searches per query")
+    parser.add_argument("--methods", default=METHODS, help="comma list (default: %(default)s)")
+    parser.add_argument("--out", default="benchmarks/results/query-overhead", help="results folder")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="query-overhead-") as scratch:
+        results, codes = measure_methods(args, Path(scratch))
+    results["meta"] = {
+        "before": codes[0].label,
+        "after": codes[1].label,
+        "dataset": args.dataset.name,
+        "documents": f"first {args.limit:,} documents" if args.limit else "every document",
+        "queries": results.pop("queries"),
+        "repeats": args.repeats,
+        "k": K,
+        "build_flags": BUILD_FLAGS,
+        "machine": machine(),
+        "python": platform.python_version(),
+    }
+    write_report(
+        args.out,
+        "query_overhead",
+        results,
+        report_body(results),
+        title="Per-query overhead of `Searcher.search`, before and after",
+    )
 
 
 if __name__ == "__main__":

@@ -1,51 +1,29 @@
 """The full SciFact build with the default model, before and after, in one run.
 
 Runs `retriever index ../shared/datasets/scifact` (SmolLM2-135M, default settings) with
-the code of git revision --before (a temporary worktree) and with this checkout, one
-after the other; records each build's wall time and peak RSS (os.wait4), evaluates both
-indexes with their own `retriever eval`, and compares their vectors row by row.
+the code of git revision --before and with --after (default: this working tree), one
+after the other, each through its own `retriever` command; records each build's wall
+time and peak RSS (os.wait4), evaluates both indexes with their own `retriever eval`, and
+compares their vectors row by row.
 
-    .venv/bin/python benchmarks/scifact_build.py --before 8cf8c1c \
-        --out benchmarks/results/scifact-build
+    python benchmarks/scifact_build.py --before 8cf8c1c --out benchmarks/results/scifact-build
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
-import shlex
-import subprocess
-import sys
 import tempfile
-import time
 from pathlib import Path
+from typing import Any
 
-from worktree import checkout  # benchmarks/ is on the path
-
-ROOT = Path(__file__).resolve().parents[1]
-DATASET = ROOT.parent / "shared" / "datasets" / "scifact"
-
-
-def run(code: Path, argv: list[str], cwd: Path) -> tuple[float, float, str]:
-    """``retriever ARGV`` with ``code`` first on the path: (seconds, peak RSS MiB, stdout)."""
-    program = f"import sys; from retriever.cli import main; sys.exit(main({argv!r}))"
-    env = {**os.environ, "PYTHONPATH": str(code)}
-    started = time.perf_counter()
-    child = subprocess.Popen(
-        [sys.executable, "-c", program], cwd=cwd, env=env, stdout=subprocess.PIPE, text=True
-    )
-    _, status, usage = os.wait4(child.pid, 0)
-    seconds = time.perf_counter() - started
-    stdout = child.stdout.read()
-    if os.waitstatus_to_exitcode(status) != 0:
-        raise SystemExit(f"retriever {' '.join(argv)} failed with {code}")
-    return seconds, usage.ru_maxrss / 1024, stdout
+from inputs import SCIFACT, dataset_path
+from report import machine, markdown_table, write_report
+from revisions import Code, add_revision_options, cli_accepts, code_trees, run_cli
 
 
-def index_vectors(path: Path):
-    """Vectors in document order, from a Flat index (plain or with an ID map)."""
+def index_vectors(path: Path) -> Any:
+    """Vectors in document order, from a Flat index's file (plain or with an ID map)."""
     import faiss
     import numpy as np
 
@@ -58,79 +36,109 @@ def index_vectors(path: Path):
     return index.reconstruct_n(0, index.ntotal)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--before", required=True)
-    parser.add_argument("--out", default="benchmarks/results/scifact-build")
-    args = parser.parse_args()
-    out = Path(args.out).resolve()
-    out.mkdir(parents=True, exist_ok=True)
+def model_flags(args: argparse.Namespace) -> list[str]:
+    return ["--model", args.model] if args.model else []
+
+
+def build_and_evaluate(
+    code: Code, args: argparse.Namespace, folder: Path, scratch: Path
+) -> dict[str, Any]:
+    """``code``'s own `retriever index`, timed, then its own `retriever eval` of the result."""
+    argv = ["index", str(args.dataset), "--out", str(folder), *model_flags(args)]
+    if cli_accepts(code, "index", "--restart"):
+        # Encoded afresh into the default store (which later `retriever index` and
+        # `retriever bench` runs of SciFact then reuse), not read back from it.
+        argv.append("--restart")
+    build = run_cli(code, argv, cwd=scratch)
+    report = scratch / f"{code.side}-eval.json"
+    evaluate = ["-q", "eval", str(folder), str(args.dataset), "--json", str(report)]
+    run_cli(code, evaluate, cwd=scratch)
+    row = json.loads(report.read_text())["rows"][0]
+    return {
+        "seconds": round(build.seconds, 1),
+        "peak_rss_mib": round(build.peak_rss_mib, 1),
+        "ndcg_at_10": row["ndcg_at_10"],
+        "recall_at_100": row["recall_at_100"],
+        "index_bytes": row["index_bytes"],
+    }
+
+
+def measure(args: argparse.Namespace, scratch: Path) -> tuple[dict[str, Any], list[Code]]:
     import numpy as np
 
+    codes = code_trees(args.before, args.after, scratch)
+    # Convert and hash the model once, outside the timed builds.
+    warm = ["index", str(args.dataset), "--out", str(scratch / "warm"), "--limit", "2"]
+    run_cli(codes[1], [*warm, *model_flags(args)], cwd=scratch)
     results = {}
-    with tempfile.TemporaryDirectory(prefix="scifact-build-") as scratch:
-        scratch = Path(scratch)
-        with checkout(args.before, scratch / "before") as before:
-            # Convert and hash the default model once, outside the timed builds.
-            run(
-                ROOT,
-                ["index", str(DATASET), "--out", str(scratch / "warm"), "--limit", "2"],
-                scratch,
-            )
-            for version, code in (("before", before), ("after", ROOT)):
-                folder = scratch / f"index-{version}"
-                argv = ["index", str(DATASET), "--out", str(folder)]
-                if version == "after":
-                    # Encoded afresh (--restart) into the default store, which later
-                    # `retriever index` and `retriever bench` runs of SciFact then reuse.
-                    argv += ["--restart"]
-                seconds, rss, _ = run(code, argv, scratch)
-                report = scratch / f"{version}-eval.json"
-                run(code, ["-q", "eval", str(folder), str(DATASET), "--json", str(report)], scratch)
-                row = json.loads(report.read_text())["rows"][0]
-                results[version] = {
-                    "seconds": round(seconds, 1),
-                    "peak_rss_mib": round(rss, 1),
-                    "ndcg_at_10": row["ndcg_at_10"],
-                    "recall_at_100": row["recall_at_100"],
-                    "index_bytes": row["index_bytes"],
-                }
-                print(version, json.dumps(results[version]), flush=True)
-            old = index_vectors(scratch / "index-before")
-            new = index_vectors(scratch / "index-after")
-            results["vectors"] = {
-                "rows": [len(old), len(new)],
-                "max_abs_difference": float(np.abs(old - new).max()),
-                "identical": bool(np.array_equal(old, new)),
-            }
-    command = "python " + shlex.join(["benchmarks/scifact_build.py", *sys.argv[1:]])
-    results["meta"] = {
-        "command": command,
-        "before": args.before,
-        "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+    for code in codes:
+        folder = scratch / f"index-{code.side}"
+        results[code.side] = build_and_evaluate(code, args, folder, scratch)
+        print(code.side, json.dumps(results[code.side]), flush=True)
+    old = index_vectors(scratch / "index-before")
+    new = index_vectors(scratch / "index-after")
+    results["vectors"] = {
+        "rows": [len(old), len(new)],
+        "max_abs_difference": float(np.abs(old - new).max()),
+        "identical": bool(np.array_equal(old, new)),
     }
-    (out / "scifact_build.json").write_text(json.dumps(results, indent=2) + "\n")
-    b, a, v = results["before"], results["after"], results["vectors"]
-    lines = [
-        "# Full SciFact build, before and after",
+    return results, codes
+
+
+def report_body(results: dict[str, Any]) -> list[str]:
+    vectors, meta = results["vectors"], results["meta"]
+    rows = []
+    for side in ("before", "after"):
+        r = results[side]
+        rows.append(
+            [
+                side,
+                f"{r['seconds']:,.1f}",
+                f"{r['peak_rss_mib']:,.0f}",
+                f"{r['ndcg_at_10']:.4f}",
+                f"{r['recall_at_100']:.4f}",
+                f"{r['index_bytes']:,}",
+            ]
+        )
+    header = ["version", "wall s", "peak RSS MiB", "nDCG@10", "Recall@100", "index bytes"]
+    return [
+        f"`retriever index {meta['dataset']}` with the default settings ({meta['model']}, "
+        "dtype auto, PromptEOL, mean pooling, edge tau 2, Flat); before = "
+        f"{meta['before']}, after = {meta['after']}; {meta['machine']}.",
         "",
-        f"`{command}`",
+        *markdown_table(header, rows),
         "",
-        "`retriever index ../shared/datasets/scifact` with the default settings (SmolLM2-135M, "
-        f"dtype auto, PromptEOL, mean pooling, edge tau 2, Flat); {results['meta']['machine']}.",
-        "",
-        "| version | wall s | peak RSS MiB | nDCG@10 | Recall@100 | index bytes |",
-        "|---|---|---|---|---|---|",
-        *(
-            f"| {name} | {r['seconds']:,.1f} | {r['peak_rss_mib']:,.0f} | {r['ndcg_at_10']:.4f} "
-            f"| {r['recall_at_100']:.4f} | {r['index_bytes']:,} |"
-            for name, r in (("before", b), ("after", a))
-        ),
-        "",
-        f"Vectors: {v['rows'][0]} and {v['rows'][1]} rows; identical: {v['identical']}; "
-        f"largest absolute difference {v['max_abs_difference']:.3g}.",
+        f"Vectors: {vectors['rows'][0]} and {vectors['rows'][1]} rows; identical: "
+        f"{vectors['identical']}; largest absolute difference "
+        f"{vectors['max_abs_difference']:.3g}.",
     ]
-    (out / "scifact_build.md").write_text("\n".join(lines) + "\n")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_revision_options(parser)
+    parser.add_argument("--dataset", type=dataset_path, default=SCIFACT, help="BEIR dataset folder")
+    parser.add_argument(
+        "--model", default=None, help="model to build with (default: the CLI's, SmolLM2-135M)"
+    )
+    parser.add_argument("--out", default="benchmarks/results/scifact-build", help="results folder")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory(prefix="scifact-build-") as scratch:
+        results, codes = measure(args, Path(scratch))
+    results["meta"] = {
+        "before": codes[0].label,
+        "after": codes[1].label,
+        "dataset": args.dataset.name,
+        "model": args.model or "SmolLM2-135M",
+        "machine": machine(),
+    }
+    write_report(
+        args.out,
+        "scifact_build",
+        results,
+        report_body(results),
+        title="Full SciFact build, before and after",
+    )
 
 
 if __name__ == "__main__":

@@ -1,0 +1,179 @@
+"""benchmarks/: one entry point knows every benchmark and the command behind every published
+result, and every benchmark writes its report through one helper. Fast: nothing here runs a
+benchmark (`python benchmarks/run_all.py --quick` does, as a smoke run)."""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import json
+import re
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCHMARKS = ROOT / "benchmarks"
+RESULTS = BENCHMARKS / "results"
+# What a published command may start with, besides the arguments the entry holds.
+PROGRAMS = re.compile(r"^(?:\.venv/bin/)?(?:python (?=benchmarks/)|(?=retriever ))")
+
+
+@pytest.fixture(scope="module")
+def run_all() -> Iterator[ModuleType]:
+    sys.path.insert(0, str(BENCHMARKS))  # the scripts import their neighbours by name
+    before = set(sys.modules)
+    try:
+        yield importlib.import_module("run_all")
+    finally:
+        sys.path.remove(str(BENCHMARKS))
+        for name in set(sys.modules) - before:  # report, inputs, ...: not to shadow others
+            if not name.startswith(("retriever", "numpy")):
+                sys.modules.pop(name)
+
+
+@pytest.fixture(scope="module")
+def published_values(run_all: ModuleType) -> dict[str, dict[str, str]]:
+    """Each entry's placeholders as the published commands wrote them."""
+    inputs = run_all.Inputs(ROOT.parent / "shared" / "datasets" / "scifact", RESULTS, quick=False)
+    return {b.name: inputs.values(b.name) for b in run_all.BENCHMARKS}
+
+
+def test_every_script_of_benchmarks_is_a_listed_benchmark_or_a_support_module(
+    run_all: ModuleType,
+) -> None:
+    scripts = {b.program for b in run_all.BENCHMARKS if b.program != run_all.CLI}
+    found = {path.name for path in BENCHMARKS.glob("*.py")}
+    unlisted = found - scripts - run_all.SUPPORT_MODULES
+    assert not unlisted, f"add these to run_all.BENCHMARKS (or SUPPORT_MODULES): {unlisted}"
+    assert scripts | run_all.SUPPORT_MODULES <= found, "an entry names a script that is gone"
+
+
+def test_every_published_results_folder_has_an_entry(run_all: ModuleType) -> None:
+    names = {b.name for b in run_all.BENCHMARKS}
+    folders = {path.name for path in RESULTS.iterdir() if path.is_dir()}
+    assert folders <= names, f"no entry regenerates {sorted(folders - names)}"
+    assert len(names) == len(run_all.BENCHMARKS), "two entries share a name"
+
+
+def recorded_command(folder: Path) -> str:
+    """The command a results folder says produced it: a JSON "command" (top level or under
+    "meta"), else the first line of its Markdown that is a command."""
+    for path in sorted(folder.glob("*.json")):
+        record = json.loads(path.read_text())
+        if isinstance(record, dict):
+            command = record.get("command") or record.get("meta", {}).get("command")
+            if command:
+                return command
+    for path in sorted(folder.glob("*.md")):
+        for line in path.read_text().splitlines():
+            line = line.strip().strip("`")
+            if PROGRAMS.match(line):
+                return line
+    raise AssertionError(f"{folder} records no command")
+
+
+def test_each_entry_holds_the_command_its_published_results_record(
+    run_all: ModuleType, published_values: dict[str, dict[str, str]]
+) -> None:
+    for benchmark in run_all.BENCHMARKS:
+        folder = RESULTS / benchmark.name
+        if folder.is_dir():
+            recorded = PROGRAMS.sub("", recorded_command(folder))
+            shown = PROGRAMS.sub("", benchmark.shown(published_values[benchmark.name]))
+            assert shown == recorded, benchmark.name
+
+
+def test_every_command_fills_its_placeholders_and_writes_into_its_folder(
+    run_all: ModuleType,
+) -> None:
+    values = {"dataset": "D", "scifact": "S", "out": "OUT", "model": "M", "index": "I"}
+    for benchmark in run_all.BENCHMARKS:
+        for quick in (False, True):
+            argv = benchmark.argv(values, quick=quick)
+            assert argv[argv.index("--out") + 1] == "OUT", benchmark.name
+
+
+def run_all_cli(*argv: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(BENCHMARKS / "run_all.py"), *argv],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_list_prints_every_benchmark_with_its_command_and_folder(
+    run_all: ModuleType, published_values: dict[str, dict[str, str]]
+) -> None:
+    listed = run_all_cli(
+        "--list", "--dataset", str(ROOT.parent / "shared" / "datasets" / "scifact")
+    )
+    assert listed.returncode == 0, listed.stderr
+    for benchmark in run_all.BENCHMARKS:
+        assert f"\n    {benchmark.shown(published_values[benchmark.name])}\n" in listed.stdout
+        assert f"-> benchmarks/results/{benchmark.name}\n" in listed.stdout
+
+
+def test_an_unknown_name_is_refused_in_one_line() -> None:
+    refused = run_all_cli("no-such-benchmark")
+    assert refused.returncode != 0
+    assert refused.stderr.strip().count("\n") == 0
+    assert "unknown benchmark no-such-benchmark" in refused.stderr
+
+
+def test_the_report_helper_writes_json_markdown_and_the_command(
+    run_all: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    report = importlib.import_module("report")  # beside run_all, on its path
+    monkeypatch.setattr(sys, "argv", [str(BENCHMARKS / "demo.py"), "--out", str(tmp_path)])
+    table = report.markdown_table(["n", "ms"], [["1", "0.5"]])
+    report.write_report(tmp_path, "demo", {"rows": [{"n": 1, "ms": 0.5}]}, table, title="Demo")
+    command = f"python benchmarks/demo.py --out {tmp_path}"
+    record = json.loads((tmp_path / "demo.json").read_text())
+    assert record == {"command": command, "rows": [{"n": 1, "ms": 0.5}]}
+    assert (tmp_path / "demo.md").read_text().splitlines() == [
+        "# Demo",
+        "",
+        f"`{command}`",
+        "",
+        "| n | ms |",
+        "|---|---|",
+        "| 1 | 0.5 |",
+    ]
+
+
+def test_benchmark_scripts_write_their_results_through_the_report_helper(
+    run_all: ModuleType,
+) -> None:
+    for benchmark in run_all.BENCHMARKS:
+        if benchmark.program != run_all.CLI:
+            source = (BENCHMARKS / benchmark.program).read_text()
+            assert "write_report(" in source, benchmark.program
+            assert not re.search(r'\.(json|md)"\)\.write_text\(', source), benchmark.program
+
+
+def private_names(source: str) -> list[str]:
+    """`_names` a script reaches: attributes and names imported from retriever."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Attribute) and re.match(r"_(?!_)", node.attr):
+            found.append(node.attr)
+        if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("retriever"):
+            found += [alias.name for alias in node.names if alias.name.startswith("_")]
+    return found
+
+
+def test_before_after_scripts_call_public_names_only(run_all: ModuleType) -> None:
+    """A script that runs two revisions must keep running as the code moves."""
+    for benchmark in run_all.BENCHMARKS:
+        if benchmark.program == run_all.CLI:
+            continue
+        source = (BENCHMARKS / benchmark.program).read_text()
+        if "code_trees(" in source:
+            assert private_names(source) == [], benchmark.program
