@@ -9,9 +9,9 @@ identically to documents and queries, then L2-normalised like the filter:
   compared at the same k;
 - ``random``: a seeded random orthonormal projection, no fitting.
 
-Each comes out as an :class:`~retriever.embedfilter.EmbedFilter` with an offset
-(``F h + b`` with ``F = diag(scale) P`` and ``b = -F mu``), so an index stores and a
-searcher applies it exactly as it does EmbedFilter itself.
+Each comes out as an :class:`~retriever.embedfilter.EmbedFilter` centred on mu
+(``F (h - mu)`` with ``F = diag(scale) P``), so an index stores and a searcher applies it
+exactly as it does EmbedFilter itself.
 """
 
 from __future__ import annotations
@@ -28,10 +28,10 @@ BASELINES = ("pca", "whiten", "abtt", "random")
 def _fitted(
     method: str, mean: np.ndarray, axes: np.ndarray, rows: np.ndarray, scale: np.ndarray
 ) -> EmbedFilter:
-    """``scale * (axes[rows] (h - mean))`` as a filter with an offset."""
-    matrix = axes[rows] * scale[:, None]
+    """``scale * (axes[rows] (h - mean))`` as a filter centred on ``mean``."""
     spec = FilterSpec(dim=len(rows), remove_mean_direction=False)
-    return EmbedFilter(matrix, spec, rows, offset=-(matrix @ mean), name=method)
+    matrix = axes[rows] * scale[:, None]
+    return EmbedFilter(matrix, spec, rows, centre=mean, name=method)
 
 
 def _principal_axes(sample: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

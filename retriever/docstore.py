@@ -180,6 +180,10 @@ class DocStore:
         return [_decode_id(raw) for raw in self._records(keys)]
 
     def _records(self, keys: Sequence[int]) -> list[bytes]:
+        if self._env is None:
+            raise RetrieverError(
+                "the index's docstore is closed: read a ranking's hits before closing its Searcher"
+            )
         with self._env.begin(db=self._docs) as txn:
             found = []
             for key in keys:

@@ -20,7 +20,7 @@ from retriever.config import FilterSpec
 from retriever.errors import RetrieverError
 
 MATRIX_FILE = "filter.npy"
-OFFSET_FILE = "filter_offset.npy"
+CENTRE_FILE = "filter_centre.npy"
 SPEC_FILE = "filter.json"
 
 
@@ -92,15 +92,20 @@ def without_mean_direction(matrix: np.ndarray, mean_row: np.ndarray) -> np.ndarr
     return matrix - np.outer(direction, direction @ matrix)
 
 
+# The names a band filter takes from its spec (EmbedFilter.name).
+_BAND_FILTER_NAMES = ("unfiltered", "embedfilter", "embedfilter-nomean")
+
+
 class EmbedFilter:
     """A ``k x d`` matrix ``F``; ``transform(h)`` is ``F h``, L2-normalised.
 
     The rows of a band filter are orthonormal; with ``remove_mean_direction`` the matrix
     is ``(I - u u^T) F``, which has rank ``k - 1``. A projection fitted on documents (the
-    baselines of :mod:`retriever.baselines`) also has an ``offset`` ``b``
-    (``transform(h)`` is ``F h + b``) and its own ``name``; its ``rows`` are the axes of
-    its own basis that it keeps. Every projection an index stores is one of these, so
-    the searcher applies any of them the same way.
+    baselines of :mod:`retriever.baselines`) also has a ``centre`` ``c``
+    (``transform(h)`` is ``F (h - c)``; subtracting before projecting keeps float32
+    precision when ``c`` dominates ``h``, as the mean of LLM embeddings does) and its own
+    ``name``; its ``rows`` are the axes of its own basis that it keeps. Every projection
+    an index stores is one of these, so the searcher applies any of them the same way.
     """
 
     def __init__(
@@ -109,18 +114,20 @@ class EmbedFilter:
         spec: FilterSpec,
         rows: np.ndarray,
         *,
-        offset: np.ndarray | None = None,
+        centre: np.ndarray | None = None,
         name: str | None = None,
     ) -> None:
         self.matrix = np.ascontiguousarray(matrix, dtype=np.float32)
         self.spec = spec
         self.rows = np.asarray(rows, dtype=np.int64)
-        self.offset = None if offset is None else np.asarray(offset, dtype=np.float32)
+        self.centre = None if centre is None else np.asarray(centre, dtype=np.float32)
         self._name = name
         if self.matrix.shape != (len(self.rows), self.matrix.shape[1]):
             raise ValueError(f"filter matrix {self.matrix.shape} does not match {len(rows)} rows")
-        if self.offset is not None and self.offset.shape != (len(self.rows),):
-            raise ValueError(f"filter offset {self.offset.shape} does not match {len(rows)} rows")
+        if self.centre is not None and self.centre.shape != (self.matrix.shape[1],):
+            raise ValueError(
+                f"filter centre {self.centre.shape} does not match {self.matrix.shape}"
+            )
 
     @classmethod
     def from_unembedding(
@@ -167,7 +174,7 @@ class EmbedFilter:
     def is_identity(self) -> bool:
         return (
             self._name is None
-            and self.offset is None
+            and self.centre is None
             and self.dim == self.model_dim
             and not self.spec.remove_mean_direction
         )
@@ -179,9 +186,9 @@ class EmbedFilter:
             raise ValueError(
                 f"expected embeddings of shape (n, {self.model_dim}), got {embeddings.shape}"
             )
+        if self.centre is not None:
+            embeddings = embeddings - self.centre
         projected = embeddings @ self.matrix.T
-        if self.offset is not None:
-            projected += self.offset
         if normalize:
             norms = np.linalg.norm(projected, axis=1, keepdims=True)
             projected /= np.maximum(norms, np.finfo(np.float32).tiny)
@@ -197,7 +204,7 @@ class EmbedFilter:
             "dim": self.dim,
             "rows": [rows[0], rows[-1] + 1] if contiguous else rows,
             "rows_are_range": contiguous,
-            "offset": self.offset is not None,
+            "centre": self.centre is not None,
         }
 
     def save(self, folder: str | Path) -> None:
@@ -205,8 +212,8 @@ class EmbedFilter:
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
         np.save(folder / MATRIX_FILE, self.matrix, allow_pickle=False)
-        if self.offset is not None:
-            np.save(folder / OFFSET_FILE, self.offset, allow_pickle=False)
+        if self.centre is not None:
+            np.save(folder / CENTRE_FILE, self.centre, allow_pickle=False)
         (folder / SPEC_FILE).write_text(json.dumps(self.describe(), indent=2) + "\n")
 
     @classmethod
@@ -215,18 +222,16 @@ class EmbedFilter:
         try:
             matrix = np.load(folder / MATRIX_FILE, allow_pickle=False)
             info = json.loads((folder / SPEC_FILE).read_text())
-            offset = (
-                np.load(folder / OFFSET_FILE, allow_pickle=False) if info.get("offset") else None
+            centre = (
+                np.load(folder / CENTRE_FILE, allow_pickle=False) if info.get("centre") else None
             )
-        except (OSError, ValueError) as exc:
+            rows = info["rows"]
+            if info["rows_are_range"]:
+                rows = list(range(rows[0], rows[1]))
+            # A band filter's name follows from its spec; any other is a fitted projection's.
+            name = info.get("name", "unfiltered")
+            fitted = None if name in _BAND_FILTER_NAMES else name
+            spec = FilterSpec.from_dict(info["spec"])
+            return cls(matrix, spec, np.asarray(rows), centre=centre, name=fitted)
+        except (OSError, ValueError, KeyError) as exc:
             raise RetrieverError(f"cannot read the filter in {folder}: {exc}") from exc
-        rows = info["rows"]
-        if info["rows_are_range"]:
-            rows = list(range(rows[0], rows[1]))
-        spec = FilterSpec.from_dict(info["spec"])
-        # A band filter's name follows from its spec; any other is a fitted projection's own.
-        fitted = None if info.get("name", "unfiltered") in _BAND_FILTER_NAMES else info["name"]
-        return cls(matrix, spec, np.asarray(rows), offset=offset, name=fitted)
-
-
-_BAND_FILTER_NAMES = ("unfiltered", "embedfilter", "embedfilter-nomean")

@@ -200,6 +200,8 @@ def evaluate_index(
     """
     queries = judged_queries(queries, qrels)
     methods = list(methods or searcher.methods)
+    if encoded is not None and encoded.ids != list(queries):
+        raise RetrieverError("the encoded queries are not the judged queries evaluated")
     if encoded is None:
         encoded = EncodedQueries(list(queries), list(queries.values()))
         if any(searcher.needs_encoder(method) for method in methods):

@@ -9,7 +9,7 @@ docstore when first asked for, so a run of thousands of queries decodes no docum
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, overload
 
@@ -146,7 +146,7 @@ class Results(Mapping[str, Ranking]):
 def results_from_lists(
     query_ids: Sequence[str],
     ranked: Sequence[Sequence[tuple[int, float]]],
-    ids_of: Any,
+    ids_of: Callable[[Sequence[int]], list[str]],
     documents: DocumentSource | None,
 ) -> Results:
     """Results from each query's ``(key, score)`` list; ``ids_of(keys)`` names the keys

@@ -23,6 +23,7 @@ from retriever.docstore import DOCSTORE_DIR, DocStore
 from retriever.embedfilter import EmbedFilter
 from retriever.encoder import Encoder
 from retriever.errors import RetrieverError
+from retriever.faiss_gpu import GpuSetting
 from retriever.fusion import ranked_lists
 from retriever.generations import ReaderHold
 from retriever.lens import AlignedToken, TokenLens
@@ -92,7 +93,7 @@ class Searcher:
         dtype: str | None = None,
         device: str | None = None,
         batch_size: int = 32,
-        use_gpu: bool | None = None,
+        use_gpu: GpuSetting = None,
         nprobe: int | None = None,
         ef_search: int | None = None,
         encoder: Encoder | None = None,
@@ -273,6 +274,7 @@ class Searcher:
             raise RetrieverError(f"k must be at least 1, got {k}")
         method = self._check_method(method)
         check_queries(queries)
+        _check_query_ids(query_ids, len(queries))
         if embeddings is None and method != "bm25":
             embeddings = self.encoder.encode_queries(list(queries))
         # One query: numpy's products run on one thread, so no spinning BLAS worker takes
@@ -412,6 +414,16 @@ class Searcher:
             self._check_method("dense")
         with self._dense_guard:
             self.index.set_search_params({"nprobe": nprobe, "efSearch": ef_search})
+
+
+def _check_query_ids(query_ids: Sequence[str] | None, count: int) -> None:
+    if query_ids is None:
+        return
+    if len(query_ids) != count:
+        raise RetrieverError(f"{len(query_ids)} query ids for {count} queries")
+    if len(set(query_ids)) != count:
+        repeated = next(q for q in query_ids if list(query_ids).count(q) > 1)
+        raise RetrieverError(f"query id {repeated!r} is given twice; ids must be unique")
 
 
 def _check_encoder(folder: Path, manifest: dict[str, Any], encoder: Encoder) -> None:

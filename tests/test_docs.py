@@ -42,9 +42,6 @@ NOT_MEASURED: dict[tuple[str, str], set[str]] = {
         *"0.266 0.238 0.180 0.052 0.046 0.043 0.099 0.095".split(),
         # The tolerance the comparison is read at: a choice, not a result.
         "0.01",
-        # Printed by the former probe scripts, now benchmarks/reference_gap.py, whose
-        # results folder does not exist yet: cite it once it does, and drop these.
-        *"0.065 0.166 0.02 0.05".split(),
     },
     ("docs/scale-out.md", "What it costs"): {
         # NQ's and MS MARCO's average words per document, quoted from the BEIR paper

@@ -95,7 +95,7 @@ def _other_rows_table(rows: list[dict[str, Any]]) -> list[str]:
         "and the fusion.",
         "",
         "| method | from | band | tau | fusion | nDCG@10 | R@100 | share of dense | "
-        "nDCG ratio | search p50 ms | search QPS | index bytes | storage ratio |",
+        "nDCG ratio | search p50 ms | batch QPS | index bytes | storage ratio |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
@@ -104,7 +104,7 @@ def _other_rows_table(rows: list[dict[str, Any]]) -> list[str]:
             f"| {r['method']} | {r['source'] or ''} | {r['band'] or ''} | {tau} | "
             f"{r['fusion'] or ''} | {r['ndcg_at_10']:.4f} | {r['recall_at_100']:.4f} | "
             f"{_ratio(r.get('share_of_dense_ndcg'))} | {_ratio(r['ndcg_ratio'])} | "
-            f"{r['search_ms_p50']:.3f} | {r['search_qps']:.0f} | {r['index_bytes']:,} | "
+            f"{r['search_ms_p50']:.3f} | {r['batch_qps']:.0f} | {r['index_bytes']:,} | "
             f"{_ratio(r['storage_ratio'])} |"
         )
     return [*lines, ""]

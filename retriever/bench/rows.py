@@ -22,9 +22,10 @@ from retriever.bench.variants import BenchSettings, Variant, parse_index_type
 from retriever.config import SparseSpec
 from retriever.encoder import Encoder
 from retriever.evaluation import EncodedQueries, Run, evaluate_index, evaluate_run
+from retriever.generations import generations_folder
 from retriever.indexing import build_index
 from retriever.manifest import read_manifest
-from retriever.searcher import Searcher
+from retriever.searcher import FUSION_DEPTH, Searcher
 from retriever.store import EmbeddingStore
 from retriever.tuning import cross_validate_fusion
 
@@ -97,8 +98,9 @@ def variant_rows(
                 (dense if row["family"] == "dense" else others).append((row, run))
         finally:
             searcher.close()
-            if not inputs.keep:
-                shutil.rmtree(folder, ignore_errors=True)
+            if not inputs.keep:  # the path is a link to its generation: remove both
+                shutil.rmtree(generations_folder(folder), ignore_errors=True)
+                folder.unlink(missing_ok=True)
     return dense, others
 
 
@@ -158,6 +160,10 @@ def _measure(
     by_method: dict[str, list[Scored]] = {}
     for row, run in zip(rows, runs.values(), strict=True):
         row["parts"] = row["method"].split("+")
+        # The benchmark's batch QPS has always been the search alone (its table compares
+        # indexes); the end-to-end figure, with the batch's LLM forward, stands beside it.
+        row["end_to_end_qps"] = row.pop("batch_qps")
+        row["batch_qps"] = row.pop("search_qps")
         by_method.setdefault(row["method"], []).append((row, run))
     for method, scored in by_method.items():
         fixed = [(dict(row), run) for row, run in scored]  # as measured, before labelling
@@ -174,15 +180,17 @@ def _cross_validated(
     settings: BenchSettings,
 ) -> Scored:
     """The hybrid fused with the setting k-fold cross-validation picks per fold (see
-    retriever.tuning), from the candidate lists ``searcher`` gives each part. It costs one
+    retriever.tuning), from the candidate lists ``searcher`` gives each part (as deep as
+    its fixed-setting hybrids fuse). It costs one
     fusion per query like the fixed-setting rows, so it reports the weighted row's
     latency and bytes (the first fixed row's without one)."""
     queries = inputs.queries
+    depth = max(settings.k, FUSION_DEPTH)  # as deep as Searcher's own hybrids fuse
     candidates = []
     for part in method.split("+"):
         embeddings = queries.embeddings if searcher.needs_encoder(part) else None
         found = searcher.rank(
-            queries.texts, settings.k, method=part, embeddings=embeddings, query_ids=queries.ids
+            queries.texts, depth, method=part, embeddings=embeddings, query_ids=queries.ids
         )
         candidates.append([ranking.to_dict() for ranking in found.rankings])
     chosen = cross_validate_fusion(

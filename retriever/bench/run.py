@@ -15,7 +15,7 @@ from typing import Any
 from retriever.bench.checks import alignment_report, beir_cross_check
 from retriever.bench.report import markdown_report, plot_results
 from retriever.bench.rows import Scored, SettingInputs, parts_of, variant_rows
-from retriever.bench.variants import BenchSettings, Variant, build_variants
+from retriever.bench.variants import BenchSettings, build_variants
 from retriever.config import EncoderConfig, FilterSpec
 from retriever.datasets import load_corpus, load_qrels, load_queries, scan_corpus
 from retriever.embedfilter import EmbedFilter, UnembeddingSpectrum
@@ -75,23 +75,13 @@ def run_bench(
         query_embeddings = cached_embeddings(
             encoder, list(queries.values()), poolings, queries=True, show_progress=False
         )
+        spectrum = UnembeddingSpectrum(encoder.unembedding())
+        # The documents' literal tokens depend on the prompt's length, not on the pooling.
+        doc_token_ids = _doc_token_ids(encoder, dataset, limit) if settings.alignment else []
         for pooling in poolings:
             encoder.config = EncoderConfig(prompt=prompt, pooling=pooling, max_length=max_length)
-            timed = encode_timed(
-                encoder.encode_queries,
-                queries,
-                warmup=settings.warmup,
-                latency_queries=settings.latency_queries,
-            )
-            # Searched with the stored embeddings, so a rerun ranks exactly as this run.
-            encoded = EncodedQueries(
-                timed.ids,
-                timed.texts,
-                query_embeddings[pooling],
-                timed.batch_seconds,
-                timed.latency_ms,
-            )
-            setting_rows = _bench_setting(encoder, store, encoded, qrels, settings, out)
+            encoded = _timed_queries(encoder, queries, query_embeddings[pooling], settings)
+            setting_rows = _bench_setting(encoder, spectrum, store, encoded, qrels, settings, out)
             labels = {
                 "prompt": prompt,
                 "pooling": pooling,
@@ -100,30 +90,32 @@ def run_bench(
             }
             rows += [{**row, **labels} for row in setting_rows]
             if settings.alignment:
-                alignment += _alignment(encoder, store, pooling, labels, dataset, limit, settings)
+                entries = alignment_report(
+                    spectrum, encoder.tokenizer, store.read(pooling), doc_token_ids, settings
+                )
+                alignment += [{"prompt": prompt, "pooling": pooling, **e} for e in entries]
     meta = _meta(command, dataset, store, queries, split, model, max_length, encoder)
     write_reports(out, rows, meta, alignment)
     return rows
 
 
-def _alignment(
-    encoder: Encoder,
-    store: EmbeddingStore,
-    pooling: str,
-    labels: dict[str, Any],
-    dataset: str | Path,
-    limit: int | None,
-    settings: BenchSettings,
-) -> list[dict[str, Any]]:
+def _doc_token_ids(encoder: Encoder, dataset: str | Path, limit: int | None) -> list[list[int]]:
     texts = [d.embedding_text for d in load_corpus(dataset, limit=limit).documents]
-    entries = alignment_report(
-        UnembeddingSpectrum(encoder.unembedding()),
-        encoder.tokenizer,
-        store.read(pooling),
-        encoder.text_token_ids(texts),
-        settings,
+    return encoder.text_token_ids(texts)
+
+
+def _timed_queries(
+    encoder: Encoder, queries: dict[str, str], stored: Any, settings: BenchSettings
+) -> EncodedQueries:
+    """The queries with their stored embeddings (so a rerun ranks exactly as this run) and
+    the live LLM forward's cost: one batch, and one query at a time."""
+    timed = encode_timed(
+        encoder.encode_queries,
+        queries,
+        warmup=settings.warmup,
+        latency_queries=settings.latency_queries,
     )
-    return [{"prompt": labels["prompt"], "pooling": pooling, **entry} for entry in entries]
+    return EncodedQueries(timed.ids, timed.texts, stored, timed.batch_seconds, timed.latency_ms)
 
 
 def _meta(
@@ -166,6 +158,7 @@ def write_reports(
 
 def _bench_setting(
     encoder: Encoder,
+    spectrum: UnembeddingSpectrum,
     store: EmbeddingStore,
     queries: EncodedQueries,
     qrels: dict[str, dict[str, int]],
@@ -173,10 +166,10 @@ def _bench_setting(
     out: Path,
 ) -> list[dict[str, Any]]:
     """Every row of one (prompt, pooling) setting, with its ratios and run files."""
-    spectrum = UnembeddingSpectrum(encoder.unembedding())
     documents = store.read(encoder.config.pooling)
     variants = build_variants(spectrum, documents, settings)
-    hybrid = next((v for v in variants if v.is_hybrid_part(settings)), variants[0])
+    # BM25 lives in the hybrids' dense variant's folder, or the unfiltered one's.
+    bm25_host = next((v for v in variants if v.is_hybrid_part(settings)), variants[0])
     dense: list[Scored] = []
     others: list[Scored] = []
     tag = f"{encoder.config.prompt}-{encoder.config.pooling}"
@@ -185,10 +178,10 @@ def _bench_setting(
         folders = Path(scratch) if keep is None else Path(keep).absolute() / tag
         inputs = SettingInputs(encoder, store, queries, qrels, folders, keep is not None)
         for variant in variants:
-            found = variant_rows(variant, parts_of(variant, hybrid, settings), inputs, settings)
+            found = variant_rows(variant, parts_of(variant, bm25_host, settings), inputs, settings)
             dense += found[0]
             others += found[1]
-            _log(variant, found[0])
+            _log(tag, found[0] + found[1])
     scored = dense + sorted(others, key=_other_order)
     for row, run in scored:
         name = _run_name(tag, row)
@@ -205,15 +198,17 @@ def _other_order(scored: Scored) -> int:
     return ("sparse", "lexical", "hybrid").index(scored[0]["family"])
 
 
-def _log(variant: Variant, scored: list[Scored]) -> None:
+def _log(tag: str, scored: list[Scored]) -> None:
     for row, _ in scored:
         logger.info(
-            "%-19s %-5s tau %-3g dim %-4d %-10s nDCG@10 %.4f",
-            variant.method,
-            variant.band or "",
-            variant.tau,
-            row["dim"],
+            "%-15s %-19s %-19s %-5s tau %-3s %-10s %-8s nDCG@10 %.4f",
+            tag,
+            row["method"],
+            row["source"] or "",
+            row["band"] or "",
+            "" if row["tau"] is None else f"{row['tau']:g}",
             row["index_type"],
+            row["fusion"] or "",
             row["ndcg_at_10"],
         )
 
@@ -279,7 +274,7 @@ def _add_beir_check(
         "beir_ndcg_at_10": beir["ndcg_at_10"],
         "beir_matches": abs(beir["ndcg_at_10"] - flat["ndcg_at_10"]) <= 0.001,
         "beir_search_ms_per_query": 1000.0 * beir_seconds / len(queries.ids),
-        "search_ms_per_query_batched": 1000.0 / flat["search_qps"],
+        "search_ms_per_query_batched": 1000.0 / flat["batch_qps"],
     }
     for row in rows:
         if row["method"] == "unfiltered":
