@@ -13,13 +13,15 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 # $SCIFACT, as benchmarks/run_scifact.sh has always read it.
-SCIFACT = Path(os.environ.get("SCIFACT", ROOT.parent / "shared" / "datasets" / "scifact")).resolve()
+SCIFACT = Path(
+    os.path.abspath(os.environ.get("SCIFACT", ROOT.parent / "shared" / "datasets" / "scifact"))
+)
 
 
 def dataset_path(text: str) -> Path:
     """An argparse type: a dataset folder or file that exists, as an absolute path (the
     benchmarks hand it to processes that run elsewhere)."""
-    path = Path(text).expanduser().resolve()
+    path = Path(os.path.abspath(Path(text).expanduser()))  # links kept: see shown_path
     if not path.exists():
         raise argparse.ArgumentTypeError(f"no such dataset: {path} (set $SCIFACT?)")
     return path

@@ -222,8 +222,11 @@ class Placeholders(dict):
 
 
 def shown_path(path: Path) -> str:
-    """A path as a command shows it: relative to the repository root when under its parent."""
-    path = path.resolve()
+    """A path as a command shows it: relative to the repository root when under its parent.
+
+    Made absolute without resolving links: a shared/ linked in beside the checkout is
+    still shown as ../shared."""
+    path = Path(os.path.abspath(path))
     if path.is_relative_to(ROOT.parent):
         return os.path.relpath(path, ROOT)
     return str(path)
