@@ -43,7 +43,7 @@ searcher = Searcher.load(index)
 queries, qrels = load_queries(dataset), load_qrels(dataset)
 judged = {query_id: queries[query_id] for query_id in qrels}
 run = searcher.batch_search(judged, k=10)
-found = [q for q in judged if set(run[q]) & set(qrels[q])]
+found = [q for q in judged if set(run[q].ids) & set(qrels[q])]
 print(f"a gold document is in the top 10 for {len(found)} of {len(judged)} test queries")
 missed = next(q for q in judged if q not in found)
 for query_id in [*found[:2], missed]:
