@@ -196,7 +196,9 @@ class FaissBackend(DenseBackend):
     def set_search_params(self, params: dict[str, int | None]) -> None:
         if params.get("nprobe") is not None:
             self._nprobe = params["nprobe"]
-        if self._index is not None:
+        if self._index is not None or self._builder is not None:
+            # A built index that is still being assembled finishes here, so the parameters
+            # reach it (set only on the builder, they were lost at its first search).
             set_search_parameters(self.index, params)  # checks the names against the type
         if self._placed is not None and self._placed.index is not self._index:
             # The GPU copy, a separate object (the CPU index above was checked and set).

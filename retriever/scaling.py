@@ -99,7 +99,7 @@ def _timed_backend(
     with tempfile.TemporaryDirectory() as folder:
         backend = build_in_memory(spec, vectors, Path(folder))
         # The builder finishes its index on first use: here, so that the build (and a GPU
-        # build's copy back) is timed, and the search parameters below reach the index.
+        # build's copy back) is timed with it.
         backend.index  # noqa: B018
     seconds = time.perf_counter() - started
     backend.set_search_params(params)

@@ -90,3 +90,14 @@ def test_blas_and_the_simd_scan_return_the_same_hits() -> None:
     (blas_scores, blas_ids), (scan_scores, scan_ids) = runs
     assert np.array_equal(blas_ids, scan_ids)
     assert np.allclose(blas_scores, scan_scores, atol=1e-5)
+
+
+def test_search_parameters_reach_an_index_still_being_built(tmp_path) -> None:
+    import numpy as np
+
+    from retriever.backends import BackendSpec, build_in_memory
+
+    vectors = np.random.default_rng(0).standard_normal((500, 8)).astype(np.float32)
+    backend = build_in_memory(BackendSpec(kind="faiss", index_type="IVF16,Flat"), vectors, tmp_path)
+    backend.set_search_params({"nprobe": 8})
+    assert backend.placement.index.nprobe == 8
