@@ -24,15 +24,14 @@ from retriever.encoder import Encoder
 from retriever.evaluation import EncodedQueries, Run, evaluate_index, evaluate_run
 from retriever.generations import generations_folder
 from retriever.indexing import build_index
-from retriever.manifest import read_manifest
 from retriever.searcher import FUSION_DEPTH, Searcher
 from retriever.store import EmbeddingStore
 from retriever.tuning import cross_validate_fusion
 
 Scored = tuple[dict[str, Any], Run]
 
-# What each search method's build and search involve, by the parts the build times.
-_BUILD_PARTS = {"dense": ("train", "filter", "index"), "sparse": ("sparse",), "bm25": ("bm25",)}
+# The build steps (timed in the manifest) behind each retriever a search method reads.
+_BUILD_STEPS = {"dense": ("train", "filter", "index"), "sparse": ("sparse",), "bm25": ("bm25",)}
 # Build steps whose info lines would repeat for every one of a benchmark's folders.
 _CHATTY = (
     "retriever.indexing",
@@ -87,12 +86,12 @@ def variant_rows(
     for position, index_type in enumerate(settings.index_types):
         held = parts if position == 0 else FolderParts()
         folder = inputs.folders / f"{variant.name}-{index_type}".replace(",", "_").replace(":", "-")
-        build_seconds = _build(folder, variant, index_type, held, inputs, settings)
+        _build(folder, variant, index_type, held, inputs, settings)
         searcher = Searcher.load(folder, encoder=inputs.encoder, use_gpu=settings.gpu)
         try:
             for row, run in _measure(searcher, held, inputs, settings):
                 row.update(_labels(variant, row.pop("method"), index_type, settings))
-                row["build_seconds"] = sum(build_seconds.get(p, 0.0) for p in row.pop("parts"))
+                row["build_seconds"] = _build_seconds(searcher.manifest, row.pop("parts"))
                 if inputs.keep:
                     row["index_folder"] = str(folder)
                 (dense if row["family"] == "dense" else others).append((row, run))
@@ -111,8 +110,8 @@ def _build(
     parts: FolderParts,
     inputs: SettingInputs,
     settings: BenchSettings,
-) -> dict[str, float]:
-    """Build ``folder`` from the setting's store; the seconds each part's build took."""
+) -> None:
+    """Build ``folder`` from the setting's store, as ``retriever index --from`` would."""
     spec = parse_index_type(index_type)
     with _quiet(*_CHATTY):
         build_index(
@@ -129,11 +128,12 @@ def _build(
             bm25=parts.bm25,
             overwrite=True,  # a kept folder of an earlier run is replaced
         )
-    seconds = read_manifest(folder.resolve())["build"]["seconds"]
-    return {
-        method: sum(seconds.get(step, 0.0) for step in steps)
-        for method, steps in _BUILD_PARTS.items()
-    }
+
+
+def _build_seconds(manifest: dict[str, Any], parts: list[str]) -> float:
+    """Seconds the build spent on the parts a search method reads (from the manifest)."""
+    seconds = manifest["build"]["seconds"]
+    return sum(seconds.get(step, 0.0) for part in parts for step in _BUILD_STEPS[part])
 
 
 def _measure(
