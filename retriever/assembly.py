@@ -29,9 +29,11 @@ from retriever.backends import (
     MILVUS_LITE_FILE,
     BackendSpec,
     DenseBackend,
+    backend_bytes,
     new_backend,
     writable_copy,
 )
+from retriever.codes import STORAGES
 from retriever.config import MANIFEST_VERSION, PROMPTS, FilterSpec, SparseSpec
 from retriever.datasets import Document
 from retriever.docstore import (
@@ -47,7 +49,7 @@ from retriever.encoder import Encoder
 from retriever.errors import RetrieverError
 from retriever.faiss_gpu import gpu_count
 from retriever.generations import mark_readable
-from retriever.index import INDEX_FILE, METRIC
+from retriever.index import METRIC
 from retriever.lens import TokenLens
 from retriever.lexical import BM25_DIR, STEMMER_LANGUAGE, STOPWORDS, BM25Builder
 from retriever.manifest import MANIFEST_FILE, MANIFEST_FORMAT, folder_bytes, library_versions
@@ -65,12 +67,17 @@ class SearchParams:
 
     nprobe: int | None = None
     ef_search: int | None = None
+    rescore: int | None = None  # M: the first stage fetches M x k candidates
 
     def faiss(self) -> dict[str, int | None]:
-        return {"nprobe": self.nprobe, "efSearch": self.ef_search}
+        return {"nprobe": self.nprobe, "efSearch": self.ef_search, "rescore": self.rescore}
 
     def __post_init__(self) -> None:
-        for name, value in (("--nprobe", self.nprobe), ("--ef-search", self.ef_search)):
+        for name, value in (
+            ("--nprobe", self.nprobe),
+            ("--ef-search", self.ef_search),
+            ("--rescore", self.rescore),
+        ):
             if value is not None and value < 1:
                 raise RetrieverError(f"{name} must be at least 1, got {value}")
 
@@ -89,6 +96,12 @@ class IndexPlan:
     backend: str = "faiss"
     milvus_uri: str | None = None
     collection: str = DEFAULT_COLLECTION
+    # How the dense index stores its vectors (retriever.codes); search_params.rescore > 0
+    # also keeps the int8 rescore vectors.
+    storage: str | None = None
+    binary_centre: str = "documents"
+    ef_construction: int | None = None
+    rescore_vectors: str = "int8"
 
     def __post_init__(self) -> None:
         if not (self.dense or self.sparse or self.bm25):
@@ -102,6 +115,10 @@ class IndexPlan:
             milvus_uri=self.milvus_uri,
             collection=self.collection,
             use_gpu=self.use_gpu,
+            storage=self.storage,
+            rescore=self.rescore_vectors if self.search_params.rescore else None,
+            binary_centre=self.binary_centre,
+            ef_construction=self.ef_construction,
         )
 
 
@@ -109,17 +126,23 @@ def plan_of(manifest: dict[str, Any], *, use_gpu: bool | None = None) -> IndexPl
     """The plan an existing index was built with, read from its manifest."""
     index = manifest.get("index") or {}
     params = index.get("search_params") or {}
+    described = index.get("backend") or {}
     return IndexPlan(
         filter_spec=FilterSpec.from_dict(manifest["filter"].get("spec", {})),
         index_type=index.get("type", "Flat"),
         dense=bool(manifest.get("index")),
         sparse=SparseSpec.from_dict(manifest["sparse"]) if manifest.get("sparse") else None,
         bm25=bool(manifest.get("bm25")),
-        search_params=SearchParams(params.get("nprobe"), params.get("efSearch")),
+        search_params=SearchParams(
+            params.get("nprobe"), params.get("efSearch"), params.get("rescore")
+        ),
         use_gpu=use_gpu,
-        backend=(index.get("backend") or {}).get("backend", "faiss"),
+        backend=described.get("backend", "faiss"),
         milvus_uri=_server_uri(index),
         collection=_collection_name(index),
+        storage=described.get("storage") if described.get("storage") in STORAGES else None,
+        binary_centre=described.get("binary_centre", "documents"),
+        rescore_vectors=described.get("rescore") or "int8",
     )
 
 
@@ -349,7 +372,7 @@ def index_manifest(
             "created": stamp,
             "generation": staging.name.removesuffix(".partial"),
             "seconds": {k: round(v, 3) for k, v in timings.items()},
-            "bytes": _part_bytes(staging),
+            "bytes": _part_bytes(staging, writer.backend_description),
             "faiss_gpus": gpu_count(),
         },
     }
@@ -369,12 +392,10 @@ def _dense_entry(
     }
 
 
-def _part_bytes(staging: Path) -> dict[str, int]:
+def _part_bytes(staging: Path, backend: dict[str, Any] | None) -> dict[str, int]:
     sizes = {
         part: folder_bytes(staging / name)
         for part, name in (
-            ("index", INDEX_FILE),
-            ("index", MILVUS_LITE_FILE),
             ("sparse", SPARSE_DIR),
             ("bm25", BM25_DIR),
             ("docstore", DOCSTORE_DIR),
@@ -382,6 +403,9 @@ def _part_bytes(staging: Path) -> dict[str, int]:
         )
         if (staging / name).exists()
     }
+    dense = backend_bytes(staging, {"backend": backend}) if backend else None
+    if dense is not None:
+        sizes["index"] = dense
     sizes["total"] = folder_bytes(staging)
     return sizes
 

@@ -22,6 +22,19 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from retriever.codes import (
+    BINARY_CENTRE_FILE,
+    BINARY_CENTRES,
+    RESCORE_FILES,
+    RESCORE_PRECISIONS,
+    TRAINING_SAMPLE,
+    BinaryCodes,
+    Layout,
+    RescoreVectors,
+    binary_bits,
+    codes_of,
+    layout_of,
+)
 from retriever.errors import RetrieverError
 from retriever.faiss_gpu import GpuSetting, Placed, check_gpu_limits, refuse_a_missing_gpu
 from retriever.generations import ExternalParts
@@ -55,20 +68,57 @@ EXTERNAL_PARTS: ExternalParts = SERVER_COLLECTIONS
 
 @dataclass(frozen=True)
 class BackendSpec:
-    """Which backend holds the dense vectors, and its index type."""
+    """Which backend holds the dense vectors, its index type and how it stores them.
+
+    ``storage``: the codes (:mod:`retriever.codes`; None is the default for ``Flat``,
+    ``HNSWm`` and ``IVFn``, or the type's own codes); ``rescore``: also keep vectors of this
+    precision (int8, float32) to re-score candidates with; ``binary_centre``: where binary codes are thresholded;
+    ``ef_construction``: HNSW's build-time candidate list.
+    """
 
     kind: str = "faiss"
     index_type: str = "Flat"
     milvus_uri: str | None = None  # None: Milvus Lite inside the index folder
     collection: str = DEFAULT_COLLECTION
     use_gpu: GpuSetting = None
+    storage: str | None = None
+    rescore: str | None = None
+    binary_centre: str = "documents"
+    ef_construction: int | None = None
 
     def __post_init__(self) -> None:
         if self.kind not in BACKENDS:
             raise RetrieverError(f"unknown backend {self.kind!r}; choose {', '.join(BACKENDS)}")
+        if self.binary_centre not in BINARY_CENTRES:
+            raise RetrieverError(
+                f"unknown --binary-centre {self.binary_centre!r}; "
+                f"choose {', '.join(BINARY_CENTRES)}"
+            )
+        if self.rescore not in (None, *RESCORE_PRECISIONS):
+            raise RetrieverError(
+                f"unknown --rescore-vectors {self.rescore!r}; choose {', '.join(RESCORE_PRECISIONS)}"
+            )
+        if self.ef_construction is not None and self.ef_construction < 1:
+            raise RetrieverError(f"--ef-construction must be at least 1, got {self.ef_construction}")
         if self.kind == "milvus":
-            milvus_index(self.index_type, lite=self.milvus_uri is None)
+            milvus_index(self.index_type, lite=self.milvus_uri is None, storage=self.storage)
+            if self.rescore:
+                raise RetrieverError(
+                    "--rescore keeps vectors beside a FAISS index; Milvus has no such second "
+                    "stage here: build with --backend faiss"
+                )
             check_collection_name(self.collection)
+        else:
+            layout = self.layout
+            if self.rescore and layout.storage not in ("int8", "binary"):
+                raise RetrieverError(
+                    f"--rescore re-scores compact codes; {layout.storage} codes are not "
+                    "compact: use it with --storage int8 or binary"
+                )
+
+    @property
+    def layout(self) -> Layout:
+        return layout_of(self.index_type, self.storage)
 
 
 class DenseBackend(Protocol):
@@ -111,6 +161,11 @@ class DenseBackend(Protocol):
 
 
 class FaissBackend(DenseBackend):
+    """A FAISS index of the filtered vectors' codes, plus the binary centre and the rescore
+    vectors when the storage has them. Callers always hand it float vectors: it encodes
+    them for a binary index, and its scores are similarities (higher is closer) whatever
+    the codes."""
+
     kind = "faiss"
 
     def __init__(
@@ -121,6 +176,7 @@ class FaissBackend(DenseBackend):
         index: Any = None,
         use_gpu: GpuSetting = None,
         read_only: bool = False,
+        storage: Storage | None = None,
     ):
         self.dim = dim
         self._builder = builder
@@ -130,19 +186,40 @@ class FaissBackend(DenseBackend):
         self._placed: Placed | None = None
         self._nprobe: int | None = None
         self._parameters: set[str] | None = None  # which the index takes, once placed
+        self.storage = storage or Storage("float32")
+        self._rescore_factor: int | None = None
 
     @classmethod
     def new(cls, dim: int, spec: BackendSpec) -> FaissBackend:
-        builder = DenseIndexBuilder(dim, spec.index_type, use_gpu=spec.use_gpu)
-        return cls(dim, builder=builder, use_gpu=spec.use_gpu)
+        layout = spec.layout
+        width = binary_bits(dim) if layout.binary else dim
+        builder = DenseIndexBuilder(
+            width, layout.factory, use_gpu=spec.use_gpu, ef_construction=spec.ef_construction
+        )
+        # A zero centre needs no data; a centre from the documents is fitted on the sample.
+        zero = BinaryCodes(np.zeros(dim), "zero") if spec.binary_centre == "zero" else None
+        storage = Storage(
+            layout.storage,
+            binary_centre=spec.binary_centre if layout.binary else None,
+            wants_rescore=spec.rescore,
+            binary=zero if layout.binary else None,
+        )
+        return cls(dim, builder=builder, use_gpu=spec.use_gpu, storage=storage)
 
     @classmethod
-    def open(cls, folder: Path, *, use_gpu: GpuSetting = None) -> FaissBackend:
-        """The index in ``folder`` for searching; it moves to the GPU on the first search,
-        after the search parameters are set."""
+    def open(
+        cls, folder: Path, description: dict[str, Any], dim: int, *, use_gpu: GpuSetting = None
+    ) -> FaissBackend:
+        """The index in ``folder`` for searching, checked against its manifest
+        ``description``; it moves to the GPU on the first search, after the search
+        parameters are set."""
         refuse_a_missing_gpu(use_gpu)  # now, not at the first search
-        index = load_faiss_index(folder)
-        return cls(index.d, index=index, use_gpu=use_gpu, read_only=True)
+        storage = Storage.read(folder, description, dim)
+        index = load_faiss_index(folder, binary=storage.binary is not None)
+        storage.check(index, folder)
+        # The file's own dimension, which the searcher checks against the filter's.
+        held = dim if storage.binary is not None and index.d == binary_bits(dim) else index.d
+        return cls(held, index=index, use_gpu=use_gpu, read_only=True, storage=storage)
 
     @property
     def index(self) -> Any:
@@ -153,7 +230,9 @@ class FaissBackend(DenseBackend):
 
     @property
     def needs_training(self) -> bool:  # type: ignore[override]
-        return self._builder is not None and self._builder.needs_training
+        return self._builder is not None and (
+            self._builder.needs_training or self.storage.needs_training
+        )
 
     @property
     def count(self) -> int:
@@ -175,25 +254,40 @@ class FaissBackend(DenseBackend):
         return self.placement.on_gpu
 
     def train(self, sample: np.ndarray) -> None:
-        self._builder.train(sample)
+        self.storage.train(sample)
+        if self._builder.needs_training:
+            self._builder.train(self.storage.encode(sample))
 
     def add(self, keys: np.ndarray, vectors: np.ndarray) -> None:
+        self.storage.add(keys, vectors)
+        codes = self.storage.encode(vectors)
         if self._builder is not None:
-            self._builder.add(keys, vectors)
+            self._builder.add(keys, codes)
         else:
             self._placed = None  # searches must see the change
-            self.index.add_with_ids(np.ascontiguousarray(vectors, dtype=np.float32), keys)
+            self.index.add_with_ids(codes, np.ascontiguousarray(keys, dtype=np.int64))
 
     def remove(self, keys: np.ndarray) -> None:
         self._placed = None
         self._index = remove_keys(self.index, keys)
+        self.storage.remove(keys)
 
     def search(self, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         placed = self.placement
-        check_gpu_limits(on_gpu=placed.on_gpu, k=k, nprobe=self._nprobe)
-        return search_faiss_index(placed.index, vectors, k)
+        rescore = self.storage.rescore is not None and self._rescore_factor
+        depth = min(k * self._rescore_factor, self.count) if rescore else k
+        depth = max(depth, k)
+        check_gpu_limits(on_gpu=placed.on_gpu, k=depth, nprobe=self._nprobe)
+        scores, keys = search_faiss_index(placed.index, self.storage.encode(vectors), depth)
+        if rescore:
+            return self.storage.rescore.rerank(vectors, keys, k)
+        return self.storage.similarity(scores), keys
 
     def set_search_params(self, params: dict[str, int | None]) -> None:
+        params = dict(params)
+        rescore = params.pop("rescore", None)
+        if rescore is not None:
+            self._rescore_factor = self.storage.check_rescore(rescore)
         if params.get("nprobe") is not None:
             self._nprobe = params["nprobe"]
         if self._index is not None or self._builder is not None:
@@ -208,7 +302,103 @@ class FaissBackend(DenseBackend):
 
     def save(self, folder: Path) -> dict[str, Any]:
         save_faiss_index(self.index, folder)
-        return {"backend": "faiss", "file": INDEX_FILE}
+        return {"backend": "faiss", "file": INDEX_FILE, **self.storage.save(folder, self.index)}
+
+
+class Storage:
+    """What a FAISS backend keeps beside its index for its codes: the binary centre and
+    the rescore vectors (either may be absent), fitted on the training sample."""
+
+    def __init__(
+        self,
+        codes: str | None,
+        *,
+        binary_centre: str | None = None,
+        wants_rescore: str | None = None,
+        binary: BinaryCodes | None = None,
+        rescore: RescoreVectors | None = None,
+    ) -> None:
+        self.codes = codes
+        self.binary_centre = binary_centre
+        self.wants_rescore = wants_rescore or (rescore.precision if rescore else None)
+        self.binary = binary
+        self.rescore = rescore
+        self._added: list[tuple[np.ndarray, np.ndarray]] = []
+        self._removed: list[np.ndarray] = []
+
+    @property
+    def needs_training(self) -> bool:
+        return (self.binary_centre is not None and self.binary is None) or (
+            self.wants_rescore and self.rescore is None
+        )
+
+    def train(self, sample: np.ndarray) -> None:
+        if self.binary_centre is not None and self.binary is None:
+            self.binary = BinaryCodes.fit(sample, self.binary_centre)
+        if self.wants_rescore and self.rescore is None:
+            self.rescore = RescoreVectors.fit(sample, self.wants_rescore)
+
+    def encode(self, vectors: np.ndarray) -> np.ndarray:
+        return self.binary.encode(vectors) if self.binary is not None else vectors
+
+    def similarity(self, scores: np.ndarray) -> np.ndarray:
+        return self.binary.similarity(scores) if self.binary is not None else scores
+
+    def add(self, keys: np.ndarray, vectors: np.ndarray) -> None:
+        if self.rescore is not None:
+            self._added.append((np.asarray(keys, dtype=np.int64), np.asarray(vectors)))
+
+    def remove(self, keys: np.ndarray) -> None:
+        if self.rescore is not None:
+            self._removed.append(np.asarray(keys, dtype=np.int64))
+
+    def check_rescore(self, factor: int) -> int:
+        if self.rescore is None and not self.wants_rescore:
+            raise RetrieverError(
+                "--rescore applies to an index built with --rescore (it keeps the int8 "
+                "vectors the second stage reads)"
+            )
+        if factor < 1:
+            raise RetrieverError(f"--rescore must be at least 1, got {factor}")
+        return int(factor)
+
+    def save(self, folder: Path, index: Any) -> dict[str, Any]:
+        """Write the centre and the rescore vectors; the manifest's description of them."""
+        described: dict[str, Any] = {"storage": codes_of(index), "rescore": False}
+        if self.binary is not None:
+            self.binary.save(folder)
+            described["binary_centre"] = self.binary.centre_from
+        if self.rescore is not None:
+            removed = np.concatenate(self._removed) if self._removed else np.empty(0, np.int64)
+            self.rescore = self.rescore.changed(self._added, removed)
+            self._added, self._removed = [], []
+            self.rescore.save(folder)
+            described["rescore"] = self.rescore.precision
+        return described
+
+    @classmethod
+    def read(cls, folder: Path, description: dict[str, Any], dim: int) -> Storage:
+        codes = description.get("storage")  # None: written before storage was recorded
+        binary = None
+        if codes == "binary":
+            binary = BinaryCodes.load(folder, description.get("binary_centre", "documents"), dim)
+        rescore = RescoreVectors.load(folder, dim) if description.get("rescore") else None
+        return cls(codes, binary=binary, rescore=rescore)
+
+    def check(self, index: Any, folder: Path) -> None:
+        """The index file must hold the codes the manifest names, the rescore vectors one
+        per document."""
+        held = codes_of(index)
+        if self.codes is not None and held != self.codes:
+            raise RetrieverError(
+                f"{folder} is inconsistent: its manifest says {self.codes} storage, its "
+                f"index file holds {held} codes; rebuild the index"
+            )
+        if self.rescore is not None and self.rescore.count != index.ntotal:
+            raise RetrieverError(
+                f"{folder} is inconsistent: {self.rescore.count} rescore vectors for an index "
+                f"of {index.ntotal}; rebuild the index"
+            )
 
 
 def new_backend(spec: BackendSpec, dim: int, folder: Path) -> DenseBackend:
@@ -243,7 +433,7 @@ def open_backend(
     description = index.get("backend") or {"backend": "faiss"}
     if description.get("backend") == "milvus":
         return MilvusBackend.open(folder, description, int(index["dim"]))
-    return FaissBackend.open(folder, use_gpu=use_gpu)
+    return FaissBackend.open(folder, description, int(index["dim"]), use_gpu=use_gpu)
 
 
 def writable_copy(
@@ -253,12 +443,22 @@ def writable_copy(
     description = index.get("backend") or {"backend": "faiss"}
     if description.get("backend") == "milvus":
         return MilvusBackend.copy(base, staging, index)
-    return FaissBackend.open(base, use_gpu=False if use_gpu is None else use_gpu)
+    gpu = False if use_gpu is None else use_gpu
+    return FaissBackend.open(base, description, int(index["dim"]), use_gpu=gpu)
 
 
 def training_size(spec: BackendSpec, dim: int, count: int) -> int:
-    """Vectors the backend trains on (Milvus trains inside the server: none here)."""
-    return training_sample_size(spec.index_type, dim, count) if spec.kind == "faiss" else 0
+    """Vectors the backend trains on (Milvus trains inside the server: none here): what
+    the FAISS index needs, and up to ``TRAINING_SAMPLE`` for int8 ranges, a binary centre
+    from the documents or the rescore vectors' ranges."""
+    if spec.kind != "faiss":
+        return 0
+    layout = spec.layout
+    width = binary_bits(dim) if layout.binary else dim
+    size = training_sample_size(layout.factory, width, count)
+    if spec.rescore or (layout.binary and spec.binary_centre == "documents"):
+        size = max(size, min(count, TRAINING_SAMPLE))
+    return size
 
 
 def backend_bytes(folder: Path, index: dict[str, Any] | None) -> int | None:
@@ -271,4 +471,5 @@ def backend_bytes(folder: Path, index: dict[str, Any] | None) -> int | None:
     if description.get("backend") == "milvus":
         path = folder / MILVUS_LITE_FILE
         return folder_bytes(path) if description["uri"] == MILVUS_LITE_FILE else None
-    return folder_bytes(folder / INDEX_FILE)
+    kept = [INDEX_FILE, BINARY_CENTRE_FILE, *RESCORE_FILES]
+    return sum(folder_bytes(folder / name) for name in kept if (folder / name).exists())

@@ -29,6 +29,11 @@ METHODS = ("dense", "sparse", "bm25", "dense+sparse", "dense+bm25")
 FUSIONS = ("rrf", "weighted")
 # Token-lens spaces: the raw embedding h, or the filtered vector F h the index stores.
 SPACES = ("raw", "filtered")
+# How a dense index stores each filtered vector (retriever.codes).
+STORAGES = ("float32", "float16", "int8", "binary")
+DEFAULT_STORAGE = "float32"
+DEFAULT_STORAGE_REASON = "the measured frontier (docs/frontier.md) decides"
+BINARY_CENTRES = ("documents", "zero")
 # The lens space whose words a person is shown by default (`search --explain`): the one
 # whose displayed top 10 holds a word of the text more often. Measured on 500 SciFact
 # documents with the default model and filter (benchmarks/results/lens-display):

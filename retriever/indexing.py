@@ -234,6 +234,10 @@ def build_index(
     collection: str = DEFAULT_COLLECTION,
     embed_filter: EmbedFilter | None = None,
     encoder: Encoder | None = None,
+    storage: str | None = None,
+    binary_centre: str = "documents",
+    ef_construction: int | None = None,
+    rescore_vectors: str = "int8",
 ) -> Path:
     """Build an index of a BEIR folder or JSONL file, or of an embedding store (``dataset``
     None, ``from_store``); returns its path.
@@ -243,6 +247,10 @@ def build_index(
     instead of loading ``model`` (with ``encoder_config``, if given, as its settings);
     ``embed_filter`` a ready projection (a fitted baseline) to store instead of the
     EmbedFilter of ``filter_spec``. With ``ray`` the encoding runs on Ray actors.
+    ``storage`` (float32, float16, int8, binary), ``binary_centre`` and ``ef_construction``
+    say how the dense index stores its vectors (:mod:`retriever.codes`);
+    ``search_params.rescore`` also keeps ``rescore_vectors`` (int8 or float32) to re-score
+    candidates with.
     """
     out_path = Path(out).expanduser().absolute()
     # Cheap checks first: a bad destination, corpus or setting fails before the model loads.
@@ -260,6 +268,10 @@ def build_index(
         backend=backend,
         milvus_uri=milvus_uri,
         collection=collection,
+        storage=storage,
+        binary_centre=binary_centre,
+        ef_construction=ef_construction,
+        rescore_vectors=rescore_vectors,
     )
     source = _open_source(dataset, limit, from_store)
     _check_plan(plan)
@@ -392,7 +404,12 @@ def _check_plan(plan: IndexPlan) -> None:
         index = faiss.index_factory(64, plan.index_type, faiss.METRIC_INNER_PRODUCT)
     except RuntimeError:
         return  # reported with the real dimension once the model is known
-    flags = {"nprobe": "--nprobe", "efSearch": "--ef-search"}
-    for name, value in plan.search_params.faiss().items():
+    # HNSW's efConstruction goes with its efSearch: both apply to the same indexes.
+    checks = {
+        "--nprobe": ("nprobe", plan.search_params.nprobe),
+        "--ef-search": ("efSearch", plan.search_params.ef_search),
+        "--ef-construction": ("efSearch", plan.ef_construction),
+    }
+    for flag, (name, value) in checks.items():
         if value is not None and not has_parameter(index, name):
-            raise RetrieverError(f"{flags[name]} does not apply to --index-type {plan.index_type}")
+            raise RetrieverError(f"{flag} does not apply to --index-type {plan.index_type}")

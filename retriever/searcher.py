@@ -96,6 +96,7 @@ class Searcher:
         use_gpu: GpuSetting = None,
         nprobe: int | None = None,
         ef_search: int | None = None,
+        rescore: int | None = None,
         encoder: Encoder | None = None,
     ) -> Searcher:
         """Open an index and load the model that built it.
@@ -105,7 +106,8 @@ class Searcher:
         checked against the manifest before the model loads; the model's weights must hash
         to the manifest's ``weights_sha256`` before any of them is loaded. ``model``
         overrides where the model is found; ``dtype`` defaults to the one the index was
-        built with; ``nprobe`` and ``ef_search`` override the index's search defaults.
+        built with; ``nprobe``, ``ef_search`` and ``rescore`` (M: re-score M x k candidates,
+        on an index built with ``--rescore``) override the index's search defaults.
         ``encoder`` is an already loaded model to use instead of loading one (a benchmark
         searches many indexes of one model); its weights and settings must be the ones the
         index was built with.
@@ -132,6 +134,7 @@ class Searcher:
                     {
                         "nprobe": nprobe or defaults.get("nprobe"),
                         "efSearch": ef_search or defaults.get("efSearch"),
+                        "rescore": rescore or defaults.get("rescore"),
                     }
                 )
             if encoder is None:
@@ -408,12 +411,17 @@ class Searcher:
         if hold is not None:
             hold.release()
 
-    def set_search_params(self, *, nprobe: int | None = None, ef_search: int | None = None) -> None:
-        """Change ``nprobe`` (IVF) or ``efSearch`` (HNSW) for the searches that follow."""
+    def set_search_params(
+        self, *, nprobe: int | None = None, ef_search: int | None = None, rescore: int | None = None
+    ) -> None:
+        """Change ``nprobe`` (IVF), ``efSearch`` (HNSW) or ``rescore`` (M) for the searches
+        that follow."""
         if self.index is None:
             self._check_method("dense")
         with self._dense_guard:
-            self.index.set_search_params({"nprobe": nprobe, "efSearch": ef_search})
+            self.index.set_search_params(
+                {"nprobe": nprobe, "efSearch": ef_search, "rescore": rescore}
+            )
 
 
 def _check_query_ids(query_ids: Sequence[str] | None, count: int) -> None:

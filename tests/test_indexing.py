@@ -58,7 +58,12 @@ def test_index_folder_is_self_describing(tiny_index: Path, tiny_model: Path) -> 
         "dim": 16,
         "count": 6,
         "search_params": {},
-        "backend": {"backend": "faiss", "file": "index.faiss"},
+        "backend": {
+            "backend": "faiss",
+            "file": "index.faiss",
+            "storage": "float32",
+            "rescore": False,
+        },
     }
     documents = manifest["documents"]
     assert documents["count"] == 6 and documents["next_key"] == 6

@@ -17,7 +17,16 @@ from retriever.cli.options import (
     gpu_options,
     ray_options,
 )
-from retriever.config import BANDS, SPACES, FilterSpec, SparseSpec
+from retriever.config import (
+    BANDS,
+    BINARY_CENTRES,
+    DEFAULT_STORAGE,
+    DEFAULT_STORAGE_REASON,
+    SPACES,
+    STORAGES,
+    FilterSpec,
+    SparseSpec,
+)
 from retriever.errors import RetrieverError
 
 
@@ -108,9 +117,50 @@ def _add_dense_options(group: argparse._ArgumentGroup) -> None:
         "--index-type",
         default="Flat",
         metavar="TYPE",
-        help="faiss.index_factory string, e.g. Flat, HNSW32, IVF256,Flat, IVF256,PQ16 "
-        "(inner product on normalised vectors); with --backend milvus on a server also a "
-        "Milvus index name such as HNSW or GPU_CAGRA (default: %(default)s)",
+        help="Flat (exact), HNSWm (graph; m links per node, default 32) or IVFn (n lists), "
+        "holding --storage codes; or any faiss.index_factory string that names its own "
+        "codes, e.g. IVF256,PQ16 (inner product on normalised vectors); with --backend "
+        "milvus on a server also a Milvus index name such as HNSW or GPU_CAGRA "
+        "(default: %(default)s)",
+    )
+    group.add_argument(
+        "--storage",
+        choices=STORAGES,
+        default=None,
+        help="how each filtered vector is stored: float32, float16 (FAISS fp16), int8 "
+        "(FAISS SQ8: per-dimension ranges from up to 100,000 sampled documents) or binary "
+        "(1 bit per dimension, Hamming search). Default: "
+        f"{DEFAULT_STORAGE}; {DEFAULT_STORAGE_REASON}",
+    )
+    group.add_argument(
+        "--rescore",
+        type=int,
+        default=None,
+        metavar="M",
+        help="also keep --rescore-vectors (memory-mapped) and re-score the "
+        "M x k best candidates of the compact codes with the float query; stored as the "
+        "index's default M (with --storage int8 or binary)",
+    )
+    group.add_argument(
+        "--rescore-vectors",
+        choices=("int8", "float32"),
+        default="int8",
+        help="with --rescore, the vectors kept for the second stage: int8 (1 byte per "
+        "dimension) or float32 (4 bytes; exact scores) (default: %(default)s)",
+    )
+    group.add_argument(
+        "--binary-centre",
+        choices=BINARY_CENTRES,
+        default="documents",
+        help="with --storage binary, a bit is x > centre: the mean of the sampled documents, "
+        "or zero (the sign; needs no data) (default: %(default)s)",
+    )
+    group.add_argument(
+        "--ef-construction",
+        type=int,
+        default=None,
+        metavar="N",
+        help="HNSW candidate list size while building (faiss's own default is 40)",
     )
     add_search_param_options(group, at_build=True)
     add_gpu_options(group)
@@ -186,7 +236,11 @@ def run(args: argparse.Namespace) -> int:
         dense=not args.no_dense,
         sparse=_sparse_spec(args),
         bm25=args.bm25,
-        search_params=SearchParams(args.nprobe, args.ef_search),
+        search_params=SearchParams(args.nprobe, args.ef_search, args.rescore),
+        storage=args.storage,
+        binary_centre=args.binary_centre,
+        ef_construction=args.ef_construction,
+        rescore_vectors=args.rescore_vectors,
         overwrite=args.overwrite,
         store=args.store,
         from_store=args.from_store,

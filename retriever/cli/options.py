@@ -283,6 +283,15 @@ def add_search_param_options(group: Container, *, at_build: bool) -> None:
         metavar="N",
         help=f"HNSW candidate list size per query ({when}; faiss's own default is 16)",
     )
+    if not at_build:  # at build, `index --rescore` also decides to keep the rescore vectors
+        group.add_argument(
+            "--rescore",
+            type=int,
+            default=None,
+            metavar="M",
+            help="re-score the M x k best candidates with the int8 vectors of an index built "
+            "with --rescore (default: the index's)",
+        )
 
 
 def add_gpu_options(group: Container) -> None:
@@ -415,5 +424,6 @@ def load_searcher(args: argparse.Namespace) -> Any:
         batch_size=args.batch_size,
         nprobe=getattr(args, "nprobe", None),
         ef_search=getattr(args, "ef_search", None),
+        rescore=getattr(args, "rescore", None),
         use_gpu=gpu_options(args) if hasattr(args, "gpu") else None,
     )
