@@ -72,8 +72,8 @@ class BackendSpec:
 
     ``storage``: the codes (:mod:`retriever.codes`; None is the default for ``Flat``,
     ``HNSWm`` and ``IVFn``, or the type's own codes); ``rescore``: also keep vectors of this
-    precision (int8, float32) to re-score candidates with; ``binary_centre``: where binary codes are thresholded;
-    ``ef_construction``: HNSW's build-time candidate list.
+    precision (int8, float32) to re-score candidates with; ``binary_centre``: where binary
+    codes are thresholded; ``ef_construction``: HNSW's build-time candidate list.
     """
 
     kind: str = "faiss"
@@ -95,13 +95,19 @@ class BackendSpec:
                 f"choose {', '.join(BINARY_CENTRES)}"
             )
         if self.rescore not in (None, *RESCORE_PRECISIONS):
-            raise RetrieverError(
-                f"unknown --rescore-vectors {self.rescore!r}; choose {', '.join(RESCORE_PRECISIONS)}"
-            )
+            choices = ", ".join(RESCORE_PRECISIONS)
+            raise RetrieverError(f"unknown --rescore-vectors {self.rescore!r}; choose {choices}")
         if self.ef_construction is not None and self.ef_construction < 1:
-            raise RetrieverError(f"--ef-construction must be at least 1, got {self.ef_construction}")
+            raise RetrieverError(
+                f"--ef-construction must be at least 1, got {self.ef_construction}"
+            )
         if self.kind == "milvus":
             milvus_index(self.index_type, lite=self.milvus_uri is None, storage=self.storage)
+            if self.storage == "binary" and self.binary_centre != "zero":
+                raise RetrieverError(
+                    "Milvus binary codes are thresholded at zero: add --binary-centre zero, "
+                    "or use --backend faiss for a centre from the documents"
+                )
             if self.rescore:
                 raise RetrieverError(
                     "--rescore keeps vectors beside a FAISS index; Milvus has no such second "
@@ -410,6 +416,7 @@ def new_backend(spec: BackendSpec, dim: int, folder: Path) -> DenseBackend:
             index_type=spec.index_type,
             uri=spec.milvus_uri,
             collection=spec.collection,
+            storage=spec.storage,
         )
     return FaissBackend.new(dim, spec)
 

@@ -1,5 +1,11 @@
 """Milvus as the dense backend: a collection with an INT64 primary key (the document key)
-and a FLOAT_VECTOR field, inner product, behind :class:`retriever.backends.DenseBackend`.
+and a vector field, behind :class:`retriever.backends.DenseBackend`.
+
+``--storage`` picks the field and its index (:func:`milvus_index`): float32 is a
+FLOAT_VECTOR searched by inner product; int8 the same field under Milvus's 8-bit scalar
+quantizer (IVF_SQ8, or HNSW_SQ on a server); binary a BINARY_VECTOR of the signs searched
+by Hamming distance (a server only: Milvus Lite has no binary field). float16 is refused:
+Milvus Lite has no FLOAT16_VECTOR field.
 
 The default URI is a Milvus Lite database inside the generation folder (``milvus.db``),
 so it is copied into each new generation like every other part. An
@@ -29,6 +35,8 @@ from typing import Any
 
 import numpy as np
 
+from retriever.codes import BinaryCodes, binary_bits
+from retriever.config import STORAGES
 from retriever.errors import RetrieverError
 from retriever.generations import EXTERNAL_FILE, ExternalParts
 
@@ -53,6 +61,8 @@ MILVUS_SERVER_INDEXES = (
     "GPU_BRUTE_FORCE",
 )
 MILVUS_INSTALL_HINT = "pip install 'retriever[milvus]' (pymilvus and milvus-lite)"
+# Flat, HNSWm and IVFn (``,Flat`` optional), as retriever.codes.layout_of reads them.
+_STRUCTURE = re.compile(r"(?P<kind>Flat|HNSW|IVF)(?P<size>\d*)(?:,Flat)?")
 
 
 def check_collection_name(collection: str) -> None:
@@ -63,11 +73,56 @@ def check_collection_name(collection: str) -> None:
         )
 
 
-def milvus_index(index_type: str, *, lite: bool) -> tuple[str, dict[str, int]]:
-    """A faiss-style type string as a Milvus index: (type, build params)."""
+def milvus_index(
+    index_type: str, *, lite: bool, storage: str | None = None
+) -> tuple[str, dict[str, int | str]]:
+    """A faiss-style type string holding ``storage`` codes (None: float32) as a Milvus
+    index: (type, build params). Refuses, in one line, what Milvus (Lite) cannot hold."""
+    if storage not in (None, *STORAGES):
+        raise RetrieverError(f"unknown --storage {storage!r}; choose {', '.join(STORAGES)}")
+    if storage in (None, "float32"):
+        return _float_index(index_type, lite=lite)
+    match = _STRUCTURE.fullmatch(index_type)
+    if match is None or (match["kind"] == "IVF" and not match["size"]):
+        raise RetrieverError(
+            f"--storage {storage} applies to --index-type Flat, HNSWm or IVFn; "
+            f"{index_type!r} names its own codes"
+        )
+    kind, size = match["kind"], int(match["size"] or 32)  # HNSW alone: M=32, as FAISS
+    if storage == "float16":
+        raise RetrieverError(
+            "--storage float16 has no Milvus mapping (Milvus Lite has no FLOAT16_VECTOR "
+            "field): use --storage float32 or int8 with Milvus, or --backend faiss"
+        )
+    if storage == "int8":
+        if kind == "Flat":
+            # One cell: every vector is scanned, as in FAISS's flat SQ8 index.
+            return "IVF_SQ8", {"nlist": 1}
+        if kind == "IVF":
+            return "IVF_SQ8", {"nlist": size}
+        if not lite:
+            return "HNSW_SQ", {"M": size, "efConstruction": 200, "sq_type": "SQ8"}
+        raise RetrieverError(
+            f"--index-type {index_type} with --storage int8 has no Milvus Lite equivalent "
+            "here; use --index-type IVFn (IVF_SQ8) or Flat"
+        )
+    if lite:
+        raise RetrieverError(
+            "--storage binary needs a BINARY_VECTOR field, which Milvus Lite lacks: serve "
+            "from a Milvus server (--milvus-uri) or use --backend faiss"
+        )
+    if kind == "HNSW":
+        raise RetrieverError(
+            f"--index-type {index_type} with --storage binary has no Milvus equivalent "
+            "(BIN_FLAT, BIN_IVF_FLAT only): use --index-type Flat or IVFn"
+        )
+    return ("BIN_FLAT", {}) if kind == "Flat" else ("BIN_IVF_FLAT", {"nlist": size})
+
+
+def _float_index(index_type: str, *, lite: bool) -> tuple[str, dict[str, int | str]]:
     if index_type == "Flat":
         return "FLAT", {}
-    if match := re.fullmatch(r"IVF(\d+),Flat", index_type):
+    if match := re.fullmatch(r"IVF(\d+)(?:,Flat)?", index_type):  # IVFn as layout_of reads it
         return "IVF_FLAT", {"nlist": int(match[1])}
     if not lite:
         if index_type in MILVUS_SERVER_INDEXES:
@@ -105,7 +160,14 @@ def _milvus_client(uri: str) -> Any:
 
 
 class MilvusBackend:
-    """A :class:`retriever.backends.DenseBackend` on a Milvus collection."""
+    """A :class:`retriever.backends.DenseBackend` on a Milvus collection.
+
+    Callers hand it float filtered vectors whatever the storage. With binary storage it
+    packs them into bits itself (``x > 0``: the zero centre, since Milvus trains nothing
+    here and a documents' mean would need a training pass; the manifest records
+    ``binary_centre: zero``) and turns Hamming distances back into similarities in
+    [-1, 1], ``1 - 2 h / dim``, as the FAISS backend does.
+    """
 
     kind = "milvus"
     needs_training = False  # Milvus trains its index inside the server
@@ -124,15 +186,25 @@ class MilvusBackend:
         self.collection = collection
         self.dim = dim
         self.description = description
+        self.storage = description.get("storage", "float32")  # older manifests: float32
+        self._binary = BinaryCodes(np.zeros(dim), "zero") if self.storage == "binary" else None
         self._search_params: dict[str, int] = {}
 
     @classmethod
     def new(
-        cls, dim: int, folder: Path, *, index_type: str, uri: str | None, collection: str
+        cls,
+        dim: int,
+        folder: Path,
+        *,
+        index_type: str,
+        uri: str | None,
+        collection: str,
+        storage: str | None = None,
     ) -> MilvusBackend:
         """An empty collection for the generation in ``folder``: in Milvus Lite inside it
         (``uri`` None), or the generation's own collection on the server at ``uri``."""
-        milvus_type, params = milvus_index(index_type, lite=uri is None)
+        storage = storage or "float32"
+        milvus_type, params = milvus_index(index_type, lite=uri is None, storage=storage)
         if uri is None:
             lite_path = str(folder / MILVUS_LITE_FILE)
             client = _milvus_client(lite_path)
@@ -145,13 +217,16 @@ class MilvusBackend:
             _check_alias_is_ours(client, uri, collection, folder)
             name = _generation_collection(collection, folder)
             _record_external(folder, uri, name, collection)
-        _create_collection(client, name, dim, milvus_type, params)
+        _create_collection(client, name, dim, milvus_type, params, storage)
         description = {
             "backend": "milvus",
             "uri": MILVUS_LITE_FILE if uri is None else uri,
             "collection": name,
             "milvus_index": milvus_type,
+            "storage": storage,
         }
+        if storage == "binary":
+            description["binary_centre"] = "zero"
         if uri is not None:
             description["alias"] = collection
         return cls(client, name, dim, description, lite_path)
@@ -184,8 +259,9 @@ class MilvusBackend:
         client = _milvus_client(uri)
         collection = _generation_collection(alias, staging)
         _record_external(staging, uri, collection, alias)
-        index_type, params = milvus_index(index["type"], lite=False)
-        _create_collection(client, collection, dim, index_type, params)
+        storage = description.get("storage", "float32")
+        index_type, params = milvus_index(index["type"], lite=False, storage=storage)
+        _create_collection(client, collection, dim, index_type, params, storage)
         copy = cls(client, collection, dim, {**description, "collection": collection}, None)
         # Copied through this process, a batch at a time: Milvus has no server-side copy.
         client.load_collection(description["collection"])
@@ -197,6 +273,8 @@ class MilvusBackend:
         )
         try:
             while batch := rows.next():
+                if storage == "binary":  # queries return a binary vector as [bytes]
+                    batch = [{**row, "vector": _packed(row["vector"])} for row in batch]
                 copy.client.insert(collection, batch)
         finally:
             rows.close()
@@ -214,12 +292,21 @@ class MilvusBackend:
         vectors = np.asarray(vectors, dtype=np.float32)
         for lo in range(0, len(keys), _INSERT_BATCH):
             rows = [
-                {"key": int(key), "vector": vector.tolist()}
+                {"key": int(key), "vector": vector}
                 for key, vector in zip(
-                    keys[lo : lo + _INSERT_BATCH], vectors[lo : lo + _INSERT_BATCH], strict=True
+                    keys[lo : lo + _INSERT_BATCH],
+                    self._field_values(vectors[lo : lo + _INSERT_BATCH]),
+                    strict=True,
                 )
             ]
             self.client.insert(self.collection, rows)
+
+    def _field_values(self, vectors: np.ndarray) -> list[Any]:
+        """Float vectors as the vector field takes them: lists of floats, or packed bits
+        (one ``bytes`` per row) for a binary field."""
+        if self._binary is None:
+            return np.asarray(vectors, dtype=np.float32).tolist()
+        return [row.tobytes() for row in self._binary.encode(vectors)]
 
     def remove(self, keys: np.ndarray) -> None:
         if len(keys):
@@ -228,16 +315,23 @@ class MilvusBackend:
     def search(self, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         found = self.client.search(
             self.collection,
-            data=np.asarray(vectors, dtype=np.float32).tolist(),
+            data=self._field_values(vectors),
             limit=k,
             output_fields=["key"],
-            search_params={"metric_type": "IP", "params": dict(self._search_params)},
+            search_params={
+                "metric_type": _metric(self.storage),
+                "params": dict(self._search_params),
+            },
         )
         scores = np.full((len(vectors), k), -np.inf, dtype=np.float32)
         keys = np.full((len(vectors), k), -1, dtype=np.int64)
         for row, hits in enumerate(found):
-            for column, hit in enumerate(hits[:k]):
-                scores[row, column] = hit["distance"]
+            hits = hits[:k]
+            distances = np.array([hit["distance"] for hit in hits], dtype=np.float32)
+            if self._binary is not None:  # Hamming distances: higher similarity is better
+                distances = self._binary.similarity(distances)
+            scores[row, : len(hits)] = distances
+            for column, hit in enumerate(hits):
                 keys[row, column] = hit["key"] if "key" in hit else hit["entity"]["key"]
         return scores, keys
 
@@ -268,16 +362,44 @@ class MilvusBackend:
             self.lite_path = None
 
 
+def _metric(storage: str) -> str:
+    return "HAMMING" if storage == "binary" else "IP"
+
+
+def _packed(value: Any) -> bytes:
+    """A binary vector as a query returns it (``bytes``, or ``[bytes]`` in pymilvus's rows)
+    as an insert takes it."""
+    if isinstance(value, list) and all(isinstance(part, bytes | bytearray) for part in value):
+        return b"".join(value)
+    return bytes(value)
+
+
 def _create_collection(
-    client: Any, name: str, dim: int, index_type: str, params: dict[str, int]
+    client: Any,
+    name: str,
+    dim: int,
+    index_type: str,
+    params: dict[str, int | str],
+    storage: str = "float32",
 ) -> None:
     from pymilvus import DataType, MilvusClient
 
     schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
     schema.add_field("key", DataType.INT64, is_primary=True)
-    schema.add_field("vector", DataType.FLOAT_VECTOR, dim=dim)
+    if storage == "binary":  # one bit per dimension, padded with zero bits to whole bytes
+        schema.add_field("vector", DataType.BINARY_VECTOR, dim=binary_bits(dim))
+    else:
+        schema.add_field("vector", DataType.FLOAT_VECTOR, dim=dim)
     index_params = client.prepare_index_params()
-    index_params.add_index("vector", index_type=index_type, metric_type="IP", params=params)
+    # Build parameters go as one "params" JSON entry, the wire form Milvus servers have
+    # always read: pymilvus 3 otherwise sends each as its own entry, and Milvus Lite 3
+    # ignores those (an IVF index silently got its default nlist).
+    index_params.add_index(
+        "vector",
+        index_type=index_type,
+        metric_type=_metric(storage),
+        params={"params": params} if params else {},
+    )
     client.create_collection(name, schema=schema, index_params=index_params)
 
 

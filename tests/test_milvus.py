@@ -8,9 +8,10 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from retriever import EncoderConfig, RetrieverError, Searcher, build_index
@@ -60,6 +61,7 @@ def test_milvus_flat_answers_like_faiss_flat(pair: dict[str, Path]) -> None:
         "uri": "milvus.db",
         "collection": "retriever",
         "milvus_index": "FLAT",
+        "storage": "float32",
     }
     assert (pair["milvus"] / "milvus.db").is_dir() and not (pair["milvus"] / "index.faiss").exists()
     milvus.close()
@@ -262,3 +264,232 @@ def test_a_collection_made_by_someone_else_is_refused(
     client.close()
     with pytest.raises(RetrieverError, match="'theirs' not made by retriever"):
         _serve(tiny_model, toy_corpus, tmp_path / "x", milvus_server, "theirs")
+
+
+# -- --storage: each storage builds in Milvus and answers like brute force on what it
+# stores, or is refused in one line before any collection is made.
+
+
+def _vectors(count: int, dim: int, seed: int) -> np.ndarray:
+    vectors = np.random.default_rng(seed).standard_normal((count, dim)).astype(np.float32)
+    return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+
+
+def _one_line_refusal(call: Callable[[], object], match: str) -> None:
+    with pytest.raises(RetrieverError, match=match) as refused:
+        call()
+    assert "\n" not in str(refused.value)
+
+
+def test_storages_map_to_milvus_indexes() -> None:
+    from retriever.milvus import milvus_index
+
+    assert milvus_index("Flat", lite=True, storage="float32") == ("FLAT", {})
+    assert milvus_index("IVF64", lite=True) == ("IVF_FLAT", {"nlist": 64})
+    assert milvus_index("Flat", lite=True, storage="int8") == ("IVF_SQ8", {"nlist": 1})
+    assert milvus_index("IVF64", lite=True, storage="int8") == ("IVF_SQ8", {"nlist": 64})
+    assert milvus_index("IVF64,Flat", lite=False, storage="int8") == ("IVF_SQ8", {"nlist": 64})
+    assert milvus_index("HNSW16", lite=False, storage="int8") == (
+        "HNSW_SQ",
+        {"M": 16, "efConstruction": 200, "sq_type": "SQ8"},
+    )
+    assert milvus_index("Flat", lite=False, storage="binary") == ("BIN_FLAT", {})
+    assert milvus_index("IVF64", lite=False, storage="binary") == ("BIN_IVF_FLAT", {"nlist": 64})
+
+
+@pytest.mark.parametrize(
+    ("index_type", "lite", "storage", "match"),
+    [
+        ("Flat", True, "float16", "float16 has no Milvus mapping"),
+        ("IVF64", False, "float16", "float16 has no Milvus mapping"),
+        ("HNSW32", True, "int8", "no Milvus Lite equivalent here; use --index-type IVFn"),
+        ("Flat", True, "binary", "Milvus Lite lacks: serve from a Milvus server"),
+        ("HNSW32", False, "binary", "use --index-type Flat or IVFn"),
+        ("IVF64,PQ8", False, "int8", "'IVF64,PQ8' names its own codes"),
+        ("Flat", True, "int4", "unknown --storage 'int4'"),
+    ],
+)
+def test_storages_milvus_cannot_hold_are_refused_in_one_line(
+    index_type: str, lite: bool, storage: str, match: str
+) -> None:
+    from retriever.backends import BackendSpec
+
+    uri = None if lite else "http://127.0.0.1:1"  # refused before any connection
+    _one_line_refusal(
+        lambda: BackendSpec("milvus", index_type, milvus_uri=uri, storage=storage), match
+    )
+
+
+@pytest.mark.parametrize(("index_type", "nlist"), [("Flat", 1), ("IVF8", 8)])
+def test_int8_storage_in_milvus_lite_searches_like_brute_force(
+    index_type: str, nlist: int, tmp_path: Path
+) -> None:
+    from retriever.milvus import MilvusBackend
+
+    dim, keys = 32, np.arange(1000, 1600)
+    documents, queries = _vectors(len(keys), dim, seed=1), _vectors(20, dim, seed=2)
+    backend = MilvusBackend.new(
+        dim, tmp_path, index_type=index_type, uri=None, collection="c", storage="int8"
+    )
+    backend.add(keys, documents)
+    description = backend.save(tmp_path)
+    assert description["storage"] == "int8" and description["milvus_index"] == "IVF_SQ8"
+
+    reopened = MilvusBackend.open(tmp_path, description, dim)
+    assert reopened.storage == "int8"
+    built = reopened.client.describe_index("c", "vector")
+    assert built["index_type"] == "IVF_SQ8" and int(built["params"]["nlist"]) == nlist
+    reopened.set_search_params({"nprobe": nlist})  # every cell: only quantization differs
+    scores, found = reopened.search(queries, 10)
+    reopened.close()
+
+    exact = queries @ documents.T
+    best = keys[np.argsort(-exact, axis=1)[:, :10]]
+    overlap = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(found, best, strict=True)])
+    assert overlap >= 0.9
+    exact_found = np.take_along_axis(exact, np.searchsorted(keys, found), axis=1)
+    error = np.abs(scores - exact_found)
+    assert 1e-4 < error.max() < 0.05  # 8-bit codes: close, not float32's exact scores
+
+
+class _HammingServer:
+    """A stand-in for a Milvus server's BINARY_VECTOR collection (Milvus Lite has none):
+    records the schema and index, keeps packed rows, searches by Hamming distance."""
+
+    def __init__(self) -> None:
+        self.rows: dict[int, bytes] = {}
+        self.schema: object = None
+        self.index: dict = {}
+
+    def list_aliases(self) -> dict:
+        return {"aliases": []}
+
+    def has_collection(self, name: str) -> bool:
+        return self.schema is not None
+
+    def prepare_index_params(self) -> object:
+        from pymilvus import MilvusClient
+
+        return MilvusClient.prepare_index_params()
+
+    def create_collection(self, name: str, *, schema: object, index_params: object) -> None:
+        self.schema = schema
+        (index,) = list(index_params)
+        self.index = {"index_type": index.index_type, **index.get_index_configs()}
+
+    def insert(self, name: str, rows: list[dict]) -> None:
+        assert all(isinstance(row["vector"], bytes) for row in rows)
+        self.rows.update({row["key"]: row["vector"] for row in rows})
+
+    def search(self, name: str, *, data: list, limit: int, search_params: dict, **_: object):
+        assert search_params["metric_type"] == "HAMMING"
+        keys = np.array(sorted(self.rows))
+        stored = np.unpackbits(np.frombuffer(b"".join(self.rows[k] for k in keys), np.uint8))
+        stored = stored.reshape(len(keys), -1)
+        found = []
+        for query in data:
+            bits = np.unpackbits(np.frombuffer(query, np.uint8))
+            hamming = (stored != bits).sum(axis=1)
+            order = np.argsort(hamming, kind="stable")[:limit]
+            found.append([{"key": int(keys[i]), "distance": float(hamming[i])} for i in order])
+        return found
+
+    def flush(self, name: str) -> None: ...
+
+    def load_collection(self, name: str) -> None: ...
+
+    def close(self) -> None: ...
+
+
+def test_binary_storage_on_a_server_searches_like_hamming_brute_force(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from retriever import milvus
+
+    server = _HammingServer()
+    monkeypatch.setattr(milvus, "_milvus_client", lambda uri: server)
+    dim, keys = 20, np.arange(300)  # 20 dimensions: 24 bits, the last 4 zero
+    documents, queries = _vectors(len(keys), dim, seed=3), _vectors(10, dim, seed=4)
+    (tmp_path / "g").mkdir()
+    backend = milvus.MilvusBackend.new(
+        dim,
+        tmp_path / "g",
+        index_type="IVF4",
+        uri="http://server",
+        collection="b",
+        storage="binary",
+    )
+    (field,) = [f for f in server.schema.fields if f.name == "vector"]
+    assert field.dtype.name == "BINARY_VECTOR" and field.params["dim"] == 24
+    assert server.index == {
+        "index_type": "BIN_IVF_FLAT",
+        "metric_type": "HAMMING",
+        "params": {"nlist": 4},
+    }
+    backend.add(keys, documents)
+    description = backend.save(tmp_path / "g")
+    assert description["storage"] == "binary" and description["binary_centre"] == "zero"
+
+    scores, found = milvus.MilvusBackend.open(tmp_path / "g", description, dim).search(queries, 5)
+    signs = np.packbits(documents > 0, axis=1)
+    hamming = np.unpackbits(signs[None] ^ np.packbits(queries > 0, axis=1)[:, None], axis=2)
+    similarity = 1 - 2 * hamming.sum(axis=2) / dim
+    expected = -np.sort(-similarity, axis=1)[:, :5]
+    np.testing.assert_allclose(scores, expected, atol=1e-6)  # scores, not keys: ties
+    picked = np.take_along_axis(similarity, found, axis=1)
+    np.testing.assert_allclose(picked, scores, atol=1e-6)
+
+
+def test_int8_hnsw_on_a_server_is_hnsw_sq(milvus_server: str, tmp_path: Path) -> None:
+    from retriever.generations import EXTERNAL_FILE
+    from retriever.milvus import MilvusBackend, drop_external
+
+    dim, keys = 16, np.arange(400)
+    documents, queries = _vectors(len(keys), dim, seed=5), _vectors(10, dim, seed=6)
+    (tmp_path / "g").mkdir()
+    backend = MilvusBackend.new(
+        dim,
+        tmp_path / "g",
+        index_type="HNSW16",
+        uri=milvus_server,
+        collection="sq",
+        storage="int8",
+    )
+    try:
+        backend.add(keys, documents)
+        description = backend.save(tmp_path / "g")
+        assert description["milvus_index"] == "HNSW_SQ" and description["storage"] == "int8"
+        reopened = MilvusBackend.open(tmp_path / "g", description, dim)
+        built = reopened.client.describe_index(description["collection"], "vector")
+        assert built["index_type"] == "HNSW_SQ" and int(built["params"]["M"]) == 16
+        reopened.set_search_params({"efSearch": 200})
+        scores, found = reopened.search(queries, 5)
+        reopened.close()
+        exact = queries @ documents.T
+        best = np.argsort(-exact, axis=1)[:, :5]
+        overlap = np.mean([len(set(a) & set(b)) / 5 for a, b in zip(found, best, strict=True)])
+        assert overlap >= 0.9
+        picked = np.take_along_axis(exact, found, axis=1)
+        # The server may still be building the index and scan the segment exactly.
+        assert np.abs(scores - picked).max() < 0.05
+    finally:
+        drop_external(tmp_path / "g" / EXTERNAL_FILE)
+
+
+def test_a_build_with_int8_storage_writes_an_int8_milvus_index(
+    tiny_model: Path, tmp_path: Path
+) -> None:
+    corpus = write_jsonl(tmp_path / "docs.jsonl", synthetic_docs(40, seed=9))
+    index = _build(
+        tiny_model,
+        corpus,
+        tmp_path / "index",
+        backend="milvus",
+        storage="int8",
+        index_type="IVF4",
+    )
+    manifest = json.loads((index / "manifest.json").read_text())
+    assert manifest["index"]["backend"]["storage"] == "int8"
+    searcher = Searcher.load(index)
+    assert len(searcher.search(QUERIES[0], k=5)) == 5
+    searcher.close()
