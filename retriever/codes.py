@@ -97,9 +97,10 @@ def codes_of(index: faiss.Index | faiss.IndexBinary) -> str:
         return "float32"
     if isinstance(index, (faiss.IndexScalarQuantizer, faiss.IndexIVFScalarQuantizer)):
         quantizer = index.sq.qtype
-        return {faiss.ScalarQuantizer.QT_8bit: "int8", faiss.ScalarQuantizer.QT_fp16: "float16"}.get(
-            quantizer, "other"
-        )
+        return {
+            faiss.ScalarQuantizer.QT_8bit: "int8",
+            faiss.ScalarQuantizer.QT_fp16: "float16",
+        }.get(quantizer, "other")
     if isinstance(index, (faiss.IndexPQ, faiss.IndexIVFPQ)):
         return "pq"
     return "other"

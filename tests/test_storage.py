@@ -26,7 +26,12 @@ STORAGES = ("float32", "float16", "int8", "binary")
 
 
 def _build(
-    model: Path, folder: Path, storage: str, index_type: str, *, rescore: int | None = None,
+    model: Path,
+    folder: Path,
+    storage: str,
+    index_type: str,
+    *,
+    rescore: int | None = None,
     **options: object,
 ) -> tuple[Path, np.ndarray]:
     """The index, and the filtered vectors its build stored (read back from its store)."""
@@ -128,7 +133,6 @@ def test_storage_and_index_answer_as_brute_force_through_add_and_delete(
     _assert_matches(index, [all_ids[i] for i in kept], kept, every, storage, vectors)
 
 
-
 @pytest.mark.parametrize("index_type", ["Flat", "HNSW16", "IVF4"])
 def test_binary_rescore_returns_the_exact_float_top_k_when_it_sees_every_document(
     tiny_model: Path, tmp_path: Path, index_type: str
@@ -181,9 +185,7 @@ def test_int8_rescore_scores_by_the_int8_vectors_through_add_and_delete(
 
 
 def test_the_zero_centre_thresholds_at_the_sign(tiny_model: Path, tmp_path: Path) -> None:
-    index, vectors = _build(
-        tiny_model, tmp_path / "index", "binary", "Flat", binary_centre="zero"
-    )
+    index, vectors = _build(tiny_model, tmp_path / "index", "binary", "Flat", binary_centre="zero")
     assert not np.load(index / "binary_centre.npy").any()
     manifest = json.loads((index / "manifest.json").read_text())
     assert manifest["index"]["backend"]["binary_centre"] == "zero"
