@@ -151,6 +151,19 @@ BENCHMARKS = (
         "--replicates 2 --queries 60 --blends 6 --gains 0,0.03",
     ),
     Benchmark(
+        "frontier",
+        "frontier.py",
+        "--out {out}",
+        "--dataset {dataset} --model {model} --dtype float32 --taus 1,2 --latency-queries 5",
+    ),
+    Benchmark(
+        "frontier-scale",
+        "frontier_scale.py",
+        "--out {out}",
+        "--dataset {dataset} --model {model} --dtype float32 --sizes 2000 "
+        "--filters embedfilter-nomean:2 --latency-queries 5",
+    ),
+    Benchmark(
         "reference-gap",
         "reference_gap.py",
         "--out {out}",

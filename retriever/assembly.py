@@ -33,7 +33,7 @@ from retriever.backends import (
     new_backend,
     writable_copy,
 )
-from retriever.codes import STORAGES
+from retriever.codes import STORAGES, names_own_codes
 from retriever.config import MANIFEST_VERSION, PROMPTS, FilterSpec, SparseSpec
 from retriever.datasets import Document
 from retriever.docstore import (
@@ -140,10 +140,21 @@ def plan_of(manifest: dict[str, Any], *, use_gpu: bool | None = None) -> IndexPl
         backend=described.get("backend", "faiss"),
         milvus_uri=_server_uri(index),
         collection=_collection_name(index),
-        storage=described.get("storage") if described.get("storage") in STORAGES else None,
+        storage=_storage(index, described),
         binary_centre=described.get("binary_centre", "documents"),
         rescore_vectors=described.get("rescore") or "int8",
     )
+
+
+def _storage(index: dict[str, Any], described: dict[str, Any]) -> str | None:
+    """The storage to plan with: the recorded one, unless the index type names its own
+    codes (the recorded one then says what those are)."""
+    storage = described.get("storage")
+    if storage not in STORAGES:
+        return None
+    if described.get("backend", "faiss") == "faiss" and names_own_codes(index.get("type", "Flat")):
+        return None
+    return storage
 
 
 def _collection_name(index: dict[str, Any]) -> str:

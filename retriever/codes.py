@@ -35,8 +35,8 @@ from retriever.config import BINARY_CENTRES, DEFAULT_STORAGE, STORAGES
 from retriever.errors import RetrieverError
 from retriever.faiss_install import faiss
 
-# STORAGES, DEFAULT_STORAGE and BINARY_CENTRES are this module's too (kept in config so
-# that the command line's help needs no FAISS import).
+# STORAGES, DEFAULT_STORAGE (and why: config.DEFAULT_STORAGE_REASON) and BINARY_CENTRES
+# are this module's too, kept in config so that the command line's help needs no FAISS.
 __all__ = ["BINARY_CENTRES", "DEFAULT_STORAGE", "STORAGES", "layout_of", "codes_of"]
 TRAINING_SAMPLE = 100_000
 
@@ -82,6 +82,12 @@ def layout_of(index_type: str, storage: str | None) -> Layout:
     if kind == "Flat":
         return Layout(codes, storage, False)
     return Layout(f"{kind}{size},{codes}", storage, False)
+
+
+def names_own_codes(index_type: str) -> bool:
+    """Whether a FAISS index type is more than ``Flat``, ``HNSWm`` or ``IVFn``: a factory
+    string with its own codes (``IVF256,PQ16``, ``HNSW32,SQ8``), which no storage changes."""
+    return layout_of(index_type, None).storage == "factory"
 
 
 def codes_of(index: faiss.Index | faiss.IndexBinary) -> str:

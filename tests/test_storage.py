@@ -267,3 +267,25 @@ def test_rescore_at_search_needs_an_index_built_with_it(tiny_model: Path, tmp_pa
     index, _ = _build(tiny_model, tmp_path / "index", "binary", "Flat")
     with pytest.raises(RetrieverError, match="built with --rescore"):
         Searcher.load(index, rescore=4)
+
+
+def test_an_index_type_with_its_own_codes_grows_and_shrinks(tiny_model: Path, tmp_path: Path):
+    index = build_index(
+        write_jsonl(tmp_path / "docs.jsonl", FIRST),
+        tmp_path / "index",
+        model=str(tiny_model),
+        dtype="float32",
+        encoder_config=EncoderConfig(max_length=64),
+        index_type="HNSW16,SQ8",
+    )
+    manifest = json.loads((index / "manifest.json").read_text())
+    assert manifest["index"]["backend"]["storage"] == "int8"  # what the file holds
+    from retriever.encoder import Encoder
+
+    encoder = Encoder.load(str(tiny_model), EncoderConfig(max_length=64), dtype="float32")
+    Indexer(encoder).add(index, write_jsonl(tmp_path / "more.jsonl", SECOND))
+    delete_documents(index, DELETED)
+    searcher = Searcher.load(index)
+    assert len(searcher) == len(FIRST) + len(SECOND) - len(DELETED)
+    assert not set(searcher.search(QUERIES[0], k=len(searcher)).ids) & set(DELETED)
+    searcher.close()

@@ -1,0 +1,285 @@
+"""The compression frontier on SciFact: filter x tau x storage x index, in one run.
+
+Every row is a real index folder built from the SciFact embedding store by the build
+pipeline and searched through `retriever.Searcher` (retriever.bench.frontier). The grid:
+the unfiltered vectors (tau 1), the paper's EmbedFilter (edge band, tau 2-16) and the
+default (mean direction removed, tau 1-16), each stored as float32, float16, int8, binary,
+binary + int8 rescoring (M = 4 and 16) and product quantization (FAISS PQ, d/6 bytes), in
+Flat, HNSW32 (efSearch 64) and IVF64 (nprobe 8); binary Flat rows with both centres
+(documents' mean, zero). Search settings are fixed for the whole grid, never tuned per
+row on these queries.
+
+    python benchmarks/frontier.py --out benchmarks/results/frontier
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from inputs import SCIFACT, dataset_path
+from report import machine, markdown_table, write_report
+
+from retriever.bench.frontier import FrontierInputs, FrontierSettings, frontier_rows
+from retriever.config import EncoderConfig
+from retriever.datasets import load_qrels, load_queries, scan_corpus
+from retriever.embedfilter import UnembeddingSpectrum
+from retriever.encoder import Encoder
+from retriever.encoding import encode_corpus
+from retriever.evaluation import encode_timed, judged_queries
+from retriever.models import DEFAULT_MODEL
+from retriever.threads import numpy_blas_on_one_thread
+
+BYTES_GOAL = 72  # 1/32 of unfiltered float32 at d = 576
+
+
+def parse_args() -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--dataset", type=dataset_path, default=SCIFACT)
+    parser.add_argument("--model", default=DEFAULT_MODEL)
+    parser.add_argument("--dtype", default="bfloat16")
+    parser.add_argument("--limit", type=int, default=None, help="first N documents only")
+    parser.add_argument("--taus", default="1,2,4,8,16")
+    parser.add_argument("--index-types", default="Flat,HNSW32,IVF64")
+    parser.add_argument("--latency-queries", type=int, default=100)
+    parser.add_argument("--out", type=Path, required=True)
+    return parser.parse_args()
+
+
+def inputs_for(args: argparse.Namespace, folders: Path) -> tuple[FrontierInputs, Any]:
+    """The encoder, the SciFact store (encoded once, reused), the judged test queries with
+    their embeddings and encoding latency, and the raw document embeddings."""
+    config = EncoderConfig(prompt="prompteol", pooling="mean", max_length=256)
+    encoder = Encoder.load(args.model, config, dtype=args.dtype, batch_size=16)
+    store = encode_corpus(encoder, scan_corpus(args.dataset, args.limit))
+    qrels = load_qrels(args.dataset, "test")
+    queries = judged_queries(load_queries(args.dataset), qrels)
+    encoded = encode_timed(encoder.encode_queries, queries, latency_queries=args.latency_queries)
+    shards = store.shards()
+    documents = np.concatenate([np.asarray(s.embeddings("mean")) for s in shards])
+    doc_ids = [d.id for s in shards for d in s.documents()]
+    inputs = FrontierInputs(
+        encoder,
+        store,
+        encoded,
+        {q: dict(d) for q, d in qrels.items() if q in queries},
+        folders,
+        documents,
+        doc_ids,
+    )
+    return inputs, UnembeddingSpectrum(encoder.unembedding())
+
+
+def with_ratios(rows: list[dict[str, Any]]) -> None:
+    """Each row's nDCG@10 over float32's with the same filter, tau and index type."""
+    base = {
+        (r["filter"], r["tau"], r["index_type"]): r["ndcg_at_10"]
+        for r in rows
+        if r["storage"] == "float32"
+    }
+    for row in rows:
+        float32 = base[(row["filter"], row["tau"], row["index_type"])]
+        row["vs_float32"] = row["ndcg_at_10"] / float32 if float32 else float("nan")
+
+
+def goals(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The issue's goals, each with the rows that meet or miss it."""
+    met: dict[str, Any] = {}
+    groups = [("int8", None, 0.99)] + [
+        ("binary+rescore", m, 0.97) for m in sorted({r["rescore"] for r in rows if r["rescore"]})
+    ]
+    for storage, rescore, goal in groups:
+        chosen = [
+            r
+            for r in rows
+            if r["storage"] == storage and r["rescore"] == rescore and r["binary_centre"] != "zero"
+        ]
+        if chosen:
+            low = min(chosen, key=lambda r: r["vs_float32"])
+            label = storage_label({**low, "binary_centre": None})
+            met[f"{label} at least {goal}x float32"] = {
+                "rows_meeting": f"{sum(r['vs_float32'] >= goal for r in chosen)} of {len(chosen)}",
+                "lowest_ratio": low["vs_float32"],
+                "lowest_row": _name(low),
+            }
+    best_float = max((r for r in rows if r["storage"] == "float32"), key=lambda r: r["ndcg_at_10"])
+    met["best float32"] = {"ndcg_at_10": best_float["ndcg_at_10"], "row": _name(best_float)}
+    for size, what in (("bytes_per_doc", "bytes"), ("ram_bytes_per_doc", "RAM bytes")):
+        small = [r for r in rows if r[size] <= BYTES_GOAL]
+        if not small:
+            continue
+        best_small = max(small, key=lambda r: r["ndcg_at_10"])
+        met[f"best at most {BYTES_GOAL} {what} per document, at least 0.95x best float32"] = {
+            "ndcg_at_10": best_small["ndcg_at_10"],
+            "bytes_per_doc": best_small["bytes_per_doc"],
+            "ram_bytes_per_doc": best_small["ram_bytes_per_doc"],
+            "vs_best_float32": best_small["ndcg_at_10"] / best_float["ndcg_at_10"]
+            if best_float["ndcg_at_10"]
+            else float("nan"),
+            "row": _name(best_small),
+        }
+    return met
+
+
+def storage_label(row: dict[str, Any]) -> str:
+    """``binary+rescore M=4 (documents)``: the storage with its rescore M and centre."""
+    label = row["storage"] + (f" M={row['rescore']}" if row["rescore"] else "")
+    return label + (f" ({row['binary_centre']})" if row["binary_centre"] else "")
+
+
+def _name(row: dict[str, Any]) -> str:
+    return f"{row['filter']} tau {row['tau']:g}, {storage_label(row)}, {row['index_type']}"
+
+
+def cpu_name() -> str:
+    """The CPU's model name and whether it has AVX-512 BF16 (what --dtype auto reads)."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return "unknown CPU"
+    name = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in info.splitlines()
+            if line.startswith("model name")
+        ),
+        "unknown CPU",
+    )
+    return f"{name}, {'with' if 'avx512_bf16' in info else 'without'} AVX-512 BF16"
+
+
+def report_body(rows: list[dict[str, Any]], record: dict[str, Any]) -> list[str]:
+    met = record["goals"]
+    first = rows[0]
+    lines = [
+        f"Machine: {record['machine']}. Model {record['model']} ({record['dtype']}), "
+        f"PromptEOL, mean pooling; {record['documents']} documents, {record['queries']} "
+        f"judged test queries; k = 10.",
+        "",
+        f"Query encoding (the LLM forward, the same for every row): p50 "
+        f"{first['encode_ms_p50']:.1f} ms, p95 {first['encode_ms_p95']:.1f} ms per query.",
+        "",
+        "## Goals",
+        "",
+    ]
+    for goal, value in met.items():
+        lines.append(f"- {goal}: {_goal_text(value)}")
+    lines += [
+        "",
+        "## Every row",
+        "",
+        "B/doc: every byte the dense part keeps (codes, ids, binary centre, rescore "
+        "vectors); RAM B/doc: without the memory-mapped rescore vectors. ★: on the Pareto "
+        "front of nDCG@10 against B/doc; ☆: against RAM B/doc.",
+        "",
+    ]
+    header = [
+        "filter",
+        "tau",
+        "dim",
+        "storage",
+        "index",
+        "nDCG@10",
+        "vs float32",
+        "recall@10 vs exact",
+        "B/doc",
+        "RAM B/doc",
+        "build s",
+        "search ms p50/p95",
+        "fetch ms p50/p95",
+        "batch QPS",
+        "front",
+    ]
+    cells = [
+        [
+            r["filter"],
+            f"{r['tau']:g}",
+            str(r["dim"]),
+            storage_label(r),
+            r["index_type"],
+            f"{r['ndcg_at_10']:.4f}",
+            f"{r['vs_float32']:.3f}",
+            f"{r['recall_at_10_vs_exact']:.3f}",
+            f"{r['bytes_per_doc']:.0f}",
+            f"{r['ram_bytes_per_doc']:.0f}",
+            f"{r['build_seconds']:.2f}",
+            f"{r['search_ms_p50']:.2f} / {r['search_ms_p95']:.2f}",
+            f"{r['fetch_ms_p50']:.2f} / {r['fetch_ms_p95']:.2f}",
+            f"{r['batch_qps']:.0f}",
+            ("★" if r["pareto"] else "") + ("☆" if r["ram_pareto"] else ""),
+        ]
+        for r in rows
+    ]
+    return lines + markdown_table(header, cells) + ["", "![frontier](frontier.png)"]
+
+
+def _goal_text(value: Any) -> str:
+    if value is None:
+        return "no row measured"
+    return ", ".join(
+        f"{k} {v:.4f}" if isinstance(v, float) else f"{k}: {v}" for k, v in value.items()
+    )
+
+
+def plot(rows: list[dict[str, Any]], path: Path) -> None:
+    """nDCG@10 against all bytes (left) and RAM bytes (right), each with its front."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, panels = plt.subplots(1, 2, figsize=(12, 5), sharey=True)
+    sizes = (("bytes_per_doc", "pareto", "all bytes"), ("ram_bytes_per_doc", "ram_pareto", "RAM"))
+    for axes, (size, mark, what) in zip(panels, sizes, strict=True):
+        for storage in sorted({r["storage"] for r in rows}):
+            chosen = [r for r in rows if r["storage"] == storage]
+            xs, ys = [r[size] for r in chosen], [r["ndcg_at_10"] for r in chosen]
+            axes.scatter(xs, ys, label=storage, s=14)
+        front = sorted((r for r in rows if r[mark]), key=lambda r: r[size])
+        xs, ys = [r[size] for r in front], [r["ndcg_at_10"] for r in front]
+        axes.step(xs, ys, where="post", color="black", linewidth=1, label="Pareto front")
+        axes.set_xscale("log")
+        axes.set_xlabel(f"bytes per document ({what} of the dense part)")
+    panels[0].set_ylabel("nDCG@10 (SciFact test)")
+    panels[1].legend(fontsize=8)
+    figure.tight_layout()
+    figure.savefig(path, dpi=120)
+    plt.close(figure)
+
+
+@numpy_blas_on_one_thread()
+def main() -> None:
+    args = parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    settings = FrontierSettings(
+        taus=tuple(float(t) for t in args.taus.split(",")),
+        index_types=tuple(args.index_types.split(",")),
+        latency_queries=args.latency_queries,
+    )
+    with tempfile.TemporaryDirectory(prefix="frontier-") as scratch:
+        inputs, spectrum = inputs_for(args, Path(scratch))
+        rows = frontier_rows(spectrum, inputs, settings)
+    with_ratios(rows)
+    record = {
+        "machine": f"{machine()}, {cpu_name()}",
+        "model": args.model,
+        "dtype": args.dtype,
+        "documents": len(inputs.doc_ids),
+        "queries": len(inputs.queries.ids),
+        "settings": {k: v for k, v in vars(settings).items()},
+        "goals": goals(rows),
+        "rows": rows,
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    plot(rows, args.out / "frontier.png")
+    write_report(
+        args.out, "frontier", record, report_body(rows, record), title="Compression frontier"
+    )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,140 @@
+"""The frontier benchmark: its rows are what Searcher returns for the same folders, its
+grid and Pareto front are what they say, and its synthetic collections are distinct."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from retriever.backends import backend_bytes
+from retriever.bench.frontier import (
+    Cell,
+    FrontierInputs,
+    FrontierSettings,
+    build_cell,
+    exact_top,
+    grid,
+    measure_cell,
+    pareto_front,
+    projection,
+)
+from retriever.bench.frontier_scale import (
+    ScaleRow,
+    calibrate_spread,
+    scale_rows,
+    synthetic_embeddings,
+)
+from retriever.config import EncoderConfig
+from retriever.datasets import scan_corpus
+from retriever.embedfilter import UnembeddingSpectrum
+from retriever.encoder import Encoder
+from retriever.encoding import encode_corpus
+from retriever.evaluation import encode_timed, evaluate_run
+from retriever.searcher import Searcher
+from tests.conftest import synthetic_docs, write_jsonl
+
+DOCS = synthetic_docs(300, seed=21)  # PQ trains 256 centroids per sub-quantizer
+QUERIES = {f"q{i}": doc["text"] for i, doc in enumerate(synthetic_docs(12, seed=22))}
+QRELS = {q: {DOCS[i]["_id"]: 1, DOCS[i + 1]["_id"]: 1} for i, q in enumerate(QUERIES)}
+
+
+@pytest.fixture(scope="module")
+def inputs(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> FrontierInputs:
+    root = tmp_path_factory.mktemp("frontier")
+    encoder = Encoder.load(str(tiny_model), EncoderConfig(max_length=64), dtype="float32")
+    store = encode_corpus(encoder, scan_corpus(write_jsonl(root / "docs.jsonl", DOCS)))
+    shards = store.shards()
+    return FrontierInputs(
+        encoder,
+        store,
+        encode_timed(encoder.encode_queries, QUERIES, latency_queries=3),
+        QRELS,
+        root,
+        np.concatenate([np.asarray(s.embeddings("mean")) for s in shards]),
+        [d.id for s in shards for d in s.documents()],
+    )
+
+
+@pytest.mark.parametrize(
+    "cell",
+    [
+        Cell("embedfilter-nomean", 2, "int8", "HNSW32"),
+        Cell("embedfilter", 2, "binary+rescore", "Flat", "zero", 4),
+        Cell("unfiltered", 1, "pq", "IVF64"),
+    ],
+    ids=lambda cell: cell.name,
+)
+def test_a_row_is_what_searcher_returns_for_the_same_folder(
+    inputs: FrontierInputs, cell: Cell
+) -> None:
+    settings = FrontierSettings(latency_queries=3, warmup=1)
+    spectrum = UnembeddingSpectrum(inputs.encoder.unembedding())
+    embed_filter = projection(spectrum, cell.filter, cell.tau)
+    folder = build_cell(cell, embed_filter, inputs, settings)
+    exact = exact_top(
+        embed_filter.transform(inputs.queries.embeddings),
+        embed_filter.transform(inputs.documents),
+        settings.k,
+    )
+    searcher = Searcher.load(folder, encoder=inputs.encoder)
+    row = measure_cell(searcher, exact, inputs, settings)
+    searcher.close()
+
+    # A user's own searcher on the folder, searching the query texts.
+    user = Searcher.load(folder, encoder=inputs.encoder)
+    results = user.batch_search(QUERIES, k=settings.k)
+    user.close()
+    assert row["ndcg_at_10"] == pytest.approx(evaluate_run(QRELS, results)["ndcg_at_10"])
+    position = {doc_id: i for i, doc_id in enumerate(inputs.doc_ids)}
+    overlap = [
+        len({position[d] for d in ranking.ids} & set(exact[i].tolist())) / settings.k
+        for i, ranking in enumerate(results.rankings)
+    ]
+    assert row["recall_at_10_vs_exact"] == pytest.approx(np.mean(overlap))
+    manifest = user.manifest
+    assert row["bytes_per_doc"] == backend_bytes(folder, manifest["index"]) / len(DOCS)
+    if cell.storage.endswith("+rescore"):
+        assert (folder / "rescore_codes.npy").stat().st_size >= len(DOCS) * embed_filter.dim
+    for part in ("search", "fetch"):
+        assert 0 < row[f"{part}_ms_p50"] <= row[f"{part}_ms_p95"]
+
+
+def test_the_grid_spans_what_it_says() -> None:
+    cells = grid(FrontierSettings())
+    assert {c.filter for c in cells if c.tau == 1} == {"unfiltered", "embedfilter-nomean"}
+    assert {c.tau for c in cells if c.filter == "embedfilter"} == {2, 4, 8, 16}
+    flat_binary = [c for c in cells if c.storage == "binary" and c.index_type == "Flat"]
+    assert {c.centre for c in flat_binary} == {"documents", "zero"}
+    assert {c.rescore for c in cells if c.storage == "binary+rescore"} == {4, 16}
+    assert not [c for c in cells if c.storage == "pq" and c.index_type.startswith("HNSW")]
+    assert len({c.name for c in cells}) == len(cells)
+
+
+def test_the_pareto_front_keeps_exactly_the_unbeaten_points() -> None:
+    points = [(100, 0.5), (50, 0.5), (50, 0.4), (10, 0.2), (200, 0.6), (10, 0.1)]
+    assert pareto_front(points) == [False, True, False, True, True, False]
+
+
+def test_synthetic_vectors_are_distinct_and_calibrated(inputs: FrontierInputs) -> None:
+    spectrum = UnembeddingSpectrum(inputs.encoder.unembedding())
+    embed_filter = projection(spectrum, "embedfilter-nomean", 2)
+    calibration = calibrate_spread(inputs.documents, embed_filter, seed=0)
+    made = np.concatenate(
+        list(synthetic_embeddings(inputs.documents, 500, calibration["spread"], seed=1, chunk=200))
+    )
+    assert made.shape == (500, inputs.documents.shape[1])
+    assert len(np.unique(made.round(6), axis=0)) == 500  # no two alike, unlike tiled copies
+    assert abs(calibration["similarity"] - calibration["target_similarity"]) < 0.1
+
+    vectors = embed_filter.transform(made)
+    queries = embed_filter.transform(inputs.queries.embeddings)
+    exact = exact_top(queries, vectors, 10)
+    flat = scale_rows(vectors, queries, exact, ScaleRow("Flat", "float32"), [{}])
+    assert flat[0]["recall_at_10_vs_exact"] == 1.0
+    spans = [{"nprobe": 1}, {"nprobe": 16}]
+    ivf = scale_rows(vectors, queries, exact, ScaleRow("IVF16", "binary+rescore"), spans)
+    assert [row["params"]["nprobe"] for row in ivf] == [1, 16]
+    assert ivf[0]["recall_at_10_vs_exact"] <= ivf[1]["recall_at_10_vs_exact"]
+    assert ivf[0]["mapped_bytes"] >= 500 * embed_filter.dim  # the int8 rescore vectors
