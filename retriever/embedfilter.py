@@ -218,20 +218,77 @@ class EmbedFilter:
 
     @classmethod
     def load(cls, folder: str | Path) -> EmbedFilter:
+        """Read a filter written by :meth:`save`, every part checked against ``filter.json``.
+
+        A damaged part is refused in one :class:`RetrieverError` here, before the model
+        loads, rather than as numpy's error in the middle of a search.
+        """
         folder = Path(folder)
-        try:
-            matrix = np.load(folder / MATRIX_FILE, allow_pickle=False)
-            info = json.loads((folder / SPEC_FILE).read_text())
-            centre = (
-                np.load(folder / CENTRE_FILE, allow_pickle=False) if info.get("centre") else None
-            )
-            rows = info["rows"]
-            if info["rows_are_range"]:
-                rows = list(range(rows[0], rows[1]))
-            # A band filter's name follows from its spec; any other is a fitted projection's.
-            name = info.get("name", "unfiltered")
-            fitted = None if name in _BAND_FILTER_NAMES else name
-            spec = FilterSpec.from_dict(info["spec"])
-            return cls(matrix, spec, np.asarray(rows), centre=centre, name=fitted)
-        except (OSError, ValueError, KeyError) as exc:
-            raise RetrieverError(f"cannot read the filter in {folder}: {exc}") from exc
+        info, spec, rows = _read_description(folder)
+        model_dim = info.get("model_dim")
+        matrix = _read_array(folder / MATRIX_FILE, (len(rows), model_dim))
+        centre = None
+        if info.get("centre"):
+            centre = _read_array(folder / CENTRE_FILE, (matrix.shape[1],))
+        # A band filter's name follows from its spec; any other is a fitted projection's.
+        name = info.get("name", "unfiltered")
+        fitted = None if name in _BAND_FILTER_NAMES else str(name)
+        return cls(matrix, spec, rows, centre=centre, name=fitted)
+
+
+def _damaged(path: Path, detail: str) -> RetrieverError:
+    detail = " ".join(detail.split())  # one line, whatever numpy or json said
+    if len(detail) > 200:
+        detail = detail[:200] + "..."
+    return RetrieverError(f"{path} is damaged ({detail}); rebuild the index")
+
+
+def _read_description(folder: Path) -> tuple[dict[str, Any], FilterSpec, np.ndarray]:
+    """``filter.json``: the description, spec and kept rows the arrays are checked against."""
+    path = folder / SPEC_FILE
+    try:
+        info = json.loads(path.read_text())
+    except OSError as exc:
+        raise RetrieverError(f"cannot read the filter in {folder}: {exc}") from None
+    except ValueError as exc:  # invalid JSON or UTF-8
+        raise _damaged(path, str(exc)) from None
+    try:
+        if not isinstance(info, dict):
+            raise TypeError(f"a JSON {type(info).__name__}, not an object")
+        rows = info["rows"]
+        if info["rows_are_range"]:
+            rows = list(range(rows[0], rows[1]))
+        rows = np.asarray(rows, dtype=np.int64)
+        if rows.ndim != 1 or not len(rows):
+            raise ValueError(f"'rows' should be a non-empty list, it has shape {rows.shape}")
+        spec = FilterSpec.from_dict(info["spec"])
+    except KeyError as exc:
+        raise _damaged(path, f"{exc} is missing") from None
+    except (ValueError, TypeError, IndexError, OverflowError, RetrieverError) as exc:
+        raise _damaged(path, str(exc)) from None
+    return info, spec, rows
+
+
+def _read_array(path: Path, shape: tuple[int | None, ...]) -> np.ndarray:
+    """A finite float array of ``shape`` (``None``: any size) from a ``.npy`` file."""
+    try:
+        array = np.load(path, allow_pickle=False)  # never unpickles: a crafted file cannot run
+    except FileNotFoundError:
+        raise RetrieverError(f"{path} is missing; rebuild the index") from None
+    except OSError as exc:
+        raise RetrieverError(f"cannot read {path}: {exc}") from None
+    except (ValueError, EOFError) as exc:  # truncated, garbage, or a pickle
+        raise _damaged(path, str(exc) or type(exc).__name__) from None
+    if not isinstance(array, np.ndarray):  # a .npz archive under the .npy name
+        array.close()
+        raise _damaged(path, "a .npz archive, not one array")
+    fits = array.ndim == len(shape) and all(
+        want is None or got == want for got, want in zip(array.shape, shape, strict=True)
+    )
+    if not fits or not np.issubdtype(array.dtype, np.floating):
+        wanted = "x".join("?" if n is None else str(n) for n in shape)
+        found = "x".join(map(str, array.shape)) or "scalar"
+        raise _damaged(path, f"a {found} {array.dtype} array, {SPEC_FILE} says {wanted} floats")
+    if not np.isfinite(array).all():
+        raise _damaged(path, "it holds NaN or infinite values")
+    return array

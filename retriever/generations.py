@@ -36,6 +36,7 @@ import os
 import secrets
 import shutil
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -94,17 +95,12 @@ def writer_lock(out: Path) -> Iterator[None]:
         finally:
             _held[key] = (thread, _held[key][1] - 1)
         return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    handle = _open_lock(path)
     try:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = os.pread(handle, 64, 0).decode(errors="replace").strip() or "unknown"
-            raise RetrieverError(
-                f"another writer (pid {holder}) is building or changing {out}; wait for it to "
-                f"finish (its lock is {path})"
-            ) from None
+            raise _held_by_another(out, path, handle) from None
         os.ftruncate(handle, 0)
         os.pwrite(handle, f"{os.getpid()}\n".encode(), 0)
         _held[key] = (thread, 1)
@@ -114,6 +110,110 @@ def writer_lock(out: Path) -> Iterator[None]:
             del _held[key]
     finally:
         os.close(handle)  # closing releases the flock; the file stays for the next writer
+
+
+# Errors meaning "this user may not write here" rather than a broken disk.
+_REFUSED_WRITE = (errno.EACCES, errno.EPERM, errno.EROFS)
+
+
+def _open_lock(path: Path) -> int:
+    """Open (creating) the lock file of an index path.
+
+    The folder's permission is checked here too: the lock file of an earlier build can be
+    writable in a folder that no longer is, and the link swap would then fail only after
+    the whole encoding.
+    """
+    folder = path.parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        if not os.access(folder, os.W_OK | os.X_OK):
+            readonly = os.statvfs(folder).f_flag & os.ST_RDONLY
+            code = errno.EROFS if readonly else errno.EACCES
+            raise OSError(code, os.strerror(code), str(folder))
+        return os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError as exc:
+        if exc.errno not in _REFUSED_WRITE:
+            raise
+        raise cannot_write(exc, folder) from None
+
+
+def cannot_write(exc: OSError, fallback: Path) -> RetrieverError:
+    """One line for a write refused by permissions or a read-only mount, naming the nearest
+    path that exists (the folder, when the file it refused to create is not there)."""
+    where = Path(exc.filename) if exc.filename else fallback
+    while not where.exists() and where.parent != where:
+        where = where.parent
+    reason = "read-only file system" if exc.errno == errno.EROFS else "permission denied"
+    return RetrieverError(
+        f"cannot write {where}: {reason}; choose another --out or fix its permissions"
+    )
+
+
+def _held_by_another(out: Path, path: Path, handle: int) -> RetrieverError:
+    pid = _lock_holder(handle)
+    if pid is None:
+        return RetrieverError(
+            f"another process holds the writer lock of {out} ({path}); wait for it to finish"
+        )
+    return RetrieverError(
+        f"another writer (pid {pid}) is building or changing {out}; wait for it to finish "
+        f"(its lock is {path})"
+    )
+
+
+def _lock_holder(handle: int) -> int | None:
+    """The pid of the process holding the lock open at ``handle``, only when believable.
+
+    The file holds the pid the last retriever writer wrote, and another program can hold
+    the lock without writing one, leaving a stale pid there. So the kernel's list of locks
+    (Linux) is believed first; without it a recorded pid is believed while it runs.
+    """
+    recorded = _recorded_pid(handle)
+    holders = _kernel_holders(os.fstat(handle))
+    if holders:
+        return recorded if recorded in holders else min(holders)
+    return recorded if recorded is not None and _running(recorded) else None
+
+
+def _recorded_pid(handle: int) -> int | None:
+    text = ""
+    for _ in range(5):
+        text = os.pread(handle, 64, 0).decode(errors="replace").strip()
+        if text:
+            break
+        time.sleep(0.01)  # a writer that has just taken the lock writes its pid a moment later
+    if not (text.isascii() and text.isdigit()) or not 0 < int(text) < 2**31:
+        return None
+    return int(text)
+
+
+def _kernel_holders(lock_file: os.stat_result) -> set[int]:
+    """Pids holding a lock on ``lock_file`` per ``/proc/locks``; empty where unknown."""
+    device = f"{os.major(lock_file.st_dev):02x}:{os.minor(lock_file.st_dev):02x}"
+    wanted = f"{device}:{lock_file.st_ino}"
+    try:
+        lines = Path("/proc/locks").read_text().splitlines()
+    except OSError:
+        return set()
+    holders = set()
+    for line in lines:
+        # "3: FLOCK  ADVISORY  WRITE 4242 fd:01:1319 0 EOF"; a waiter has "->" after "3:".
+        fields = line.split()
+        if len(fields) > 5 and fields[1] != "->" and fields[5] == wanted:
+            # 0 is a holder in another pid namespace, or one that has exited.
+            if fields[4].isdigit() and int(fields[4]) > 0:
+                holders.add(int(fields[4]))
+    return holders
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except PermissionError:
+        return True  # it exists, owned by another user
+    except (ProcessLookupError, OverflowError):
+        return False
+    return True
 
 
 _DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
@@ -181,7 +281,12 @@ def new_generation(out: Path, *, external: ExternalParts) -> Iterator[Path]:
     parts generations keep outside their folders.
     """
     folder = generations_folder(out)
-    folder.mkdir(parents=True, exist_ok=True)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        if exc.errno not in _REFUSED_WRITE:
+            raise
+        raise cannot_write(exc, out.parent) from None
     for leftover in folder.glob(f"*{_PARTIAL}"):
         logger.info("removing %s, left by a writer that did not finish", leftover.name)
         _remove(leftover, external)
@@ -195,7 +300,7 @@ def new_generation(out: Path, *, external: ExternalParts) -> Iterator[Path]:
             _fsync_tree(staging)
             final = folder / name
             os.replace(staging, final)
-            _point(out, final)
+            _publish_renamed(out, final, external)
         _publish_external(final, external)
     finally:
         if staging.exists():
@@ -205,15 +310,38 @@ def new_generation(out: Path, *, external: ExternalParts) -> Iterator[Path]:
     remove_unread_generations(out, external)
 
 
+def _publish_renamed(out: Path, final: Path, external: ExternalParts) -> None:
+    """Link ``out`` to the generation just renamed complete; removed if never linked."""
+    try:
+        # The rename must be on the disk before a link that names it can be.
+        _flush(final.parent)
+    except RetrieverError:
+        _remove(final, external)
+        raise
+    _point(out, final)
+
+
 def _point(out: Path, generation: Path) -> None:
     """Swap the link ``out`` to ``generation`` in one atomic rename."""
     if out.exists() and not out.is_symlink():
         raise RetrieverError(f"{out} is a folder, not an index link: choose another --out")
     link = out.parent / f".{out.name}.link-{os.getpid()}"
-    link.unlink(missing_ok=True)
-    link.symlink_to(os.path.relpath(generation, out.parent))
+    try:
+        link.unlink(missing_ok=True)
+        link.symlink_to(os.path.relpath(generation, out.parent))
+    except OSError as exc:
+        if exc.errno not in _REFUSED_WRITE:
+            raise
+        raise cannot_write(exc, out.parent) from None
     os.replace(link, out)
-    _fsync_dir(out.parent)
+    try:
+        _fsync_dir(out.parent)
+    except OSError as exc:
+        # Published already: say so, since the old index is no longer what is read.
+        raise RetrieverError(
+            f"{out} now points to {generation.name}, but {_flush_failure(out.parent, exc)}; "
+            "the change may be lost if the machine stops: check the disk"
+        ) from None
 
 
 def remove_unread_generations(out: Path, external: ExternalParts) -> list[Path]:
@@ -301,7 +429,21 @@ class ReaderHold:
             # Published generations always have READERS: it is gone because a writer is
             # deleting this (unread a moment ago) generation. The link points elsewhere.
             hold.release()
+            if path.resolve() == folder:
+                # Still current, and writers never delete the current generation: it was
+                # removed by hand, and no retry can help.
+                return folder, cls._unheld_current(path, folder)
         raise RetrieverError(f"{path} changed ten times while it was being opened; try again")
+
+    @classmethod
+    def _unheld_current(cls, path: Path, folder: Path) -> ReaderHold:
+        if not folder.is_dir():
+            raise RetrieverError(
+                f"{path} points to a generation that no longer exists ({folder}); rebuild "
+                "the index or restore the folder"
+            )
+        # Only its READERS file is gone: read it unheld, like a folder copied by hand.
+        return cls(folder)
 
     def release(self) -> None:
         if self._handle is not None:
@@ -335,22 +477,52 @@ def check_destination(out: Path, overwrite: bool) -> None:
 
 
 def _fsync_tree(folder: Path) -> None:
-    for path in folder.rglob("*"):
-        if path.is_file():
-            with contextlib.suppress(OSError):
-                handle = os.open(path, os.O_RDONLY)
-                try:
-                    os.fsync(handle)
-                finally:
-                    os.close(handle)
-    _fsync_dir(folder)
+    """Flush a staging folder to the disk before it is published.
+
+    A failed fsync (EIO) means the data may never reach the disk, so it aborts the
+    publish: a current generation that is unreadable after a crash would lose the index.
+    Only a filesystem that cannot fsync at all (EINVAL) is let through.
+    """
+    for path in sorted(folder.rglob("*"), reverse=True):  # a folder after its entries
+        if not path.is_symlink() and (path.is_file() or path.is_dir()):
+            _flush(path)
+    _flush(folder)
+
+
+def _flush(path: Path) -> None:
+    """fsync ``path`` (a file or a folder); one :class:`RetrieverError` if that fails."""
+    try:
+        if path.is_dir():
+            _fsync_dir(path)
+            return
+        try:
+            handle = os.open(path, os.O_RDONLY)
+        except FileNotFoundError:
+            return  # a scratch file its part removed meanwhile: nothing left to flush
+        try:
+            os.fsync(handle)
+        except OSError as exc:
+            if exc.errno != errno.EINVAL:
+                raise
+        finally:
+            os.close(handle)
+    except OSError as exc:
+        raise RetrieverError(
+            f"{_flush_failure(path, exc)}; nothing was published and the previous index, if "
+            "any, is intact: check the disk (dmesg) and rerun"
+        ) from None
+
+
+def _flush_failure(path: Path, exc: OSError) -> str:
+    name = errno.errorcode.get(exc.errno or 0, "?")
+    return f"cannot flush {path} to the disk: {exc.strerror or exc} (errno {exc.errno}, {name})"
 
 
 def _fsync_dir(folder: Path) -> None:
     try:
         handle = os.open(folder, os.O_RDONLY)
     except OSError:
-        return
+        return  # a platform that cannot open folders cannot fsync them either
     try:
         os.fsync(handle)
     except OSError as exc:

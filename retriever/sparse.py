@@ -11,9 +11,11 @@ queries is scored by one sparse product.
 from __future__ import annotations
 
 import json
+import zlib
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+from zipfile import BadZipFile
 
 import numpy as np
 import scipy.sparse as sp
@@ -162,15 +164,90 @@ class KeyTokenIndex:
 
     @classmethod
     def load(cls, folder: str | Path) -> KeyTokenIndex:
+        """Read an index written by :meth:`save`, each part checked against ``sparse.json``.
+
+        A damaged part is refused in one :class:`RetrieverError` here, before the model
+        loads, rather than as scipy's error (or a wrong answer) in the middle of a search.
+        """
         folder = Path(folder)
-        try:
-            postings = sp.load_npz(folder / POSTINGS_FILE)
-            keys = np.load(folder / KEYS_FILE, allow_pickle=False)
-            info = json.loads((folder / SPEC_FILE).read_text())
-            spec = SparseSpec.from_dict(info["spec"])
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise RetrieverError(f"cannot read the sparse index in {folder}: {exc}") from None
+        info, spec = _read_description(folder)
+        postings = _read_postings(folder / POSTINGS_FILE)
+        keys = _read_keys(folder / KEYS_FILE)
+        expected = {
+            "vocabulary": postings.shape[0],
+            "documents": postings.shape[1],
+            "postings": postings.nnz,
+        }
+        for field, found in expected.items():
+            # Absent from descriptions written by older versions: nothing to check then.
+            if field in info and info[field] != found:
+                raise _damaged(
+                    folder / POSTINGS_FILE, f"{found} {field}, {SPEC_FILE} says {info[field]}"
+                )
         return cls(postings, spec, keys)
+
+
+# What numpy, scipy and zipfile raise for a truncated, garbled or crafted file.
+_DAMAGE = (
+    ValueError,
+    KeyError,
+    TypeError,
+    AttributeError,
+    EOFError,
+    OverflowError,
+    NotImplementedError,
+    BadZipFile,
+    zlib.error,
+)
+
+
+def _damaged(path: Path, detail: str) -> RetrieverError:
+    detail = " ".join(detail.split())  # one line, whatever numpy or zipfile said
+    if len(detail) > 200:
+        detail = detail[:200] + "..."
+    return RetrieverError(f"{path} is damaged ({detail}); rebuild the index")
+
+
+def _read_description(folder: Path) -> tuple[dict[str, Any], SparseSpec]:
+    path = folder / SPEC_FILE
+    try:
+        info = json.loads(path.read_text())
+        if not isinstance(info, dict):
+            raise TypeError(f"a JSON {type(info).__name__}, not an object")
+        return info, SparseSpec.from_dict(info["spec"])
+    except OSError as exc:
+        raise RetrieverError(f"cannot read the sparse index in {folder}: {exc}") from None
+    except KeyError as exc:
+        raise _damaged(path, f"{exc} is missing") from None
+    except (ValueError, TypeError, AttributeError, RetrieverError) as exc:
+        raise _damaged(path, str(exc)) from None
+
+
+def _read_postings(path: Path) -> sp.csr_matrix:
+    try:
+        postings = sp.load_npz(path)  # never unpickles: a crafted file cannot run
+    except OSError as exc:
+        raise RetrieverError(f"cannot read the sparse index in {path.parent}: {exc}") from None
+    except _DAMAGE as exc:
+        raise _damaged(path, str(exc) or type(exc).__name__) from None
+    if postings.ndim != 2 or not np.issubdtype(postings.dtype, np.floating):
+        raise _damaged(path, f"a {postings.dtype} matrix, not float posting weights")
+    return postings.tocsr()
+
+
+def _read_keys(path: Path) -> np.ndarray:
+    try:
+        keys = np.load(path, allow_pickle=False)
+    except OSError as exc:
+        raise RetrieverError(f"cannot read the sparse index in {path.parent}: {exc}") from None
+    except _DAMAGE as exc:
+        raise _damaged(path, str(exc) or type(exc).__name__) from None
+    if not isinstance(keys, np.ndarray):  # a .npz archive under the .npy name
+        keys.close()
+        raise _damaged(path, "a .npz archive, not one array")
+    if keys.ndim != 1 or not np.issubdtype(keys.dtype, np.integer):
+        raise _damaged(path, f"a {keys.shape} {keys.dtype} array, not one integer key per document")
+    return keys
 
 
 def _check_memory(postings: int) -> None:
