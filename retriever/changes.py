@@ -29,7 +29,13 @@ from retriever.assembly import (
 from retriever.backends import EXTERNAL_PARTS
 from retriever.config import EncoderConfig
 from retriever.datasets import Document, iter_documents, scan_corpus
-from retriever.docstore import DOCSTORE_DIR, DocStore, combine_digests, content_digest
+from retriever.docstore import (
+    DOCSTORE_DIR,
+    DocStore,
+    combine_digests,
+    content_digest,
+    shown_ids,
+)
 from retriever.embedfilter import EmbedFilter
 from retriever.encoder import Encoder
 from retriever.encoding import encode_corpus
@@ -64,10 +70,9 @@ def add_documents(
     with DocStore.open(base / DOCSTORE_DIR) as existing:
         present = _present_ids(existing, iter_documents(scan))
     if present and not upsert:
-        shown = ", ".join(repr(i) for i in present[:5]) + (" ..." if len(present) > 5 else "")
         raise RetrieverError(
-            f"{len(present)} of the documents are already in {out} ({shown}); pass "
-            "--upsert to replace them, or remove them from the file"
+            f"{len(present)} of the documents are already in {out} ({shown_ids(present)}); "
+            "pass --upsert to replace them, or remove them from the file"
         )
     with writer_lock(out):
         embeddings = encode_corpus(encoder, scan, folder=store, chunk_size=chunk_size)
@@ -172,8 +177,9 @@ def delete_documents(
         found = existing.keys_of(doc_ids)
     unknown = [i for i in doc_ids if i not in found]
     if unknown:
-        shown = ", ".join(repr(i) for i in unknown[:5]) + (" ..." if len(unknown) > 5 else "")
-        raise RetrieverError(f"{out} holds no document with id {shown}; nothing was deleted")
+        raise RetrieverError(
+            f"{out} holds no document with id {shown_ids(unknown)}; nothing was deleted"
+        )
     started = time.perf_counter()
     with writer_lock(out):
         base, manifest = _same_generation(out, base)

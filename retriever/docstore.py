@@ -24,6 +24,9 @@ _DOCS = b"docs"
 _IDS = b"ids"
 _INITIAL_MAP_SIZE = 64 << 20
 _DIGEST_MODULUS = 1 << 256
+# Ids quoted in a message are cut to this many characters: an error stays one readable
+# line whatever id a user passed (a 10,000-character id once filled a terminal).
+_SHOWN_ID_CHARS = 60
 # Every record opens with its id (``_encode`` writes ``_id`` first), so an id is read
 # from the record's head without decoding its text.
 _ID_HEAD = b'{"_id": "'
@@ -74,6 +77,31 @@ def _decode_id(raw: bytes) -> str:
             except UnicodeDecodeError:
                 pass
     return _decode(raw).id
+
+
+def shown_id(doc_id: str) -> str:
+    """``doc_id`` as a message quotes it: ``repr`` (escapes keep it on one line), cut to its
+    first characters when long, with its length."""
+    if not isinstance(doc_id, str) or len(doc_id) <= _SHOWN_ID_CHARS:
+        return repr(doc_id)
+    return f"{doc_id[:_SHOWN_ID_CHARS]!r}… ({len(doc_id)} characters)"
+
+
+def shown_ids(doc_ids: Sequence[str], limit: int = 5) -> str:
+    """The first ``limit`` of ``doc_ids`` as a message lists them (``...`` when more)."""
+    shown = ", ".join(shown_id(doc_id) for doc_id in doc_ids[:limit])
+    return shown + (" ..." if len(doc_ids) > limit else "")
+
+
+def _id_key(env: lmdb.Environment, doc_id: str) -> bytes | None:
+    """``doc_id``'s LMDB key, or None for an id no docstore can hold (longer than LMDB's
+    key limit, or not encodable as UTF-8): such an id is simply not there, where LMDB
+    would raise on the lookup."""
+    try:
+        raw = doc_id.encode("utf-8")
+    except UnicodeEncodeError:
+        return None
+    return raw if len(raw) <= env.max_key_size() else None
 
 
 def content_digest(documents: Iterable[Document]) -> int:
@@ -179,12 +207,16 @@ class DocStore:
         """The document ids of ``keys``, read without decoding the documents' text."""
         return [_decode_id(raw) for raw in self._records(keys)]
 
-    def _records(self, keys: Sequence[int]) -> list[bytes]:
+    def _environment(self) -> lmdb.Environment:
+        # A closed docstore has let go of its environment: say so, not AttributeError.
         if self._env is None:
             raise RetrieverError(
                 "the index's docstore is closed: read a ranking's hits before closing its Searcher"
             )
-        with self._env.begin(db=self._docs) as txn:
+        return self._env
+
+    def _records(self, keys: Sequence[int]) -> list[bytes]:
+        with self._environment().begin(db=self._docs) as txn:
             found = []
             for key in keys:
                 raw = txn.get(_key_bytes(key))
@@ -197,16 +229,15 @@ class DocStore:
             return found
 
     def key_of(self, doc_id: str) -> int | None:
-        with self._env.begin(db=self._ids) as txn:
-            raw = txn.get(doc_id.encode("utf-8"))
-        return None if raw is None else int.from_bytes(raw, "big")
+        return self.keys_of([doc_id]).get(doc_id)
 
     def keys_of(self, doc_ids: Iterable[str]) -> dict[str, int]:
         """``{id: key}`` for the ids the docstore holds (the others are left out)."""
         found = {}
-        with self._env.begin(db=self._ids) as txn:
+        with self._environment().begin(db=self._ids) as txn:
             for doc_id in doc_ids:
-                raw = txn.get(doc_id.encode("utf-8"))
+                key = _id_key(self._env, doc_id)
+                raw = None if key is None else txn.get(key)
                 if raw is not None:
                     found[doc_id] = int.from_bytes(raw, "big")
         return found
@@ -238,7 +269,13 @@ class DocStoreWriter:
     """Writes into a docstore folder (new, or a copy made by :func:`copy_docstore`)."""
 
     def __init__(self, folder: Path) -> None:
-        self._env = lmdb.open(str(folder), map_size=_INITIAL_MAP_SIZE, max_dbs=2, subdir=True)
+        # No lock.mdb: LMDB writes its lock table through a memory map, and a write to a
+        # mapped page on a full disk kills the process with SIGBUS instead of raising
+        # ENOSPC. One writer at a time holds the index's writer lock, and readers open
+        # published generations with lock=False too, so LMDB's own lock guards nothing.
+        self._env = lmdb.open(
+            str(folder), map_size=_INITIAL_MAP_SIZE, max_dbs=2, subdir=True, lock=False
+        )
         self._docs = self._env.open_db(_DOCS)
         self._ids = self._env.open_db(_IDS)
 
@@ -266,7 +303,8 @@ class DocStoreWriter:
         def write(txn: lmdb.Transaction) -> None:
             removed.clear()
             for doc_id in doc_ids:
-                raw_key = txn.pop(doc_id.encode("utf-8"), db=self._ids)
+                id_key = _id_key(self._env, doc_id)
+                raw_key = None if id_key is None else txn.pop(id_key, db=self._ids)
                 if raw_key is None:
                     continue
                 raw = txn.pop(raw_key, db=self._docs)

@@ -66,7 +66,11 @@ class Analyzer:
 
 
 class BM25Index:
-    """A bm25s index of one collection, with the document key of each of its rows."""
+    """A bm25s index of one collection, with the document key of each of its rows.
+
+    An index whose every document was deleted has no bm25s model (bm25s cannot index
+    nothing): it holds no keys, saves only its empty key file and finds no hits.
+    """
 
     def __init__(self, model: Any, keys: np.ndarray) -> None:
         self.model = model
@@ -81,17 +85,27 @@ class BM25Index:
     @classmethod
     def build(cls, texts: Sequence[str], keys: np.ndarray | None = None) -> BM25Index:
         """Index texts held in memory (keys ``0..n-1`` unless given)."""
+        if not len(texts):
+            # A first build of nothing is a mistake; only a delete may empty an index.
+            raise RetrieverError("cannot build BM25 over an empty collection")
         builder = BM25Builder()
         builder.add(np.arange(len(texts)) if keys is None else keys, texts)
         return builder.finish()
 
     @property
     def num_documents(self) -> int:
+        if self.model is None:
+            return 0
         return int(self.model.scores["num_docs"])
 
     def search(self, queries: Sequence[str], k: int) -> tuple[np.ndarray, np.ndarray]:
         """``(scores, keys)``, each ``(n, k)``, best first; -1 pads documents scoring 0."""
         k = min(k, self.num_documents)
+        if k < 1:  # an emptied index (bm25s refuses k=0): every query finds nothing
+            return (
+                np.full((len(queries), 0), -np.inf, dtype=np.float32),
+                np.full((len(queries), 0), -1, dtype=np.int64),
+            )
         # n_threads=0 scores in this thread: bm25s starts a thread pool for any other value.
         rows, scores = self.model.retrieve(
             self.analyzer(queries), k=k, show_progress=False, n_threads=0
@@ -107,7 +121,10 @@ class BM25Index:
 
     def save(self, folder: str | Path) -> Path:
         folder = Path(folder)
-        self.model.save(str(folder), show_progress=False)
+        if self.model is None:
+            folder.mkdir(parents=True, exist_ok=True)
+        else:
+            self.model.save(str(folder), show_progress=False)
         np.save(folder / KEYS_FILE, self.keys, allow_pickle=False)
         return folder
 
@@ -116,9 +133,10 @@ class BM25Index:
         bm25s = _bm25s()
 
         try:
-            model = bm25s.BM25.load(str(folder), show_progress=False)
             keys = np.load(Path(folder) / KEYS_FILE, allow_pickle=False)
-        except (OSError, ValueError, KeyError) as exc:
+            # No keys: an emptied index, saved without a bm25s model (see the class).
+            model = bm25s.BM25.load(str(folder), show_progress=False) if len(keys) else None
+        except (OSError, ValueError, KeyError, TypeError) as exc:
             raise RetrieverError(f"cannot read the BM25 index in {folder}: {exc}") from None
         return cls(model, keys)
 
@@ -163,7 +181,8 @@ class BM25Builder:
         bm25s = _bm25s()
 
         if not self.token_ids:
-            raise RetrieverError("cannot build BM25 over an empty collection")
+            # Every document was deleted: an empty index, which searches to no hits.
+            return BM25Index(None, np.empty(0, dtype=np.int64))
         model = bm25s.BM25()
         model.index((self.token_ids, self.vocabulary), show_progress=False)
         return BM25Index(model, np.concatenate(self.keys))

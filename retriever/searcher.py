@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import numbers
 import threading
 from collections.abc import Mapping, Sequence
 from functools import cached_property
@@ -19,7 +20,7 @@ import numpy as np
 
 from retriever.backends import DenseBackend, open_backend
 from retriever.config import DISPLAY_SPACE, METHODS, EncoderConfig
-from retriever.docstore import DOCSTORE_DIR, DocStore
+from retriever.docstore import DOCSTORE_DIR, DocStore, shown_id
 from retriever.embedfilter import EmbedFilter
 from retriever.encoder import Encoder
 from retriever.errors import RetrieverError
@@ -53,6 +54,18 @@ def check_queries(queries: Sequence[str]) -> None:
             ) from None
 
 
+def check_search_params(params: Mapping[str, Any]) -> None:
+    """Every given search parameter (``{name: value}``, None for unset) must be a whole
+    number of at least 1: a 0 was once taken for "unset" and silently dropped."""
+    for name, value in params.items():
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+            raise RetrieverError(f"{name} must be a whole number, got {value!r}")
+        if value < 1:
+            raise RetrieverError(f"{name} must be at least 1, got {value}")
+
+
 class Searcher:
     """Searches one index folder. Build it with :meth:`Searcher.load`."""
 
@@ -83,6 +96,7 @@ class Searcher:
             threading.Lock() if index is not None and index.on_gpu else contextlib.nullcontext()
         )
         self._numpy_blas = pthread_blas()
+        self._closed = False
 
     @classmethod
     def load(
@@ -112,6 +126,8 @@ class Searcher:
         searches many indexes of one model); its weights and settings must be the ones the
         index was built with.
         """
+        # Before anything is opened: a bad value costs no model load.
+        check_search_params({"nprobe": nprobe, "ef_search": ef_search, "rescore": rescore})
         folder, hold = ReaderHold.resolve(Path(path).expanduser())
         try:
             manifest = read_manifest(folder)
@@ -129,14 +145,7 @@ class Searcher:
             docstore = DocStore.open(folder / DOCSTORE_DIR)
             _check_counts(folder, manifest, index, sparse, bm25, docstore)
             if index is not None:
-                defaults = manifest["index"].get("search_params") or {}
-                index.set_search_params(
-                    {
-                        "nprobe": nprobe or defaults.get("nprobe"),
-                        "efSearch": ef_search or defaults.get("efSearch"),
-                        "rescore": rescore or defaults.get("rescore"),
-                    }
-                )
+                _set_search_params(index, manifest, nprobe, ef_search, rescore)
             if encoder is None:
                 encoder = load_encoder_for(
                     manifest, folder, model=model, dtype=dtype, device=device, batch_size=batch_size
@@ -191,8 +200,17 @@ class Searcher:
         """The token lens of this index's model and filter."""
         return TokenLens(self.encoder.unembedding(), self.filter, self.encoder.tokenizer)
 
+    def _check_open(self) -> None:
+        # close() let go of the docstore, the backend and the generation: refuse here in
+        # one line, not with an AttributeError from inside a part.
+        if self._closed:
+            raise RetrieverError(
+                f"this searcher is closed ({self.folder}): load the index again to search it"
+            )
+
     def encode_queries(self, queries: Sequence[str]) -> np.ndarray:
         """Raw pooled query embeddings (before the filter)."""
+        self._check_open()
         check_queries(queries)
         return self.encoder.encode_queries(list(queries))
 
@@ -271,13 +289,21 @@ class Searcher:
 
         ``embeddings`` are the queries' raw pooled embeddings when the caller has them
         (a benchmark times encoding apart); otherwise the queries are encoded here.
-        ``query_ids`` name the queries (default: their positions).
+        ``query_ids`` name the queries (default: their positions). An index whose every
+        document was deleted answers every query with no hits.
         """
+        self._check_open()
         if k < 1:
             raise RetrieverError(f"k must be at least 1, got {k}")
         method = self._check_method(method)
         check_queries(queries)
         _check_query_ids(query_ids, len(queries))
+        if query_ids is None:
+            query_ids = [str(i) for i in range(len(queries))]
+        if len(self) == 0:
+            # Nothing to compare the queries with: no need to encode them.
+            ranked: list[list[tuple[int, float]]] = [[] for _ in queries]
+            return results_from_lists(query_ids, ranked, self.docstore.ids_of, self.docstore)
         if embeddings is None and method != "bm25":
             embeddings = self.encoder.encode_queries(list(queries))
         # One query: numpy's products run on one thread, so no spinning BLAS worker takes
@@ -305,8 +331,6 @@ class Searcher:
                 for part in parts
             ]
             ranked = ranked_lists(results, k, fusion, dense_weight)
-        if query_ids is None:
-            query_ids = [str(i) for i in range(len(queries))]
         return results_from_lists(query_ids, ranked, self.docstore.ids_of, self.docstore)
 
     def retrieve(
@@ -323,7 +347,12 @@ class Searcher:
 
         ``vectors`` are the filtered ``embeddings`` when the caller has them already.
         """
+        self._check_open()
+        if k < 1:
+            raise RetrieverError(f"k must be at least 1, got {k}")
         k = min(k, len(self))
+        if k == 0:  # an emptied index: no part is asked for nothing
+            return _no_hits(len(queries))
         if part == "dense":
             return self.search_vectors(
                 self.filter.transform(embeddings) if vectors is None else vectors, k
@@ -343,10 +372,13 @@ class Searcher:
 
     def search_vectors(self, vectors: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """FAISS search alone: ``(scores, keys)`` for already embedded queries."""
+        self._check_open()
         if k < 1:
             raise RetrieverError(f"k must be at least 1, got {k}")
         if self.index is None:
             self._check_method("dense")
+        if len(self) == 0:
+            return _no_hits(len(vectors))
         with self._dense_guard:
             return self.index.search(vectors, min(k, len(self)))
 
@@ -358,6 +390,7 @@ class Searcher:
         ``words_only`` (the default) shows whole words, without stopwords or punctuation
         (see :meth:`TokenLens.top_tokens`); ``False`` gives the plain ranking.
         """
+        self._check_open()
         if isinstance(item, Hit):
             text = item.embedding_text
             embedding = self.encoder.encode_documents([text], show_progress=False)
@@ -386,6 +419,7 @@ class Searcher:
 
         Ordered by the product of the two scores; each token carries the hit's score.
         """
+        self._check_open()
         query_tokens = self.lens.top_tokens(
             self.encode_queries([query]), space, top, words_only=True
         )[0]
@@ -403,7 +437,10 @@ class Searcher:
 
     def close(self) -> None:
         """Let go of the docstore, the dense backend and this searcher's hold on its
-        generation."""
+        generation. Closing twice does nothing; any search after it is refused."""
+        if self._closed:
+            return
+        self._closed = True
         self.docstore.close()
         if self.index is not None:
             self.index.close()
@@ -415,13 +452,36 @@ class Searcher:
         self, *, nprobe: int | None = None, ef_search: int | None = None, rescore: int | None = None
     ) -> None:
         """Change ``nprobe`` (IVF), ``efSearch`` (HNSW) or ``rescore`` (M) for the searches
-        that follow."""
+        that follow. Each must be at least 1; None leaves it as it is."""
+        self._check_open()
+        check_search_params({"nprobe": nprobe, "ef_search": ef_search, "rescore": rescore})
         if self.index is None:
             self._check_method("dense")
         with self._dense_guard:
             self.index.set_search_params(
                 {"nprobe": nprobe, "efSearch": ef_search, "rescore": rescore}
             )
+
+
+def _set_search_params(
+    index: DenseBackend,
+    manifest: dict[str, Any],
+    nprobe: int | None,
+    ef_search: int | None,
+    rescore: int | None,
+) -> None:
+    """The caller's search parameters, else the index's stored ones (``is None``, not
+    ``or``: a given value is never taken for unset)."""
+    stored = manifest["index"].get("search_params") or {}
+    given = {"nprobe": nprobe, "efSearch": ef_search, "rescore": rescore}
+    index.set_search_params(
+        {name: stored.get(name) if value is None else value for name, value in given.items()}
+    )
+
+
+def _no_hits(queries: int) -> tuple[np.ndarray, np.ndarray]:
+    """``(scores, keys)`` of ``queries`` empty lists, shaped as a retriever's."""
+    return np.empty((queries, 0), dtype=np.float32), np.empty((queries, 0), dtype=np.int64)
 
 
 def _check_query_ids(query_ids: Sequence[str] | None, count: int) -> None:
@@ -431,7 +491,7 @@ def _check_query_ids(query_ids: Sequence[str] | None, count: int) -> None:
         raise RetrieverError(f"{len(query_ids)} query ids for {count} queries")
     if len(set(query_ids)) != count:
         repeated = next(q for q in query_ids if list(query_ids).count(q) > 1)
-        raise RetrieverError(f"query id {repeated!r} is given twice; ids must be unique")
+        raise RetrieverError(f"query id {shown_id(repeated)} is given twice; ids must be unique")
 
 
 def _check_encoder(folder: Path, manifest: dict[str, Any], encoder: Encoder) -> None:

@@ -62,6 +62,18 @@ def _documented(action: argparse.Action) -> argparse.Action:
     return shown
 
 
+def printable(text: str) -> str:
+    """``text`` as plain-text output shows it: as is when every character prints, else
+    quoted with Python's escapes (``'a\\nb'``), so that an id holding a newline or a tab
+    cannot break a listing's layout. JSON output keeps the exact text."""
+    return text if text.isprintable() else repr(text)
+
+
+def one_line(text: str) -> str:
+    """``text`` with every run of whitespace (newlines and tabs too) made one space."""
+    return " ".join(text.split())
+
+
 def add_command(
     commands: argparse._SubParsersAction,
     name: str,

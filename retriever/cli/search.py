@@ -7,7 +7,7 @@ import json
 from collections.abc import Sequence
 from typing import Any
 
-from retriever.cli.formatting import add_command
+from retriever.cli.formatting import add_command, one_line, printable
 from retriever.cli.options import (
     add_gpu_options,
     add_method_options,
@@ -68,13 +68,17 @@ def _add_explain_options(group: argparse._ArgumentGroup) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from retriever.searcher import check_queries
+    from retriever.searcher import check_queries, check_search_params
 
     check_queries([args.query])
     if args.k < 1:
         raise RetrieverError(f"-k must be at least 1, got {args.k}")
     if args.explain_top < 1:
         raise RetrieverError(f"--explain-top must be at least 1, got {args.explain_top}")
+    # Named as typed; Searcher.load checks them again for the Python API.
+    check_search_params(
+        {"--nprobe": args.nprobe, "--ef-search": args.ef_search, "--rescore": args.rescore}
+    )
     searcher = load_searcher(args)
     hits = searcher.search(
         args.query,
@@ -91,6 +95,10 @@ def run(args: argparse.Namespace) -> int:
     )
     if args.json:
         _print_json(hits, shared)
+    elif not hits:
+        # Said, where an empty listing would look like a failure.
+        held = "" if len(searcher) else f": {args.index} holds no documents"
+        print(f"no hits{held}")
     else:
         _print_hits(args, hits, shared)
     return 0
@@ -109,8 +117,9 @@ def _print_hits(
     # Reciprocal-rank scores are sums of 1/(60 + rank): they differ in the 5th decimal.
     digits = 6 if "+" in (args.method or "") and args.fusion == "rrf" else 4
     for rank, hit in enumerate(hits, start=1):
-        snippet = " ".join(hit.text.split())
-        print(f"{rank:>3}. {hit.score:.{digits}f}  {hit.id}  {hit.title}")
+        snippet = one_line(hit.text)
+        # One line per hit: an id is escaped (it must stay exact), a title only joined.
+        print(f"{rank:>3}. {hit.score:.{digits}f}  {printable(hit.id)}  {one_line(hit.title)}")
         if snippet:
             print(f"     {snippet[:160]}{'...' if len(snippet) > 160 else ''}")
         if shared is not None:
