@@ -18,6 +18,10 @@ from retriever.errors import RetrieverError
 
 logger = logging.getLogger(__name__)
 
+# A document's id is its key in the docstore (LMDB), whose keys hold at most 511 bytes:
+# a longer id is refused while the corpus is scanned, not after hours of encoding.
+MAX_ID_BYTES = 511
+
 
 @dataclass(frozen=True)
 class Document:
@@ -84,6 +88,15 @@ def _record_id(path: Path, number: int, record: dict[str, Any]) -> str:
     return doc_id
 
 
+def _check_id_size(path: Path, number: int, doc_id: str) -> None:
+    size = len(doc_id.encode("utf-8"))
+    if size > MAX_ID_BYTES:
+        raise RetrieverError(
+            f"{path}:{number}: document id {doc_id[:40]!r}... is {size:,} bytes long (UTF-8); "
+            f"ids hold at most {MAX_ID_BYTES} bytes (the docstore's key limit): shorten it"
+        )
+
+
 def _string_field(path: Path, number: int, record: dict[str, Any], name: str) -> str:
     value = record.get(name)
     if value is None:
@@ -146,6 +159,7 @@ def _records(
             return
         seen += 1
         doc_id = _record_id(path, number, record)
+        _check_id_size(path, number, doc_id)
         title = _string_field(path, number, record, "title")
         text = _string_field(path, number, record, "text")
         if not title.strip() and not text.strip():

@@ -55,6 +55,10 @@ def encode_corpus(
         raise RetrieverError(f"--chunk-size must be at least 1, got {chunk_size}")
     store = store_for_corpus(encoder, scan, folder=folder, chunk_size=chunk_size, restart=restart)
     store.describe_source(scan)
+    # A damaged shard of this slice (a truncated file, a wrong shape) is encoded again.
+    index, total = slice_
+    mine = (c for c in range(store.num_chunks) if c % total == index)
+    store.drop_damaged(mine, getattr(encoder, "hidden_size", None))
     if ray is not None:
         return encode_with_ray(
             encoder, scan, store, ray, slice_=slice_, show_progress=show_progress
@@ -137,6 +141,7 @@ def cached_embeddings(
         encoder, digest.hexdigest(), len(texts), kind=kind, chunk_size=DEFAULT_CHUNK_SIZE
     )
     store = EmbeddingStore.open_or_create(cached_store_folder(key), key)
+    store.drop_damaged(range(store.num_chunks), getattr(encoder, "hidden_size", None))
     if store.missing_chunks():
         documents = (Document(str(i), "", text) for i, text in enumerate(texts))
         encode_to_store(encoder, store, documents, queries=queries, show_progress=show_progress)

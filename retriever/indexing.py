@@ -21,6 +21,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import logging
+import re
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -247,16 +248,14 @@ def build_index(
     instead of loading ``model`` (with ``encoder_config``, if given, as its settings);
     ``embed_filter`` a ready projection (a fitted baseline) to store instead of the
     EmbedFilter of ``filter_spec``. With ``ray`` the encoding runs on Ray actors.
-    ``storage`` (float32, float16, int8, binary), ``binary_centre`` and ``ef_construction``
-    say how the dense index stores its vectors (:mod:`retriever.codes`);
-    ``search_params.rescore`` also keeps ``rescore_vectors`` (int8 or float32) to re-score
-    candidates with.
+    ``storage``, ``binary_centre``, ``ef_construction`` and ``rescore_vectors`` (kept when
+    ``search_params.rescore`` is set) say how the dense index stores its vectors
+    (:mod:`retriever.codes`).
     """
     out_path = Path(out).expanduser().absolute()
     # Cheap checks first: a bad destination, corpus or setting fails before the model loads.
     check_destination(out_path, overwrite)
-    if embed_filter is not None and filter_spec is not None:
-        raise RetrieverError("give filter_spec or embed_filter, not both")
+    _check_arguments(embed_filter, filter_spec, chunk_size)
     plan = IndexPlan(
         filter_spec=filter_spec or FilterSpec(),
         index_type=index_type,
@@ -273,8 +272,8 @@ def build_index(
         ef_construction=ef_construction,
         rescore_vectors=rescore_vectors,
     )
+    _check_plan(plan, embed_filter.dim if embed_filter is not None else None)
     source = _open_source(dataset, limit, from_store)
-    _check_plan(plan)
     load = _ModelLoad(model, revision, dtype, device, batch_size, unembedding_from)
     encoder = _ready_encoder(encoder, encoder_config, source, load, embed_filter, plan)
     indexer = Indexer(encoder, plan)
@@ -284,6 +283,15 @@ def build_index(
         return indexer.assemble(
             embeddings, out_path, embed_filter=embed_filter, overwrite=overwrite, timings=timings
         )
+
+
+def _check_arguments(
+    embed_filter: EmbedFilter | None, filter_spec: FilterSpec | None, chunk_size: int
+) -> None:
+    if embed_filter is not None and filter_spec is not None:
+        raise RetrieverError("give filter_spec or embed_filter, not both")
+    if chunk_size < 1:
+        raise RetrieverError(f"--chunk-size must be at least 1, got {chunk_size}")
 
 
 def _open_source(
@@ -326,8 +334,8 @@ def _ready_encoder(
         # A copy sharing the loaded model: the caller's encoder keeps its own settings.
         encoder = copy.copy(encoder)
         encoder.config = settings
-    if embed_filter is None:
-        plan.filter_spec.kept_dims(encoder.hidden_size)
+    if embed_filter is None:  # the real dimension, known now: checked before encoding
+        _check_plan(plan, plan.filter_spec.kept_dims(encoder.hidden_size))
     elif embed_filter.model_dim != encoder.hidden_size:
         raise RetrieverError(
             f"embed_filter projects {embed_filter.model_dim}-dimensional embeddings, but the "
@@ -393,17 +401,19 @@ def _check_filter_size(spec: FilterSpec, model: str, revision: str | None) -> No
         spec.kept_dims(hidden)
 
 
-def _check_plan(plan: IndexPlan) -> None:
-    """Checks that need no model: search parameters must fit the index type."""
-    from retriever.faiss_install import faiss
+# Dimensions an index type is parsed at before the model gives the real one: a type whose
+# codes must divide the dimension (PQ16, OPQ8_64, PCA96) parses at one of them.
+_TRIAL_DIMS = (64, 96, 128, 192, 256, 384, 512, 768, 1024, 1536, 2048, 4096, 5040)
 
+
+def _check_plan(plan: IndexPlan, dim: int | None = None) -> None:
+    """Checks that need no model: the index type must parse (at ``dim``, the filtered
+    dimension once known, else at some dimension), and search parameters must fit it."""
     if not plan.dense:
         return
-    try:
-        # The dimension is not known yet; 64 parses every type whose codes divide it.
-        index = faiss.index_factory(64, plan.index_type, faiss.METRIC_INNER_PRODUCT)
-    except RuntimeError:
-        return  # reported with the real dimension once the model is known
+    index = _parsed_index_type(plan, dim)
+    if index is None:
+        return
     # HNSW's efConstruction goes with its efSearch: both apply to the same indexes.
     checks = {
         "--nprobe": ("nprobe", plan.search_params.nprobe),
@@ -413,3 +423,39 @@ def _check_plan(plan: IndexPlan) -> None:
     for flag, (name, value) in checks.items():
         if value is not None and not has_parameter(index, name):
             raise RetrieverError(f"{flag} does not apply to --index-type {plan.index_type}")
+
+
+def _parsed_index_type(plan: IndexPlan, dim: int | None) -> Any:
+    """An empty FAISS index of the plan's type and storage, as the build makes it; None for
+    a Milvus index name that FAISS does not know (its backend spec checked it)."""
+    from retriever.codes import binary_bits
+    from retriever.faiss_install import faiss
+    from retriever.index import is_binary_type
+
+    if plan.backend != "faiss":
+        try:
+            return faiss.index_factory(64, plan.index_type, faiss.METRIC_INNER_PRODUCT)
+        except RuntimeError:
+            return None
+    layout = plan.backend_spec().layout
+    reason = ""
+    for trial in _TRIAL_DIMS if dim is None else (dim,):
+        width = binary_bits(trial) if layout.binary else trial
+        try:
+            if is_binary_type(layout.factory):
+                return faiss.index_binary_factory(width, layout.factory)
+            return faiss.index_factory(width, layout.factory, faiss.METRIC_INNER_PRODUCT)
+        except RuntimeError as exc:
+            reason = reason or _faiss_reason(exc)
+    where = f" at dimension {dim}" if dim is not None else ""
+    raise RetrieverError(
+        f"invalid --index-type {plan.index_type!r}{where}: {reason}; give Flat, HNSWm, IVFn "
+        "or a faiss.index_factory string"
+    )
+
+
+def _faiss_reason(exc: RuntimeError) -> str:
+    """FAISS's own words, without the C++ function and source line it prefixes them with."""
+    text = (str(exc).strip().splitlines() or ["unknown index type"])[-1]
+    text = re.sub(r"^Error in .*? at \S+:\d+: ", "", text)
+    return re.sub(r"^Error: '.*?' failed: ", "", text)

@@ -22,6 +22,7 @@ import hashlib
 import json
 import logging
 import os
+from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -108,15 +109,100 @@ class Shard:
     def count(self) -> int:
         return int(self.record["count"])
 
+    def path(self, suffix: str) -> Path:
+        return self.folder / f"{self.chunk:06d}.{suffix}"
+
     def embeddings(self, pooling: str) -> np.ndarray:
         """``(n, d)`` float32, memory-mapped (read lazily, never all at once)."""
-        return np.load(self.folder / f"{self.chunk:06d}.{pooling}.npy", mmap_mode="r")
+        path = self.path(f"{pooling}.npy")
+        try:
+            return np.load(path, mmap_mode="r", allow_pickle=False)
+        except (OSError, ValueError) as exc:
+            # Checked when the store was opened; this is a file damaged since then.
+            raise RetrieverError(self.damaged(f"{path.name}: {_first_line(exc)}")) from None
 
     def documents(self) -> Iterator[Document]:
-        with (self.folder / f"{self.chunk:06d}.docs.jsonl").open(encoding="utf-8") as handle:
-            for line in handle:
-                data = json.loads(line)
-                yield Document(data["_id"], data["title"], data["text"], data["metadata"])
+        path = self.path("docs.jsonl")
+        with path.open("rb") as handle:
+            for number, raw in enumerate(handle, start=1):
+                try:
+                    data = json.loads(raw.decode("utf-8"))
+                    document = Document(data["_id"], data["title"], data["text"], data["metadata"])
+                except (ValueError, KeyError, TypeError):
+                    problem = f"{path.name} line {number} is not a stored document"
+                    raise RetrieverError(self.damaged(problem)) from None
+                yield document
+
+    def inspect(self, expected: int) -> tuple[str | None, int]:
+        """``(what is wrong or None, dimension)``: reads the arrays' headers and counts the
+        documents' lines, so a damaged shard is found before any index work."""
+        if self.count != expected:
+            return f"its record says {self.count} documents, the chunk holds {expected}", 0
+        dims = set()
+        for pooling in POOLINGS:
+            problem, dim = _npy_problem(self.path(f"{pooling}.npy"), self.count)
+            if problem is not None:
+                return problem, 0
+            dims.add(dim)
+        if len(dims) > 1:
+            return f"its poolings have different dimensions ({sorted(dims)})", 0
+        return _jsonl_problem(self.path("docs.jsonl"), self.count), dims.pop()
+
+    def damaged(self, problem: str) -> str:
+        """The one-line refusal of this shard, saying how to encode it again."""
+        label = self.record.get("slice", "0/1")
+        again = "" if label == "0/1" else f" --shard {label}"
+        return (
+            f"shard {self.chunk:06d} of the embedding store {self.folder.parent} is damaged "
+            f"({problem}): rerun `retriever encode{again}` into this store, which encodes "
+            "that chunk again, or pass --restart to encode the store afresh"
+        )
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
+def _npy_problem(path: Path, rows: int) -> tuple[str | None, int]:
+    """What is wrong with a shard's ``.npy`` file (None: an ``(rows, d)`` float32 array
+    whose bytes are all there), and its ``d``. Reads only the header."""
+    fmt = np.lib.format
+    try:
+        with path.open("rb") as handle:
+            version = fmt.read_magic(handle)
+            read = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
+            shape, fortran, dtype = read(handle)
+            offset, size = handle.tell(), os.fstat(handle.fileno()).st_size
+    except FileNotFoundError:
+        return f"{path.name} is missing", 0
+    except (OSError, ValueError, TypeError, SyntaxError) as exc:
+        return f"{path.name} is not a readable array ({_first_line(exc)})", 0
+    if dtype != np.float32 or fortran or len(shape) != 2 or shape[0] != rows or not shape[1]:
+        order = " (Fortran order)" if fortran else ""
+        return f"{path.name} holds {dtype} {shape}{order}, not ({rows}, d) float32", 0
+    expected = offset + shape[0] * shape[1] * dtype.itemsize
+    if size != expected:
+        return f"{path.name} is {size:,} bytes, its header says {expected:,}", 0
+    return None, int(shape[1])
+
+
+def _jsonl_problem(path: Path, rows: int) -> str | None:
+    """What is wrong with a shard's documents file: every document is one line (each line
+    is parsed when read; counting them here finds a truncated file at once)."""
+    try:
+        with path.open("rb") as handle:
+            lines, last = 0, b""
+            while block := handle.read(1 << 20):
+                lines, last = lines + block.count(b"\n"), block[-1:]
+    except FileNotFoundError:
+        return f"{path.name} is missing"
+    except OSError as exc:
+        return f"{path.name} cannot be read ({exc.strerror})"
+    if lines != rows or last != b"\n":
+        ending = "" if last == b"\n" else ", the last one cut short"
+        return f"{path.name} holds {lines} complete lines{ending}, not {rows} documents"
+    return None
 
 
 class EmbeddingStore:
@@ -126,6 +212,9 @@ class EmbeddingStore:
         self.folder = folder
         self.key = key
         self.digest = key_digest(key)
+        # The dimension of every shard inspected (or written) by this object: each shard's
+        # files are read once, however often shards() is asked.
+        self._dims: dict[int, int] = {}
 
     @classmethod
     def open_or_create(
@@ -215,7 +304,15 @@ class EmbeddingStore:
         except FileNotFoundError:
             return None
         except (OSError, ValueError) as exc:
-            raise RetrieverError(f"cannot read the shard record {path}: {exc}") from None
+            raise RetrieverError(
+                f"cannot read the shard record {path}: {exc}; delete it and rerun "
+                "`retriever encode` into this store to encode that chunk again"
+            ) from None
+        if not isinstance(record, dict) or not isinstance(record.get("count"), int):
+            raise RetrieverError(
+                f"the shard record {path} is damaged; delete it and rerun `retriever encode` "
+                "into this store to encode that chunk again"
+            )
         if record.get("key_sha256") != self.digest:
             raise RetrieverError(
                 f"shard {path.name} of {self.folder} was encoded with other settings than the "
@@ -223,6 +320,10 @@ class EmbeddingStore:
                 "(or pass --restart)"
             )
         return Shard(chunk, record, self.shards_folder)
+
+    def expected_count(self, chunk: int) -> int:
+        """The documents chunk ``chunk`` holds: ``chunk_size``, fewer in the last one."""
+        return min(self.chunk_size, self.count - chunk * self.chunk_size)
 
     def missing_chunks(self) -> list[int]:
         return [c for c in range(self.num_chunks) if self.shard(c) is None]
@@ -239,7 +340,7 @@ class EmbeddingStore:
         slice_label: str,
     ) -> Shard:
         """Write one chunk's files, the record last, each by an atomic rename."""
-        expected = min(self.chunk_size, self.count - chunk * self.chunk_size)
+        expected = self.expected_count(chunk)
         if len(documents) != expected:
             raise RetrieverError(
                 f"chunk {chunk} of {self.folder} should hold {expected} documents, got "
@@ -274,14 +375,56 @@ class EmbeddingStore:
         _atomic_write(
             Path(f"{stem}.json"), lambda stream: stream.write(json.dumps(record).encode())
         )
+        self._dims[chunk] = int(np.shape(next(iter(embeddings.values())))[1])
         return Shard(chunk, record, self.shards_folder)
 
     def shards(self) -> list[Shard]:
-        """Every shard in chunk order; refuses a store that is not complete."""
+        """Every shard in chunk order; refuses a store that is not complete, or one with a
+        damaged shard (each shard's files are checked, cheaply, before they are used)."""
         missing = self.missing_chunks()
         if missing:
             raise RetrieverError(self._missing_message(missing))
-        return [self.shard(c) for c in range(self.num_chunks)]
+        shards = [self.shard(c) for c in range(self.num_chunks)]
+        for shard in shards:
+            if shard.chunk in self._dims:
+                continue
+            problem, dim = shard.inspect(self.expected_count(shard.chunk))
+            if problem is not None:
+                raise RetrieverError(shard.damaged(problem))
+            self._dims[shard.chunk] = dim
+        self._check_dimensions(shards)
+        return shards
+
+    def _check_dimensions(self, shards: list[Shard]) -> None:
+        """Every shard holds vectors of one dimension; the odd one out is the damaged one."""
+        dims = [self._dims[shard.chunk] for shard in shards]
+        if not dims:
+            return
+        common = Counter(dims).most_common(1)[0][0]
+        for shard, dim in zip(shards, dims, strict=True):
+            if dim != common:
+                problem = f"its vectors have {dim} dimensions, the other shards' {common}"
+                raise RetrieverError(shard.damaged(problem))
+
+    def drop_damaged(self, chunks: Iterable[int], dim: int | None = None) -> list[int]:
+        """Remove the record of every damaged shard among ``chunks`` (files that do not
+        match it, or vectors not of dimension ``dim``), so that encoding writes it again;
+        returns their chunk numbers. Only for a writer that is about to encode them."""
+        dropped = []
+        for chunk in chunks:
+            shard = self.shard(chunk)
+            if shard is None or chunk in self._dims:
+                continue
+            problem, found = shard.inspect(self.expected_count(chunk))
+            if problem is None and dim is not None and found != dim:
+                problem = f"its vectors have {found} dimensions, the model's {dim}"
+            if problem is None:
+                self._dims[chunk] = found
+                continue
+            logger.warning("%s is damaged (%s): encoding it again", shard.path("json"), problem)
+            shard.path("json").unlink(missing_ok=True)
+            dropped.append(chunk)
+        return dropped
 
     def _missing_message(self, missing: list[int]) -> str:
         slices = sorted(

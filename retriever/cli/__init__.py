@@ -8,7 +8,10 @@ transformers, faiss) happen inside ``run``, so ``--help`` answers at once.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import errno
 import logging
+import os
 import shlex
 import sys
 from collections.abc import Sequence
@@ -89,3 +92,41 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("retriever: interrupted; nothing was written", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # The reader of stdout went away (`retriever search ... | head`): nothing to say,
+        # and stdout goes to /dev/null so that the interpreter's last flush is quiet too.
+        with contextlib.suppress(OSError, ValueError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
+    except OSError as exc:
+        # The system refused a read or write (a full disk, a read-only or foreign folder):
+        # the user's to fix, so one line; writers publish atomically, so nothing is lost.
+        logging.getLogger("retriever").debug("the system refused", exc_info=True)
+        print(f"retriever: error: {_describe_os_error(exc, args)}", file=sys.stderr)
+        return 2
+
+
+# What to do about the errors the system gives most (anything else: its own words).
+_OS_ADVICE = {
+    errno.ENOSPC: "free some space and rerun; an index being replaced is intact",
+    errno.EDQUOT: "free some space or raise the quota, and rerun; an index being replaced is "
+    "intact",
+    errno.EFBIG: "the file system's file size limit was reached: use another folder",
+    errno.EACCES: "choose a folder you can write to, or fix its permissions",
+    errno.EPERM: "choose a folder you can write to, or fix its permissions",
+    errno.EROFS: "choose a folder on a writable file system",
+    errno.EIO: "the device failed: check it, then rerun",
+}
+
+
+def _describe_os_error(exc: OSError, args: argparse.Namespace) -> str:
+    """One line for an error the system gave: what, where, and what to do."""
+    text = str(exc).strip().splitlines()
+    what = exc.strerror.lower() if exc.strerror else (text[0] if text else type(exc).__name__)
+    # An error on a file descriptor names no file: the command's own target is the place.
+    where = exc.filename or next(
+        (getattr(args, name) for name in ("out", "index") if getattr(args, name, None)), None
+    )
+    line = f"{what}: {where}" if where else what
+    advice = _OS_ADVICE.get(exc.errno)
+    return f"{line} ({advice})" if advice else line

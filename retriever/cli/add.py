@@ -31,10 +31,18 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from retriever.datasets import corpus_file
     from retriever.generations import current_generation
     from retriever.indexing import Indexer
     from retriever.manifest import load_encoder_for, read_manifest
 
+    # Cheap checks before the model loads; the corpus's lines (ids included) are checked
+    # when it is scanned, before anything is encoded.
+    if args.chunk_size < 1:
+        raise RetrieverError(f"--chunk-size must be at least 1, got {args.chunk_size}")
+    if args.limit is not None and args.limit < 1:
+        raise RetrieverError(f"--limit must be a positive number of documents, got {args.limit}")
+    corpus_file(args.dataset)
     out = Path(args.index).expanduser().absolute()
     base = current_generation(out)
     if base is None:

@@ -15,6 +15,7 @@ from retriever.cli.options import (
     add_model_options,
     add_search_param_options,
     add_split_option,
+    check_search_options,
     load_searcher,
 )
 from retriever.config import FUSIONS
@@ -92,6 +93,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.k < 1:
         raise RetrieverError(f"-k must be at least 1, got {args.k}")
+    check_search_options(args)
     # Checked before the queries run: the report comes at the end of a long evaluation.
     if args.json_out and not Path(args.json_out).parent.is_dir():
         raise RetrieverError(f"--json-out {args.json_out}: its folder does not exist")

@@ -412,10 +412,22 @@ def add_fusion_option(group: Container, *, lists: bool) -> None:
         )
 
 
+def check_search_options(args: argparse.Namespace) -> None:
+    """Refuse search settings out of range before the index and its model load (a command
+    without an option skips its check; Searcher.load checks nprobe, ef-search, rescore)."""
+    weight = getattr(args, "dense_weight", None)
+    if weight is not None and not 0.0 <= weight <= 1.0:  # NaN fails too
+        raise RetrieverError(f"--dense-weight must lie in [0, 1], got {weight}")
+    tokens = getattr(args, "sparse_query_tokens", None)
+    if tokens is not None and tokens < 0:
+        raise RetrieverError(f"--sparse-query-tokens must be >= 0, got {tokens}")
+
+
 def load_searcher(args: argparse.Namespace) -> Any:
     """The index's Searcher with the model and FAISS options given on the command line."""
     from retriever.searcher import Searcher
 
+    check_search_options(args)
     return Searcher.load(
         args.index,
         model=args.model,
