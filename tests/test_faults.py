@@ -5,12 +5,16 @@ message, and that nothing was lost or half-written.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
+import shutil
 import signal
+import stat
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import lmdb
@@ -18,9 +22,16 @@ import numpy as np
 import pytest
 
 from retriever import FilterSpec, RetrieverError, Searcher, build_index
+from retriever import generations as generations_module
 from retriever import models as models_module
 from retriever.cli import main
-from retriever.generations import generations_folder, writer_lock
+from retriever.datasets import scan_corpus
+from retriever.embedfilter import EmbedFilter
+from retriever.encoder import Encoder
+from retriever.generations import generations_folder, lock_path, writer_lock
+from retriever.indexing import delete_documents
+from retriever.lexical import BM25_DIR, BM25Builder, BM25Index
+from retriever.sparse import SPARSE_DIR, KeyTokenIndex, SparseSpec
 from tests.conftest import TOY_DOCS, synthetic_docs, write_jsonl
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -290,6 +301,42 @@ def test_a_really_full_tmpfs(
         subprocess.run(["umount", str(disk)], check=True)
 
 
+def test_overwrite_on_a_disk_already_full_is_one_line_not_sigbus(
+    tiny_model: Path, tmp_path: Path
+) -> None:
+    """LMDB's lock table is written through a memory map: on a full disk that was SIGBUS
+    (exit 135, no message) when the new docstore was opened."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root; the injected cells above cover the rest")
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(disk)]).returncode:
+        pytest.skip("this sandbox cannot mount a tmpfs")
+    try:
+        corpus = write_jsonl(tmp_path / "docs.jsonl", TOY_DOCS)
+        out = _build(tiny_model, corpus, disk / "idx")
+        filler = os.open(disk / "filler", os.O_WRONLY | os.O_CREAT)
+        try:  # every remaining byte of the disk
+            while os.write(filler, b"\0" * 4096):
+                pass
+        except OSError:
+            pass
+        finally:
+            os.close(filler)
+        argv = ["index", str(corpus), "--out", str(out), "--model", str(tiny_model)]
+        argv += ["--dtype", "float32", "--overwrite", "--store", str(tmp_path / "store")]
+        # Its own process: a SIGBUS would kill the test runner.
+        done = subprocess.run(
+            [sys.executable, "-m", "retriever.cli", "-q", *argv], capture_output=True, text=True
+        )
+        lines = done.stderr.strip().splitlines()
+        assert done.returncode == 2, (done.returncode, done.stderr[-500:])
+        assert len(lines) == 1 and "no space left" in lines[0]
+        assert _loads_and_searches(out) == 16
+    finally:
+        subprocess.run(["umount", str(disk)], check=True)
+
+
 # --- corrupt or crafted index folders -------------------------------------------------
 
 
@@ -521,3 +568,897 @@ def test_a_100000_character_document(tiny_model: Path, tmp_path: Path) -> None:
     searcher = Searcher.load(_build(tiny_model, corpus, tmp_path / "idx"))
     assert len(searcher.docstore.get(searcher.docstore.key_of("long")).text) == 100_000
     assert searcher.search("Huge " + long["text"][:200], k=1)[0].id == "long"
+
+
+# --- faults met while building ----------------------------------------------------------
+#
+# Each is found before the expensive work and said in one line: damaged embedding-store
+# shards, document ids too long for the docstore, settings that cannot work, and the system
+# refusing a write (a full disk, a read-only folder).
+
+
+CHUNK = 8
+
+
+def _build_cli(capsys: pytest.CaptureFixture, *argv: str) -> tuple[int, str]:
+    """Run the command quietly; its exit status and its one line on stderr."""
+    code = main(["-q", *argv])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) <= 1, lines  # one line, never a traceback
+    return code, (lines[0] if lines else "")
+
+
+def _build_loads_and_searches(index: Path) -> int:
+    """The document count of a loadable index whose documents are found by their text."""
+    searcher = Searcher.load(index)
+    try:
+        for document in list(searcher.docstore)[:3]:
+            assert searcher.search(document.embedding_text, k=1)[0].id == document.id
+        return len(searcher.docstore)
+    finally:
+        searcher.close()
+
+
+@pytest.fixture
+def no_model(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Loading a model fails the test: a refusal must come before it."""
+
+    def load(*args, **kwargs):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(Encoder, "load", load)
+    monkeypatch.setattr(Searcher, "load", load)
+
+
+@pytest.fixture
+def no_encoding(monkeypatch: pytest.MonkeyPatch) -> None:
+    def encode(*args, **kwargs):
+        raise AssertionError("documents were encoded")
+
+    monkeypatch.setattr(Encoder, "encode_poolings", encode)
+
+
+# --- damaged embedding-store shards --------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def encoded(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(corpus, complete store) of 20 documents in shards of 8, 8 and 4."""
+    folder = tmp_path_factory.mktemp("encoded")
+    corpus = write_jsonl(folder / "corpus.jsonl", synthetic_docs(20))
+    store = folder / "store"
+    argv = ["encode", str(corpus), "--out", str(store), "--chunk-size", str(CHUNK)]
+    assert main(["-q", *argv, "--model", str(tiny_model), "--dtype", "float32"]) == 0
+    return corpus, store
+
+
+@pytest.fixture
+def store(encoded: tuple[Path, Path], tmp_path: Path) -> Path:
+    """A copy of the encoded store, free to damage."""
+    return Path(shutil.copytree(encoded[1], tmp_path / "store"))
+
+
+def _shard_truncate(path: Path, keep: float = 0.5) -> None:
+    data = path.read_bytes()
+    path.write_bytes(data[: int(len(data) * keep)])
+
+
+def _resave(path: Path, change) -> None:
+    np.save(path, change(np.load(path)), allow_pickle=False)
+
+
+def _record(path: Path, **fields) -> None:
+    path.write_text(json.dumps({**json.loads(path.read_text()), **fields}))
+
+
+DAMAGES = {
+    "truncated array": (lambda s: _shard_truncate(s / "000001.mean.npy", 0.9), "header says"),
+    "rows missing": (lambda s: _resave(s / "000001.last.npy", lambda a: a[:-1]), "not (8, d)"),
+    "one dimension": (lambda s: _resave(s / "000001.mean.npy", np.ravel), "not (8, d)"),
+    "poolings differ": (
+        lambda s: _resave(s / "000001.mean.npy", lambda a: a[:, :-1]),
+        "poolings have different dimensions",
+    ),
+    "float64": (lambda s: _resave(s / "000001.mean.npy", lambda a: a.astype(float)), "float64"),
+    "not an array": (
+        lambda s: (s / "000001.mean.npy").write_bytes(b"garbage"),
+        "not a readable array",
+    ),
+    "array missing": (lambda s: (s / "000001.last.npy").unlink(), "000001.last.npy is missing"),
+    "truncated documents": (lambda s: _shard_truncate(s / "000001.docs.jsonl"), "complete lines"),
+    "documents missing": (lambda s: (s / "000001.docs.jsonl").unlink(), "is missing"),
+    "record count": (lambda s: _record(s / "000001.json", count=7), "record says 7 documents"),
+}
+
+
+@pytest.mark.parametrize("damage", DAMAGES)
+def test_a_damaged_shard_is_one_line_before_the_model_loads(
+    damage: str, store: Path, tmp_path: Path, no_model: None, capsys: pytest.CaptureFixture
+) -> None:
+    harm, said = DAMAGES[damage]
+    harm(store / "shards")
+    code, message = _build_cli(
+        capsys, "index", "--from", str(store), "--out", str(tmp_path / "idx")
+    )
+    assert code == 2 and message.startswith("retriever: error: shard 000001 of the embedding")
+    assert said in message and "rerun `retriever encode` into this store" in message
+    assert not (tmp_path / "idx").exists()
+
+
+def test_one_shard_of_another_dimension_is_named(
+    store: Path, tmp_path: Path, no_model: None
+) -> None:
+    for pooling in ("mean", "last"):
+        _resave(store / "shards" / f"000002.{pooling}.npy", lambda a: a[:, :-1])
+    with pytest.raises(RetrieverError, match="shard 000002 .* 31 dimensions, the other shards' 32"):
+        build_index(None, tmp_path / "idx", from_store=store)
+
+
+def test_a_broken_stored_document_is_one_line_and_publishes_nothing(
+    store: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    path = store / "shards" / "000000.docs.jsonl"
+    lines = path.read_bytes().splitlines(keepends=True)
+    lines[2] = b'{"_id": "s2", "tit\n'  # the line count holds: found when it is read
+    path.write_bytes(b"".join(lines))
+    code, message = _build_cli(
+        capsys, "index", "--from", str(store), "--out", str(tmp_path / "idx")
+    )
+    assert code == 2 and "000000.docs.jsonl line 3 is not a stored document" in message
+    assert not (tmp_path / "idx").exists()
+
+
+def test_encoding_again_repairs_a_damaged_shard(
+    encoded: tuple[Path, Path], store: Path, tiny_model: Path, tmp_path: Path
+) -> None:
+    _shard_truncate(store / "shards" / "000001.mean.npy", 0.9)
+    _resave(store / "shards" / "000002.last.npy", lambda a: a[:, :-1])
+    argv = ["encode", str(encoded[0]), "--out", str(store), "--chunk-size", str(CHUNK)]
+    assert main(["-q", *argv, "--model", str(tiny_model), "--dtype", "float32"]) == 0
+    assert main(["-q", "index", "--from", str(store), "--out", str(tmp_path / "idx")]) == 0
+    assert _build_loads_and_searches(tmp_path / "idx") == 20
+
+
+# --- document ids longer than LMDB's keys --------------------------------------------
+
+
+def test_ids_over_511_bytes_are_refused_by_the_scan(tmp_path: Path) -> None:
+    fits = write_jsonl(tmp_path / "fits.jsonl", [{"_id": "a" * 511, "text": "x"}])
+    assert scan_corpus(fits).count == 1
+    for long_id in ("b" * 512, "é" * 256):  # 256 characters, 512 bytes
+        docs = [{"_id": "a", "text": "x"}, {"_id": "c", "text": "y"}, {"_id": long_id, "text": "z"}]
+        corpus = write_jsonl(tmp_path / "long.jsonl", docs)
+        with pytest.raises(RetrieverError, match=r"long\.jsonl:3: document id .* 512 bytes"):
+            scan_corpus(corpus)
+
+
+def test_a_long_id_is_refused_before_the_model_loads(
+    tmp_path: Path, tiny_model: Path, no_model: None, capsys: pytest.CaptureFixture
+) -> None:
+    corpus = write_jsonl(tmp_path / "long.jsonl", [*TOY_DOCS, {"_id": "x" * 600, "text": "y"}])
+    argv = ["index", str(corpus), "--out", str(tmp_path / "idx"), "--model", str(tiny_model)]
+    code, message = _build_cli(capsys, *argv)
+    assert code == 2 and "long.jsonl:7: document id 'xxx" in message
+    assert "600 bytes" in message and "at most 511 bytes" in message
+    assert not (tmp_path / "idx").exists()
+
+
+def test_add_refuses_a_long_id_before_encoding_and_takes_511_bytes(
+    tiny_model: Path, toy_corpus: Path, tmp_path: Path, monkeypatch, capsys
+) -> None:
+    out = build_index(toy_corpus, tmp_path / "idx", model=str(tiny_model), dtype="float32")
+    longest = {"_id": "é" * 255 + "z", "title": "Longest", "text": "Protein folding."}
+    extra = write_jsonl(tmp_path / "extra.jsonl", [longest, {"_id": "y" * 512, "text": "z"}])
+    with monkeypatch.context() as patch:
+        patch.setattr(Encoder, "encode_poolings", _fail)
+        code, message = _build_cli(capsys, "add", str(out), str(extra))
+    assert code == 2 and "extra.jsonl:2: document id 'yyy" in message and "512 bytes" in message
+    assert _build_loads_and_searches(out) == len(TOY_DOCS)
+    write_jsonl(extra, [longest])  # 511 bytes: the most a docstore key holds
+    assert main(["-q", "add", str(out), str(extra), "--dtype", "float32"]) == 0
+    searcher = Searcher.load(out)
+    try:
+        hit = searcher.search("Longest Protein folding.", k=1)[0]
+        assert hit.id == longest["_id"] and len(hit.id.encode()) == 511
+    finally:
+        searcher.close()
+
+
+def _fail(*args, **kwargs):
+    raise AssertionError("documents were encoded")
+
+
+# --- settings checked before the model loads -----------------------------------------
+
+
+def test_an_unparseable_index_type_is_refused_before_the_scan(
+    toy_corpus: Path, tmp_path: Path, no_model: None, monkeypatch, capsys
+) -> None:
+    monkeypatch.setattr("retriever.indexing.scan_corpus", _fail)
+    argv = ["index", str(toy_corpus), "--out", str(tmp_path / "idx"), "--index-type", "Bogus12"]
+    code, message = _build_cli(capsys, *argv)
+    assert code == 2 and message.startswith("retriever: error: invalid --index-type 'Bogus12': ")
+    assert "Flat, HNSWm, IVFn or a faiss.index_factory string" in message
+    with pytest.raises(RetrieverError, match="invalid --index-type 'HNSW32,Bogus'"):
+        build_index(toy_corpus, tmp_path / "idx", index_type="HNSW32,Bogus")
+
+
+def test_a_type_that_needs_another_dimension_is_refused_before_encoding(
+    tiny_model: Path, toy_corpus: Path, tmp_path: Path, no_encoding: None
+) -> None:
+    # PQ7 parses (at a dimension 7 divides), but not at the 16 dimensions --tau 2 keeps.
+    with pytest.raises(RetrieverError, match="invalid --index-type 'IVF2,PQ7' at dimension 16"):
+        build_index(
+            toy_corpus,
+            tmp_path / "idx",
+            model=str(tiny_model),
+            dtype="float32",
+            filter_spec=FilterSpec(tau=2),
+            index_type="IVF2,PQ7",
+        )
+    assert not (tmp_path / "idx").exists()
+
+
+@pytest.mark.parametrize(
+    ("argv", "said"),
+    [
+        (["index", "{docs}", "--out", "{tmp}/o", "--chunk-size", "0"], "--chunk-size must be"),
+        (["add", "{tmp}/o", "{docs}", "--chunk-size", "0"], "--chunk-size must be at least 1"),
+        (["add", "{tmp}/o", "{docs}", "--limit", "0"], "--limit must be a positive number"),
+        (["add", "{tmp}/o", "{tmp}/missing.jsonl"], "missing.jsonl does not exist"),
+        (["search", "{tmp}/o", "fox", "--dense-weight", "2"], "--dense-weight must lie in [0, 1]"),
+        (["search", "{tmp}/o", "fox", "--dense-weight", "nan"], "--dense-weight must lie in"),
+        (["search", "{tmp}/o", "fox", "--sparse-query-tokens", "-1"], "--sparse-query-tokens"),
+        (["eval", "{tmp}/o", "{tmp}", "--dense-weight", "-0.5"], "--dense-weight must lie in"),
+    ],
+)
+def test_settings_are_refused_before_the_model_loads(
+    argv: list[str], said: str, toy_corpus: Path, tmp_path: Path, no_model: None, capsys
+) -> None:
+    argv = [a.format(docs=toy_corpus, tmp=tmp_path) for a in argv]
+    code, message = _build_cli(capsys, *argv)
+    assert code == 2 and message.startswith("retriever: error: ") and said in message
+
+
+def test_the_api_refuses_a_chunk_size_before_the_model_loads(
+    toy_corpus: Path, tmp_path: Path, no_model: None
+) -> None:
+    with pytest.raises(RetrieverError, match="--chunk-size must be at least 1, got 0"):
+        build_index(toy_corpus, tmp_path / "idx", chunk_size=0)
+
+
+# --- the system refuses a write ------------------------------------------------------
+
+
+def test_a_full_disk_at_the_lock_is_one_line_and_keeps_the_old_index(
+    tiny_model: Path, toy_corpus: Path, tmp_path: Path, monkeypatch, capsys
+) -> None:
+    out = build_index(toy_corpus, tmp_path / "idx", model=str(tiny_model), dtype="float32")
+    first = tmp_path / "first"
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    common = ["--model", str(tiny_model), "--dtype", "float32", "--tau", "4"]
+    with monkeypatch.context() as patch:
+        patch.setattr(os, "pwrite", full)  # the writer lock's pid: a build's first write
+        replace = _build_cli(
+            capsys, "index", str(toy_corpus), "--out", str(out), "--overwrite", *common
+        )
+        new = _build_cli(capsys, "index", str(toy_corpus), "--out", str(first), *common)
+    for (code, message), target in ((replace, out), (new, first)):
+        assert code == 2 and "no space left on device" in message.lower()
+        assert target.name in message
+    assert not first.exists()
+    assert _build_loads_and_searches(out) == len(TOY_DOCS)
+    assert [p.name for p in generations_folder(out).iterdir()] == [out.resolve().name]
+
+
+@pytest.mark.parametrize(
+    ("error", "said"),
+    [
+        (
+            OSError(errno.ENOSPC, "No space left on device", "/data/idx/x"),
+            "no space left on device: /data/idx/x (free some space and rerun",
+        ),
+        (
+            OSError(errno.EDQUOT, "Disk quota exceeded"),
+            "disk quota exceeded: {out} (free some space or raise the quota",
+        ),
+        (
+            OSError(errno.EACCES, "Permission denied", "/data"),
+            "permission denied: /data (choose a folder you can write to",
+        ),
+        (
+            OSError(errno.EROFS, "Read-only file system", "/mnt/ro/idx"),
+            "read-only file system: /mnt/ro/idx (choose a folder on a writable file system)",
+        ),
+        (OSError(errno.ENAMETOOLONG, "File name too long", "/x"), "file name too long: /x"),
+    ],
+)
+def test_system_errors_are_one_line(
+    error: OSError, said: str, tmp_path: Path, monkeypatch, capsys
+) -> None:
+    def run(args):
+        raise error
+
+    monkeypatch.setattr("retriever.cli.index.run", run)
+    out = tmp_path / "idx"
+    code, message = _build_cli(capsys, "index", "docs.jsonl", "--out", str(out))
+    assert code == 2 and message.startswith("retriever: error: " + said.format(out=out))
+
+
+def test_a_closed_pipe_is_quiet(monkeypatch, capsys) -> None:
+    def run(args):
+        raise BrokenPipeError(errno.EPIPE, "Broken pipe")
+
+    monkeypatch.setattr("retriever.cli.search.run", run)
+    assert main(["search", "idx", "fox"]) == 141
+    assert capsys.readouterr().err == ""
+
+
+# --- faults in the files and folders of an index ----------------------------------------
+#
+# Damaged filter and sparse parts, a generation removed by hand, folders the user cannot
+# write, a lock held by another program, and an fsync that fails. Each ends in one line and
+# a non-zero exit from the CLI (a RetrieverError in Python), and nothing that was published
+# is lost.
+
+
+FIX_PERMISSIONS = "permission denied; choose another --out or fix its permissions"
+
+
+def _one_line(capsys: pytest.CaptureFixture, *argv: str) -> tuple[int, str]:
+    """Run the CLI quietly: its whole stderr must be one line, with no traceback."""
+    code = main(["-q", *argv])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("retriever: error: ")
+    return code, lines[0]
+
+
+def _single_line(exc: pytest.ExceptionInfo) -> str:
+    message = str(exc.value)
+    assert "\n" not in message
+    return message
+
+
+def _search(capsys: pytest.CaptureFixture, index: Path) -> tuple[int, str]:
+    return _one_line(capsys, "search", str(index), "Vitamin D deficiency")
+
+
+# --- a damaged filter.npy -------------------------------------------------------------
+
+
+def _garbage(path: Path) -> None:
+    path.write_bytes(b"\x00garbage, not numpy\xff" * 10)
+
+
+def _truncate(path: Path) -> None:
+    os.truncate(path, path.stat().st_size // 2)
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        lambda p: np.save(p, np.ones((10, 10), dtype=np.float32)),
+        lambda p: np.save(p, np.load(p).ravel()),
+        lambda p: np.save(p, np.full_like(np.load(p), np.nan)),
+        _garbage,
+        _truncate,
+        lambda p: p.write_bytes(b""),
+    ],
+    ids=["10x10", "1-D", "nan", "garbage", "truncated", "empty"],
+)
+def test_a_damaged_filter_matrix_is_one_line(
+    damage, index_copy: Path, capsys: pytest.CaptureFixture
+) -> None:
+    matrix = index_copy / "filter.npy"
+    damage(matrix)
+    code, line = _search(capsys, index_copy)
+    assert code == 2 and f"{matrix} is damaged (" in line and line.endswith("rebuild the index")
+    with pytest.raises(RetrieverError) as raised:
+        EmbedFilter.load(index_copy)
+    assert "is damaged" in _single_line(raised)
+
+
+@pytest.mark.parametrize(
+    ("field", "value"), [("rows", "x"), ("model_dim", 3), ("spec", {"band": "nope"})]
+)
+def test_a_damaged_filter_description_is_one_line(
+    field: str, value: object, index_copy: Path, capsys: pytest.CaptureFixture
+) -> None:
+    spec = index_copy / "filter.json"
+    spec.write_text(json.dumps({**json.loads(spec.read_text()), field: value}))
+    code, line = _search(capsys, index_copy)
+    assert code == 2 and "is damaged (" in line and line.endswith("rebuild the index")
+
+
+# --- a damaged sparse index -----------------------------------------------------------
+
+
+@pytest.fixture
+def sparse_copy(tiny_model: Path, toy_corpus: Path, tmp_path: Path) -> Path:
+    """A built index with a key-token part: its generation folder, free to damage."""
+    sparse = SparseSpec(doc_tokens=30, query_tokens=5)
+    return _build(tiny_model, toy_corpus, tmp_path / "sparse-idx", sparse=sparse).resolve()
+
+
+def _other_postings(path: Path) -> None:
+    import scipy.sparse as sp
+
+    sp.save_npz(path, sp.random(7, 3, density=0.5, format="csr", dtype=np.float32))
+
+
+def _npy_under_the_npz_name(path: Path) -> None:
+    with path.open("wb") as stream:  # a path would get ".npy" appended
+        np.save(stream, np.ones(3))
+
+
+@pytest.mark.parametrize(
+    ("part", "damage"),
+    [
+        ("postings.npz", _truncate),
+        ("postings.npz", _garbage),
+        ("postings.npz", _other_postings),
+        ("postings.npz", _npy_under_the_npz_name),
+        ("keys.npy", _truncate),
+        ("keys.npy", lambda p: np.save(p, np.ones((2, 3), dtype=np.int64))),
+        ("keys.npy", lambda p: np.save(p, np.arange(2, dtype=np.int64))),
+        ("sparse.json", lambda p: p.write_text("{not json")),
+    ],
+    ids=[
+        "truncated-postings",
+        "garbage-postings",
+        "other-shape-postings",
+        "npy-postings",
+        "truncated-keys",
+        "2-D-keys",
+        "too-few-keys",
+        "bad-json",
+    ],
+)
+def test_a_damaged_sparse_part_is_one_line(
+    part: str, damage, sparse_copy: Path, capsys: pytest.CaptureFixture
+) -> None:
+    damage(sparse_copy / SPARSE_DIR / part)
+    code, line = _search(capsys, sparse_copy)
+    assert code == 2 and line.endswith("rebuild the index"), line
+    assert "is damaged (" in line or "keys; rebuild the index" in line
+    with pytest.raises(RetrieverError) as raised:
+        KeyTokenIndex.load(sparse_copy / SPARSE_DIR)
+    _single_line(raised)
+
+
+# --- a generation removed by hand -----------------------------------------------------
+
+
+def test_a_generation_removed_by_hand_is_one_line_and_a_rebuild_fixes_it(
+    tiny_model: Path, toy_corpus: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    out = _build(tiny_model, toy_corpus, tmp_path / "idx")
+    gone = out.resolve()
+    shutil.rmtree(gone)
+    code, line = _search(capsys, out)
+    assert code == 2
+    assert f"{out} points to a generation that no longer exists ({gone})" in line
+    assert line.endswith("rebuild the index or restore the folder")
+    with pytest.raises(RetrieverError, match="no longer exists") as raised:
+        Searcher.load(out)
+    _single_line(raised)
+    # As the message says: a rebuild (no --overwrite needed: nothing is there to lose).
+    argv = ["index", str(toy_corpus), "--out", str(out), "--model", str(tiny_model)]
+    assert main(["-q", *argv, "--dtype", "float32"]) == 0
+    assert _loads_and_searches(out) == 16
+
+
+def test_a_current_generation_without_its_readers_file_still_loads(
+    tiny_model: Path, toy_corpus: Path, tmp_path: Path
+) -> None:
+    out = _build(tiny_model, toy_corpus, tmp_path / "idx")
+    (out.resolve() / generations_module.READERS_FILE).unlink()
+    assert _loads_and_searches(out) == 16
+
+
+# --- a folder the user cannot write ---------------------------------------------------
+
+
+def _make_read_only(folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Refuse writes in ``folder``: by its mode, or, for root (whom modes do not stop), by
+    refusing every open for writing there, as the kernel would."""
+    if os.geteuid() != 0:
+        folder.chmod(stat.S_IRUSR | stat.S_IXUSR | stat.S_IRGRP | stat.S_IXGRP)
+        return
+    real_open = os.open
+    writing = os.O_WRONLY | os.O_RDWR | os.O_CREAT
+
+    def refusing_open(path, flags, *args, **kwargs):
+        if flags & writing and Path(path).absolute().parent == folder:
+            raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(path))
+        return real_open(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", refusing_open)
+
+
+@pytest.mark.parametrize("command", ["first build", "overwrite", "delete"])
+def test_a_folder_the_user_cannot_write_is_one_line(
+    command: str,
+    tiny_model: Path,
+    toy_corpus: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture,
+) -> None:
+    folder = tmp_path / "read-only"
+    folder.mkdir()
+    out = folder / "idx"
+    if command != "first build":
+        _build(tiny_model, toy_corpus, out, filter_spec=FilterSpec(tau=2))
+    before = sorted(p.name for p in folder.iterdir())
+    _make_read_only(folder, monkeypatch)
+    build = ["index", str(toy_corpus), "--out", str(out), "--model", str(tiny_model)]
+    argv = {
+        "first build": build,
+        "overwrite": [*build, "--tau", "4", "--overwrite"],
+        "delete": ["delete", str(out), "d1"],
+    }[command]
+    try:
+        code, line = _one_line(capsys, *argv)
+        with pytest.raises(RetrieverError, match="permission denied") as raised:
+            with writer_lock(out):
+                pass
+        _single_line(raised)
+    finally:
+        folder.chmod(0o755)
+        monkeypatch.undo()
+    assert code == 2 and "cannot write " in line and line.endswith(FIX_PERMISSIONS), line
+    assert sorted(p.name for p in folder.iterdir()) == before
+    if command != "first build":
+        assert _loads_and_searches(out) == 16
+
+
+# --- a lock held by another program -----------------------------------------------------
+
+_HOLD = """
+import fcntl, os, sys
+handle = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT)
+fcntl.flock(handle, fcntl.LOCK_EX)  # the file keeps whatever pid it held: stale
+print("held", flush=True)
+sys.stdin.read()
+"""
+
+
+@pytest.mark.parametrize("recorded", ["999999999\n", "", "not a pid\n"])
+def test_a_lock_held_by_another_program_names_no_stale_pid(
+    recorded: str,
+    tiny_model: Path,
+    toy_corpus: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture,
+) -> None:
+    out = tmp_path / "idx"
+    lock_path(out).write_text(recorded)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _HOLD, str(lock_path(out))],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        argv = ["index", str(toy_corpus), "--out", str(out), "--model", str(tiny_model)]
+        code, line = _one_line(capsys, *argv)
+    finally:
+        holder.stdin.close()
+        holder.wait()
+    assert code == 2 and "wait for it to finish" in line and not out.exists()
+    assert "999999999" not in line and "not a pid" not in line
+    if f"another writer (pid {holder.pid})" not in line:  # the kernel did not say who
+        assert f"another process holds the writer lock of {out}" in line
+
+
+def test_a_recorded_pid_is_believed_only_while_it_runs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Where the kernel's list of locks says nothing (not Linux, or not visible).
+    monkeypatch.setattr(generations_module, "_kernel_holders", lambda _: set())
+    lock = tmp_path / "lock"
+    handle = os.open(lock, os.O_RDWR | os.O_CREAT)
+    try:
+        for recorded, believed in [(f"{os.getpid()}\n", os.getpid()), ("999999999\n", None)]:
+            os.ftruncate(handle, 0)
+            os.pwrite(handle, recorded.encode(), 0)
+            assert generations_module._lock_holder(handle) == believed
+    finally:
+        os.close(handle)
+
+
+# --- an fsync that fails --------------------------------------------------------------
+
+
+def _failing_fsync(monkeypatch: pytest.MonkeyPatch, fails: Callable[[str], bool]) -> None:
+    """Make fsync fail with EIO on the files and folders for which ``fails(path)``."""
+    if not Path("/proc/self/fd").is_dir():
+        pytest.skip("needs /proc/self/fd to tell which file an fsync is for")
+    real_fsync = os.fsync
+
+    def fsync(handle: int) -> None:
+        if fails(os.readlink(f"/proc/self/fd/{handle}")):
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+        real_fsync(handle)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+
+
+@pytest.mark.parametrize(
+    ("command", "where"),
+    [
+        ("overwrite", "a staging file"),
+        ("add", "a staging file"),
+        ("delete", "a staging file"),
+        ("overwrite", "the generations folder"),
+    ],
+)
+def test_a_failed_fsync_publishes_nothing(
+    command: str,
+    where: str,
+    tiny_model: Path,
+    toy_corpus: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture,
+) -> None:
+    out = _build(tiny_model, toy_corpus, tmp_path / "idx", filter_spec=FilterSpec(tau=2))
+    current = out.resolve()
+    folder = str(generations_folder(out).resolve())
+    if where == "a staging file":
+        _failing_fsync(monkeypatch, lambda path: ".partial/" in path)
+    else:  # after the staging folder is renamed complete, before the link is swapped
+        _failing_fsync(monkeypatch, lambda path: path == folder)
+    new = write_jsonl(tmp_path / "new.jsonl", [{"_id": "n1", "text": "Entirely new text."}])
+    build = ["index", str(toy_corpus), "--out", str(out), "--model", str(tiny_model)]
+    argv = {
+        "overwrite": [*build, "--tau", "4", "--overwrite"],
+        "add": ["add", str(out), str(new)],
+        "delete": ["delete", str(out), "d1"],
+    }[command]
+    code, line = _one_line(capsys, *argv)
+    monkeypatch.undo()
+    assert code == 2 and "cannot flush " in line and "(errno 5, EIO)" in line, line
+    assert "nothing was published and the previous index, if any, is intact" in line
+    # The old generation is still current and whole, and nothing half-written is left.
+    assert out.resolve() == current
+    assert [p.name for p in generations_folder(out).iterdir()] == [current.name]
+    assert _loads_and_searches(out) == 16
+    searcher = Searcher.load(out)
+    assert len(searcher) == len(toy_corpus.read_text().splitlines())
+    searcher.close()
+
+
+# --- search faults (issue 19) -----------------------------------------------------------
+#
+# An emptied index, a closed searcher, search parameters below 1, ids that break a
+# plain-text layout, and very long ids in messages. Each ends in a correct answer or one
+# line on stderr (RetrieverError in Python), and nothing is lost.
+
+
+ALL_METHODS = ("dense", "sparse", "bm25", "dense+sparse", "dense+bm25")
+ODD_DOCS = [
+    {"_id": "line\nbreak", "title": "Two\nlines", "text": "A fox with a newline in its id."},
+    {"_id": "tab\tid", "title": "Tabbed", "text": "A dog with a tab in its id."},
+]
+
+
+def _search_build(model: Path, docs: list[dict], out: Path) -> Path:
+    return build_index(
+        write_jsonl(out.with_suffix(".jsonl"), docs),
+        out,
+        model=str(model),
+        dtype="float32",
+        sparse=SparseSpec(doc_tokens=30, query_tokens=5),
+        bm25=True,
+    )
+
+
+def _search_cli(capsys: pytest.CaptureFixture, *argv: str) -> tuple[int, str, str]:
+    """Exit code, stdout, and stderr's one line (asserted to be at most one)."""
+    code = main(["-q", *argv])
+    captured = capsys.readouterr()
+    lines = captured.err.strip().splitlines()
+    assert "Traceback" not in captured.err and len(lines) <= 1, captured.err
+    return code, captured.out, lines[0] if lines else ""
+
+
+def _count(index: Path) -> int:
+    return json.loads((index / "manifest.json").read_text())["documents"]["count"]
+
+
+@pytest.fixture(scope="module")
+def odd_index(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _search_build(tiny_model, TOY_DOCS + ODD_DOCS, tmp_path_factory.mktemp("odd") / "idx")
+
+
+@pytest.fixture(scope="module")
+def emptied(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    index = _search_build(tiny_model, TOY_DOCS, tmp_path_factory.mktemp("emptied") / "idx")
+    ids = [doc["_id"] for doc in TOY_DOCS]
+    assert main(["-q", "delete", str(index), *ids]) == 0
+    return index
+
+
+# --- an index whose every document was deleted ------------------------------------------
+
+
+def test_an_empty_bm25_part_searches_to_nothing_and_round_trips(tmp_path: Path) -> None:
+    empty = BM25Builder().finish()
+    assert empty.num_documents == 0
+    scores, keys = empty.search(["fox", "bone"], k=5)
+    assert scores.shape == keys.shape == (2, 0)
+    again = BM25Index.load(empty.save(tmp_path / "bm25"))
+    assert again.num_documents == 0 and again.search(["fox"], k=3)[1].shape == (1, 0)
+    with pytest.raises(RetrieverError, match="empty collection"):
+        BM25Index.build([])  # a first build of nothing is still a mistake
+
+
+def test_deleting_every_document_with_bm25_leaves_a_valid_empty_index(emptied: Path) -> None:
+    manifest = json.loads((emptied / "manifest.json").read_text())
+    assert manifest["documents"]["count"] == 0
+    assert all(manifest[part]["count"] == 0 for part in ("index", "sparse", "bm25"))
+    assert (emptied / BM25_DIR).is_dir()
+    searcher = Searcher.load(emptied)
+    try:
+        assert len(searcher) == 0
+        for method in ALL_METHODS:
+            assert len(searcher.search("fox", k=5, method=method)) == 0, method
+            run = searcher.batch_search({"a": "fox", "b": "bone"}, k=5, method=method)
+            assert run.to_beir() == {"a": {}, "b": {}}, method
+            assert [len(r) for r in searcher.rank(["x", "y"], 3, method=method).rankings] == [0, 0]
+        scores, keys = searcher.search_vectors(np.zeros((2, searcher.filter.dim), np.float32), 4)
+        assert scores.shape == keys.shape == (2, 0)
+        with pytest.raises(RetrieverError, match="k must be at least 1"):
+            searcher.search("fox", k=0)  # the caller's k is still checked
+    finally:
+        searcher.close()
+
+
+@pytest.mark.parametrize("method", ["dense", "bm25", "dense+sparse"])
+def test_an_empty_index_answers_no_hits_in_the_cli(
+    emptied: Path, method: str, capsys: pytest.CaptureFixture
+) -> None:
+    code, out, err = _search_cli(
+        capsys, "search", str(emptied), "fox", "-k", "5", "--method", method
+    )
+    assert code == 0 and err == ""
+    assert out.strip() == f"no hits: {emptied} holds no documents"
+    code, out, err = _search_cli(
+        capsys, "search", str(emptied), "fox", "--json", "--method", method
+    )
+    assert code == 0 and json.loads(out) == []
+
+
+def test_an_emptied_index_takes_new_documents(
+    tiny_model: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    index = _search_build(tiny_model, TOY_DOCS[:3], tmp_path / "idx")
+    assert delete_documents(index, [doc["_id"] for doc in TOY_DOCS[:3]]) == 3
+    new = synthetic_docs(5, seed=4, prefix="n")
+    code, _, err = _search_cli(
+        capsys, "add", str(index), str(write_jsonl(tmp_path / "n.jsonl", new))
+    )
+    assert code == 0 and err == ""
+    assert _count(index) == 5
+    new_ids = {doc["_id"] for doc in new}
+    searcher = Searcher.load(index)
+    try:
+        for method in ("dense", "sparse", "dense+bm25"):  # exactly the new documents
+            assert set(searcher.search("fox", k=10, method=method).ids) <= new_ids, method
+        assert set(searcher.search("fox", k=10).ids) == new_ids
+        for doc in new:
+            text = f"{doc['title']} {doc['text']}"
+            assert doc["_id"] in searcher.search(text, k=5, method="bm25").ids
+    finally:
+        searcher.close()
+
+
+# --- a closed searcher ------------------------------------------------------------------
+
+
+def test_every_search_of_a_closed_searcher_is_one_line(odd_index: Path) -> None:
+    searcher = Searcher.load(odd_index)
+    searcher.close()
+    searcher.close()  # twice is harmless
+    dim = searcher.filter.dim
+    calls = {
+        "search": lambda: searcher.search("fox"),
+        "batch_search": lambda: searcher.batch_search(["fox"]),
+        "rank": lambda: searcher.rank(["fox"], 3, method="bm25"),
+        "retrieve": lambda: searcher.retrieve("bm25", ["fox"], None, 3),
+        "search_vectors": lambda: searcher.search_vectors(np.zeros((1, dim), np.float32), 3),
+        "encode_queries": lambda: searcher.encode_queries(["fox"]),
+        "explain": lambda: searcher.explain("fox"),
+        "set_search_params": lambda: searcher.set_search_params(nprobe=2),
+    }
+    for name, call in calls.items():
+        with pytest.raises(RetrieverError, match="this searcher is closed") as caught:
+            call()
+        assert "\n" not in str(caught.value), name
+
+
+# --- search parameters below 1 ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("given", "message"),
+    [
+        ({"nprobe": 0}, "nprobe must be at least 1, got 0"),
+        ({"ef_search": 0}, "ef_search must be at least 1, got 0"),
+        ({"rescore": -2}, "rescore must be at least 1, got -2"),
+        ({"nprobe": 2.5}, "nprobe must be a whole number, got 2.5"),
+    ],
+)
+def test_search_params_below_1_are_refused_before_the_model_loads(
+    odd_index: Path, given: dict, message: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with monkeypatch.context() as patch:
+        patch.setattr("retriever.encoder.load_model", lambda *a, **k: 1 / 0)
+        with pytest.raises(RetrieverError, match=message):
+            Searcher.load(odd_index, **given)
+    searcher = Searcher.load(odd_index)
+    try:
+        with pytest.raises(RetrieverError, match=message):
+            searcher.set_search_params(**given)
+    finally:
+        searcher.close()
+
+
+@pytest.mark.parametrize("flag", ["--nprobe", "--ef-search", "--rescore"])
+def test_a_zero_search_param_is_one_line_in_the_cli(
+    odd_index: Path, flag: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    monkeypatch.setattr("retriever.encoder.load_model", lambda *a, **k: 1 / 0)
+    code, out, err = _search_cli(capsys, "search", str(odd_index), "fox", flag, "0")
+    assert code == 2 and out == ""
+    assert err == f"retriever: error: {flag} must be at least 1, got 0"
+
+
+# --- ids in output and in messages ------------------------------------------------------
+
+
+def test_plain_text_output_escapes_ids_and_json_keeps_them(
+    odd_index: Path, capsys: pytest.CaptureFixture
+) -> None:
+    count = len(TOY_DOCS + ODD_DOCS)
+    code, out, _ = _search_cli(capsys, "search", str(odd_index), "a fox", "-k", str(count))
+    assert code == 0
+    lines = out.splitlines()
+    # Each hit is its header line and its snippet line, nothing broken in between.
+    headers = [line for line in lines if not line.startswith("     ")]
+    assert len(headers) == count and len(lines) == 2 * count
+    assert all(line.split(".")[0].strip().isdigit() for line in headers)
+    assert any("  'line\\nbreak'  Two lines" in line for line in headers)
+    assert any("  'tab\\tid'  Tabbed" in line for line in headers)
+    assert any("  d1  Vitamin D" in line for line in headers)  # plain ids stay as they are
+    code, out, _ = _search_cli(
+        capsys, "search", str(odd_index), "a fox", "-k", str(count), "--json"
+    )
+    assert {hit["id"] for hit in json.loads(out)} >= {"line\nbreak", "tab\tid"}
+
+
+def test_a_10000_character_unknown_id_is_shortened_and_nothing_is_deleted(
+    odd_index: Path, capsys: pytest.CaptureFixture
+) -> None:
+    long_id = "x" * 10_000
+    code, _, err = _search_cli(capsys, "delete", str(odd_index), "d1", long_id)
+    assert code == 2 and "holds no document with id" in err
+    assert f"'{'x' * 60}'… (10000 characters)" in err and len(err) < 300
+    assert "nothing was deleted" in err
+    assert _count(odd_index) == len(TOY_DOCS + ODD_DOCS)
+    with pytest.raises(RetrieverError, match=r"\(10001 characters\)"):
+        delete_documents(odd_index, [long_id + "\udce9"])  # not even UTF-8: still one line
+    searcher = Searcher.load(odd_index)
+    try:
+        with pytest.raises(RetrieverError, match=r"given twice") as caught:
+            searcher.rank(["a", "b"], 1, method="bm25", query_ids=[long_id, long_id])
+        assert len(str(caught.value)) < 200
+    finally:
+        searcher.close()
