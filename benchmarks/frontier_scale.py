@@ -53,12 +53,6 @@ def parse_args() -> argparse.Namespace:
         "--filters", default="embedfilter-nomean:2,embedfilter-nomean:8", help="NAME:TAU list"
     )
     parser.add_argument("--index-types", default="HNSW32,IVF1024")
-    parser.add_argument(
-        "--large-index-types",
-        default="IVF1024",
-        help="index types above 100,000 vectors (default: IVF only; the published run did "
-        "not build HNSW at 10^6)",
-    )
     parser.add_argument("--storages", default="float32,int8,binary,binary+rescore")
     parser.add_argument("--nprobes", default="16,64")
     parser.add_argument("--ef-searches", default="64,256")
@@ -96,7 +90,6 @@ def size_rows(
     """Every row of one collection size, and how its vectors were generated."""
     rows: list[dict[str, Any]] = []
     calibration: dict[str, Any] = {}
-    index_types = args.index_types if n <= 100_000 else args.large_index_types
     for entry in args.filters.split(","):
         name, tau = entry.split(":")
         embed_filter = projection(spectrum, name, float(tau))
@@ -115,7 +108,7 @@ def size_rows(
         )[0]
         labels = {"size": n, "filter": name, "tau": float(tau), "dim": embed_filter.dim}
         rows.append({**labels, **flat, "speedup_vs_flat": 1.0})
-        for index_type in index_types.split(","):
+        for index_type in args.index_types.split(","):
             for storage in args.storages.split(","):
                 measured = scale_rows(
                     vectors,
