@@ -16,7 +16,7 @@ from typing import Any, TypeVar
 import numpy as np
 import pytrec_eval
 
-from retriever.backends import MILVUS_LITE_FILE
+from retriever.backends import MILVUS_LITE_FILE, backend_bytes
 from retriever.docstore import DOCSTORE_DIR
 from retriever.errors import RetrieverError
 from retriever.index import INDEX_FILE
@@ -125,17 +125,22 @@ def judged_queries(queries: Mapping[str, str], qrels: Qrels) -> dict[str, str]:
     return kept
 
 
-def index_sizes(folder: Path) -> dict[str, int]:
-    """Bytes on disk of each part of an index folder (retrievers, docstore) and in all."""
-    dense = folder / INDEX_FILE
-    paths = {
-        # The dense part: a FAISS file, or a Milvus Lite database.
-        "dense": dense if dense.exists() else folder / MILVUS_LITE_FILE,
-        "sparse": folder / SPARSE_DIR,
-        "bm25": folder / BM25_DIR,
-        "docstore": folder / DOCSTORE_DIR,
+def index_sizes(folder: Path, dense: dict[str, Any] | None = None) -> dict[str, int]:
+    """Bytes on disk of each part of an index folder (retrievers, docstore) and in all;
+    ``dense`` is the manifest's ``index`` entry, whose files (codes, binary centre, rescore
+    vectors) the dense part counts."""
+    sizes = {
+        part: folder_bytes(folder / name)
+        for part, name in (("sparse", SPARSE_DIR), ("bm25", BM25_DIR), ("docstore", DOCSTORE_DIR))
+        if (folder / name).exists()
     }
-    sizes = {part.strip(): folder_bytes(path) for part, path in paths.items() if path.exists()}
+    dense_bytes = backend_bytes(folder, dense) if dense else None
+    if dense_bytes is None:  # no manifest entry, or a server's collection: what is here
+        file = folder / INDEX_FILE
+        file = file if file.exists() else folder / MILVUS_LITE_FILE
+        dense_bytes = folder_bytes(file) if file.exists() else None
+    if dense_bytes is not None:
+        sizes["dense"] = dense_bytes
     return {**sizes, "folder": folder_bytes(folder)}
 
 
@@ -208,7 +213,7 @@ def evaluate_index(
             encoded = encode_timed(
                 searcher.encode_queries, queries, warmup=warmup, latency_queries=latency_queries
             )
-    part_bytes = index_sizes(searcher.folder)
+    part_bytes = index_sizes(searcher.folder, searcher.manifest.get("index"))
     rows, runs = [], {}
     for method in methods:
         for fusion in fusions if "+" in method else (None,):

@@ -289,3 +289,18 @@ def test_an_index_type_with_its_own_codes_grows_and_shrinks(tiny_model: Path, tm
     assert len(searcher) == len(FIRST) + len(SECOND) - len(DELETED)
     assert not set(searcher.search(QUERIES[0], k=len(searcher)).ids) & set(DELETED)
     searcher.close()
+
+
+def test_eval_counts_the_rescore_vectors_in_the_dense_bytes(tiny_model: Path, tmp_path: Path):
+    from retriever.evaluation import index_sizes
+
+    index, _ = _build(tiny_model, tmp_path / "index", "binary", "Flat", rescore=4)
+    manifest = json.loads((index / "manifest.json").read_text())
+    sizes = index_sizes(index, manifest["index"])
+    files = [
+        "index.faiss",
+        "binary_centre.npy",
+        *(f"rescore_{n}.npy" for n in ("codes", "keys", "range")),
+    ]
+    assert sizes["dense"] == sum((index / name).stat().st_size for name in files)
+    assert manifest["build"]["bytes"]["index"] == sizes["dense"]

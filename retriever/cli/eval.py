@@ -120,7 +120,7 @@ def run(args: argparse.Namespace) -> int:
         "index": str(searcher.folder),
         "dataset": args.dataset,
         "split": args.split,
-        "bytes": index_sizes(searcher.folder),
+        "bytes": index_sizes(searcher.folder, searcher.manifest.get("index")),
         "rows": rows,
     }
     if args.json_out:
