@@ -375,7 +375,12 @@ def index_manifest(
             "content_sha256": f"{digest:064x}",
             "history": [{**entry, "at": entry.get("at", stamp)} for entry in history],
         },
-        "store": {"folder": str(store.folder), "key_sha256": store.digest}
+        # The store's size: what removing it (`retriever stores remove`) would free.
+        "store": {
+            "folder": str(store.folder),
+            "key_sha256": store.digest,
+            "bytes": folder_bytes(store.folder),
+        }
         if store is not None
         else None,
         "versions": library_versions(),

@@ -56,6 +56,7 @@ from retriever.store import (
     describe_difference,
     encoding_key,
     key_digest,
+    record_index,
 )
 
 # IndexPlan, SearchParams and delete_documents are part of this module's interface too.
@@ -124,6 +125,14 @@ class Indexer:
                     store=store,
                 )
                 write_manifest(staging, manifest)
+        try:
+            # A note for `retriever stores` (which indexes use a store), not part of the
+            # index: failing to write it must not fail a build that is already published.
+            record_index(store.folder, out)
+        except OSError as exc:
+            logger.warning(
+                "could not note the index %s in its store %s: %s", out, store.folder, exc
+            )
         logger.info("index of %d documents written to %s", counts["docstore"], out)
         return out
 

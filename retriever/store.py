@@ -41,6 +41,9 @@ STORE_VERSION = 1
 STORE_FILE = "store.json"
 SOURCE_FILE = "source.json"
 SHARDS_DIR = "shards"
+# The indexes built from the store (their paths), so that `retriever stores` can say what
+# uses a store before it is removed; a note, not part of the store's data.
+INDEXES_FILE = "indexes.json"
 DEFAULT_CHUNK_SIZE = 4096
 
 
@@ -234,12 +237,13 @@ class EmbeddingStore:
             _empty_store(folder)
         if not path.exists():
             # Several slices may create one store at once: tolerate each other's files.
-            ours = (SHARDS_DIR, SOURCE_FILE)
+            # indexes.json outlives a --restart, which empties the store's key and shards.
+            ours = (SHARDS_DIR, SOURCE_FILE, INDEXES_FILE)
             foreign = [
                 p.name
                 for p in folder.iterdir()
                 if p.name not in ours
-                and not p.name.startswith((f".{STORE_FILE}.", f".{SOURCE_FILE}."))
+                and not p.name.startswith(tuple(f".{name}." for name in (STORE_FILE, *ours)))
             ]
             if foreign and not path.exists():
                 raise RetrieverError(
@@ -546,7 +550,190 @@ def store_for_corpus(
     return EmbeddingStore.open_or_create(folder or cached_store_folder(key), key, restart=restart)
 
 
-def cached_store_folder(key: dict[str, Any]) -> Path:
+def stores_root() -> Path:
+    """The folder of the stores named by their encoding key (in the cache)."""
     from retriever.models import cache_dir
 
-    return cache_dir() / "embeddings" / key_digest(key)[:24]
+    return cache_dir() / "embeddings"
+
+
+def cached_store_folder(key: dict[str, Any]) -> Path:
+    return stores_root() / key_digest(key)[:24]
+
+
+# --- Which indexes use a store; listing and removing stores ----------------------------------
+
+
+def record_index(folder: Path, index: Path) -> None:
+    """Add ``index`` to the indexes built from the store at ``folder`` (``indexes.json``).
+
+    Builds from one store may finish at once: each rereads the file under a lock, merges
+    its path in and replaces the file atomically, so no build's note is lost and a reader
+    never sees half a file.
+    """
+    import fcntl
+
+    path = folder / INDEXES_FILE
+    with (folder / f".{INDEXES_FILE}.lock").open("a") as lock:
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+        # Paths gone since (a benchmark builds and removes hundreds) are dropped here, so
+        # the note stays as long as the indexes that exist.
+        recorded = _recorded_indexes(path)
+        held = {i for i in recorded if Path(i).exists()} | {str(index)}
+        if held == set(recorded):
+            return
+        text = json.dumps({"indexes": sorted(held)}, indent=2) + "\n"
+        staging = path.with_name(f".{INDEXES_FILE}.{os.getpid()}.partial")
+        staging.write_text(text, encoding="utf-8")
+        os.replace(staging, path)
+
+
+def _recorded_indexes(path: Path) -> list[str]:
+    """The index paths ``indexes.json`` holds ([] when absent or unreadable: only a note)."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return []
+    indexes = data.get("indexes") if isinstance(data, dict) else None
+    return [i for i in indexes if isinstance(i, str)] if isinstance(indexes, list) else []
+
+
+def indexes_using(folder: Path, digest: str) -> list[Path]:
+    """The recorded indexes that still exist and were built from this encoding (their
+    manifest names the store's key digest): a rebuilt or removed index drops out."""
+    from retriever.manifest import read_manifest
+
+    using = []
+    for entry in _recorded_indexes(folder / INDEXES_FILE):
+        index = Path(entry)
+        try:
+            store = read_manifest(index).get("store")
+        except (RetrieverError, OSError):
+            continue
+        if isinstance(store, dict) and store.get("key_sha256") == digest:
+            using.append(index)
+    return using
+
+
+@dataclass(frozen=True)
+class StoreSummary:
+    """What ``retriever stores`` shows of one store."""
+
+    folder: Path
+    bytes: int
+    key: dict[str, Any]
+    chunks_written: int
+    indexes: list[Path]
+    source: str | None
+
+    @property
+    def count(self) -> int:
+        return int(self.key["source"]["count"])
+
+    @property
+    def num_chunks(self) -> int:
+        return -(-self.count // int(self.key["chunk_size"]))
+
+    @property
+    def complete(self) -> bool:
+        return self.chunks_written >= self.num_chunks
+
+    def to_dict(self) -> dict[str, Any]:
+        """The summary as JSON-ready data (``retriever stores --json``)."""
+        key = self.key
+        return {
+            "folder": str(self.folder),
+            "bytes": self.bytes,
+            "documents": self.count,
+            "complete": self.complete,
+            "shards": {"written": self.chunks_written, "expected": self.num_chunks},
+            "kind": key["kind"],
+            "model": key["model"],
+            "dtype": key["dtype"],
+            "prompt": key["prompt"],
+            "instruction": key["instruction"],
+            "max_length": key["max_length"],
+            "chunk_size": key["chunk_size"],
+            "source": self.source,
+            "key_sha256": key_digest(key),
+            "indexes": [str(index) for index in self.indexes],
+        }
+
+
+def summarize_store(folder: Path) -> StoreSummary:
+    """The summary of the store at ``folder``; refuses a folder that is not a store."""
+    from retriever.manifest import folder_bytes
+
+    folder = Path(folder).expanduser().resolve()
+    store = EmbeddingStore.open(folder)
+    # Shard records are written last, so counting them counts the complete shards; their
+    # contents are checked when an index is assembled, not here.
+    written = sum(
+        1 for c in range(store.num_chunks) if (store.shards_folder / f"{c:06d}.json").is_file()
+    )
+    return StoreSummary(
+        folder=folder,
+        bytes=folder_bytes(folder),
+        key=store.key,
+        chunks_written=written,
+        indexes=indexes_using(folder, store.digest),
+        source=store.source_note.get("source"),
+    )
+
+
+def store_folders(root: Path) -> list[Path]:
+    """The stores directly under ``root`` (folders holding a store.json), by name."""
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        return []
+    return sorted(p.resolve() for p in root.iterdir() if (p / STORE_FILE).is_file())
+
+
+def list_stores(root: Path | None = None) -> list[StoreSummary]:
+    """Every store under ``root`` (default: :func:`stores_root`); one whose key cannot be
+    read (damaged, or of another version) is skipped with a warning."""
+    summaries = []
+    for folder in store_folders(stores_root() if root is None else root):
+        try:
+            summaries.append(summarize_store(folder))
+        except RetrieverError as exc:
+            logger.warning("skipping %s: %s", folder, exc)
+    return summaries
+
+
+def find_store(name: str, root: Path | None = None) -> Path:
+    """The store ``name`` names: a folder path, or a unique prefix of a folder name under
+    ``root``; refuses an unknown or ambiguous name, or a folder that is not a store."""
+    root = stores_root() if root is None else Path(root).expanduser()
+    path = Path(name).expanduser()
+    if path.is_dir():
+        read_store_key(path)  # refuses a folder that is not a store
+        return path.resolve()
+    folders = store_folders(root)
+    # A whole name is never ambiguous, even when it begins another (s1 and s10).
+    matches = [folder for folder in folders if folder.name == name] or [
+        folder for folder in folders if folder.name.startswith(name)
+    ]
+    if not matches:
+        raise RetrieverError(f"no embedding store named {name!r} under {root}")
+    if len(matches) > 1:
+        shown = ", ".join(folder.name for folder in matches[:5])
+        more = " ..." if len(matches) > 5 else ""
+        raise RetrieverError(
+            f"{name!r} names {len(matches)} stores under {root} ({shown}{more}): give more of "
+            "the name"
+        )
+    return matches[0]
+
+
+def remove_store(folder: Path) -> list[Path]:
+    """Remove the store at ``folder``; returns the indexes built from it (they keep
+    working: an index does not read its store once it is built)."""
+    import shutil
+
+    folder = Path(folder).expanduser().resolve()
+    key = read_store_key(folder)  # refuses a folder that is not a store
+    using = indexes_using(folder, key_digest(key))
+    shutil.rmtree(folder)
+    logger.info("removed the embedding store %s", folder)
+    return using

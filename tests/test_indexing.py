@@ -340,6 +340,7 @@ def test_every_flag_has_help() -> None:
         "lens",
         "eval",
         "bench",
+        "stores",
     }
     for name, subparser in subcommands.choices.items():
         for action in subparser._actions:

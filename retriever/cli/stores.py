@@ -1,0 +1,130 @@
+"""``retriever stores``: list the embedding stores, or remove some."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from retriever.cli.formatting import HelpFormatter, add_command, printable
+
+
+def add_parser(commands: argparse._SubParsersAction) -> None:
+    parser = add_command(
+        commands,
+        "stores",
+        summary="list the embedding stores (size, documents, encoding, indexes), or remove some",
+        description="List every embedding store under the stores folder (the cache's "
+        "embeddings/ folder, or --root): its folder, size on disk, documents, whether every "
+        "shard is written, what it encodes (model, dtype, prompt, max length, documents or "
+        "queries) and the indexes built from it that still exist.\n\n"
+        "`remove` deletes stores by folder path or by a unique prefix of the folder name. "
+        "An index built from a store keeps working without it (an index never reads its "
+        "store after the build); only a new build from the same corpus encodes again.",
+        examples="""\
+            examples:
+              retriever stores
+              retriever stores list --root /data/stores --json
+              retriever stores remove 3f2a9c
+            """,
+    )
+    _add_common_options(parser, default=None)
+    actions = parser.add_subparsers(
+        dest="action", metavar="ACTION", help="list (the default) or remove"
+    )
+    listing = actions.add_parser(
+        "list", help="list the stores (the default)", formatter_class=HelpFormatter
+    )
+    removal = actions.add_parser(
+        "remove", help="remove stores by folder or name prefix", formatter_class=HelpFormatter
+    )
+    removal.add_argument(
+        "stores", nargs="+", metavar="STORE", help="a store folder, or a unique prefix of its name"
+    )
+    for subparser in (listing, removal):
+        # SUPPRESS: an option given before the action is not reset by the action's parser.
+        _add_common_options(subparser, default=argparse.SUPPRESS)
+        subparser.add_argument(
+            "-q",
+            "--quiet",
+            action="store_true",
+            default=argparse.SUPPRESS,
+            help="only warnings and errors",
+        )
+    parser.set_defaults(run=run)
+
+
+def _add_common_options(parser: argparse.ArgumentParser, default: Any) -> None:
+    parser.add_argument(
+        "--root",
+        metavar="DIR",
+        default=default,
+        help="the folder holding the stores (default: the cache's embeddings/ folder)",
+    )
+    parser.add_argument(
+        "--json",
+        action="store_true",
+        default=default if default is argparse.SUPPRESS else False,
+        help="print JSON instead of text",
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    root = Path(args.root) if args.root else None
+    if args.action == "remove":
+        return _remove(args.stores, root, as_json=args.json)
+    return _list(root, as_json=args.json)
+
+
+def _list(root: Path | None, *, as_json: bool) -> int:
+    from retriever.store import list_stores, stores_root
+
+    summaries = list_stores(root)
+    if as_json:
+        print(json.dumps([summary.to_dict() for summary in summaries], indent=2))
+        return 0
+    if not summaries:
+        print(f"no embedding stores under {root or stores_root()}")
+    for summary in summaries:
+        data = summary.to_dict()
+        shards = data["shards"]
+        state = "complete" if data["complete"] else "partial"
+        print(
+            f"{printable(data['folder'])}  {_size(data['bytes'])}  {data['documents']:,} "
+            f"{data['kind']}  {state} ({shards['written']}/{shards['expected']} shards)"
+        )
+        print(
+            f"  {printable(data['model']['name'])}  {data['dtype']}  prompt {data['prompt']}  "
+            f"max length {data['max_length']}"
+        )
+        for index in data["indexes"]:
+            print(f"  index {printable(index)}")
+    return 0
+
+
+def _remove(names: list[str], root: Path | None, *, as_json: bool) -> int:
+    from retriever.store import find_store, remove_store
+
+    # Every name is resolved before anything is removed: one bad name removes nothing.
+    folders = list(dict.fromkeys(find_store(name, root) for name in names))
+    removed = [(folder, remove_store(folder)) for folder in folders]
+    if as_json:
+        rows = [
+            {"folder": str(folder), "indexes": [str(index) for index in indexes]}
+            for folder, indexes in removed
+        ]
+        print(json.dumps(rows, indent=2))
+        return 0
+    for folder, indexes in removed:
+        used = f"; built from it, still working: {', '.join(map(str, indexes))}" if indexes else ""
+        print(f"removed {printable(str(folder))}{printable(used)}")
+    return 0
+
+
+def _size(size: int) -> str:
+    """Bytes in the largest binary unit that keeps one digit before the point."""
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20)):
+        if size >= scale:
+            return f"{size / scale:,.1f} {unit}"
+    return f"{size / 2**10:,.1f} KiB"
