@@ -5,6 +5,7 @@ message, and that nothing was lost or half-written.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import json
 import os
@@ -14,7 +15,7 @@ import stat
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import lmdb
@@ -267,16 +268,27 @@ def test_a_full_disk_is_one_line_and_keeps_the_old_index(
     assert [p.name for p in generations_folder(out).iterdir()] == [out.resolve().name]
 
 
-def test_a_really_full_tmpfs(
-    tiny_model: Path, tmp_path: Path, capsys: pytest.CaptureFixture
-) -> None:
+@contextlib.contextmanager
+def _tmpfs(tmp_path: Path, size: str) -> Iterator[Path]:
+    """A real tmpfs of ``size`` mounted for the test (skipped where none can be)."""
     if os.geteuid() != 0:
         pytest.skip("mounting a tmpfs needs root; the injected cells above cover the rest")
     disk = tmp_path / "disk"
     disk.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(disk)]).returncode:
+    if subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(disk)]
+    ).returncode:
         pytest.skip("this sandbox cannot mount a tmpfs")
     try:
+        yield disk
+    finally:
+        subprocess.run(["umount", str(disk)], check=True)
+
+
+def test_a_really_full_tmpfs(
+    tiny_model: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    with _tmpfs(tmp_path, "2m") as disk:
         small = write_jsonl(tmp_path / "small.jsonl", TOY_DOCS)
         out = _build(tiny_model, small, disk / "idx")
         big = [{"_id": f"b{i}", "text": "bone disease " * 4000} for i in range(60)]
@@ -297,8 +309,6 @@ def test_a_really_full_tmpfs(
         )
         assert code == 2 and f"no space left on the device while writing {disk}" in message
         assert _loads_and_searches(out) == 16
-    finally:
-        subprocess.run(["umount", str(disk)], check=True)
 
 
 def test_overwrite_on_a_disk_already_full_is_one_line_not_sigbus(
@@ -306,13 +316,7 @@ def test_overwrite_on_a_disk_already_full_is_one_line_not_sigbus(
 ) -> None:
     """LMDB's lock table is written through a memory map: on a full disk that was SIGBUS
     (exit 135, no message) when the new docstore was opened."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root; the injected cells above cover the rest")
-    disk = tmp_path / "disk"
-    disk.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=3m", "tmpfs", str(disk)]).returncode:
-        pytest.skip("this sandbox cannot mount a tmpfs")
-    try:
+    with _tmpfs(tmp_path, "3m") as disk:
         corpus = write_jsonl(tmp_path / "docs.jsonl", TOY_DOCS)
         out = _build(tiny_model, corpus, disk / "idx")
         filler = os.open(disk / "filler", os.O_WRONLY | os.O_CREAT)
@@ -333,8 +337,6 @@ def test_overwrite_on_a_disk_already_full_is_one_line_not_sigbus(
         assert done.returncode == 2, (done.returncode, done.stderr[-500:])
         assert len(lines) == 1 and "no space left" in lines[0]
         assert _loads_and_searches(out) == 16
-    finally:
-        subprocess.run(["umount", str(disk)], check=True)
 
 
 # --- corrupt or crafted index folders -------------------------------------------------
