@@ -250,6 +250,11 @@ class RescoreVectors:
         return cls(scale[0], scale[1], keys, codes)
 
 
+def rescore_bytes(folder: Path) -> int:
+    """Bytes of the rescore vectors in a generation folder (memory-mapped, not in RAM)."""
+    return sum((folder / name).stat().st_size for name in RESCORE_FILES if (folder / name).exists())
+
+
 def _read_array(path: Path, what: str, *, mmap: bool = False) -> np.ndarray:
     try:
         return np.load(path, mmap_mode="r" if mmap else None, allow_pickle=False)

@@ -23,14 +23,14 @@ from typing import Any
 import numpy as np
 
 from retriever.backends import backend_bytes
-from retriever.bench.rows import quiet_build_logs
-from retriever.codes import RESCORE_FILES
+from retriever.bench.rows import build_from_store
+from retriever.codes import rescore_bytes
 from retriever.config import FilterSpec
 from retriever.embedfilter import EmbedFilter, UnembeddingSpectrum
 from retriever.encoder import Encoder
 from retriever.evaluation import EncodedQueries, evaluate_run, median_seconds, percentiles_ms
 from retriever.generations import generations_folder
-from retriever.indexing import SearchParams, build_index
+from retriever.indexing import SearchParams
 from retriever.searcher import Searcher
 from retriever.store import EmbeddingStore
 
@@ -146,20 +146,16 @@ def build_cell(cell: Cell, embed_filter: EmbedFilter, inputs: FrontierInputs, se
     if storage == "pq":
         codes = f"PQ{pq_bytes(embed_filter.dim)}"
         storage, index_type = None, codes if index_type == "Flat" else f"{index_type},{codes}"
-    with quiet_build_logs():
-        build_index(
-            None,
-            folder,
-            from_store=inputs.store.folder,
-            encoder=inputs.encoder,
-            encoder_config=inputs.encoder.config,
-            embed_filter=embed_filter,
-            index_type=index_type,
-            storage=storage,
-            binary_centre=cell.centre,
-            search_params=SearchParams(nprobe, ef_search, cell.rescore),
-            overwrite=True,
-        )
+    build_from_store(
+        folder,
+        inputs.encoder,
+        inputs.store,
+        embed_filter,
+        index_type=index_type,
+        storage=storage,
+        binary_centre=cell.centre,
+        search_params=SearchParams(nprobe, ef_search, cell.rescore),
+    )
     return folder
 
 
@@ -181,11 +177,7 @@ def measure_cell(
     ]
     manifest = searcher.manifest
     dense_bytes = backend_bytes(searcher.folder, manifest["index"]) or 0
-    mapped = sum(
-        (searcher.folder / name).stat().st_size
-        for name in RESCORE_FILES
-        if (searcher.folder / name).exists()
-    )
+    mapped = rescore_bytes(searcher.folder)
     seconds = manifest["build"]["seconds"]
     return {
         **{m: v for m, v in evaluate_run(inputs.qrels, results).items() if m == "ndcg_at_10"},

@@ -27,10 +27,9 @@ from typing import Any
 import numpy as np
 
 from retriever.backends import BackendSpec, FaissBackend, backend_bytes, build_in_memory
-from retriever.codes import RESCORE_FILES
+from retriever.codes import rescore_bytes
 from retriever.embedfilter import EmbedFilter
 from retriever.evaluation import median_seconds, percentiles_ms, time_each
-from retriever.manifest import folder_bytes
 
 SPREADS = (0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 1.0, 1.5, 2.0)
 
@@ -154,9 +153,7 @@ def scale_rows(
     with tempfile.TemporaryDirectory(prefix="frontier-scale-") as scratch:
         folder = Path(scratch)
         backend, build_seconds, description = open_like_a_searcher(vectors, row, folder, rescore)
-        mapped = sum(
-            folder_bytes(folder / name) for name in RESCORE_FILES if (folder / name).exists()
-        )
+        mapped = rescore_bytes(folder)
         total = backend_bytes(folder, {"backend": description}) or 0
         rows = []
         for params in spans:

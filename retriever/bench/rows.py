@@ -20,6 +20,7 @@ from typing import Any
 
 from retriever.bench.variants import BenchSettings, Variant, parse_index_type
 from retriever.config import SparseSpec
+from retriever.embedfilter import EmbedFilter
 from retriever.encoder import Encoder
 from retriever.evaluation import EncodedQueries, Run, evaluate_index, evaluate_run
 from retriever.generations import generations_folder
@@ -113,20 +114,40 @@ def _build(
 ) -> None:
     """Build ``folder`` from the setting's store, as ``retriever index --from`` would."""
     spec = parse_index_type(index_type)
+    build_from_store(
+        folder,
+        inputs.encoder,
+        inputs.store,
+        variant.projection,
+        index_type=spec.index_type,
+        backend=spec.kind,
+        use_gpu=settings.gpu,
+        sparse=parts.sparse,
+        bm25=parts.bm25,
+    )
+
+
+def build_from_store(
+    folder: Path,
+    encoder: Encoder,
+    store: EmbeddingStore,
+    embed_filter: EmbedFilter,
+    **options: Any,
+) -> None:
+    """A benchmark's index folder, built from ``store`` with ``embed_filter`` as
+    ``retriever index --from STORE`` would; ``options`` are :func:`build_index`'s. A folder
+    of an earlier run is replaced, and the build steps' info lines are silenced (a
+    benchmark builds hundreds of folders)."""
     with _quiet(*_CHATTY):
         build_index(
             None,
             folder,
-            from_store=inputs.store.folder,
-            encoder=inputs.encoder,
-            encoder_config=inputs.encoder.config,
-            embed_filter=variant.projection,
-            index_type=spec.index_type,
-            backend=spec.kind,
-            use_gpu=settings.gpu,
-            sparse=parts.sparse,
-            bm25=parts.bm25,
-            overwrite=True,  # a kept folder of an earlier run is replaced
+            from_store=store.folder,
+            encoder=encoder,
+            encoder_config=encoder.config,
+            embed_filter=embed_filter,
+            overwrite=True,
+            **options,
         )
 
 
@@ -245,11 +266,6 @@ def _labels(
         **from_variant,
         "index_type": f"{index_type} + {other}",
     }
-
-
-def quiet_build_logs() -> contextlib.AbstractContextManager[None]:
-    """Build steps' info lines silenced (a benchmark builds hundreds of folders)."""
-    return _quiet(*_CHATTY)
 
 
 @contextlib.contextmanager
