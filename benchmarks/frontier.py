@@ -22,9 +22,10 @@ from typing import Any
 
 import numpy as np
 from inputs import SCIFACT, dataset_path
-from report import machine, markdown_table, write_report
+from report import cpu_name, machine, markdown_table, write_report
 
 from retriever.bench.frontier import FrontierInputs, FrontierSettings, frontier_rows
+from retriever.bench.run import BENCH_STORE
 from retriever.config import EncoderConfig
 from retriever.datasets import load_qrels, load_queries, scan_corpus
 from retriever.embedfilter import UnembeddingSpectrum
@@ -55,12 +56,12 @@ def inputs_for(args: argparse.Namespace, folders: Path) -> tuple[FrontierInputs,
     their embeddings and encoding latency, and the raw document embeddings."""
     config = EncoderConfig(prompt="prompteol", pooling="mean", max_length=256)
     encoder = Encoder.load(args.model, config, dtype=args.dtype, batch_size=16)
-    store = encode_corpus(encoder, scan_corpus(args.dataset, args.limit))
+    store = encode_corpus(encoder, scan_corpus(args.dataset, args.limit), **BENCH_STORE)
     qrels = load_qrels(args.dataset, "test")
     queries = judged_queries(load_queries(args.dataset), qrels)
     encoded = encode_timed(encoder.encode_queries, queries, latency_queries=args.latency_queries)
     shards = store.shards()
-    documents = np.concatenate([np.asarray(s.embeddings("mean")) for s in shards])
+    documents = np.concatenate([np.asarray(s.embeddings("mean"), np.float32) for s in shards])
     doc_ids = [d.id for s in shards for d in s.documents()]
     inputs = FrontierInputs(
         encoder,
@@ -133,23 +134,6 @@ def storage_label(row: dict[str, Any]) -> str:
 
 def _name(row: dict[str, Any]) -> str:
     return f"{row['filter']} tau {row['tau']:g}, {storage_label(row)}, {row['index_type']}"
-
-
-def cpu_name() -> str:
-    """The CPU's model name and whether it has AVX-512 BF16 (what --dtype auto reads)."""
-    try:
-        info = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return "unknown CPU"
-    name = next(
-        (
-            line.split(":", 1)[1].strip()
-            for line in info.splitlines()
-            if line.startswith("model name")
-        ),
-        "unknown CPU",
-    )
-    return f"{name}, {'with' if 'avx512_bf16' in info else 'without'} AVX-512 BF16"
 
 
 def report_body(rows: list[dict[str, Any]], record: dict[str, Any]) -> list[str]:

@@ -20,9 +20,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from frontier import cpu_name
 from inputs import SCIFACT, dataset_path
-from report import machine, markdown_table, write_report
+from report import cpu_name, machine, markdown_table, write_report
 
 from retriever.bench.frontier import exact_top, projection
 from retriever.bench.frontier_scale import (
@@ -31,6 +30,7 @@ from retriever.bench.frontier_scale import (
     scale_rows,
     synthetic_embeddings,
 )
+from retriever.bench.run import BENCH_STORE
 from retriever.config import EncoderConfig
 from retriever.datasets import load_qrels, load_queries, scan_corpus
 from retriever.embedfilter import UnembeddingSpectrum
@@ -67,11 +67,16 @@ def real_inputs(args: argparse.Namespace) -> tuple[np.ndarray, np.ndarray, Unemb
     """Raw document embeddings from the SciFact store, raw test-query embeddings."""
     config = EncoderConfig(prompt="prompteol", pooling="mean", max_length=256)
     encoder = Encoder.load(args.model, config, dtype=args.dtype, batch_size=16)
-    store = encode_corpus(encoder, scan_corpus(args.dataset))
-    documents = np.concatenate([np.asarray(s.embeddings("mean")) for s in store.shards()])
+    store = encode_corpus(encoder, scan_corpus(args.dataset), **BENCH_STORE)
+    documents = store.read("mean")
     queries = judged_queries(load_queries(args.dataset), load_qrels(args.dataset, "test"))
     raw_queries = cached_embeddings(
-        encoder, list(queries.values()), ["mean"], queries=True, show_progress=False
+        encoder,
+        list(queries.values()),
+        ["mean"],
+        queries=True,
+        precision=BENCH_STORE["precision"],
+        show_progress=False,
     )["mean"]
     return documents, np.asarray(raw_queries), UnembeddingSpectrum(encoder.unembedding())
 

@@ -120,7 +120,7 @@ def whole_string(encoder: Encoder, texts: list[str], *, queries: bool) -> dict[s
     prompted = [PROMPTS[own.prompt].format(text=text) for text in texts]
     encoder.config = dataclasses.replace(own, prompt="none")
     try:
-        return cached_embeddings(encoder, prompted, POOLINGS, queries=queries)
+        return cached_embeddings(encoder, prompted, POOLINGS, queries=queries, precision="float32")
     finally:
         encoder.config = own
 
@@ -160,9 +160,11 @@ def load(args: argparse.Namespace) -> tuple[Encoder, Collection, list[str], list
     texts = [d.embedding_text for d in corpus.documents]
     collection = Collection(
         [d.id for d in corpus.documents],
-        cached_embeddings(encoder, texts, POOLINGS, queries=False),
+        cached_embeddings(encoder, texts, POOLINGS, queries=False, precision="float32"),
         list(queries),
-        cached_embeddings(encoder, list(queries.values()), POOLINGS, queries=True),
+        cached_embeddings(
+            encoder, list(queries.values()), POOLINGS, queries=True, precision="float32"
+        ),
         load_qrels(args.dataset),
     )
     return encoder, collection, texts, list(queries.values())

@@ -33,6 +33,29 @@ def machine() -> str:
     return f"{platform.machine()}, {os.cpu_count()} cores"
 
 
+ISA_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16", "amx_int8")
+
+
+def cpu_description() -> dict[str, Any]:
+    """The CPU's model name and which of ISA_FLAGS it has: the kernels torch, oneDNN and
+    ONNX Runtime pick, and so every timing, depend on them."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return {"name": platform.processor() or "unknown CPU", "flags": {}}
+    lines = info.splitlines()
+    name = next((ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("model name")), "")
+    flags = set(next((ln.split(":", 1)[1].split() for ln in lines if ln.startswith("flags")), []))
+    return {"name": name or "unknown CPU", "flags": {flag: flag in flags for flag in ISA_FLAGS}}
+
+
+def cpu_name() -> str:
+    """The CPU's model name and whether it has AVX-512 BF16 (what --dtype auto reads)."""
+    cpu = cpu_description()
+    bf16 = "with" if cpu["flags"].get("avx512_bf16") else "without"
+    return f"{cpu['name']}, {bf16} AVX-512 BF16"
+
+
 def markdown_table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> list[str]:
     """A Markdown table's lines from its header and already formatted cells."""
     return [

@@ -1,23 +1,28 @@
-"""Kill -9 a SciFact build at several points, resume it, and compare with an unbroken one;
-then encode the same documents as 3 slices in 3 concurrent processes and assemble them.
+"""Kill -9 a full SciFact build at random moments, resume it, and compare with an unbroken
+one; then encode the same documents as 3 slices in 3 concurrent processes and assemble them.
 
-With the default model, the first --limit documents of SciFact and --chunk-size
-documents per shard:
-1. reference: one uninterrupted `retriever index` (its own store);
-2. killed: the same command, sent SIGKILL once --kills[i] shards are complete plus half
-   a shard's time (so a chunk is always in flight), rerun after each kill until it ends;
+With the default model and the documents of --dataset (all of them unless --limit):
+1. reference: one uninterrupted `retriever index` (its own store), whose shards are sized
+   by time (about two minutes of encoding each, from the rate its probe measured);
+2. killed: the same command with the reference's chunk size on its first attempt (so the
+   two can be compared vector for vector) and none after (each rerun takes the store's),
+   sent SIGKILL at --kills moments drawn uniformly (seed --seed) over the reference's
+   duration, and rerun after each kill until it ends;
 3. sliced: `retriever encode --shard I/3` for I = 0, 1, 2 at once, then `index --from`.
-The killed and sliced indexes must hold the reference's keys, ids and vectors; the time
-the killed path spent beyond the reference is the work lost.
+The killed and sliced indexes must hold the reference's keys, ids and vectors. Each kill's
+lost encoding is the time since the last shard written before it (or since the attempt
+started); the killed path's time beyond the reference is all the work lost, restarts
+included.
 
-    python benchmarks/resume_scifact.py --limit 1200 --chunk-size 200 --kills 1,3,5 \
-        --out benchmarks/results/resume-scifact
+    python benchmarks/resume_scifact.py --kills 3 --out benchmarks/results/resume-scifact
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
+import random
 import signal
 import subprocess
 import tempfile
@@ -26,15 +31,19 @@ from pathlib import Path
 from typing import Any
 
 from inputs import SCIFACT, dataset_path
-from report import machine, markdown_table, write_report
+from report import cpu_name, machine, markdown_table, write_report
 from revisions import WORKING_TREE, child_env, cli_argv, run_cli
 
 SLICES = 3
 
 
-def corpus_flags(args: argparse.Namespace) -> list[str]:
-    """What every encoding here shares: the documents, the shard size, the model."""
-    flags = [str(args.dataset), "--limit", str(args.limit), "--chunk-size", str(args.chunk_size)]
+def corpus_flags(args: argparse.Namespace, chunk_size: int | None = None) -> list[str]:
+    """What every encoding here shares: the documents, the model, the shard size if fixed."""
+    flags = [str(args.dataset)]
+    if args.limit:
+        flags += ["--limit", str(args.limit)]
+    if chunk_size:
+        flags += ["--chunk-size", str(chunk_size)]
     if args.model:
         flags += ["--model", args.model]
     if args.batch_size:
@@ -42,49 +51,72 @@ def corpus_flags(args: argparse.Namespace) -> list[str]:
     return flags
 
 
-def index_argv(args: argparse.Namespace, scratch: Path, name: str) -> list[str]:
+def index_argv(
+    args: argparse.Namespace, scratch: Path, name: str, chunk_size: int | None = None
+) -> list[str]:
     """`retriever index` into ``scratch/NAME`` with a store of its own."""
     store = ["--store", str(scratch / f"{name}.store")]
-    return ["-q", "index", *corpus_flags(args), "--out", str(scratch / name), *store]
+    flags = corpus_flags(args, chunk_size)
+    return ["-q", "index", *flags, "--out", str(scratch / name), *store]
 
 
 def start(argv: list[str], cwd: Path) -> subprocess.Popen:
     return subprocess.Popen(cli_argv(WORKING_TREE, argv), cwd=cwd, env=child_env(WORKING_TREE))
 
 
-def complete_shards(store: Path) -> int:
-    return len(list((store / "shards").glob("[0-9]*.json")))
+def shard_times(store: Path) -> list[float]:
+    """When each complete shard's record was written (records are written last)."""
+    return sorted(p.stat().st_mtime for p in (store / "shards").glob("[0-9]*.json"))
 
 
-def killed_builds(args: argparse.Namespace, scratch: Path, shard_seconds: float) -> dict:
-    """The build killed after each of ``--kills`` complete shards, then run to its end:
-    where each kill landed, and the seconds spent over all attempts."""
-    store, kills, spent = scratch / "killed.store", [], 0.0
-    for target in (int(k) for k in args.kills.split(",")):
-        started = time.perf_counter()
-        child = start(index_argv(args, scratch, "killed"), scratch)
-        while complete_shards(store) < target and child.poll() is None:
-            time.sleep(0.2)
-        time.sleep(shard_seconds / 2)  # a chunk in flight when the kill lands
-        if child.poll() is not None:
-            raise SystemExit("the build ended before its kill: give a larger --limit")
-        os.kill(child.pid, signal.SIGKILL)
-        child.wait()
-        spent += time.perf_counter() - started
+def kill_moments(args: argparse.Namespace, reference_seconds: float) -> list[float]:
+    """--kills moments of the build, uniform over the reference's duration, sorted."""
+    rng = random.Random(args.seed)
+    return sorted(rng.uniform(0.05, 0.95) * reference_seconds for _ in range(args.kills))
+
+
+def killed_builds(
+    args: argparse.Namespace, scratch: Path, moments: list[float], chunk_size: int
+) -> dict:
+    """The build killed at each of ``moments`` (seconds of build time since the previous
+    kill's moment), then run to its end: what each kill lost, and the seconds in all."""
+    store, kills, spent, previous = scratch / "killed.store", [], 0.0, 0.0
+    for moment in moments:
+        fixed = chunk_size if not kills else None  # reruns take the store's own size
+        started = time.time()
+        child = start(index_argv(args, scratch, "killed", fixed), scratch)
+        try:
+            child.wait(timeout=moment - previous)
+            raise SystemExit("the build ended before its kill: fewer --kills, or more documents")
+        except subprocess.TimeoutExpired:
+            os.kill(child.pid, signal.SIGKILL)
+            child.wait()
+        killed_at = time.time()
+        written = [t for t in shard_times(store) if t >= started]
+        spent += killed_at - started
+        previous = moment
         kills.append(
-            {"after_shards": complete_shards(store), "index_exists": (scratch / "killed").exists()}
+            {
+                "moment_seconds": round(moment, 1),
+                "shards_complete": len(shard_times(store)),
+                "lost_encoding_seconds": round(killed_at - max(written, default=started), 1),
+                "index_exists": (scratch / "killed").exists(),
+            }
         )
         print("killed", kills[-1], flush=True)
     spent += run_cli(WORKING_TREE, index_argv(args, scratch, "killed"), cwd=scratch).seconds
     return {"kills": kills, "killed_total_seconds": spent}
 
 
-def sliced_build(args: argparse.Namespace, scratch: Path) -> float:
+def sliced_build(args: argparse.Namespace, scratch: Path, chunk_size: int) -> float:
     """Seconds to encode ``SLICES`` slices in concurrent processes and assemble them."""
     started = time.perf_counter()
     store = ["--out", str(scratch / "sliced.store")]
     encoders = [
-        start(["-q", "encode", *corpus_flags(args), *store, "--shard", f"{i}/{SLICES}"], scratch)
+        start(
+            ["-q", "encode", *corpus_flags(args, chunk_size), *store, "--shard", f"{i}/{SLICES}"],
+            scratch,
+        )
         for i in range(SLICES)
     ]
     if any(process.wait() for process in encoders):
@@ -126,25 +158,37 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         reference_seconds = run_cli(
             WORKING_TREE, index_argv(args, scratch, "reference"), cwd=scratch
         ).seconds
-        shard_seconds = reference_seconds / -(-args.limit // args.chunk_size)
-        killed = killed_builds(args, scratch, shard_seconds)
-        sliced_seconds = sliced_build(args, scratch)
+        key = json.loads((scratch / "reference.store" / "store.json").read_text())
+        chunk_size = int(key["chunk_size"])
+        shards = len(shard_times(scratch / "reference.store"))
+        moments = kill_moments(args, reference_seconds)
+        killed = killed_builds(args, scratch, moments, chunk_size)
+        sliced_seconds = sliced_build(args, scratch, chunk_size)
         reference = contents(scratch / "reference")
+        lost = killed["killed_total_seconds"] - reference_seconds
         return {
+            "documents": key["source"]["count"],
+            "chunk_size": chunk_size,
+            "shards": shards,
             "kills": killed["kills"],
             "reference_seconds": round(reference_seconds, 1),
             "killed_total_seconds": round(killed["killed_total_seconds"], 1),
-            "lost_seconds": round(killed["killed_total_seconds"] - reference_seconds, 1),
-            "shard_seconds": round(shard_seconds, 1),
+            "lost_seconds": round(lost, 1),
+            "lost_seconds_per_kill": round(lost / max(len(moments), 1), 1),
+            "shard_seconds": round(reference_seconds / shards, 1),
             "sliced_seconds": round(sliced_seconds, 1),
             "killed_vs_reference": compare(reference, contents(scratch / "killed")),
             "sliced_vs_reference": compare(reference, contents(scratch / "sliced")),
-            "meta": {"machine": machine()},
+            "meta": {"machine": f"{machine()}, {cpu_name()}", "dtype": key["dtype"]},
         }
 
 
 def report_body(args: argparse.Namespace, record: dict[str, Any]) -> list[str]:
-    kills = ", ".join(str(k["after_shards"]) for k in record["kills"])
+    kills = "; ".join(
+        f"at {k['moment_seconds']:,.0f} s ({k['shards_complete']} shards complete, "
+        f"{k['lost_encoding_seconds']:,.0f} s of encoding lost)"
+        for k in record["kills"]
+    )
     rows = []
     for name, key, seconds in (
         ("killed and resumed", "killed_vs_reference", record["killed_total_seconds"]),
@@ -163,11 +207,13 @@ def report_body(args: argparse.Namespace, record: dict[str, Any]) -> list[str]:
         )
     header = ["build", "seconds", "same keys", "same ids", "identical vectors", "largest gap"]
     return [
-        f"The first {args.limit} documents of {args.dataset.name}, shards of {args.chunk_size}; "
-        f"{record['meta']['machine']}. Reference (unbroken) build: "
-        f"{record['reference_seconds']:,.1f} s, about {record['shard_seconds']:,.1f} s a shard. "
-        f"Killed (SIGKILL) with {kills} shards complete, then rerun to its end: "
-        f"{record['lost_seconds']:,.1f} s lost in all.",
+        f"{record['documents']:,} documents of {args.dataset.name} "
+        f"({record['meta']['dtype']}); {record['meta']['machine']}. Reference (unbroken) "
+        f"build: {record['reference_seconds']:,.1f} s in {record['shards']} shards of "
+        f"{record['chunk_size']:,} documents (sized by time), about "
+        f"{record['shard_seconds']:,.1f} s a shard. Killed (SIGKILL) {kills}; then rerun to its "
+        f"end: {record['lost_seconds']:,.1f} s lost in all, restarts included "
+        f"({record['lost_seconds_per_kill']:,.1f} s per kill).",
         "",
         *markdown_table(header, rows),
     ]
@@ -178,11 +224,9 @@ def main() -> None:
     parser.add_argument(
         "--dataset", type=dataset_path, default=SCIFACT, help="BEIR folder or JSONL"
     )
-    parser.add_argument("--limit", type=int, default=1200, help="first N documents")
-    parser.add_argument("--chunk-size", type=int, default=200, help="documents per shard")
-    parser.add_argument(
-        "--kills", default="1,3,5", help="comma list: kill once this many shards are complete"
-    )
+    parser.add_argument("--limit", type=int, default=None, help="first N documents (all)")
+    parser.add_argument("--kills", type=int, default=3, help="kills at random moments")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the kill moments")
     parser.add_argument("--model", default=None, help="model to encode with (default: the CLI's)")
     parser.add_argument("--batch-size", type=int, default=None, help="texts per forward pass")
     parser.add_argument("--out", default="benchmarks/results/resume-scifact", help="results folder")

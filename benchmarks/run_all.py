@@ -109,8 +109,8 @@ BENCHMARKS = (
     Benchmark(
         "resume-scifact",
         "resume_scifact.py",
-        "--limit 1200 --chunk-size 200 --kills 1,3,5 --out {out}",
-        "--dataset {scifact} --model {model} --batch-size 1 --limit 200 --chunk-size 50 --kills 1",
+        "--kills 3 --out {out}",
+        "--dataset {scifact} --model {model} --batch-size 1 --limit 200 --kills 1",
     ),
     Benchmark("bm25-memory", "bm25_memory.py", "--copies 1,4 --out {out}", "--dataset {dataset}"),
     Benchmark(
@@ -118,6 +118,12 @@ BENCHMARKS = (
         "encoder_throughput.py",
         "--out {out}",
         "--dataset {dataset} --model {model} --docs 16 --repeats 1 --dtype float32",
+    ),
+    Benchmark(
+        "cpu-runtime",
+        "cpu_runtime.py",
+        "--out {out}",
+        "--dataset {dataset} --model {model} --docs 16 --repeats 1",
     ),
     Benchmark(
         "query-overhead",
@@ -155,6 +161,12 @@ BENCHMARKS = (
         "frontier.py",
         "--out {out}",
         "--dataset {dataset} --model {model} --dtype float32 --taus 1,2 --latency-queries 5",
+    ),
+    Benchmark(
+        "lean-store",
+        "lean_store.py",
+        "--out {out}",
+        "--dataset {dataset} --model {model} --dtype float32",
     ),
     Benchmark(
         "frontier-scale",

@@ -42,7 +42,7 @@ from retriever.encoding import encode_corpus
 from retriever.errors import RetrieverError
 from retriever.generations import current_generation, new_generation, writer_lock
 from retriever.manifest import read_manifest
-from retriever.store import DEFAULT_CHUNK_SIZE, EmbeddingStore
+from retriever.store import DEFAULT_CHUNK_SIZE, DEFAULT_STORE_PRECISION, EmbeddingStore
 
 logger = logging.getLogger(__name__)
 
@@ -55,7 +55,8 @@ def add_documents(
     upsert: bool = False,
     limit: int | None = None,
     store: str | Path | None = None,
-    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    chunk_size: int | None = None,
+    store_precision: str = DEFAULT_STORE_PRECISION,
     use_gpu: bool | None = None,
 ) -> dict[str, int]:
     """Append a corpus's documents to the index path ``index`` in a new generation.
@@ -75,7 +76,9 @@ def add_documents(
             "pass --upsert to replace them, or remove them from the file"
         )
     with writer_lock(out):
-        embeddings = encode_corpus(encoder, scan, folder=store, chunk_size=chunk_size)
+        embeddings = encode_corpus(
+            encoder, scan, folder=store, chunk_size=chunk_size, precision=store_precision
+        )
         started = time.perf_counter()
         base, manifest = _same_generation(out, base)
         with new_generation(out, external=EXTERNAL_PARTS) as staging:

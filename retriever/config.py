@@ -21,6 +21,10 @@ PROMPTS: dict[str, str] = {
     "none": "{text}",
 }
 POOLINGS = ("mean", "last")
+# The precision of an embedding store's raw vectors (retriever.store): float16 halves the
+# store; docs/builds.md measures its cosine to float32 and its nDCG@10.
+STORE_PRECISIONS = ("float16", "float32")
+DEFAULT_STORE_PRECISION = "float16"
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 BANDS = ("edge", "head", "tail", "rand")
 # Search methods: one retriever, or dense fused with another; the default comes first.

@@ -146,6 +146,8 @@ class CorpusScan:
     count: int
     limit: int | None
     skipped_empty: list[str]
+    # The raw bytes of the documents kept: what their copies in a store or docstore take.
+    document_bytes: int = 0
 
 
 def _records(
@@ -188,7 +190,7 @@ def scan_corpus(dataset: str | Path, limit: int | None = None) -> CorpusScan:
     digest = hashlib.sha256()
     fingerprints = array.array("Q")
     skipped: list[str] = []
-    count = 0
+    count = document_bytes = 0
     for _, raw, document, doc_id in _records(path, limit):
         digest.update(raw)
         fingerprints.append(_id_fingerprint(doc_id))
@@ -196,6 +198,7 @@ def scan_corpus(dataset: str | Path, limit: int | None = None) -> CorpusScan:
             skipped.append(doc_id)
         else:
             count += 1
+            document_bytes += len(raw)
     _check_unique_ids(path, fingerprints, limit)
     if skipped:
         logger.warning(
@@ -206,7 +209,7 @@ def scan_corpus(dataset: str | Path, limit: int | None = None) -> CorpusScan:
         )
     if not count:
         raise RetrieverError(f"{path} holds no documents with a title or text")
-    return CorpusScan(path, digest.hexdigest(), count, limit, skipped)
+    return CorpusScan(path, digest.hexdigest(), count, limit, skipped, document_bytes)
 
 
 def _check_unique_ids(path: Path, fingerprints: array.array, limit: int | None) -> None:

@@ -25,7 +25,7 @@ import signal
 from dataclasses import dataclass
 from typing import Any
 
-from retriever.config import POOLINGS, EncoderConfig
+from retriever.config import EncoderConfig
 from retriever.datasets import CorpusScan, chunk_starts, read_chunk
 from retriever.errors import RetrieverError
 from retriever.store import EmbeddingStore
@@ -118,7 +118,9 @@ class ChunkEncoder:
                 size = min(self.store.chunk_size, self.store.count - chunk * self.store.chunk_size)
                 documents = read_chunk(self.scan, (int(offset), int(line)), size)
                 vectors = self.encoder.encode_poolings(
-                    [d.embedding_text for d in documents], POOLINGS, show_progress=False
+                    [d.embedding_text for d in documents],
+                    self.store.poolings,
+                    show_progress=False,
                 )
                 self.store.write_shard(chunk, documents, vectors, slice_label=self.slice_label)
                 _die_if_a_test_asks()

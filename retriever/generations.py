@@ -220,7 +220,7 @@ _DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 _NEARLY_FULL = 256 << 10
 
 
-def _free_bytes(folder: Path) -> int | None:
+def free_bytes(folder: Path) -> int | None:
     for candidate in (folder, *folder.parents):
         try:
             return shutil.disk_usage(candidate).free
@@ -242,7 +242,7 @@ def _disk_full(exc: BaseException, folder: Path) -> bool:
         return True
     # Some writers report a full disk obliquely (numpy: "N requested and M written";
     # LMDB: "Input/output error"): an I/O failure with no free space left is one too.
-    free = _free_bytes(folder)
+    free = free_bytes(folder)
     return (
         isinstance(exc, (OSError, RuntimeError, lmdb.Error))
         and free is not None
@@ -258,7 +258,7 @@ def disk_errors(folder: Path) -> Iterator[None]:
     except Exception as exc:
         if not _disk_full(exc, folder):
             raise
-        free = _free_bytes(folder)
+        free = free_bytes(folder)
         left = "free space unknown" if free is None else f"{free / 2**20:,.1f} MiB free now"
         raise RetrieverError(
             f"no space left on the device while writing {folder} ({left}); nothing was "

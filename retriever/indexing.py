@@ -50,12 +50,13 @@ from retriever.errors import RetrieverError
 from retriever.generations import check_destination, new_generation, writer_lock
 from retriever.index import has_parameter
 from retriever.models import DEFAULT_MODEL
+from retriever.pacing import DiskNeed
 from retriever.store import (
-    DEFAULT_CHUNK_SIZE,
+    DEFAULT_STORE_PRECISION,
     EmbeddingStore,
+    covers,
     describe_difference,
     encoding_key,
-    key_digest,
     record_index,
 )
 
@@ -144,7 +145,8 @@ class Indexer:
         upsert: bool = False,
         limit: int | None = None,
         store: str | Path | None = None,
-        chunk_size: int = DEFAULT_CHUNK_SIZE,
+        chunk_size: int | None = None,
+        store_precision: str = DEFAULT_STORE_PRECISION,
     ) -> dict[str, int]:
         """Append a corpus's documents to the index path ``index`` (see
         :func:`retriever.changes.add_documents`); returns ``{"added": n, "replaced": m}``."""
@@ -156,6 +158,7 @@ class Indexer:
             limit=limit,
             store=store,
             chunk_size=chunk_size,
+            store_precision=store_precision,
             use_gpu=self.plan.use_gpu,
         )
 
@@ -170,8 +173,10 @@ class Indexer:
             store.count,
             kind="documents",
             chunk_size=store.chunk_size,
+            poolings=[self.encoder.config.pooling],
+            precision=store.precision,
         )
-        if key_digest(wanted) != key_digest(store.key):
+        if not covers(store.key, wanted):
             raise RetrieverError(
                 f"the embedding store {store.folder} was encoded differently from this "
                 f"encoder ({describe_difference(store.key, wanted)})"
@@ -236,7 +241,8 @@ def build_index(
     overwrite: bool = False,
     store: str | Path | None = None,
     from_store: str | Path | None = None,
-    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    chunk_size: int | None = None,
+    store_precision: str = DEFAULT_STORE_PRECISION,
     restart: bool = False,
     ray: RayOptions | None = None,
     backend: str = "faiss",
@@ -256,7 +262,7 @@ def build_index(
     ``encoder_config`` still chooses the pooling. ``encoder`` is a loaded model to use
     instead of loading ``model`` (with ``encoder_config``, if given, as its settings);
     ``embed_filter`` a ready projection (a fitted baseline) to store instead of the
-    EmbedFilter of ``filter_spec``. With ``ray`` the encoding runs on Ray actors.
+    EmbedFilter of ``filter_spec``. The store's options are ``encode_corpus``'s.
     ``storage``, ``binary_centre``, ``ef_construction`` and ``rescore_vectors`` (kept when
     ``search_params.rescore`` is set) say how the dense index stores its vectors
     (:mod:`retriever.codes`).
@@ -288,18 +294,19 @@ def build_index(
     indexer = Indexer(encoder, plan)
     with writer_lock(out_path):  # for the whole build: a second writer fails before encoding
         check_destination(out_path, overwrite)
-        embeddings, timings = _encoded(encoder, source, store, chunk_size, restart, ray)
+        stage = _EncodeStage(store, chunk_size, store_precision, restart, ray)
+        embeddings, timings = _encoded(encoder, source, stage, plan, out_path)
         return indexer.assemble(
             embeddings, out_path, embed_filter=embed_filter, overwrite=overwrite, timings=timings
         )
 
 
 def _check_arguments(
-    embed_filter: EmbedFilter | None, filter_spec: FilterSpec | None, chunk_size: int
+    embed_filter: EmbedFilter | None, filter_spec: FilterSpec | None, chunk_size: int | None
 ) -> None:
     if embed_filter is not None and filter_spec is not None:
         raise RetrieverError("give filter_spec or embed_filter, not both")
-    if chunk_size < 1:
+    if chunk_size is not None and chunk_size < 1:
         raise RetrieverError(f"--chunk-size must be at least 1, got {chunk_size}")
 
 
@@ -330,6 +337,12 @@ def _ready_encoder(
     settings = config or (encoder.config if encoder is not None else EncoderConfig())
     if isinstance(source, EmbeddingStore):
         key = source.key
+        if settings.pooling not in source.poolings:
+            raise RetrieverError(
+                f"the embedding store {source.folder} keeps {'+'.join(source.poolings)} "
+                f"pooling only, not {settings.pooling}: encode a store with it (`retriever "
+                f"encode --pooling {settings.pooling}`)"
+            )
         settings = dataclasses.replace(
             settings,
             prompt=key["prompt"],
@@ -383,22 +396,61 @@ def _load_encoder(
     )
 
 
+@dataclass(frozen=True)
+class _EncodeStage:
+    """How :func:`build_index` encodes a corpus: into which store, in what shards."""
+
+    store: str | Path | None
+    chunk_size: int | None
+    precision: str
+    restart: bool
+    ray: RayOptions | None
+
+
 def _encoded(
     encoder: Encoder,
     source: EmbeddingStore | CorpusScan,
-    store: str | Path | None,
-    chunk_size: int,
-    restart: bool,
-    ray: RayOptions | None,
+    stage: _EncodeStage,
+    plan: IndexPlan,
+    out: Path,
 ) -> tuple[EmbeddingStore, dict[str, float]]:
     """The complete store of the documents, and the seconds spent encoding them."""
     if isinstance(source, EmbeddingStore):
         return source, {}
     mark = time.perf_counter()
     embeddings = encode_corpus(
-        encoder, source, folder=store, chunk_size=chunk_size, restart=restart, ray=ray
+        encoder,
+        source,
+        folder=stage.store,
+        chunk_size=stage.chunk_size,
+        precision=stage.precision,
+        restart=stage.restart,
+        ray=stage.ray,
+        index_need=DiskNeed("index", out, _index_bytes(plan, encoder, source)),
     )
     return embeddings, {"encode": time.perf_counter() - mark}
+
+
+# Bytes per stored value of each storage; a factory string's own codes count as float32,
+# an upper bound.
+_VALUE_BYTES = {"float32": 4.0, "float16": 2.0, "int8": 1.0, "binary": 0.125}
+
+
+def _index_bytes(plan: IndexPlan, encoder: Encoder, scan: CorpusScan) -> int:
+    """About what the index of ``scan`` will take: dense codes and ids (and rescore
+    vectors), the docstore (LMDB takes about twice the documents' bytes), and the sparse
+    (K pairs of 4-byte token and weight per document) and BM25 parts."""
+    dims = plan.filter_spec.kept_dims(encoder.hidden_size)
+    per_document = 2.0 * scan.document_bytes / max(scan.count, 1)
+    if plan.dense:
+        per_document += dims * _VALUE_BYTES.get(plan.storage or "float32", 4.0) + 8
+        if plan.search_params.rescore:
+            per_document += dims * (1 if plan.rescore_vectors == "int8" else 4)
+    if plan.sparse is not None:
+        per_document += 8 * plan.sparse.doc_tokens
+    if plan.bm25:
+        per_document += scan.document_bytes / max(scan.count, 1)
+    return int(per_document * scan.count)
 
 
 def _check_filter_size(spec: FilterSpec, model: str, revision: str | None) -> None:

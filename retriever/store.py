@@ -4,8 +4,10 @@ Encode once, index many: every index, benchmark variant or baseline reads these 
 and never runs the LLM again. A store is a folder::
 
     store.json               what was encoded: model weights, dtype, prompt, instruction,
-                             max length, the source's sha256 and count, the chunk size
-    shards/000012.mean.npy   (n, d) float32 raw pooled embeddings of chunk 12, per pooling
+                             max length, the source's sha256 and count, the poolings kept,
+                             their precision, the chunk size
+    shards/000012.mean.npy   (n, d) raw pooled embeddings of chunk 12 (float16 by default,
+                             or float32), one file per pooling kept
     shards/000012.docs.jsonl the chunk's documents, in corpus order
     shards/000012.json       the shard's record, written last: a shard without it is
                              incomplete and is encoded again
@@ -13,7 +15,15 @@ and never runs the LLM again. A store is a folder::
 Chunk ``c`` holds kept documents ``[c * chunk_size, (c + 1) * chunk_size)`` in corpus
 order, so any process can encode any chunk and the shards of many processes (``--shard
 I/N`` takes the chunks with ``c % N == I``) assemble into the same index as one process.
-Every pooling is stored: mean and last token read the same forward pass.
+
+A store keeps only the poolings asked for (mean and last token read the same forward
+pass, so a benchmark asks for both at the price of one), as float16 unless float32 is
+asked: the measured cosine to float32 and SciFact's nDCG@10 are in docs/builds.md.
+
+The chunk size is not part of a store's name: the first process to create a store sizes
+its chunks (by time, see :mod:`retriever.pacing`) and every later one, resuming or
+encoding another slice, uses the size the store holds. A store of version 1 (every
+pooling, float32, before either was a choice) is still read and resumed.
 """
 
 from __future__ import annotations
@@ -30,27 +40,49 @@ from typing import Any
 
 import numpy as np
 
-from retriever.config import POOLINGS
+from retriever.config import DEFAULT_STORE_PRECISION, POOLINGS, STORE_PRECISIONS
 from retriever.datasets import CorpusScan, Document
 from retriever.errors import RetrieverError
 
 logger = logging.getLogger(__name__)
 
 STORE_FORMAT = "retriever-embeddings"
-STORE_VERSION = 1
+STORE_VERSION = 2
+READABLE_VERSIONS = (1, 2)
 STORE_FILE = "store.json"
 SOURCE_FILE = "source.json"
 SHARDS_DIR = "shards"
 # The indexes built from the store (their paths), so that `retriever stores` can say what
 # uses a store before it is removed; a note, not part of the store's data.
 INDEXES_FILE = "indexes.json"
+# The chunk size when none is chosen by time: Ray builds, in-memory collections.
 DEFAULT_CHUNK_SIZE = 4096
+# float16's largest finite value: a vector beyond it cannot be stored in float16.
+_FLOAT16_MAX = float(np.finfo(np.float16).max)
 
 
 def encoding_key(
-    encoder: Any, source_sha256: str, count: int, *, kind: str, chunk_size: int
+    encoder: Any,
+    source_sha256: str,
+    count: int,
+    *,
+    kind: str,
+    chunk_size: int | None,
+    poolings: Iterable[str] = POOLINGS,
+    precision: str = DEFAULT_STORE_PRECISION,
 ) -> dict[str, Any]:
-    """Everything that makes two encodings of a collection the same vectors."""
+    """Everything that makes two encodings of a collection the same vectors. ``chunk_size``
+    None: not chosen yet (a store's own size is adopted when it is opened)."""
+    if precision not in STORE_PRECISIONS:
+        raise RetrieverError(
+            f"unknown store precision {precision!r}; choose one of {', '.join(STORE_PRECISIONS)}"
+        )
+    asked = set(poolings)
+    unknown = asked - set(POOLINGS)
+    if unknown or not asked:
+        raise RetrieverError(
+            f"a store keeps poolings among {', '.join(POOLINGS)}, got {sorted(asked) or 'none'}"
+        )
     config = encoder.config
     return {
         "format": STORE_FORMAT,
@@ -67,10 +99,36 @@ def encoding_key(
         if kind == "queries"
         else config.document_instruction,
         "max_length": config.max_length,
-        "poolings": list(POOLINGS),
+        "poolings": [p for p in POOLINGS if p in asked],
+        "precision": precision,
         "source": {"sha256": source_sha256, "count": count},
         "chunk_size": chunk_size,
     }
+
+
+def key_precision(key: dict[str, Any]) -> str:
+    """The precision of a store's vectors (a version 1 store's are float32)."""
+    return str(key.get("precision", "float32"))
+
+
+def _identity(key: dict[str, Any]) -> dict[str, Any]:
+    """What must agree for one store to serve another's request: the key without its
+    version, chunk size, poolings and precision (those are compared apart)."""
+    dropped = {"version", "chunk_size", "poolings", "precision"}
+    identity = {k: v for k, v in key.items() if k not in dropped}
+    identity["model"] = {"weights_sha256": key["model"]["weights_sha256"]}
+    return identity
+
+
+def covers(held: dict[str, Any], wanted: dict[str, Any]) -> bool:
+    """Whether a store of key ``held`` holds the vectors ``wanted`` asks for: the same
+    encoding, at the same precision, with every pooling asked (a store of both poolings
+    serves a request for one)."""
+    return (
+        _identity(held) == _identity(wanted)
+        and key_precision(held) == key_precision(wanted)
+        and set(wanted["poolings"]) <= set(held["poolings"])
+    )
 
 
 def key_digest(key: dict[str, Any]) -> str:
@@ -89,8 +147,9 @@ def describe_difference(held: dict[str, Any], wanted: dict[str, Any]) -> str:
         "corpus": lambda k: (
             f"{k['source']['count']} documents, sha256 {k['source']['sha256'][:12]}"
         ),
-        "chunk size": lambda k: k["chunk_size"],
         "kind": lambda k: k["kind"],
+        "precision": key_precision,
+        "poolings": lambda k: "+".join(k["poolings"]),
     }
     changed = [
         f"{name} {show(held)} there, {show(wanted)} here"
@@ -107,6 +166,8 @@ class Shard:
     chunk: int
     record: dict[str, Any]
     folder: Path
+    poolings: tuple[str, ...] = POOLINGS
+    precision: str = "float32"
 
     @property
     def count(self) -> int:
@@ -116,7 +177,14 @@ class Shard:
         return self.folder / f"{self.chunk:06d}.{suffix}"
 
     def embeddings(self, pooling: str) -> np.ndarray:
-        """``(n, d)`` float32, memory-mapped (read lazily, never all at once)."""
+        """``(n, d)`` in the store's precision, memory-mapped (read lazily, never all at
+        once); callers convert to float32 what they compute with."""
+        if pooling not in self.poolings:
+            raise RetrieverError(
+                f"the embedding store {self.folder.parent} keeps {'+'.join(self.poolings)} "
+                f"pooling only, not {pooling}: encode a store with that pooling (--pooling "
+                f"{pooling})"
+            )
         path = self.path(f"{pooling}.npy")
         try:
             return np.load(path, mmap_mode="r", allow_pickle=False)
@@ -142,8 +210,8 @@ class Shard:
         if self.count != expected:
             return f"its record says {self.count} documents, the chunk holds {expected}", 0
         dims = set()
-        for pooling in POOLINGS:
-            problem, dim = _npy_problem(self.path(f"{pooling}.npy"), self.count)
+        for pooling in self.poolings:
+            problem, dim = _npy_problem(self.path(f"{pooling}.npy"), self.count, self.precision)
             if problem is not None:
                 return problem, 0
             dims.add(dim)
@@ -167,9 +235,9 @@ def _first_line(exc: BaseException) -> str:
     return text.splitlines()[0] if text else type(exc).__name__
 
 
-def _npy_problem(path: Path, rows: int) -> tuple[str | None, int]:
-    """What is wrong with a shard's ``.npy`` file (None: an ``(rows, d)`` float32 array
-    whose bytes are all there), and its ``d``. Reads only the header."""
+def _npy_problem(path: Path, rows: int, precision: str) -> tuple[str | None, int]:
+    """What is wrong with a shard's ``.npy`` file (None: an ``(rows, d)`` array of
+    ``precision`` whose bytes are all there), and its ``d``. Reads only the header."""
     fmt = np.lib.format
     try:
         with path.open("rb") as handle:
@@ -181,9 +249,10 @@ def _npy_problem(path: Path, rows: int) -> tuple[str | None, int]:
         return f"{path.name} is missing", 0
     except (OSError, ValueError, TypeError, SyntaxError) as exc:
         return f"{path.name} is not a readable array ({_first_line(exc)})", 0
-    if dtype != np.float32 or fortran or len(shape) != 2 or shape[0] != rows or not shape[1]:
+    wrong_shape = len(shape) != 2 or shape[0] != rows or not shape[1]
+    if dtype != np.dtype(precision) or fortran or wrong_shape:
         order = " (Fortran order)" if fortran else ""
-        return f"{path.name} holds {dtype} {shape}{order}, not ({rows}, d) float32", 0
+        return f"{path.name} holds {dtype} {shape}{order}, not ({rows}, d) {precision}", 0
     expected = offset + shape[0] * shape[1] * dtype.itemsize
     if size != expected:
         return f"{path.name} is {size:,} bytes, its header says {expected:,}", 0
@@ -221,12 +290,19 @@ class EmbeddingStore:
 
     @classmethod
     def open_or_create(
-        cls, folder: str | Path, key: dict[str, Any], *, restart: bool = False
+        cls,
+        folder: str | Path,
+        key: dict[str, Any],
+        *,
+        restart: bool = False,
+        fixed_chunk_size: bool = True,
     ) -> EmbeddingStore:
         """Open the store at ``folder`` for ``key``, creating it if it is new.
 
-        A store holding another encoding is refused (``restart=True`` empties it first);
-        several processes may open one store at once (the first to create it wins).
+        A store that does not hold what ``key`` asks for is refused (``restart=True``
+        empties it first). A store's own chunk size wins over ``key``'s unless
+        ``fixed_chunk_size`` (the user chose one): then a different one is refused. Several
+        processes may open one store at once (the first to create it wins).
         """
         folder = Path(folder).expanduser().resolve()
         if folder.exists() and not folder.is_dir():
@@ -236,27 +312,24 @@ class EmbeddingStore:
         if restart and path.exists():
             _empty_store(folder)
         if not path.exists():
-            # Several slices may create one store at once: tolerate each other's files.
-            # indexes.json outlives a --restart, which empties the store's key and shards.
-            ours = (SHARDS_DIR, SOURCE_FILE, INDEXES_FILE)
-            foreign = [
-                p.name
-                for p in folder.iterdir()
-                if p.name not in ours
-                and not p.name.startswith(tuple(f".{name}." for name in (STORE_FILE, *ours)))
-            ]
-            if foreign and not path.exists():
-                raise RetrieverError(
-                    f"{folder} is not empty and holds no {STORE_FILE}: choose another store folder"
-                )
+            if key["chunk_size"] is None:
+                raise ValueError("a new store needs a chunk size")
+            _check_no_foreign_files(folder)
             _create_exclusive(path, json.dumps(key, indent=2) + "\n")
         (folder / SHARDS_DIR).mkdir(exist_ok=True)
         held = read_store_key(folder)
-        if key_digest(held) != key_digest(key):
+        if not covers(held, key):
             raise RetrieverError(
                 f"the embedding store {folder} holds another encoding "
                 f"({describe_difference(held, key)}); pass --restart to encode afresh into "
                 "it, or choose another store"
+            )
+        chunk_size = key["chunk_size"]
+        if fixed_chunk_size and chunk_size is not None and held["chunk_size"] != chunk_size:
+            raise RetrieverError(
+                f"the embedding store {folder} holds chunks of {held['chunk_size']} documents, "
+                f"not the {chunk_size} of --chunk-size: drop --chunk-size to use its shards, "
+                "or pass --restart to encode afresh"
             )
         return cls(folder, held)
 
@@ -273,6 +346,14 @@ class EmbeddingStore:
     @property
     def chunk_size(self) -> int:
         return int(self.key["chunk_size"])
+
+    @property
+    def poolings(self) -> tuple[str, ...]:
+        return tuple(self.key["poolings"])
+
+    @property
+    def precision(self) -> str:
+        return key_precision(self.key)
 
     @property
     def num_chunks(self) -> int:
@@ -323,7 +404,7 @@ class EmbeddingStore:
                 "store's: the store was mixed from different encodings; re-encode that slice "
                 "(or pass --restart)"
             )
-        return Shard(chunk, record, self.shards_folder)
+        return Shard(chunk, record, self.shards_folder, self.poolings, self.precision)
 
     def expected_count(self, chunk: int) -> int:
         """The documents chunk ``chunk`` holds: ``chunk_size``, fewer in the last one."""
@@ -343,7 +424,8 @@ class EmbeddingStore:
         *,
         slice_label: str,
     ) -> Shard:
-        """Write one chunk's files, the record last, each by an atomic rename."""
+        """Write one chunk's files, the record last, each by an atomic rename; the vectors
+        of every pooling the store keeps, in its precision."""
         expected = self.expected_count(chunk)
         if len(documents) != expected:
             raise RetrieverError(
@@ -351,7 +433,8 @@ class EmbeddingStore:
                 f"{len(documents)}: the corpus changed since it was scanned"
             )
         stem = self.shards_folder / f"{chunk:06d}"
-        for pooling, vectors in embeddings.items():
+        for pooling in self.poolings:
+            vectors = self._stored(embeddings[pooling], chunk)
             _atomic_write(
                 Path(f"{stem}.{pooling}.npy"),
                 lambda stream, v=vectors: np.save(stream, v, allow_pickle=False),
@@ -379,8 +462,22 @@ class EmbeddingStore:
         _atomic_write(
             Path(f"{stem}.json"), lambda stream: stream.write(json.dumps(record).encode())
         )
-        self._dims[chunk] = int(np.shape(next(iter(embeddings.values())))[1])
-        return Shard(chunk, record, self.shards_folder)
+        self._dims[chunk] = int(np.shape(embeddings[self.poolings[0]])[1])
+        return Shard(chunk, record, self.shards_folder, self.poolings, self.precision)
+
+    def _stored(self, vectors: np.ndarray, chunk: int) -> np.ndarray:
+        """``vectors`` in the store's precision; refuses values float16 cannot hold (an
+        overflow would store infinities and wreck every search)."""
+        if self.precision == "float32":
+            return np.asarray(vectors, dtype=np.float32)
+        largest = float(np.max(np.abs(vectors), initial=0.0))
+        if not largest <= _FLOAT16_MAX:
+            raise RetrieverError(
+                f"chunk {chunk} of {self.folder} has embedding values up to {largest:.3g}, "
+                "beyond float16's range: encode into a float32 store (--store-precision "
+                "float32)"
+            )
+        return np.asarray(vectors, dtype=np.float16)
 
     def shards(self) -> list[Shard]:
         """Every shard in chunk order; refuses a store that is not complete, or one with a
@@ -455,8 +552,11 @@ class EmbeddingStore:
         )
 
     def read(self, pooling: str) -> np.ndarray:
-        """Every embedding of one pooling as one ``(N, d)`` array (small collections)."""
-        return np.concatenate([np.asarray(s.embeddings(pooling)) for s in self.shards()])
+        """Every embedding of one pooling as one ``(N, d)`` float32 array (small
+        collections)."""
+        return np.concatenate(
+            [np.asarray(s.embeddings(pooling), dtype=np.float32) for s in self.shards()]
+        )
 
 
 def read_store_key(folder: Path) -> dict[str, Any]:
@@ -472,12 +572,29 @@ def read_store_key(folder: Path) -> dict[str, Any]:
         raise RetrieverError(f"cannot read {path}: {exc}") from None
     if not isinstance(key, dict) or key.get("format") != STORE_FORMAT:
         raise RetrieverError(f"{path} is not an embedding store description")
-    if key.get("version") != STORE_VERSION:
+    if key.get("version") not in READABLE_VERSIONS:
         raise RetrieverError(
             f"{folder} is an embedding store of version {key.get('version')}; this retriever "
-            f"reads version {STORE_VERSION}: encode it again"
+            f"reads versions {', '.join(map(str, READABLE_VERSIONS))}: encode it again"
         )
     return key
+
+
+def _check_no_foreign_files(folder: Path) -> None:
+    """A new store goes into an empty folder, or one with only a store's own files (several
+    slices may create one store at once and tolerate each other's; indexes.json outlives a
+    --restart, which empties the store's key and shards)."""
+    ours = (SHARDS_DIR, SOURCE_FILE, INDEXES_FILE)
+    foreign = [
+        p.name
+        for p in folder.iterdir()
+        if p.name not in ours
+        and not p.name.startswith(tuple(f".{name}." for name in (STORE_FILE, *ours)))
+    ]
+    if foreign and not (folder / STORE_FILE).exists():
+        raise RetrieverError(
+            f"{folder} is not empty and holds no {STORE_FILE}: choose another store folder"
+        )
 
 
 def _empty_store(folder: Path) -> None:
@@ -535,21 +652,6 @@ def chunked_documents(
         yield number, chunk
 
 
-def store_for_corpus(
-    encoder: Any,
-    scan: CorpusScan,
-    *,
-    folder: str | Path | None = None,
-    chunk_size: int = DEFAULT_CHUNK_SIZE,
-    restart: bool = False,
-) -> EmbeddingStore:
-    """The store of ``scan``'s documents: ``folder``, or a folder in the cache named by
-    the encoding key (so that every command encoding the same corpus the same way shares
-    it, and a rerun resumes)."""
-    key = encoding_key(encoder, scan.sha256, scan.count, kind="documents", chunk_size=chunk_size)
-    return EmbeddingStore.open_or_create(folder or cached_store_folder(key), key, restart=restart)
-
-
 def stores_root() -> Path:
     """The folder of the stores named by their encoding key (in the cache)."""
     from retriever.models import cache_dir
@@ -558,7 +660,34 @@ def stores_root() -> Path:
 
 
 def cached_store_folder(key: dict[str, Any]) -> Path:
-    return stores_root() / key_digest(key)[:24]
+    """Where a new store of ``key`` goes in the cache: named by its key without the chunk
+    size, which the store's creator chooses (so every process finds the same folder)."""
+    return stores_root() / key_digest({**key, "chunk_size": None})[:24]
+
+
+def find_cached_store(key: dict[str, Any]) -> Path:
+    """The cache folder for ``key``: an existing store that holds what it asks for (one of
+    exactly its poolings, else one of every pooling, else one of version 1, which was
+    named by its whole key), or else the folder of a new store."""
+    candidates = [cached_store_folder(key)]
+    if key["poolings"] != list(POOLINGS):
+        candidates.append(cached_store_folder({**key, "poolings": list(POOLINGS)}))
+    if key_precision(key) == "float32":
+        first = {k: v for k, v in key.items() if k != "precision"}
+        first.update(version=1, poolings=list(POOLINGS), chunk_size=DEFAULT_CHUNK_SIZE)
+        candidates.append(stores_root() / key_digest(first)[:24])
+    for folder in candidates:
+        try:
+            if (folder / STORE_FILE).is_file() and covers(read_store_key(folder), key):
+                return folder
+        except RetrieverError:
+            continue  # a damaged store is not a candidate; a new one goes beside it
+    return candidates[0]
+
+
+def held_key(folder: Path) -> dict[str, Any] | None:
+    """The key of the store at ``folder``, or None where there is none yet."""
+    return read_store_key(folder) if (Path(folder) / STORE_FILE).is_file() else None
 
 
 # --- Which indexes use a store; listing and removing stores ----------------------------------
@@ -653,6 +782,8 @@ class StoreSummary:
             "prompt": key["prompt"],
             "instruction": key["instruction"],
             "max_length": key["max_length"],
+            "poolings": list(key["poolings"]),
+            "precision": key_precision(key),
             "chunk_size": key["chunk_size"],
             "source": self.source,
             "key_sha256": key_digest(key),

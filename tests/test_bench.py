@@ -375,6 +375,7 @@ def kept_bench(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> li
 
 def test_every_row_is_what_searcher_returns_for_its_folder(kept_bench: list[dict]) -> None:
     from retriever import Searcher
+    from retriever.bench.run import BENCH_STORE
     from retriever.datasets import load_queries
     from retriever.encoding import cached_embeddings
     from retriever.evaluation import judged_queries
@@ -392,7 +393,12 @@ def test_every_row_is_what_searcher_returns_for_its_folder(kept_bench: list[dict
             # The queries' stored embeddings, as the benchmark searched them: the same
             # vectors, so the same hits to the last digit.
             embeddings = cached_embeddings(
-                searcher.encoder, texts, [row["pooling"]], queries=True, show_progress=False
+                searcher.encoder,
+                texts,
+                [row["pooling"]],
+                queries=True,
+                precision=BENCH_STORE["precision"],
+                show_progress=False,
             )[row["pooling"]]
             found = searcher.rank(
                 texts,

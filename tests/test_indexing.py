@@ -383,10 +383,17 @@ def test_empty_documents_are_counted_in_the_manifest(
 
 @pytest.fixture
 def mean_store(tiny_model: Path, tmp_path: Path) -> tuple[Encoder, Path]:
-    """A loaded encoder (mean pooling, max length 64) and a store it encoded."""
+    """A loaded encoder (mean pooling, max length 64) and a store it encoded, of both
+    poolings."""
     encoder = Encoder.load(str(tiny_model), EncoderConfig(max_length=64), dtype="float32")
     corpus = write_jsonl(tmp_path / "docs.jsonl", synthetic_docs(40))
-    store = encode_corpus(encoder, scan_corpus(corpus), folder=tmp_path / "store", chunk_size=16)
+    store = encode_corpus(
+        encoder,
+        scan_corpus(corpus),
+        folder=tmp_path / "store",
+        chunk_size=16,
+        poolings=("mean", "last"),
+    )
     return encoder, store.folder
 
 

@@ -40,12 +40,16 @@ def local_ray(fault_folder: Path):
 def _stores(model: str, corpus: Path, tmp_path: Path, chunk: int, **ray_options):
     encoder = Encoder.load(model, EncoderConfig(max_length=64), dtype="float32")
     scan = scan_corpus(corpus)
-    single = encode_corpus(encoder, scan, folder=tmp_path / "single", chunk_size=chunk)
+    both = ("mean", "last")
+    single = encode_corpus(
+        encoder, scan, folder=tmp_path / "single", chunk_size=chunk, poolings=both
+    )
     on_ray = encode_corpus(
         encoder,
         scan,
         folder=tmp_path / "ray",
         chunk_size=chunk,
+        poolings=both,
         ray=RayOptions(**ray_options),
         show_progress=False,
     )

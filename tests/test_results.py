@@ -29,7 +29,8 @@ def test_a_ranking_is_its_hits_and_results_view_as_beir(toy_index: Path) -> None
         results = searcher.batch_search({"a": "Foxes The quick brown fox", "b": "bone"}, k=3)
         assert isinstance(results, Results) and list(results) == ["a", "b"]
         assert results["a"].ids == ranking.ids
-        assert results.to_beir()["a"] == ranking.to_dict()
+        # Equal up to float rounding: a batch pads its queries, which moves the last bits.
+        assert results.to_beir()["a"] == pytest.approx(ranking.to_dict(), rel=1e-6)
         assert list(results.to_beir()["a"]) == list(ranking.ids)  # best first
     finally:
         searcher.close()

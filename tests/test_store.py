@@ -47,13 +47,20 @@ def test_shards_hold_every_document_once_in_corpus_order(
     encoder: Encoder, corpus: Path, tmp_path: Path
 ) -> None:
     scan = scan_corpus(corpus)
-    store = encode_corpus(encoder, scan, folder=tmp_path / "store", chunk_size=CHUNK)
+    store = encode_corpus(
+        encoder,
+        scan,
+        folder=tmp_path / "store",
+        chunk_size=CHUNK,
+        poolings=("mean", "last"),
+        precision="float32",
+    )
     assert scan.count == 44 and store.num_chunks == 6 and not store.missing_chunks()
     shards = store.shards()
     assert [s.count for s in shards] == [8, 8, 8, 8, 8, 4]
     ids = [d.id for s in shards for d in s.documents()]
     assert ids == [d["_id"] for d in synthetic_docs(45) if d["_id"] != "s10"]
-    # The stored vectors are the encoder's, for every pooling, memory-mapped.
+    # The stored vectors are the encoder's, for every pooling asked, memory-mapped.
     texts = [d.embedding_text for d in shards[1].documents()]
     expected = encoder.encode_poolings(texts, ("mean", "last"), show_progress=False)
     for pooling in ("mean", "last"):
@@ -217,7 +224,13 @@ def test_a_slice_encoded_differently_is_refused(
 def test_one_store_serves_many_indexes_without_encoding_again(
     encoder: Encoder, corpus: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    store = encode_corpus(encoder, scan_corpus(corpus), folder=tmp_path / "store", chunk_size=CHUNK)
+    store = encode_corpus(
+        encoder,
+        scan_corpus(corpus),
+        folder=tmp_path / "store",
+        chunk_size=CHUNK,
+        poolings=("mean", "last"),
+    )
 
     def no_encoding(*args, **kwargs):
         raise AssertionError("the LLM ran again")
@@ -274,3 +287,84 @@ def test_chunk_starts_skip_lines_that_are_only_unicode_whitespace(tmp_path: Path
     scan = scan_corpus(path)
     starts = chunk_starts(scan, 2)
     assert [d.id for d in read_chunk(scan, starts[1], 1)] == ["c"]
+
+
+def test_a_float16_store_round_trips_the_encoders_vectors(
+    encoder: Encoder, corpus: Path, tmp_path: Path
+) -> None:
+    store = encode_corpus(encoder, scan_corpus(corpus), folder=tmp_path / "store", chunk_size=CHUNK)
+    assert store.precision == "float16" and store.poolings == ("mean",)  # the defaults
+    files = sorted(p.name for p in store.shards_folder.glob("000001.*"))
+    assert files == ["000001.docs.jsonl", "000001.json", "000001.mean.npy"]
+    shard = store.shards()[1]
+    assert shard.embeddings("mean").dtype == np.float16
+    texts = [d.embedding_text for d in shard.documents()]
+    exact = encoder.encode_poolings(texts, ("mean",), show_progress=False)["mean"]
+    np.testing.assert_array_equal(shard.embeddings("mean"), exact.astype(np.float16))
+    read = store.read("mean")[CHUNK : 2 * CHUNK]
+    assert read.dtype == np.float32
+    cosine = np.sum(read * exact, 1) / np.linalg.norm(read, axis=1) / np.linalg.norm(exact, axis=1)
+    assert cosine.min() >= 0.9999
+    # Reopened by another reader, it checks the float16 files.
+    assert EmbeddingStore.open(store.folder).shards()[1].embeddings("mean").shape == exact.shape
+    with pytest.raises(RetrieverError, match="keeps mean pooling only, not last"):
+        shard.embeddings("last")
+    huge = {"mean": np.full((CHUNK, exact.shape[1]), 1e6, dtype=np.float32)}
+    with pytest.raises(RetrieverError, match="beyond float16's range.*--store-precision float32"):
+        store.write_shard(1, list(shard.documents()), huge, slice_label="0/1")
+
+
+def test_an_index_of_a_pooling_its_store_lacks_is_one_line_before_the_model_loads(
+    encoder: Encoder,
+    corpus: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    store = encode_corpus(encoder, scan_corpus(corpus), folder=tmp_path / "store", chunk_size=CHUNK)
+
+    def never(*args, **kwargs):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(Encoder, "load", never)
+    argv = ["index", "--from", str(store.folder), "--out", str(tmp_path / "idx")]
+    capsys.readouterr()
+    code = main([*argv, "--pooling", "last"])
+    err = capsys.readouterr().err
+    assert code == 2 and "keeps mean pooling only, not last" in err
+    assert len(err.strip().splitlines()) == 1 and not (tmp_path / "idx").exists()
+
+
+def test_a_store_of_both_poolings_or_of_version_1_serves_a_request_for_one(
+    encoder: Encoder, corpus: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("RETRIEVER_CACHE", str(tmp_path / "cache"))
+    scan = scan_corpus(corpus)
+    both = encode_corpus(encoder, scan, chunk_size=CHUNK, poolings=("mean", "last"))
+    assert both.folder.parent == tmp_path / "cache" / "embeddings"
+
+    def never(*args, **kwargs):
+        raise AssertionError("the LLM ran again")
+
+    with monkeypatch.context() as patched:
+        patched.setattr(Encoder, "encode_poolings", never)
+        assert encode_corpus(encoder, scan).folder == both.folder  # mean only: served
+    # A version 1 store (float32, every pooling, named by its whole key) is found too.
+    legacy = encode_corpus(
+        encoder, scan, chunk_size=4096, poolings=("mean", "last"), precision="float32"
+    )
+    key = {k: v for k, v in legacy.key.items() if k != "precision"}
+    key.update(version=1, chunk_size=4096)
+    from retriever.store import key_digest
+
+    old = legacy.folder.parent / key_digest(key)[:24]
+    legacy.folder.rename(old)
+    (old / "store.json").write_text(json.dumps(key))
+    for record in (old / "shards").glob("*.json"):
+        data = json.loads(record.read_text())
+        record.write_text(json.dumps({**data, "key_sha256": key_digest(key)}))
+    with monkeypatch.context() as patched:
+        patched.setattr(Encoder, "encode_poolings", never)
+        found = encode_corpus(encoder, scan, precision="float32")
+    assert found.folder == old and found.precision == "float32"
+    assert found.read("mean").shape == (44, encoder.hidden_size)

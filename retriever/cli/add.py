@@ -38,7 +38,7 @@ def run(args: argparse.Namespace) -> int:
 
     # Cheap checks before the model loads; the corpus's lines (ids included) are checked
     # when it is scanned, before anything is encoded.
-    if args.chunk_size < 1:
+    if args.chunk_size is not None and args.chunk_size < 1:
         raise RetrieverError(f"--chunk-size must be at least 1, got {args.chunk_size}")
     if args.limit is not None and args.limit < 1:
         raise RetrieverError(f"--limit must be a positive number of documents, got {args.limit}")
@@ -63,6 +63,7 @@ def run(args: argparse.Namespace) -> int:
         limit=args.limit,
         store=args.store,
         chunk_size=args.chunk_size,
+        store_precision=args.store_precision,
     )
     print(f"{out}: {result['added']} added, {result['replaced']} replaced")
     return 0

@@ -245,6 +245,7 @@ def run(args: argparse.Namespace) -> int:
         store=args.store,
         from_store=args.from_store,
         chunk_size=args.chunk_size,
+        store_precision=args.store_precision,
         restart=args.restart,
         ray=ray_options(args),
         backend=args.backend,

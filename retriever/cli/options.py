@@ -6,11 +6,13 @@ import argparse
 from typing import Any
 
 from retriever.config import (
+    DEFAULT_STORE_PRECISION,
     DTYPES,
     FUSIONS,
     METHODS,
     POOLINGS,
     PROMPTS,
+    STORE_PRECISIONS,
     EncoderConfig,
     SparseSpec,
 )
@@ -138,7 +140,7 @@ def _add_setting(group: Container, *, queries: bool) -> None:
             choices=POOLINGS,
             default="mean",
             help="mean over the prompted tokens, or the last token (default: %(default)s; "
-            "the store keeps both)",
+            "the store keeps the one asked)",
         )
 
 
@@ -203,9 +205,18 @@ def add_store_options(
     group.add_argument(
         "--chunk-size",
         type=int,
-        default=4096,
+        default=None,
         metavar="N",
-        help="documents per shard: the unit of resuming and of memory (default: %(default)s)",
+        help="documents per shard, the unit of resuming (a kill loses at most the shard in "
+        "progress): default, about two minutes of encoding each, from the rate measured on "
+        "the first batches; a store keeps the size it was created with",
+    )
+    group.add_argument(
+        "--store-precision",
+        choices=STORE_PRECISIONS,
+        default=DEFAULT_STORE_PRECISION,
+        help="precision of the raw embeddings kept in the store: float16 halves it (cosine "
+        "to float32 and nDCG@10 are measured in docs/builds.md) (default: %(default)s)",
     )
     if with_restart:
         group.add_argument(
@@ -439,3 +450,16 @@ def load_searcher(args: argparse.Namespace) -> Any:
         rescore=getattr(args, "rescore", None),
         use_gpu=gpu_options(args) if hasattr(args, "gpu") else None,
     )
+
+
+def parse_poolings(value: str) -> list[str]:
+    """``--pooling`` of ``encode``: a comma list of known poolings, each once."""
+    from retriever.cli.lists import comma_list
+
+    poolings = list(dict.fromkeys(comma_list(value)))
+    unknown = [p for p in poolings if p not in POOLINGS]
+    if not poolings or unknown:
+        raise RetrieverError(
+            f"--pooling takes a comma list among {', '.join(POOLINGS)}, got {value!r}"
+        )
+    return poolings

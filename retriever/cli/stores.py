@@ -78,6 +78,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _list(root: Path | None, *, as_json: bool) -> int:
+    from retriever.pacing import size_text
     from retriever.store import list_stores, stores_root
 
     summaries = list_stores(root)
@@ -91,12 +92,13 @@ def _list(root: Path | None, *, as_json: bool) -> int:
         shards = data["shards"]
         state = "complete" if data["complete"] else "partial"
         print(
-            f"{printable(data['folder'])}  {_size(data['bytes'])}  {data['documents']:,} "
+            f"{printable(data['folder'])}  {size_text(data['bytes'])}  {data['documents']:,} "
             f"{data['kind']}  {state} ({shards['written']}/{shards['expected']} shards)"
         )
         print(
             f"  {printable(data['model']['name'])}  {data['dtype']}  prompt {data['prompt']}  "
-            f"max length {data['max_length']}"
+            f"max length {data['max_length']}  {'+'.join(data['poolings'])} pooling  "
+            f"{data['precision']}  chunks of {data['chunk_size']:,}"
         )
         for index in data["indexes"]:
             print(f"  index {printable(index)}")
@@ -120,11 +122,3 @@ def _remove(names: list[str], root: Path | None, *, as_json: bool) -> int:
         used = f"; built from it, still working: {', '.join(map(str, indexes))}" if indexes else ""
         print(f"removed {printable(str(folder))}{printable(used)}")
     return 0
-
-
-def _size(size: int) -> str:
-    """Bytes in the largest binary unit that keeps one digit before the point."""
-    for unit, scale in (("GiB", 2**30), ("MiB", 2**20)):
-        if size >= scale:
-            return f"{size / scale:,.1f} {unit}"
-    return f"{size / 2**10:,.1f} KiB"
