@@ -111,6 +111,10 @@ class Encoder:
         # Special tokens the tokenizer puts in front of every input (BOS for Llama-3,
         # nothing for SmolLM2 or Qwen).
         self._prefix_ids = list(tokenizer("", add_special_tokens=True)["input_ids"])
+        # Decoder models build a key/value cache unless told not to (those without one
+        # take no such argument).
+        has_cache = getattr(getattr(model, "config", None), "use_cache", None) is not None
+        self._no_cache = {"use_cache": False} if has_cache else {}
         # Tokenised prompts by (config, instruction): a single query per call must not
         # pay for tokenising the prompt again. The config is part of the key because
         # callers swap ``encoder.config`` (an index's own settings, a benchmark's prompts).
@@ -345,7 +349,10 @@ class Encoder:
         # Right padding: with causal attention the real tokens never see the pads, and
         # position ids stay 0..n-1 without special handling.
         attention = (positions < lengths[:, None]).long()
-        hidden = encoder(input_ids=ids_t, attention_mask=attention).last_hidden_state
+        # No key/value cache: one forward pass reads it never, and building it costs time.
+        hidden = encoder(
+            input_ids=ids_t, attention_mask=attention, **self._no_cache
+        ).last_hidden_state
         weights = []
         for pooling in poolings:
             if pooling == "mean":
