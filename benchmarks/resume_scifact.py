@@ -8,13 +8,14 @@ With the default model and the documents of --dataset (all of them unless --limi
    two can be compared vector for vector) and none after (each rerun takes the store's),
    sent SIGKILL at --kills moments drawn uniformly (seed --seed) over the reference's
    duration, and rerun after each kill until it ends;
-3. sliced: `retriever encode --shard I/3` for I = 0, 1, 2 at once, then `index --from`.
+3. sliced (--slices N, 0 skips it): `retriever encode --shard I/N` for every I at once,
+   then `index --from`.
 The killed and sliced indexes must hold the reference's keys, ids and vectors. Each kill's
 lost encoding is the time since the last shard written before it (or since the attempt
 started); the killed path's time beyond the reference is all the work lost, restarts
 included.
 
-    python benchmarks/resume_scifact.py --kills 3 --out benchmarks/results/resume-scifact
+    python benchmarks/resume_scifact.py --kills 3 --slices 0 --out benchmarks/results/resume-scifact
 """
 
 from __future__ import annotations
@@ -33,8 +34,6 @@ from typing import Any
 from inputs import SCIFACT, dataset_path
 from report import cpu_name, machine, markdown_table, write_report
 from revisions import WORKING_TREE, child_env, cli_argv, run_cli
-
-SLICES = 3
 
 
 def corpus_flags(args: argparse.Namespace, chunk_size: int | None = None) -> list[str]:
@@ -104,20 +103,29 @@ def killed_builds(
             }
         )
         print("killed", kills[-1], flush=True)
+        if kills[-1]["index_exists"]:  # the kill came as the build was exiting
+            return {"kills": kills, "killed_total_seconds": spent}
     spent += run_cli(WORKING_TREE, index_argv(args, scratch, "killed"), cwd=scratch).seconds
     return {"kills": kills, "killed_total_seconds": spent}
 
 
 def sliced_build(args: argparse.Namespace, scratch: Path, chunk_size: int) -> float:
-    """Seconds to encode ``SLICES`` slices in concurrent processes and assemble them."""
+    """Seconds to encode ``--slices`` slices in concurrent processes and assemble them."""
     started = time.perf_counter()
     store = ["--out", str(scratch / "sliced.store")]
     encoders = [
         start(
-            ["-q", "encode", *corpus_flags(args, chunk_size), *store, "--shard", f"{i}/{SLICES}"],
+            [
+                "-q",
+                "encode",
+                *corpus_flags(args, chunk_size),
+                *store,
+                "--shard",
+                f"{i}/{args.slices}",
+            ],
             scratch,
         )
-        for i in range(SLICES)
+        for i in range(args.slices)
     ]
     if any(process.wait() for process in encoders):
         raise SystemExit("a slice's `retriever encode` failed (its messages are above)")
@@ -163,8 +171,14 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         shards = len(shard_times(scratch / "reference.store"))
         moments = kill_moments(args, reference_seconds)
         killed = killed_builds(args, scratch, moments, chunk_size)
-        sliced_seconds = sliced_build(args, scratch, chunk_size)
         reference = contents(scratch / "reference")
+        sliced = None
+        if args.slices:
+            seconds = sliced_build(args, scratch, chunk_size)
+            sliced = {
+                "seconds": round(seconds, 1),
+                **compare(reference, contents(scratch / "sliced")),
+            }
         lost = killed["killed_total_seconds"] - reference_seconds
         return {
             "documents": key["source"]["count"],
@@ -176,9 +190,8 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             "lost_seconds": round(lost, 1),
             "lost_seconds_per_kill": round(lost / max(len(moments), 1), 1),
             "shard_seconds": round(reference_seconds / shards, 1),
-            "sliced_seconds": round(sliced_seconds, 1),
             "killed_vs_reference": compare(reference, contents(scratch / "killed")),
-            "sliced_vs_reference": compare(reference, contents(scratch / "sliced")),
+            "sliced_vs_reference": sliced,
             "meta": {"machine": f"{machine()}, {cpu_name()}", "dtype": key["dtype"]},
         }
 
@@ -190,11 +203,11 @@ def report_body(args: argparse.Namespace, record: dict[str, Any]) -> list[str]:
         for k in record["kills"]
     )
     rows = []
-    for name, key, seconds in (
-        ("killed and resumed", "killed_vs_reference", record["killed_total_seconds"]),
-        (f"{SLICES} slices at once", "sliced_vs_reference", record["sliced_seconds"]),
-    ):
-        check = record[key]
+    checks = [("killed and resumed", record["killed_vs_reference"], record["killed_total_seconds"])]
+    if record["sliced_vs_reference"]:
+        sliced = record["sliced_vs_reference"]
+        checks.append((f"{args.slices} slices at once", sliced, sliced["seconds"]))
+    for name, check, seconds in checks:
         rows.append(
             [
                 name,
@@ -227,6 +240,9 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=None, help="first N documents (all)")
     parser.add_argument("--kills", type=int, default=3, help="kills at random moments")
     parser.add_argument("--seed", type=int, default=0, help="seed of the kill moments")
+    parser.add_argument(
+        "--slices", type=int, default=3, help="concurrent `encode --shard` processes (0: none)"
+    )
     parser.add_argument("--model", default=None, help="model to encode with (default: the CLI's)")
     parser.add_argument("--batch-size", type=int, default=None, help="texts per forward pass")
     parser.add_argument("--out", default="benchmarks/results/resume-scifact", help="results folder")

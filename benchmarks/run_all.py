@@ -109,7 +109,7 @@ BENCHMARKS = (
     Benchmark(
         "resume-scifact",
         "resume_scifact.py",
-        "--kills 3 --out {out}",
+        "--kills 3 --slices 0 --out {out}",
         "--dataset {scifact} --model {model} --batch-size 1 --limit 200 --kills 1",
     ),
     Benchmark("bm25-memory", "bm25_memory.py", "--copies 1,4 --out {out}", "--dataset {dataset}"),

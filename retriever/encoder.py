@@ -21,6 +21,7 @@ from retriever.errors import RetrieverError
 from retriever.models import (
     DEFAULT_MODEL,
     ResolvedModel,
+    cache_dir,
     load_model,
     load_unembedding,
     pick_device,
@@ -68,6 +69,24 @@ def encoder_dtype(dtype: str, device: torch.device) -> torch.dtype:
     return chosen
 
 
+def _runtime_placement(
+    runtime: str, dtype: str, device: str | None
+) -> tuple[torch.device, torch.dtype]:
+    """The torch device and dtype to load the model in for ``runtime``: ONNX Runtime
+    runs a float32 export on the CPU (``auto`` picks that; anything else is refused)."""
+    if runtime not in ("torch", "onnx"):
+        raise RetrieverError(f"unknown runtime {runtime!r}; choose torch or onnx")
+    if runtime == "torch":
+        torch_device = pick_device(device)
+        return torch_device, encoder_dtype(dtype, torch_device)
+    if device not in (None, "cpu") or dtype not in ("auto", "float32"):
+        raise RetrieverError(
+            f"--runtime onnx runs float32 on the CPU, not {dtype} on {device or 'cpu'}: "
+            "drop --dtype/--device, or use --runtime torch"
+        )
+    return torch.device("cpu"), torch.float32
+
+
 def head_tail(ids: list[int], budget: int) -> list[int]:
     """Keep the first ``ceil(budget/2)`` and the last ``floor(budget/2)`` tokens."""
     if len(ids) <= budget:
@@ -94,6 +113,7 @@ class Encoder:
         device: torch.device,
         batch_size: int = 16,
         unembedding_from: ResolvedModel | None = None,
+        forward: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
     ) -> None:
         if batch_size < 1:
             raise RetrieverError(f"--batch-size must be at least 1, got {batch_size}")
@@ -105,6 +125,9 @@ class Encoder:
         self.device = device
         self.batch_size = batch_size
         self.unembedding_from = unembedding_from
+        # The transformer's forward pass in another runtime (retriever.onnx_runtime), or
+        # None: the model's own, in torch.
+        self._forward = forward
         self._pad_id = next(
             (t for t in (tokenizer.pad_token_id, tokenizer.eos_token_id) if t is not None), 0
         )
@@ -133,11 +156,14 @@ class Encoder:
         unembedding_from: str | None = None,
         expected_weights_sha256: str | None = None,
         expected_by: str = "the index",
+        runtime: str = "torch",
     ) -> Encoder:
         """Resolve and load ``model`` (bundled alias, local folder or hub id).
 
         With ``expected_weights_sha256`` the weights are hashed and compared before any
         of them is loaded: an index folder cannot make the process run other weights.
+        ``runtime="onnx"`` runs the transformer in ONNX Runtime, float32 on the CPU
+        (:mod:`retriever.onnx_runtime`).
         """
         if batch_size < 1:
             raise RetrieverError(f"--batch-size must be at least 1, got {batch_size}")
@@ -152,13 +178,19 @@ class Encoder:
                 "would not be comparable. Search with the model that built the index (--model "
                 "PATH to a copy of it), or rebuild the index"
             )
-        torch_device = pick_device(device)
-        torch_dtype = encoder_dtype(dtype, torch_device)
+        torch_device, torch_dtype = _runtime_placement(runtime, dtype, device)
         logger.info(
             "loading %s on %s as %s", model, torch_device, str(torch_dtype).removeprefix("torch.")
         )
         hf_model, tokenizer = load_model(resolved, torch_dtype, torch_device)
         borrowed = resolve_model(unembedding_from) if unembedding_from else None
+        forward = None
+        if runtime == "onnx":
+            from retriever.onnx_runtime import onnx_forward
+
+            forward = onnx_forward(
+                hf_model.base_model, resolved.weights_sha256, cache_dir() / "onnx"
+            )
         return cls(
             hf_model,
             tokenizer,
@@ -168,7 +200,13 @@ class Encoder:
             device=torch_device,
             batch_size=batch_size,
             unembedding_from=borrowed,
+            forward=forward,
         )
+
+    @property
+    def runtime(self) -> str:
+        """``torch``, or ``onnx`` when ONNX Runtime runs the transformer."""
+        return "torch" if self._forward is None else "onnx"
 
     @property
     def hidden_size(self) -> int:
@@ -349,10 +387,13 @@ class Encoder:
         # Right padding: with causal attention the real tokens never see the pads, and
         # position ids stay 0..n-1 without special handling.
         attention = (positions < lengths[:, None]).long()
-        # No key/value cache: one forward pass reads it never, and building it costs time.
-        hidden = encoder(
-            input_ids=ids_t, attention_mask=attention, **self._no_cache
-        ).last_hidden_state
+        if self._forward is not None:
+            hidden = self._forward(ids_t, attention)
+        else:
+            # No key/value cache: nothing reads it, and building it costs time.
+            hidden = encoder(
+                input_ids=ids_t, attention_mask=attention, **self._no_cache
+            ).last_hidden_state
         weights = []
         for pooling in poolings:
             if pooling == "mean":

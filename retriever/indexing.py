@@ -217,6 +217,7 @@ class _ModelLoad:
     device: str | None
     batch_size: int
     unembedding_from: str | None
+    runtime: str
 
 
 def build_index(
@@ -254,6 +255,7 @@ def build_index(
     binary_centre: str = "documents",
     ef_construction: int | None = None,
     rescore_vectors: str = "int8",
+    runtime: str = "torch",
 ) -> Path:
     """Build an index of a BEIR folder or JSONL file, or of an embedding store (``dataset``
     None, ``from_store``); returns its path.
@@ -262,10 +264,9 @@ def build_index(
     ``encoder_config`` still chooses the pooling. ``encoder`` is a loaded model to use
     instead of loading ``model`` (with ``encoder_config``, if given, as its settings);
     ``embed_filter`` a ready projection (a fitted baseline) to store instead of the
-    EmbedFilter of ``filter_spec``. The store's options are ``encode_corpus``'s.
-    ``storage``, ``binary_centre``, ``ef_construction`` and ``rescore_vectors`` (kept when
-    ``search_params.rescore`` is set) say how the dense index stores its vectors
-    (:mod:`retriever.codes`).
+    EmbedFilter of ``filter_spec``. Store options are ``encode_corpus``'s, ``runtime``
+    ``Encoder.load``'s; ``storage``, ``binary_centre``, ``ef_construction`` and
+    ``rescore_vectors`` say how the dense index stores its vectors (:mod:`retriever.codes`).
     """
     out_path = Path(out).expanduser().absolute()
     # Cheap checks first: a bad destination, corpus or setting fails before the model loads.
@@ -289,7 +290,7 @@ def build_index(
     )
     _check_plan(plan, embed_filter.dim if embed_filter is not None else None)
     source = _open_source(dataset, limit, from_store)
-    load = _ModelLoad(model, revision, dtype, device, batch_size, unembedding_from)
+    load = _ModelLoad(model, revision, dtype, device, batch_size, unembedding_from, runtime)
     encoder = _ready_encoder(encoder, encoder_config, source, load, embed_filter, plan)
     indexer = Indexer(encoder, plan)
     with writer_lock(out_path):  # for the whole build: a second writer fails before encoding
@@ -393,6 +394,8 @@ def _load_encoder(
         unembedding_from=load.unembedding_from,
         expected_weights_sha256=expected,
         expected_by=expected_by,
+        # A store is assembled, never encoded: no other runtime to set up for it.
+        runtime="torch" if isinstance(source, EmbeddingStore) else load.runtime,
     )
 
 

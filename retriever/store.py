@@ -101,6 +101,8 @@ def encoding_key(
         "max_length": config.max_length,
         "poolings": [p for p in POOLINGS if p in asked],
         "precision": precision,
+        # Only another runtime is named, so that torch's keys stay those of earlier stores.
+        **({"runtime": encoder.runtime} if getattr(encoder, "runtime", "torch") != "torch" else {}),
         "source": {"sha256": source_sha256, "count": count},
         "chunk_size": chunk_size,
     }
@@ -148,6 +150,7 @@ def describe_difference(held: dict[str, Any], wanted: dict[str, Any]) -> str:
             f"{k['source']['count']} documents, sha256 {k['source']['sha256'][:12]}"
         ),
         "kind": lambda k: k["kind"],
+        "runtime": lambda k: k.get("runtime", "torch"),
         "precision": key_precision,
         "poolings": lambda k: "+".join(k["poolings"]),
     }

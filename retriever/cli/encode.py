@@ -9,6 +9,7 @@ from retriever.cli.options import (
     add_encoding_options,
     add_model_options,
     add_ray_options,
+    add_runtime_option,
     add_store_options,
     encoder_config,
     parse_poolings,
@@ -54,6 +55,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     )
     add_store_options(parser, with_limit=True, with_store=False)
     add_model_options(parser, from_index=False)
+    add_runtime_option(parser)
     add_encoding_options(parser, queries=False)
     add_ray_options(parser)
     parser.set_defaults(run=run)
@@ -80,6 +82,7 @@ def run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         revision=args.revision,
         unembedding_from=args.unembedding_from,
+        runtime=args.runtime,
     )
     store = encode_corpus(
         encoder,

@@ -10,6 +10,7 @@ from retriever.cli.options import (
     add_gpu_options,
     add_model_options,
     add_ray_options,
+    add_runtime_option,
     add_search_param_options,
     add_sparse_size_options,
     add_store_options,
@@ -71,6 +72,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     )
     add_store_options(parser, with_limit=True)
     add_model_options(parser, from_index=False)
+    add_runtime_option(parser)
     add_encoding_options(parser, queries=True)
     add_ray_options(parser)
     _add_filter_options(parser.add_argument_group("EmbedFilter"))
@@ -246,6 +248,7 @@ def run(args: argparse.Namespace) -> int:
         from_store=args.from_store,
         chunk_size=args.chunk_size,
         store_precision=args.store_precision,
+        runtime=args.runtime,
         restart=args.restart,
         ray=ray_options(args),
         backend=args.backend,

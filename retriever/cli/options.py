@@ -463,3 +463,16 @@ def parse_poolings(value: str) -> list[str]:
             f"--pooling takes a comma list among {', '.join(POOLINGS)}, got {value!r}"
         )
     return poolings
+
+
+def add_runtime_option(parser: argparse.ArgumentParser) -> None:
+    """--runtime: what runs the transformer while documents are encoded."""
+    parser.add_argument(
+        "--runtime",
+        choices=("torch", "onnx"),
+        default="torch",
+        help="run the transformer in torch, or in ONNX Runtime (float32 on the CPU; "
+        "pip install 'retriever[onnx]'; exported once per model into the cache). ONNX "
+        "Runtime was faster than torch float32 where measured (docs/builds.md); where the "
+        "CPU has bfloat16, torch in bfloat16 is faster still (default: %(default)s)",
+    )
