@@ -20,7 +20,16 @@ SCIFACT = Path(
 
 def dataset_path(text: str) -> Path:
     """An argparse type: a dataset folder or file that exists, as an absolute path (the
-    benchmarks hand it to processes that run elsewhere)."""
+    benchmarks hand it to processes that run elsewhere); ``beir:NAME`` is fetched into the
+    cache once and named by its folder there."""
+    from retriever.catalog import is_named, local_dataset
+    from retriever.errors import RetrieverError
+
+    if is_named(text):
+        try:
+            return Path(local_dataset(text))
+        except RetrieverError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
     path = Path(os.path.abspath(Path(text).expanduser()))  # links kept: see shown_path
     if not path.exists():
         raise argparse.ArgumentTypeError(f"no such dataset: {path} (set $SCIFACT?)")

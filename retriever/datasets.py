@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from retriever.catalog import local_dataset, qrels_splits
 from retriever.errors import RetrieverError
 
 logger = logging.getLogger(__name__)
@@ -119,8 +120,9 @@ def _check_unicode(path: Path, number: int, name: str, value: str) -> None:
 
 
 def corpus_file(dataset: str | Path) -> Path:
-    """The documents file of a dataset: a BEIR folder's corpus.jsonl, or a JSONL file."""
-    path = Path(dataset).expanduser()
+    """The documents file of a dataset: a BEIR folder's corpus.jsonl, or a JSONL file
+    (``beir:NAME`` is the cached folder, downloaded on first use)."""
+    path = Path(local_dataset(dataset)).expanduser()
     if path.is_dir():
         path = path / "corpus.jsonl"
         if not path.is_file():
@@ -287,7 +289,7 @@ def load_corpus(dataset: str | Path, limit: int | None = None) -> Corpus:
 
 def load_queries(dataset: str | Path) -> dict[str, str]:
     """``{query_id: text}`` from a BEIR folder's queries.jsonl."""
-    path = Path(dataset).expanduser() / "queries.jsonl"
+    path = Path(local_dataset(dataset)).expanduser() / "queries.jsonl"
     if not path.is_file():
         raise RetrieverError(f"{dataset} has no queries.jsonl")
     queries: dict[str, str] = {}
@@ -301,9 +303,11 @@ def load_queries(dataset: str | Path) -> dict[str, str]:
 
 def load_qrels(dataset: str | Path, split: str = "test") -> dict[str, dict[str, int]]:
     """``{query_id: {doc_id: relevance}}`` from ``qrels/<split>.tsv`` (header line first)."""
-    path = Path(dataset).expanduser() / "qrels" / f"{split}.tsv"
+    path = Path(local_dataset(dataset)).expanduser() / "qrels" / f"{split}.tsv"
     if not path.is_file():
-        raise RetrieverError(f"{dataset} has no qrels/{split}.tsv")
+        splits = qrels_splits(path.parent.parent)
+        has = f" (its splits: {', '.join(splits)})" if splits else ""
+        raise RetrieverError(f"{dataset} has no qrels/{split}.tsv{has}")
     qrels: dict[str, dict[str, int]] = {}
     with path.open(encoding="utf-8", newline="") as handle:
         rows = csv.reader(handle, delimiter="\t")
@@ -324,7 +328,7 @@ def load_qrels(dataset: str | Path, split: str = "test") -> dict[str, dict[str, 
 def load_texts(path: str | Path, *, limit: int | None = None) -> list[str]:
     """Texts to study: a corpus's documents (BEIR folder or JSONL, as the encoder sees
     them) or the non-blank lines of a ``.txt`` file."""
-    path = Path(path).expanduser()
+    path = Path(local_dataset(path)).expanduser()
     if path.suffix == ".txt":
         try:
             lines = path.read_text(encoding="utf-8").splitlines()

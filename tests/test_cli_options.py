@@ -17,7 +17,19 @@ from retriever.cli.lists import split_index_types
 from tests.conftest import SHARED_SCIFACT
 
 ROOT = Path(__file__).resolve().parents[1]
-COMMANDS = ["index", "encode", "add", "delete", "search", "lens", "eval", "bench", "stores"]
+COMMANDS = [
+    "index",
+    "encode",
+    "add",
+    "delete",
+    "search",
+    "lens",
+    "eval",
+    "bench",
+    "stores",
+    "datasets",
+    "export",
+]
 # What a measurement looks like in prose: 0.310, 27 ms, 1.5x, 12%, x faster, the 3rd digit.
 MEASURED = r"\d\.\d{2,}|\b\d+(?:\.\d+)? ?(?:ms|s|x|%)(?!\w)|\bx faster|\d(?:st|nd|rd|th) digit"
 

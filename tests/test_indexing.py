@@ -341,6 +341,8 @@ def test_every_flag_has_help() -> None:
         "eval",
         "bench",
         "stores",
+        "datasets",
+        "export",
     }
     for name, subparser in subcommands.choices.items():
         for action in subparser._actions:

@@ -16,7 +16,7 @@ import shlex
 import sys
 from collections.abc import Sequence
 
-from retriever.cli import add, bench, delete, encode, index, lens, search, stores
+from retriever.cli import add, bench, datasets, delete, encode, export, index, lens, search, stores
 from retriever.cli import eval as evaluate  # the module; `eval` is a builtin
 from retriever.cli.formatting import HelpFormatter
 from retriever.cli.options import DEFAULT_MODEL
@@ -24,7 +24,7 @@ from retriever.errors import RetrieverError
 
 __all__ = ["DEFAULT_MODEL", "main"]
 
-_COMMANDS = (index, encode, stores, add, delete, search, lens, evaluate, bench)
+_COMMANDS = (index, encode, stores, datasets, add, delete, search, lens, evaluate, bench, export)
 
 
 def _build_parser() -> argparse.ArgumentParser:

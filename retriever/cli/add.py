@@ -21,7 +21,11 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         "replaces them. BM25 is rebuilt over the whole collection (its statistics change).",
     )
     parser.add_argument("index", help="index path built by `retriever index`")
-    parser.add_argument("dataset", help="BEIR dataset folder or JSONL file of documents to add")
+    parser.add_argument(
+        "dataset",
+        help="BEIR dataset folder or JSONL file of documents to add, or beir:NAME "
+        "(`retriever datasets`)",
+    )
     parser.add_argument(
         "--upsert", action="store_true", help="replace documents whose id is already indexed"
     )

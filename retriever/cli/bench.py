@@ -7,6 +7,7 @@ import itertools
 from pathlib import Path
 from typing import Any
 
+from retriever.catalog import dataset_label
 from retriever.cli.formatting import OldFormAction, add_command
 from retriever.cli.lists import INDEX_TYPES_RULE, comma_list, split_index_types
 from retriever.cli.options import (
@@ -66,7 +67,11 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
               retriever bench ../shared/datasets/scifact --scaling --sizes 10000,100000
             """,
     )
-    parser.add_argument("dataset", help="BEIR dataset folder (corpus, queries, qrels/)")
+    parser.add_argument(
+        "dataset",
+        help="BEIR dataset folder (corpus, queries, qrels/), or beir:NAME (downloaded into "
+        "the cache on first use; `retriever datasets` lists the names)",
+    )
     parser.add_argument(
         "--out",
         metavar="DIR",
@@ -205,7 +210,7 @@ def run(args: argparse.Namespace) -> int:
         EncoderConfig(prompt=prompt, pooling=pooling, max_length=args.max_length)
     taus = _numbers(args.taus, float, "--taus must be numbers separated by commas")
     out = args.out or (
-        f"benchmarks/results/{Path(args.dataset).name}-{Path(args.model).name}"
+        f"benchmarks/results/{dataset_label(args.dataset)}-{Path(args.model).name}"
         + ("-scaling" if args.scaling else "")
     )
     if args.scaling:

@@ -38,7 +38,10 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
               wait; retriever index --from store --out indexes/corpus
             """,
     )
-    parser.add_argument("dataset", help="BEIR dataset folder or JSONL file of documents")
+    parser.add_argument(
+        "dataset",
+        help="BEIR dataset folder, beir:NAME (`retriever datasets`) or JSONL file of documents",
+    )
     parser.add_argument("--out", required=True, metavar="STORE", help="embedding store folder")
     parser.add_argument(
         "--shard",

@@ -61,7 +61,9 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("index", help="index folder built by `retriever index`")
     parser.add_argument(
-        "dataset", help="BEIR dataset folder with queries.jsonl and qrels/SPLIT.tsv"
+        "dataset",
+        help="BEIR dataset folder with queries.jsonl and qrels/SPLIT.tsv, or beir:NAME "
+        "(downloaded into the cache on first use; `retriever datasets` lists the names)",
     )
     add_split_option(parser)
     parser.add_argument(

@@ -52,7 +52,8 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "dataset",
         nargs="?",
-        help="BEIR dataset folder (with corpus.jsonl) or a JSONL file of "
+        help="BEIR dataset folder (with corpus.jsonl), beir:NAME (downloaded into the cache on "
+        "first use; `retriever datasets`) or a JSONL file of "
         '{"_id", "title", "text"} documents (omit with --from)',
     )
     parser.add_argument(

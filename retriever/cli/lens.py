@@ -36,8 +36,8 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--texts",
         metavar="PATH",
-        help="instead of one text: alignment metrics over a BEIR folder, a corpus JSONL "
-        "file, or a .txt file with one text per line (encoded as documents)",
+        help="instead of one text: alignment metrics over a BEIR folder (or beir:NAME), a "
+        "corpus JSONL file, or a .txt file with one text per line (encoded as documents)",
     )
     parser.add_argument(
         "--limit", type=int, default=None, metavar="N", help="with --texts, the first N texts"

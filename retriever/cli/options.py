@@ -228,7 +228,12 @@ def add_store_options(
 
 
 def add_split_option(parser: Container) -> None:
-    parser.add_argument("--split", default="test", help="qrels split (default: %(default)s)")
+    parser.add_argument(
+        "--split",
+        default="test",
+        help="qrels split: the dataset's qrels/SPLIT.tsv (default: %(default)s; "
+        "`retriever datasets` shows a cached beir:NAME's splits)",
+    )
 
 
 def add_ray_options(parser: argparse.ArgumentParser) -> None:
