@@ -29,6 +29,7 @@ COMMANDS = [
     "stores",
     "datasets",
     "export",
+    "serve",
 ]
 # What a measurement looks like in prose: 0.310, 27 ms, 1.5x, 12%, x faster, the 3rd digit.
 MEASURED = r"\d\.\d{2,}|\b\d+(?:\.\d+)? ?(?:ms|s|x|%)(?!\w)|\bx faster|\d(?:st|nd|rd|th) digit"

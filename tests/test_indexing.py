@@ -343,6 +343,7 @@ def test_every_flag_has_help() -> None:
         "stores",
         "datasets",
         "export",
+        "serve",
     }
     for name, subparser in subcommands.choices.items():
         for action in subparser._actions:

@@ -16,7 +16,19 @@ import shlex
 import sys
 from collections.abc import Sequence
 
-from retriever.cli import add, bench, datasets, delete, encode, export, index, lens, search, stores
+from retriever.cli import (
+    add,
+    bench,
+    datasets,
+    delete,
+    encode,
+    export,
+    index,
+    lens,
+    search,
+    serve,
+    stores,
+)
 from retriever.cli import eval as evaluate  # the module; `eval` is a builtin
 from retriever.cli.formatting import HelpFormatter
 from retriever.cli.options import DEFAULT_MODEL
@@ -24,7 +36,20 @@ from retriever.errors import RetrieverError
 
 __all__ = ["DEFAULT_MODEL", "main"]
 
-_COMMANDS = (index, encode, stores, datasets, add, delete, search, lens, evaluate, bench, export)
+_COMMANDS = (
+    index,
+    encode,
+    stores,
+    datasets,
+    add,
+    delete,
+    search,
+    lens,
+    serve,
+    evaluate,
+    bench,
+    export,
+)
 
 
 def _build_parser() -> argparse.ArgumentParser:
