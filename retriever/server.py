@@ -21,7 +21,8 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import FileResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from retriever.api_models import ApiError, Limits
@@ -32,7 +33,11 @@ from retriever.server_routes import Service, add_routes
 logger = logging.getLogger("retriever")
 
 DEFAULT_LIMITS = Limits()  # frozen: safe to share as a default
-OPEN_PATHS = frozenset({"/health"})  # answered without the API key: a load balancer's probe
+# Answered without the API key: a load balancer's probe, and the search page's own files
+# (they hold no data; the page sends the key, typed into it, with each API call).
+OPEN_PATHS = frozenset({"/health", "/"})
+OPEN_PREFIXES = ("/static/",)
+STATIC = Path(__file__).resolve().parent / "static"  # the search page (package data)
 
 
 def create_app(
@@ -44,8 +49,9 @@ def create_app(
 ) -> FastAPI:
     """The API over ``index_path`` (opened now: a bad index fails here, not on a request).
 
-    ``api_key``: every path but ``/health`` then needs ``Authorization: Bearer KEY`` or
-    ``X-API-Key: KEY``. ``searcher_options`` go to :meth:`Searcher.load`.
+    ``api_key``: every path but ``/health`` and the search page's (``/``, ``/static/...``)
+    then needs ``Authorization: Bearer KEY`` or ``X-API-Key: KEY``. ``searcher_options``
+    go to :meth:`Searcher.load`.
     """
     if api_key is not None and not api_key:
         raise RetrieverError("the API key is empty")
@@ -73,13 +79,25 @@ def create_app(
     _add_guards(app, api_key, limits)
     _add_error_handlers(app)
     add_routes(app, service)
+    _add_page(app)
     return app
+
+
+def _add_page(app: FastAPI) -> None:
+    """The search page at ``/``: plain HTML, JS and CSS, all served from here (no CDN)."""
+
+    @app.get("/", include_in_schema=False)
+    def page() -> FileResponse:
+        return FileResponse(STATIC / "index.html", media_type="text/html")
+
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
 
 
 def _add_guards(app: FastAPI, api_key: str | None, limits: Limits) -> None:
     @app.middleware("http")
     async def guard(request: Request, call_next: Any) -> Any:
-        if api_key is not None and request.url.path not in OPEN_PATHS:
+        path = request.url.path
+        if api_key is not None and path not in OPEN_PATHS and not path.startswith(OPEN_PREFIXES):
             if not _key_matches(request, api_key):
                 return JSONResponse(
                     {

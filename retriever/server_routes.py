@@ -122,16 +122,23 @@ class Service:
                 metadata=document.metadata,
             )
 
-    def lens(self, text: str, top: int, all_tokens: bool) -> LensResponse:
+    def lens(
+        self, text: str | None, top: int, all_tokens: bool, doc_id: str | None = None
+    ) -> LensResponse:
         # The CLI's checks and words (`retriever lens`), then the same Searcher.explain.
-        if not text.strip():
+        # ``doc_id`` instead of ``text``: a stored document, encoded as a document.
+        if (text is None) == (doc_id is None):
+            raise RetrieverError("give either text (read as a query) or doc_id, not both")
+        if text is not None and not text.strip():
             raise RetrieverError("empty text: give some text to look at")
         if top < 1:
             raise RetrieverError(f"top must be at least 1, got {top}")
-        self.check_text(text, "text")
+        if text is not None:
+            self.check_text(text, "text")
         self.check_k(top, "top")
         with self.slot() as slot:
-            found = slot.searcher.explain(text, top=top, words_only=not all_tokens)
+            item: str | Hit = text if text is not None else _stored_hit(slot, doc_id or "")
+            found = slot.searcher.explain(item, top=top, words_only=not all_tokens)
             return LensResponse(generation=slot.generation, **found)
 
     def info(self) -> Info:
@@ -153,6 +160,16 @@ class Service:
                 },
                 limits=self.limits.to_dict(),
             )
+
+
+def _stored_hit(slot: Slot, doc_id: str) -> Hit:
+    """The stored document ``doc_id`` as a hit (what the lens reads a document from)."""
+    docstore = slot.searcher.docstore
+    key = docstore.key_of(doc_id)
+    if key is None:
+        raise ApiError(404, f"no document {doc_id!r} in generation {slot.generation}")
+    document = docstore.get(key)
+    return Hit(document.id, 0.0, document.title, document.text, key, document.metadata)
 
 
 def _hit(hit: Hit, shared: Sequence[Any] | None) -> HitOut:
@@ -204,8 +221,13 @@ def add_routes(app: FastAPI, service: Service) -> None:
         return service.document(doc_id)
 
     @app.get("/lens", response_model=LensResponse)
-    def lens(text: str, top: int = 20, all_tokens: bool = False) -> LensResponse:
-        return service.lens(text, top, all_tokens)
+    def lens(
+        text: str | None = None,
+        top: int = 20,
+        all_tokens: bool = False,
+        doc_id: str | None = None,
+    ) -> LensResponse:
+        return service.lens(text, top, all_tokens, doc_id)
 
     @app.get("/health", response_model=Health)
     def health() -> Health:
