@@ -169,6 +169,12 @@ BENCHMARKS = (
         "--dataset {dataset} --model {model} --dtype float32",
     ),
     Benchmark(
+        "serve-load",
+        "serve_load.py",
+        "--out {out}",
+        "--dataset {dataset} --model {model} --dtype float32 --clients 1,4 --requests 20",
+    ),
+    Benchmark(
         "frontier-scale",
         "frontier_scale.py",
         "--out {out}",
