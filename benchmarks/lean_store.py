@@ -90,13 +90,14 @@ def measure(args: argparse.Namespace, scratch: Path) -> tuple[list[dict[str, Any
         finally:
             searcher.close()
         similarity = cosines(store.read("mean"), reference)
+        size = folder_bytes(store.folder)
         rows.append(
             {
                 "store": name,
                 "precision": precision,
                 "poolings": list(poolings),
-                "bytes": folder_bytes(store.folder),
-                "bytes_per_doc": folder_bytes(store.folder) / store.count,
+                "bytes": size,
+                "bytes_per_doc": size / store.count,
                 "cosine_to_float32_min": float(similarity.min()),
                 "cosine_to_float32_mean": float(similarity.mean()),
                 "ndcg_at_10": result[0]["ndcg_at_10"],

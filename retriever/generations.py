@@ -40,10 +40,12 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from retriever.errors import RetrieverError
 
 logger = logging.getLogger(__name__)
+T = TypeVar("T")
 
 READERS_FILE = "READERS"
 EXTERNAL_FILE = "EXTERNAL"
@@ -220,13 +222,20 @@ _DISK_FULL_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG)
 _NEARLY_FULL = 256 << 10
 
 
-def free_bytes(folder: Path) -> int | None:
+def on_nearest_folder(folder: Path, read: Callable[[Path], T]) -> T | None:
+    """``read`` of ``folder``, or of its nearest parent that can be read (a folder about to
+    be created is on its parent's file system); None where none can."""
     for candidate in (folder, *folder.parents):
         try:
-            return shutil.disk_usage(candidate).free
+            return read(candidate)
         except OSError:
             continue
     return None
+
+
+def free_bytes(folder: Path) -> int | None:
+    """Free bytes for this user on the file system ``folder`` is (or will be) on."""
+    return on_nearest_folder(folder, lambda path: shutil.disk_usage(path).free)
 
 
 def _disk_full(exc: BaseException, folder: Path) -> bool:

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from retriever.errors import RetrieverError
-from retriever.generations import free_bytes
+from retriever.generations import free_bytes, on_nearest_folder
 
 logger = logging.getLogger(__name__)
 
@@ -98,12 +98,7 @@ class DiskNeed:
 
 
 def _device(folder: Path) -> int | None:
-    for candidate in (folder, *folder.parents):
-        try:
-            return os.stat(candidate).st_dev
-        except OSError:
-            continue
-    return None
+    return on_nearest_folder(folder, lambda path: os.stat(path).st_dev)
 
 
 def check_disk(needs: Sequence[DiskNeed]) -> list[tuple[list[DiskNeed], int | None]]:

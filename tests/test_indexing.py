@@ -20,6 +20,7 @@ from retriever.cli import main
 from retriever.datasets import scan_corpus
 from retriever.encoding import encode_corpus
 from tests.conftest import TOY_DOCS, synthetic_docs, write_jsonl
+from tests.test_cli_options import COMMANDS
 
 
 @pytest.fixture(scope="module")
@@ -331,20 +332,7 @@ def test_every_flag_has_help() -> None:
 
     parser = _build_parser()
     subcommands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
-    assert set(subcommands.choices) == {
-        "index",
-        "encode",
-        "add",
-        "delete",
-        "search",
-        "lens",
-        "eval",
-        "bench",
-        "stores",
-        "datasets",
-        "export",
-        "serve",
-    }
+    assert set(subcommands.choices) == set(COMMANDS)
     for name, subparser in subcommands.choices.items():
         for action in subparser._actions:
             assert action.help, f"retriever {name} {action.option_strings or action.dest}"

@@ -6,7 +6,7 @@ import argparse
 import json
 from typing import Any
 
-from retriever.cli.formatting import HelpFormatter, add_command, printable
+from retriever.cli.formatting import add_actions, add_command, printable
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
@@ -34,34 +34,21 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
               retriever eval indexes/scifact beir:scifact --split train
             """,
     )
-    _add_json_option(parser, default=False)
-    actions = parser.add_subparsers(
-        dest="action", metavar="ACTION", help="list (the default) or get"
+    actions = add_actions(
+        parser,
+        {"list": "list the datasets (the default)", "get": "download and unzip datasets now"},
+        common=_add_json_option,
+        quiet_help="only warnings and errors (no progress bars)",
     )
-    listing = actions.add_parser(
-        "list", help="list the datasets (the default)", formatter_class=HelpFormatter
-    )
-    getting = actions.add_parser(
-        "get", help="download and unzip datasets now", formatter_class=HelpFormatter
-    )
-    getting.add_argument(
+    actions["get"].add_argument(
         "names", nargs="+", metavar="NAME", help="a dataset name, as NAME or beir:NAME"
     )
-    for subparser in (listing, getting):
-        # SUPPRESS: an option given before the action is not reset by the action's parser.
-        _add_json_option(subparser, default=argparse.SUPPRESS)
-        subparser.add_argument(
-            "-q",
-            "--quiet",
-            action="store_true",
-            default=argparse.SUPPRESS,
-            help="only warnings and errors (no progress bars)",
-        )
     parser.set_defaults(run=run)
 
 
 def _add_json_option(parser: argparse.ArgumentParser, default: Any) -> None:
-    parser.add_argument("--json", action="store_true", default=default, help="print JSON")
+    json_default = default if default is argparse.SUPPRESS else False
+    parser.add_argument("--json", action="store_true", default=json_default, help="print JSON")
 
 
 def run(args: argparse.Namespace) -> int:

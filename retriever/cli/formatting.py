@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import copy
 import textwrap
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 
@@ -90,3 +90,31 @@ def add_command(
         epilog=Verbatim(textwrap.dedent(examples)) if examples else None,
         formatter_class=HelpFormatter,
     )
+
+
+def add_actions(
+    parser: argparse.ArgumentParser,
+    actions: dict[str, str],
+    *,
+    common: Callable[[argparse.ArgumentParser, Any], None],
+    quiet_help: str,
+) -> dict[str, argparse.ArgumentParser]:
+    """Sub-actions of a command (``stores list|remove``), the first being the default:
+    ``actions`` maps each name to its help. ``common(parser, default)`` adds the options
+    every action takes, on the command itself (``default`` their default) and again on
+    each action, with ``argparse.SUPPRESS``: an option given before the action is then not
+    reset by the action's parser. Each action also takes -q/--quiet."""
+    common(parser, None)
+    names = list(actions)
+    subparsers = parser.add_subparsers(
+        dest="action", metavar="ACTION", help=f"{names[0]} (the default) or {', '.join(names[1:])}"
+    )
+    parsers = {}
+    for name, help_text in actions.items():
+        subparser = subparsers.add_parser(name, help=help_text, formatter_class=HelpFormatter)
+        common(subparser, argparse.SUPPRESS)
+        subparser.add_argument(
+            "-q", "--quiet", action="store_true", default=argparse.SUPPRESS, help=quiet_help
+        )
+        parsers[name] = subparser
+    return parsers

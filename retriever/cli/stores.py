@@ -7,7 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from retriever.cli.formatting import HelpFormatter, add_command, printable
+from retriever.cli.formatting import add_actions, add_command, printable
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
@@ -29,29 +29,18 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
               retriever stores remove 3f2a9c
             """,
     )
-    _add_common_options(parser, default=None)
-    actions = parser.add_subparsers(
-        dest="action", metavar="ACTION", help="list (the default) or remove"
+    actions = add_actions(
+        parser,
+        {
+            "list": "list the stores (the default)",
+            "remove": "remove stores by folder or name prefix",
+        },
+        common=_add_common_options,
+        quiet_help="only warnings and errors",
     )
-    listing = actions.add_parser(
-        "list", help="list the stores (the default)", formatter_class=HelpFormatter
-    )
-    removal = actions.add_parser(
-        "remove", help="remove stores by folder or name prefix", formatter_class=HelpFormatter
-    )
-    removal.add_argument(
+    actions["remove"].add_argument(
         "stores", nargs="+", metavar="STORE", help="a store folder, or a unique prefix of its name"
     )
-    for subparser in (listing, removal):
-        # SUPPRESS: an option given before the action is not reset by the action's parser.
-        _add_common_options(subparser, default=argparse.SUPPRESS)
-        subparser.add_argument(
-            "-q",
-            "--quiet",
-            action="store_true",
-            default=argparse.SUPPRESS,
-            help="only warnings and errors",
-        )
     parser.set_defaults(run=run)
 
 
