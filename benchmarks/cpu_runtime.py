@@ -30,8 +30,9 @@ from inputs import SCIFACT, dataset_path
 from report import cpu_description, machine, markdown_table, write_report
 
 from retriever import Encoder, EncoderConfig, RetrieverError
+from retriever.cache import cache_dir
 from retriever.datasets import load_texts
-from retriever.models import DEFAULT_MODEL, cache_dir
+from retriever.models import DEFAULT_MODEL
 from retriever.onnx_runtime import OPSET, require_onnx
 
 MAX_LENGTH = 256

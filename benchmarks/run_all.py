@@ -150,6 +150,7 @@ BENCHMARKS = (
         "--before 3b8d687 --out {out}",
         "--index {index} --dataset {dataset} --queries 5 --rounds 1 --methods dense,bm25",
     ),
+    Benchmark("quickstart", "quickstart.py", "--out {out}", "--repeats 1"),
     Benchmark(
         "fusion-selection",
         "fusion_selection.py",

@@ -295,6 +295,14 @@ class PartsWriter:
             sparse = base_sparse.with_added(sparse) if sparse else base_sparse
         sparse = sparse.without_keys(removed_keys)
         sparse.save(self.staging / SPARSE_DIR)
+        spec = self.plan.sparse
+        logger.info(
+            "key-token sparse index: %d documents, top %d tokens each from the %s space, %s",
+            sparse.num_documents,
+            spec.doc_tokens,
+            spec.space,
+            _size(self.staging / SPARSE_DIR),
+        )
         return sparse.num_documents
 
     def _finish_bm25(self, docstore: DocStore) -> int:

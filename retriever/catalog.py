@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from retriever.cache import cache_dir
 from retriever.errors import RetrieverError
 
 PREFIX = "beir:"
@@ -90,8 +91,6 @@ def is_named(dataset: str | Path) -> bool:
 
 def datasets_root() -> Path:
     """The cache folder that holds the unzipped datasets (``$RETRIEVER_CACHE/datasets``)."""
-    from retriever.models import cache_dir
-
     return cache_dir() / "datasets"
 
 

@@ -90,7 +90,7 @@ class FilterSpec:
     explicit first row. ``tau == 1`` (or ``dim == d``) is the identity: the unfiltered
     baseline.
 
-    ``remove_mean_direction`` (this project's data-free refinement, method.md section 3)
+    ``remove_mean_direction`` (this project's data-free refinement, docs/method.md)
     is on by default: it is the best data-free variant measured on SciFact (nDCG@10 0.310
     against the paper's exact EmbedFilter 0.251, mean pooling, tau 2, bf16). ``False`` gives the
     paper's EmbedFilter; ``None`` means the default, off at ``tau == 1`` so that tau 1

@@ -3,8 +3,7 @@
 Data-free: only the model's unembedding matrix ``W`` (``V x d``) is needed. Its right
 singular vectors, sorted by decreasing singular value, span directions from the
 frequent-token ones (top) to the "dark" tail (bottom); the default ``edge`` band keeps a
-contiguous middle block and drops the same number from each end. See docs in
-``shared/docs/method.md`` section 1.
+contiguous middle block and drops the same number from each end. See ``docs/method.md``.
 """
 
 from __future__ import annotations

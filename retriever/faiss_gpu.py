@@ -153,8 +153,9 @@ def _on_cpu(index: Any, purpose: str, reason: str, *, warn: bool) -> Placed:
         # must not hide behind the first one's line.
         logger.warning("faiss %s on %s", purpose, where)
     elif f"{purpose} {where}" not in _said:
-        _said.add(f"{purpose} {where}")  # no GPU at all: once per process is enough
-        logger.info("faiss %s on %s", purpose, where)
+        # No GPU at all: nothing the user chose or could change, so not on the console.
+        _said.add(f"{purpose} {where}")
+        logger.debug("faiss %s on %s", purpose, where)
     return Placed(index, False, where)
 
 

@@ -3,7 +3,7 @@
 ``W h`` scores every token against a pooled embedding ``h`` (the "raw" view). The
 "filtered" view scores the vector the index stores, ``x = F h`` normalised, mapped back
 to model space: ``W F^T x``. For a raw LLM the raw view is led by frequent junk
-(punctuation, "the", "and"); method.md section 2 says the filtered one should be led by
+(punctuation, "the", "and"); docs/method.md says the filtered one should be led by
 the text's key words. Alignment metrics (after Nie et al. 2024) measure that on a text set.
 """
 

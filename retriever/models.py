@@ -23,6 +23,7 @@ from typing import Any
 
 import torch
 
+from retriever.cache import cache_dir
 from retriever.errors import RetrieverError
 
 logger = logging.getLogger(__name__)
@@ -45,15 +46,6 @@ class ResolvedModel:
     path: Path
     revision: str | None
     weights_sha256: str
-
-
-def cache_dir() -> Path:
-    """Where converted models and hashes are cached (``$RETRIEVER_CACHE`` overrides)."""
-    root = os.environ.get("RETRIEVER_CACHE")
-    if root:
-        return Path(root).expanduser()
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    return (Path(xdg).expanduser() if xdg else Path.home() / ".cache") / "retriever"
 
 
 def resolve_model(name: str, revision: str | None = None) -> ResolvedModel:

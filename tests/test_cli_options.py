@@ -14,7 +14,7 @@ import pytest
 
 from retriever.cli import _build_parser, main
 from retriever.cli.lists import split_index_types
-from tests.conftest import SHARED_SCIFACT
+from tests.conftest import QUICKSTART, SCIFACT, require_scifact
 
 ROOT = Path(__file__).resolve().parents[1]
 COMMANDS = [
@@ -144,11 +144,10 @@ def test_eval_json_prints_and_json_out_writes(
 ) -> None:
     from retriever import build_index
 
-    index = build_index(
-        SHARED_SCIFACT, tmp_path / "idx", model=str(tiny_model), limit=20, dtype="float32"
-    )
+    require_scifact()
+    index = build_index(SCIFACT, tmp_path / "idx", model=str(tiny_model), limit=20, dtype="float32")
     report = tmp_path / "report.json"
-    argv = ["-q", "eval", str(index), str(SHARED_SCIFACT), "--methods", "dense"]
+    argv = ["-q", "eval", str(index), str(SCIFACT), "--methods", "dense"]
     assert main([*argv, "--json", "--json-out", str(report)]) == 0
     printed = json.loads(capsys.readouterr().out)
     assert printed == json.loads(report.read_text())
@@ -170,7 +169,7 @@ def fake_bench(monkeypatch: pytest.MonkeyPatch) -> dict:
 
 
 def test_scaling_refuses_the_flags_it_would_ignore(fake_bench: dict, capsys) -> None:
-    bench = ["bench", str(SHARED_SCIFACT), "--scaling"]
+    bench = ["bench", str(QUICKSTART), "--scaling"]
     code = main([*bench, "--bands", "edge", "-k", "5", "--no-sparse", "--no-mean-direction"])
     err = capsys.readouterr().err
     assert code == 2 and fake_bench == {} and len(err.strip().splitlines()) == 1
@@ -179,24 +178,24 @@ def test_scaling_refuses_the_flags_it_would_ignore(fake_bench: dict, capsys) -> 
     assert "--taus" not in err
     assert main([*bench, "--pooling", "mean,last"]) == 2
     assert "one --prompt and --pooling" in capsys.readouterr().err
-    assert main(["bench", str(SHARED_SCIFACT), "--sizes", "10,20"]) == 2
+    assert main(["bench", str(QUICKSTART), "--sizes", "10,20"]) == 2
     assert "--sizes applies only with --scaling" in capsys.readouterr().err
     assert fake_bench == {}
 
 
 def test_scaling_passes_on_what_it_uses(fake_bench: dict) -> None:
-    argv = ["bench", str(SHARED_SCIFACT), "--scaling", "--sizes", "100,200", "--taus", "1,4"]
+    argv = ["bench", str(QUICKSTART), "--scaling", "--sizes", "100,200", "--taus", "1,4"]
     argv += ["--limit", "50", "--split", "train", "--pooling", "last", "--out", "o"]
     assert main(argv) == 0
     args, kwargs = fake_bench["scaling"]
-    assert args == (str(SHARED_SCIFACT), "o")
+    assert args == (str(QUICKSTART), "o")
     assert (kwargs["sizes"], kwargs["taus"], kwargs["limit"]) == ((100, 200), (1.0, 4.0), 50)
     assert (kwargs["split"], kwargs["pooling"], kwargs["prompt"]) == ("train", "last", "prompteol")
     assert kwargs["command"] == "retriever " + " ".join(argv)
 
 
 def test_bench_table_settings_from_the_new_spellings(fake_bench: dict) -> None:
-    argv = ["bench", str(SHARED_SCIFACT), "--index-types", "Flat,IVF64,Flat", "--out", "o"]
+    argv = ["bench", str(QUICKSTART), "--index-types", "Flat,IVF64,Flat", "--out", "o"]
     argv += ["--no-remove-mean-direction", "--no-bm25", "--pooling", "mean,last"]
     assert main(argv) == 0
     _, kwargs = fake_bench["run_bench"]

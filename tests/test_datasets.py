@@ -7,7 +7,7 @@ import pytest
 
 from retriever.datasets import load_corpus, load_qrels, load_queries
 from retriever.errors import RetrieverError
-from tests.conftest import SHARED_SCIFACT, TOY_DOCS, write_jsonl
+from tests.conftest import TOY_DOCS, require_scifact, write_jsonl
 
 
 def test_reads_documents_in_file_order_with_metadata(toy_corpus: Path) -> None:
@@ -77,8 +77,9 @@ def test_missing_dataset_and_folder_without_corpus(tmp_path: Path) -> None:
 
 
 def test_scifact_queries_and_qrels() -> None:
-    queries = load_queries(SHARED_SCIFACT)
-    qrels = load_qrels(SHARED_SCIFACT, "test")
+    scifact = require_scifact()
+    queries = load_queries(scifact)
+    qrels = load_qrels(scifact, "test")
     assert len(queries) == 300
     assert queries["1"] == "0-dimensional biomaterials show inductive properties."
     assert qrels["1"] == {"31715818": 1}

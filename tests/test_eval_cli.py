@@ -12,14 +12,19 @@ from retriever.cli import main
 from retriever.datasets import load_qrels
 from retriever.evaluation import evaluate_run, read_trec_run
 from retriever.sparse import SparseSpec
-from tests.conftest import SHARED_SCIFACT
+from tests.conftest import SCIFACT, require_scifact
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _needs_scifact() -> None:
+    require_scifact()
 
 
 def test_eval_reports_every_method_with_latency_and_sizes(
     tiny_model: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
     index = build_index(
-        SHARED_SCIFACT,
+        SCIFACT,
         tmp_path / "idx",
         model=str(tiny_model),
         limit=120,
@@ -29,7 +34,7 @@ def test_eval_reports_every_method_with_latency_and_sizes(
     )
     report_path, runs = tmp_path / "report.json", tmp_path / "runs"
     code = main(
-        ["eval", str(index), str(SHARED_SCIFACT), "--json", str(report_path), "--runs", str(runs)]
+        ["eval", str(index), str(SCIFACT), "--json", str(report_path), "--runs", str(runs)]
         + ["--dtype", "float32"]
     )
     assert code == 0
@@ -59,7 +64,7 @@ def test_eval_reports_every_method_with_latency_and_sizes(
         name = method.replace("+", "-") + (f"-{fusion}" if fusion else "")
         run = read_trec_run(runs / f"{name}.trec.gz")
         assert len(run) <= 300 and all(len(hits) <= 100 for hits in run.values())
-        assert evaluate_run(load_qrels(SHARED_SCIFACT), run)["ndcg_at_10"] == pytest.approx(
+        assert evaluate_run(load_qrels(SCIFACT), run)["ndcg_at_10"] == pytest.approx(
             row["ndcg_at_10"], abs=1e-6
         )
     # 120 documents hold a few gold documents that BM25 finds by their words.
@@ -69,20 +74,16 @@ def test_eval_reports_every_method_with_latency_and_sizes(
 
 
 def test_eval_of_chosen_methods_and_user_mistakes(tiny_model: Path, tmp_path: Path, capsys) -> None:
-    index = build_index(
-        SHARED_SCIFACT, tmp_path / "idx", model=str(tiny_model), limit=20, dtype="float32"
-    )
-    code = main(["eval", str(index), str(SHARED_SCIFACT), "--split", "train"])
+    index = build_index(SCIFACT, tmp_path / "idx", model=str(tiny_model), limit=20, dtype="float32")
+    code = main(["eval", str(index), str(SCIFACT), "--split", "train"])
     assert code == 2 and "has no qrels/train.tsv" in capsys.readouterr().err
     code = main(["eval", str(index), str(tmp_path)])
     assert code == 2 and "has no queries.jsonl" in capsys.readouterr().err
-    code = main(["eval", str(index), str(SHARED_SCIFACT), "--methods", "dense,bm25"])
+    code = main(["eval", str(index), str(SCIFACT), "--methods", "dense,bm25"])
     err = capsys.readouterr().err
     assert code == 2 and "cannot answer 'bm25'" in err and "--bm25" in err
-    code = main(["eval", str(index), str(SHARED_SCIFACT), "--fusion", "max"])
+    code = main(["eval", str(index), str(SCIFACT), "--fusion", "max"])
     assert code == 2 and "--fusion takes a comma list" in capsys.readouterr().err
     report = tmp_path / "dense.json"
-    code = main(
-        ["eval", str(index), str(SHARED_SCIFACT), "--methods", "dense", "--json", str(report)]
-    )
+    code = main(["eval", str(index), str(SCIFACT), "--methods", "dense", "--json", str(report)])
     assert code == 0 and [r["method"] for r in json.loads(report.read_text())["rows"]] == ["dense"]

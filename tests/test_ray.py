@@ -92,10 +92,12 @@ def test_a_worker_killed_mid_run_loses_and_duplicates_nothing(
 
 @pytest.mark.slow
 def test_ray_with_the_default_model(local_ray, tmp_path: Path) -> None:
-    from tests.conftest import SHARED_SCIFACT, USER_CACHE
+    from tests.conftest import USER_CACHE, require_scifact
+
+    scifact = require_scifact()
 
     os.environ["RETRIEVER_CACHE"] = str(USER_CACHE)  # where the converted model lives
     corpus = tmp_path / "slice.jsonl"
-    with (SHARED_SCIFACT / "corpus.jsonl").open() as source:
+    with (scifact / "corpus.jsonl").open() as source:
         corpus.write_text("".join(next(source) for _ in range(40)))
     _assert_same(*_stores("smollm2-135m", corpus, tmp_path, 10, workers=2))

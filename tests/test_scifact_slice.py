@@ -19,7 +19,7 @@ from retriever.config import DISPLAY_SPACE
 from retriever.datasets import load_qrels, load_queries
 from retriever.lens import alignment_metrics, english_stopwords, is_display_word
 from retriever.sparse import SparseSpec
-from tests.conftest import SHARED_SCIFACT, USER_CACHE
+from tests.conftest import SCIFACT, USER_CACHE, require_scifact
 
 pytestmark = pytest.mark.slow
 
@@ -36,10 +36,9 @@ def _user_cache():
 
 @pytest.fixture(scope="module")
 def scifact_slice_index(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    if not (SHARED_SCIFACT / "corpus.jsonl").is_file():
-        pytest.skip(f"SciFact is not at {SHARED_SCIFACT}")
+    require_scifact()
     return build_index(
-        SHARED_SCIFACT,
+        SCIFACT,
         tmp_path_factory.mktemp("scifact") / "slice",
         limit=SLICE,
         sparse=SparseSpec(),
@@ -52,7 +51,7 @@ def slice_queries(scifact_slice_index: Path) -> dict[str, tuple[str, set[str]]]:
     """Test queries with a gold document in the slice: ``{qid: (text, gold ids)}``."""
     searcher = Searcher.load(scifact_slice_index)
     in_slice = {searcher.docstore.get(row).id for row in range(len(searcher))}
-    queries, qrels = load_queries(SHARED_SCIFACT), load_qrels(SHARED_SCIFACT)
+    queries, qrels = load_queries(SCIFACT), load_qrels(SCIFACT)
     return {
         qid: (queries[qid], set(gold) & in_slice)
         for qid, gold in qrels.items()
@@ -154,9 +153,9 @@ def test_milvus_flat_and_faiss_flat_agree_on_scifact_vectors(
     pytest.importorskip("pymilvus")
     from retriever.evaluation import evaluate_run, judged_queries
 
-    milvus_index = build_index(SHARED_SCIFACT, tmp_path / "milvus", limit=SLICE, backend="milvus")
-    qrels = load_qrels(SHARED_SCIFACT)
-    queries = judged_queries(load_queries(SHARED_SCIFACT), qrels)
+    milvus_index = build_index(SCIFACT, tmp_path / "milvus", limit=SLICE, backend="milvus")
+    qrels = load_qrels(SCIFACT)
+    queries = judged_queries(load_queries(SCIFACT), qrels)
     runs = {}
     for name, index in (("faiss", scifact_slice_index), ("milvus", milvus_index)):
         searcher = Searcher.load(index)

@@ -61,10 +61,10 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         "size; the flags that only shape the variant table are refused there.",
         examples="""\
             examples:
-              retriever bench ../shared/datasets/scifact --pooling mean,last \\
+              retriever bench beir:scifact --pooling mean,last \\
                   --out benchmarks/results/scifact-smollm2
-              retriever bench ../shared/datasets/scifact --index-types Flat,IVF256,PQ16
-              retriever bench ../shared/datasets/scifact --scaling --sizes 10000,100000
+              retriever bench beir:scifact --index-types Flat,IVF256,PQ16
+              retriever bench beir:scifact --scaling --sizes 10000,100000
             """,
     )
     parser.add_argument(

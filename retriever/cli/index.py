@@ -44,8 +44,8 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         "generation folder, swapped atomically when the build is complete.",
         examples="""\
             examples:
-              retriever index ../shared/datasets/scifact --out indexes/scifact --tau 2
-              retriever encode ../shared/datasets/scifact --out store --shard 0/2   # and 1/2
+              retriever index beir:scifact --out indexes/scifact --tau 2
+              retriever encode beir:scifact --out store --shard 0/2   # and 1/2
               retriever index --from store --out indexes/scifact --index-type IVF256,Flat
             """,
     )

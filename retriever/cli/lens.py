@@ -28,7 +28,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         examples="""\
             examples:
               retriever lens indexes/scifact "vitamin D and bone density"
-              retriever lens indexes/scifact --texts ../shared/datasets/scifact --limit 500
+              retriever lens indexes/scifact --texts beir:scifact --limit 500
             """,
     )
     parser.add_argument("index", help="index folder built by `retriever index`")
