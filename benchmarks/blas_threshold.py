@@ -3,13 +3,13 @@
 FAISS answers a batch of queries on a Flat index either with its own SIMD scan or with a
 BLAS matrix product, switching when queries x dim reaches ``distance_compute_blas_threshold``
 (128,000 by default in 1.15). The package sets 800 per OpenMP thread instead (see
-``retriever/faiss_install.py``). For each dimension EmbedFilter produces from the 576-dim
-model, N random unit vectors and a batch of random unit queries, timed under both
+``retriever/parts/dense/faiss_install.py``). For each dimension EmbedFilter produces from
+the 576-dim model, N random unit vectors and a batch of random unit queries, timed under both
 thresholds in the same run (median of ``--repeats`` after a warm-up), plus the ratio of the
 two paths' times per batch size, which shows where the crossover lies on this machine.
 Last, the same batch timed right after a numpy matrix product the size of a filter
 transform, with numpy's BLAS threads as they are and on one thread
-(``retriever.threads.numpy_blas_on_one_thread``, what ``retriever bench`` runs under).
+(``retriever.core.threads.numpy_blas_on_one_thread``, what ``retriever bench`` runs under).
 
     python benchmarks/blas_threshold.py --out benchmarks/results/blas-threshold
 """
@@ -23,9 +23,9 @@ import time
 import numpy as np
 from report import markdown_table, write_report
 
-from retriever.evaluation import median_seconds
-from retriever.faiss_install import FAISS_DIMENSION_AWARE_DEFAULT, faiss
-from retriever.threads import numpy_blas_on_one_thread
+from retriever.core.threads import numpy_blas_on_one_thread
+from retriever.evaluation.metrics import median_seconds
+from retriever.parts.dense.faiss_install import FAISS_DIMENSION_AWARE_DEFAULT, faiss
 
 ALWAYS_BLAS, NEVER_BLAS = 0, 2**31 - 1
 

@@ -23,8 +23,8 @@ from report import machine, markdown_table, write_report
 CHILD = """
 import json, resource, sys
 import numpy as np
-from retriever.datasets import iter_documents, scan_corpus
-from retriever.lexical import BM25Builder
+from retriever.data.datasets import iter_documents, scan_corpus
+from retriever.parts.bm25 import BM25Builder
 copies = int(sys.argv[1])
 texts = [d.embedding_text for d in iter_documents(scan_corpus(sys.argv[2]))]
 texts = texts * copies

@@ -2,7 +2,7 @@
 
 Loads the project's Encoder twice in float32 (default model SmolLM2-135M, PromptEOL, mean
 pooling, max length 256, batch size 16): as torch runs it, and with ``runtime="onnx"``,
-which exports the base transformer once into the cache (retriever.onnx_runtime) and runs
+which exports the base transformer once into the cache (retriever.encode.onnx_runtime) and runs
 it in ONNX Runtime with every graph optimisation. Both go through
 ``Encoder.encode_documents``, so both read exactly the same token ids (the Encoder's own
 prompted, truncated sequences, longest first, in its batches and right padding; checked
@@ -30,10 +30,10 @@ from inputs import SCIFACT, dataset_path
 from report import cpu_description, machine, markdown_table, write_report
 
 from retriever import Encoder, EncoderConfig, RetrieverError
-from retriever.cache import cache_dir
-from retriever.datasets import load_texts
-from retriever.models import DEFAULT_MODEL
-from retriever.onnx_runtime import OPSET, require_onnx
+from retriever.core.cache import cache_dir
+from retriever.data.datasets import load_texts
+from retriever.encode.models import DEFAULT_MODEL
+from retriever.encode.onnx_runtime import OPSET, require_onnx
 
 MAX_LENGTH = 256
 COSINE_BAR = 0.9999

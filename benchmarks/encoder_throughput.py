@@ -46,7 +46,7 @@ def fed_token_ids(encoder: Any, texts: list[str]) -> list[list[int]]:
     """The token ids the Encoder feeds the model per document, from its public parts: the
     tokenizer's special prefix, then the prompt around the text's ids as ``text_token_ids``
     cuts them (PromptEOL holds one copy of the text)."""
-    from retriever.config import PROMPTS
+    from retriever.core.config import PROMPTS
 
     tokenizer, config = encoder.tokenizer, encoder.config
     before, after = PROMPTS[config.prompt].split("{text}")
@@ -190,10 +190,10 @@ def make_job(args: argparse.Namespace) -> dict[str, Any]:
     """What every variant encodes, and how."""
     import torch
 
-    from retriever.config import PROMPTS, EncoderConfig
-    from retriever.datasets import load_corpus
-    from retriever.encoder import encoder_dtype
-    from retriever.models import resolve_model
+    from retriever.core.config import PROMPTS, EncoderConfig
+    from retriever.data.datasets import load_corpus
+    from retriever.encode.encoder import encoder_dtype
+    from retriever.encode.models import resolve_model
 
     config = EncoderConfig(max_length=MAX_LENGTH)
     if config.prompt == "echo":

@@ -1,7 +1,7 @@
 """The compression frontier on SciFact: filter x tau x storage x index, in one run.
 
 Every row is a real index folder built from the SciFact embedding store by the build
-pipeline and searched through `retriever.Searcher` (retriever.bench.frontier). The grid:
+pipeline and searched through `retriever.Searcher` (retriever.evaluation.bench.frontier). The grid:
 the unfiltered vectors (tau 1), the paper's EmbedFilter (edge band, tau 2-16) and the
 default (mean direction removed, tau 1-16), each stored as float32, float16, int8, binary,
 binary + int8 rescoring (M = 4 and 16) and product quantization (FAISS PQ, d/6 bytes), in
@@ -24,16 +24,16 @@ import numpy as np
 from inputs import SCIFACT, dataset_path
 from report import cpu_name, machine, markdown_table, write_report
 
-from retriever.bench.frontier import FrontierInputs, FrontierSettings, frontier_rows
-from retriever.bench.run import BENCH_STORE
-from retriever.config import EncoderConfig
-from retriever.datasets import load_qrels, load_queries, scan_corpus
-from retriever.embedfilter import UnembeddingSpectrum
-from retriever.encoder import Encoder
-from retriever.encoding import encode_corpus
-from retriever.evaluation import encode_timed, judged_queries
-from retriever.models import DEFAULT_MODEL
-from retriever.threads import numpy_blas_on_one_thread
+from retriever.core.config import EncoderConfig
+from retriever.core.threads import numpy_blas_on_one_thread
+from retriever.data.datasets import load_qrels, load_queries, scan_corpus
+from retriever.encode.embedfilter import UnembeddingSpectrum
+from retriever.encode.encoder import Encoder
+from retriever.encode.models import DEFAULT_MODEL
+from retriever.evaluation.bench.frontier import FrontierInputs, FrontierSettings, frontier_rows
+from retriever.evaluation.bench.run import BENCH_STORE
+from retriever.evaluation.metrics import encode_timed, judged_queries
+from retriever.store.encoding import encode_corpus
 
 BYTES_GOAL = 72  # 1/32 of unfiltered float32 at d = 576
 

@@ -4,7 +4,7 @@ Raw SciFact document embeddings (SmolLM2-135M, PromptEOL, mean pooling, bfloat16
 smoothed bootstrap: each synthetic embedding is a real one plus Gaussian noise shaped by
 the real embeddings' covariance, its scale calibrated so that synthetic vectors lie as
 close to their nearest real document as real documents lie to theirs
-(retriever.bench.frontier_scale says why that makes recall meaningful). The 300 real test
+(retriever.evaluation.bench.frontier_scale says why that makes recall meaningful). The 300 real test
 queries search them through the same filter. Per size and filter: exact Flat float32 (the
 reference for recall and for the speed-up), then each index type x storage, built once,
 saved and opened as a Searcher opens it, and measured at each search setting of its span.
@@ -23,22 +23,22 @@ import numpy as np
 from inputs import SCIFACT, dataset_path
 from report import cpu_name, machine, markdown_table, write_report
 
-from retriever.bench.frontier import exact_top, projection
-from retriever.bench.frontier_scale import (
+from retriever.core.config import EncoderConfig
+from retriever.core.threads import numpy_blas_on_one_thread
+from retriever.data.datasets import load_qrels, load_queries, scan_corpus
+from retriever.encode.embedfilter import UnembeddingSpectrum
+from retriever.encode.encoder import Encoder
+from retriever.encode.models import DEFAULT_MODEL
+from retriever.evaluation.bench.frontier import exact_top, projection
+from retriever.evaluation.bench.frontier_scale import (
     ScaleRow,
     calibrate_spread,
     scale_rows,
     synthetic_embeddings,
 )
-from retriever.bench.run import BENCH_STORE
-from retriever.config import EncoderConfig
-from retriever.datasets import load_qrels, load_queries, scan_corpus
-from retriever.embedfilter import UnembeddingSpectrum
-from retriever.encoder import Encoder
-from retriever.encoding import cached_embeddings, encode_corpus
-from retriever.evaluation import judged_queries
-from retriever.models import DEFAULT_MODEL
-from retriever.threads import numpy_blas_on_one_thread
+from retriever.evaluation.bench.run import BENCH_STORE
+from retriever.evaluation.metrics import judged_queries
+from retriever.store.encoding import cached_embeddings, encode_corpus
 
 SPANS = {"Flat": [{}], "HNSW": "efSearch", "IVF": "nprobe"}
 

@@ -12,7 +12,7 @@ whose folds are not independent samples). Each replicate draws 300 queries and r
 - ``train-score 1-SE``: keep the best blend when its training-query score beats the
   better single retriever by one standard error of the paired difference (the previous
   rule);
-- ``inner-CV t-test``: :func:`retriever.tuning.choose_setting`, keep it when an inner
+- ``inner-CV t-test``: :func:`retriever.evaluation.tuning.choose_setting`, keep it when an inner
   cross-validation on the training queries finds a significant gain (the current rule).
 
 Reported per gain: the mean of (cross-validated score - better single retriever), the
@@ -29,7 +29,7 @@ from collections.abc import Callable, Sequence
 import numpy as np
 from report import markdown_table, write_report
 
-from retriever.tuning import choose_setting, kfold
+from retriever.evaluation.tuning import choose_setting, kfold
 
 Rule = Callable[[np.ndarray, np.ndarray, Sequence[int], int], int]
 

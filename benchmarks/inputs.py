@@ -22,8 +22,8 @@ def dataset_path(text: str) -> Path:
     """An argparse type: a dataset folder or file that exists, as an absolute path (the
     benchmarks hand it to processes that run elsewhere); ``beir:NAME`` is fetched into the
     cache once and named by its folder there."""
-    from retriever.catalog import is_named, local_dataset
-    from retriever.errors import RetrieverError
+    from retriever.core.errors import RetrieverError
+    from retriever.data.catalog import is_named, local_dataset
 
     if is_named(text):
         try:

@@ -28,13 +28,13 @@ from inputs import SCIFACT, dataset_path
 from report import cpu_name, machine, markdown_table, write_report
 
 from retriever import EncoderConfig, Searcher, build_index
-from retriever.bench.run import BENCH_STORE
-from retriever.datasets import load_qrels, load_queries, scan_corpus
-from retriever.encoder import Encoder
-from retriever.encoding import encode_corpus
-from retriever.evaluation import encode_timed, evaluate_index, judged_queries
-from retriever.manifest import folder_bytes
-from retriever.store import EmbeddingStore
+from retriever.core.sizes import folder_bytes
+from retriever.data.datasets import load_qrels, load_queries, scan_corpus
+from retriever.encode.encoder import Encoder
+from retriever.evaluation.bench.run import BENCH_STORE
+from retriever.evaluation.metrics import encode_timed, evaluate_index, judged_queries
+from retriever.store.embeddings import EmbeddingStore
+from retriever.store.encoding import encode_corpus
 
 STORES = (("float32", ("mean", "last")), ("float32", ("mean",)), ("float16", ("mean",)))
 

@@ -167,7 +167,7 @@ def measure(folder: Path, method: str, queries: list[str], repeats: int) -> dict
     import numpy as np
 
     from retriever import Searcher
-    from retriever.searcher import FUSION_DEPTH
+    from retriever.search.searcher import FUSION_DEPTH
 
     searcher = Searcher.load(folder, dtype="float32")
     clock = EncoderClock(searcher.encoder)

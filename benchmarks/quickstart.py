@@ -21,7 +21,7 @@ import torch
 from inputs import ROOT
 from report import cpu_description, cpu_name, machine, write_report
 
-from retriever.models import DEFAULT_MODEL, pick_dtype, resolve_model
+from retriever.encode.models import DEFAULT_MODEL, pick_dtype, resolve_model
 
 SCRIPT = "scripts/quickstart.sh"
 

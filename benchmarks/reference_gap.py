@@ -30,12 +30,12 @@ from inputs import SCIFACT, dataset_path
 from report import markdown_table, write_report
 
 from retriever import EmbedFilter, Encoder, EncoderConfig, FilterSpec
-from retriever.config import PROMPTS
-from retriever.datasets import load_corpus, load_qrels, load_queries
-from retriever.embedfilter import UnembeddingSpectrum
-from retriever.encoding import cached_embeddings
-from retriever.evaluation import evaluate_run
-from retriever.models import DEFAULT_MODEL
+from retriever.core.config import PROMPTS
+from retriever.data.datasets import load_corpus, load_qrels, load_queries
+from retriever.encode.embedfilter import UnembeddingSpectrum
+from retriever.encode.models import DEFAULT_MODEL
+from retriever.evaluation.metrics import evaluate_run
+from retriever.store.encoding import cached_embeddings
 
 POOLINGS = ("mean", "last")
 NORMALISATION_KEYS = ("normalised_after_filter", "normalised_before_filter", "float32_svd")

@@ -138,7 +138,7 @@ def contents(index: Path) -> tuple[Any, Any, list[str]]:
     """An index's FAISS keys, vectors (in key-map order) and docstore ids."""
     import faiss
 
-    from retriever.docstore import DocStore
+    from retriever.parts.docstore import DocStore
 
     loaded = faiss.read_index(str(index / "index.faiss"))  # owns what downcast views
     mapped = faiss.downcast_index(loaded)

@@ -29,11 +29,11 @@ from report import cpu_name, machine, markdown_table, write_report
 from revisions import WORKING_TREE, child_env, cli_argv
 
 from retriever import EncoderConfig, Searcher, build_index
-from retriever.bench.run import BENCH_STORE
-from retriever.datasets import load_qrels, load_queries, scan_corpus
-from retriever.encoder import Encoder
-from retriever.encoding import encode_corpus
-from retriever.evaluation import judged_queries, percentiles_ms
+from retriever.data.datasets import load_qrels, load_queries, scan_corpus
+from retriever.encode.encoder import Encoder
+from retriever.evaluation.bench.run import BENCH_STORE
+from retriever.evaluation.metrics import judged_queries, percentiles_ms
+from retriever.store.encoding import encode_corpus
 
 K = 10
 

@@ -12,15 +12,15 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "EmbedFilter": "retriever.embedfilter",
-    "Encoder": "retriever.encoder",
-    "EncoderConfig": "retriever.config",
-    "FilterSpec": "retriever.config",
-    "Hit": "retriever.searcher",
-    "Indexer": "retriever.indexing",
-    "RetrieverError": "retriever.errors",
-    "Searcher": "retriever.searcher",
-    "build_index": "retriever.indexing",
+    "EmbedFilter": "retriever.encode.embedfilter",
+    "Encoder": "retriever.encode.encoder",
+    "EncoderConfig": "retriever.core.config",
+    "FilterSpec": "retriever.core.config",
+    "Hit": "retriever.search.searcher",
+    "Indexer": "retriever.index.build",
+    "RetrieverError": "retriever.core.errors",
+    "Searcher": "retriever.search.searcher",
+    "build_index": "retriever.index.build",
 }
 
 __all__ = [
@@ -37,12 +37,12 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from retriever.config import EncoderConfig, FilterSpec
-    from retriever.embedfilter import EmbedFilter
-    from retriever.encoder import Encoder
-    from retriever.errors import RetrieverError
-    from retriever.indexing import Indexer, build_index
-    from retriever.searcher import Hit, Searcher
+    from retriever.core.config import EncoderConfig, FilterSpec
+    from retriever.core.errors import RetrieverError
+    from retriever.encode.embedfilter import EmbedFilter
+    from retriever.encode.encoder import Encoder
+    from retriever.index.build import Indexer, build_index
+    from retriever.search.searcher import Hit, Searcher
 
 
 def __getattr__(name: str) -> Any:

@@ -38,7 +38,7 @@ import logging
 import sys
 
 from retriever import Searcher
-from retriever.datasets import load_qrels, load_queries
+from retriever.data.datasets import load_qrels, load_queries
 
 logging.basicConfig(level=logging.WARNING)
 index, dataset = sys.argv[1], sys.argv[2]

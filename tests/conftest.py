@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from retriever.cache import cache_dir
+from retriever.core.cache import cache_dir
 
 ROOT = Path(__file__).resolve().parents[1]
 # BEIR SciFact as a local folder: $SCIFACT, else the development machines' copy beside the
@@ -181,7 +181,7 @@ def synthetic_docs(n: int, *, seed: int = 0, prefix: str = "s") -> list[dict]:
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """``gpu`` tests run where faiss-gpu sees a GPU, and say why they are skipped elsewhere."""
-    from retriever.faiss_gpu import gpu_count
+    from retriever.parts.dense.gpu import gpu_count
 
     if gpu_count():
         return

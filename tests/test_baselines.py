@@ -3,10 +3,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from retriever.baselines import BASELINES, abtt_dropped, fit_baseline
-from retriever.config import FilterSpec
-from retriever.embedfilter import EmbedFilter
-from retriever.errors import RetrieverError
+from retriever.core.config import FilterSpec
+from retriever.core.errors import RetrieverError
+from retriever.encode.baselines import BASELINES, abtt_dropped, fit_baseline
+from retriever.encode.embedfilter import EmbedFilter
 
 
 @pytest.fixture(scope="module")
@@ -89,7 +89,7 @@ def test_removing_the_mean_direction(tau: int) -> None:
 def test_a_fitted_projection_saves_and_loads_as_a_filter(
     method: str, sample: np.ndarray, tmp_path
 ) -> None:
-    from retriever.embedfilter import EmbedFilter
+    from retriever.encode.embedfilter import EmbedFilter
 
     fitted = fit_baseline(method, sample, 16, seed=2)
     fitted.save(tmp_path)

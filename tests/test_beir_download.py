@@ -21,13 +21,13 @@ from typing import Any
 
 import pytest
 
-from retriever import catalog
 from retriever import cli as retriever_cli
-from retriever.catalog import BeirDataset, dataset_label
 from retriever.cli import datasets as datasets_command
 from retriever.cli.formatting import HelpFormatter
-from retriever.datasets import corpus_file, load_qrels, load_queries, load_texts, scan_corpus
-from retriever.errors import RetrieverError
+from retriever.core.errors import RetrieverError
+from retriever.data import catalog as catalog
+from retriever.data.catalog import BeirDataset, dataset_label
+from retriever.data.datasets import corpus_file, load_qrels, load_queries, load_texts, scan_corpus
 
 NAME = "tinybeir"
 FORUMS = "tinyforums"

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from retriever.cli import main
-from retriever.datasets import load_qrels
-from retriever.evaluation import evaluate_run, read_trec_run
-from retriever.scaling import ivfpq_type
+from retriever.data.datasets import load_qrels
+from retriever.evaluation.metrics import evaluate_run, read_trec_run
+from retriever.evaluation.scaling import ivfpq_type
 from tests.conftest import SCIFACT, require_scifact
 
 
@@ -223,8 +223,8 @@ def test_table_and_plot(bench_out: Path) -> None:
 def test_second_run_reuses_the_cached_embeddings(
     bench_out: Path, tiny_model: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from retriever.datasets import load_corpus
-    from retriever.encoder import Encoder
+    from retriever.data.datasets import load_corpus
+    from retriever.encode.encoder import Encoder
 
     documents = {d.embedding_text for d in load_corpus(SCIFACT, limit=80).documents}
 
@@ -355,7 +355,7 @@ def test_milvus_lite_rows_match_faiss_flat(bench_out: Path) -> None:
 
 @pytest.fixture(scope="module")
 def kept_bench(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
-    from retriever.bench import BenchSettings, run_bench
+    from retriever.evaluation.bench import BenchSettings, run_bench
 
     root = tmp_path_factory.mktemp("kept-bench")
     settings = BenchSettings(
@@ -381,10 +381,10 @@ def kept_bench(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> li
 
 def test_every_row_is_what_searcher_returns_for_its_folder(kept_bench: list[dict]) -> None:
     from retriever import Searcher
-    from retriever.bench.run import BENCH_STORE
-    from retriever.datasets import load_queries
-    from retriever.encoding import cached_embeddings
-    from retriever.evaluation import judged_queries
+    from retriever.data.datasets import load_queries
+    from retriever.evaluation.bench.run import BENCH_STORE
+    from retriever.evaluation.metrics import judged_queries
+    from retriever.store.encoding import cached_embeddings
 
     qrels = load_qrels(SCIFACT)
     queries = judged_queries(load_queries(SCIFACT), qrels)

@@ -158,13 +158,13 @@ def test_eval_json_prints_and_json_out_writes(
 
 @pytest.fixture
 def fake_bench(monkeypatch: pytest.MonkeyPatch) -> dict:
-    """retriever.bench replaced by a recorder: what the CLI asks for, without a model."""
+    """retriever.evaluation.bench replaced by a recorder: what the CLI asks for, without a model."""
     calls: dict = {}
-    fake = types.ModuleType("retriever.bench")
+    fake = types.ModuleType("retriever.evaluation.bench")
     fake.BenchSettings = lambda **settings: settings
     fake.run_bench = lambda *args, **kwargs: calls.setdefault("run_bench", (args, kwargs))
     fake.run_scaling_bench = lambda *args, **kwargs: calls.setdefault("scaling", (args, kwargs))
-    monkeypatch.setitem(sys.modules, "retriever.bench", fake)
+    monkeypatch.setitem(sys.modules, "retriever.evaluation.bench", fake)
     return calls
 
 

@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from retriever.datasets import load_corpus, load_qrels, load_queries
-from retriever.errors import RetrieverError
+from retriever.core.errors import RetrieverError
+from retriever.data.datasets import load_corpus, load_qrels, load_queries
 from tests.conftest import TOY_DOCS, require_scifact, write_jsonl
 
 

@@ -4,10 +4,10 @@ from pathlib import Path
 
 import pytest
 
-from retriever import docstore as docstore_module
-from retriever.datasets import Document
-from retriever.docstore import DocStore
-from retriever.errors import RetrieverError
+from retriever.core.errors import RetrieverError
+from retriever.data.datasets import Document
+from retriever.parts import docstore as docstore_module
+from retriever.parts.docstore import DocStore
 
 
 def _documents(n: int) -> list[Document]:

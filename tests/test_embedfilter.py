@@ -3,9 +3,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from retriever.config import FilterSpec
-from retriever.embedfilter import EmbedFilter, band_rows, right_singular_vectors
-from retriever.errors import RetrieverError
+from retriever.core.config import FilterSpec
+from retriever.core.errors import RetrieverError
+from retriever.encode.embedfilter import EmbedFilter, band_rows, right_singular_vectors
 
 
 @pytest.fixture(scope="module")
@@ -135,7 +135,7 @@ def test_sizes_out_of_range_for_the_model(spec: FilterSpec, message: str) -> Non
 
 
 def test_the_default_filter_removes_the_mean_direction_and_is_named() -> None:
-    from retriever.config import FilterSpec
+    from retriever.core.config import FilterSpec
 
     assert FilterSpec().remove_mean_direction is True
     assert FilterSpec(tau=4).remove_mean_direction is True

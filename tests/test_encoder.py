@@ -6,11 +6,11 @@ import numpy as np
 import pytest
 import torch
 
-from retriever.config import EncoderConfig, FilterSpec
-from retriever.embedfilter import EmbedFilter
-from retriever.encoder import Encoder, head_tail
-from retriever.errors import RetrieverError
-from retriever.models import pick_dtype, resolve_model
+from retriever.core.config import EncoderConfig, FilterSpec
+from retriever.core.errors import RetrieverError
+from retriever.encode.embedfilter import EmbedFilter
+from retriever.encode.encoder import Encoder, head_tail
+from retriever.encode.models import pick_dtype, resolve_model
 
 TEXTS = [
     "Vitamin D deficiency is associated with bone disease.",
@@ -248,7 +248,7 @@ def test_out_of_memory_halves_the_batch_for_the_rest_of_the_call(
     encoder = Encoder.load(str(tiny_model), dtype="float32", batch_size=8)
     unconstrained = encoder.encode_documents(MIXED, show_progress=False)
     tried = _out_of_memory_above(encoder, 2, monkeypatch)
-    with caplog.at_level("WARNING", logger="retriever.encoder"):
+    with caplog.at_level("WARNING", logger="retriever.encode.encoder"):
         constrained = encoder.encode_documents(MIXED, show_progress=False)
     np.testing.assert_allclose(constrained, unconstrained, rtol=1e-5, atol=1e-6)
     # 8 and 4 fail; the 9 texts then go in batches of 2, never a bigger one again.
@@ -272,7 +272,7 @@ def test_out_of_memory_with_one_text_is_refused(
 def test_dtype_auto_on_a_gpu_uses_bf16_only_where_it_is_native(
     tiny_model: Path, monkeypatch: pytest.MonkeyPatch, native_bf16: bool, expected: torch.dtype
 ) -> None:
-    import retriever.encoder
+    import retriever.encode.encoder
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(
@@ -280,10 +280,10 @@ def test_dtype_auto_on_a_gpu_uses_bf16_only_where_it_is_native(
         "is_bf16_supported",
         lambda including_emulation=True: native_bf16 or including_emulation,
     )
-    real_load = retriever.encoder.load_model
+    real_load = retriever.encode.encoder.load_model
     # The weights load on the CPU: only the choice of dtype is under test.
     monkeypatch.setattr(
-        retriever.encoder,
+        retriever.encode.encoder,
         "load_model",
         lambda resolved, dtype, device: real_load(resolved, dtype, torch.device("cpu")),
     )

@@ -9,9 +9,9 @@ import pytest
 
 from retriever import build_index
 from retriever.cli import main
-from retriever.datasets import load_qrels
-from retriever.evaluation import evaluate_run, read_trec_run
-from retriever.sparse import SparseSpec
+from retriever.data.datasets import load_qrels
+from retriever.evaluation.metrics import evaluate_run, read_trec_run
+from retriever.parts.sparse import SparseSpec
 from tests.conftest import SCIFACT, require_scifact
 
 

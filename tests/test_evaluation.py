@@ -6,14 +6,14 @@ from pathlib import Path
 import pytest
 from threadpoolctl import threadpool_info
 
-from retriever.errors import RetrieverError
-from retriever.evaluation import (
+from retriever.core.errors import RetrieverError
+from retriever.core.threads import numpy_blas_on_one_thread
+from retriever.evaluation.metrics import (
     evaluate_run,
     judged_queries,
     read_trec_run,
     write_trec_run,
 )
-from retriever.threads import numpy_blas_on_one_thread
 
 QRELS = {"q1": {"a": 1, "c": 2}, "q2": {"b": 1}}
 RUN = {
@@ -70,7 +70,7 @@ def test_judged_queries_and_empty_qrels() -> None:
 
 def test_benchmarks_put_numpys_blas_on_one_thread_and_leave_faiss_alone() -> None:
     # FAISS's own OpenBLAS, loaded with it, must keep its threads.
-    from retriever.faiss_install import faiss  # noqa: F401
+    from retriever.parts.dense.faiss_install import faiss  # noqa: F401
 
     def blas_threads() -> dict[str, tuple[str, int]]:
         return {

@@ -23,16 +23,16 @@ import numpy as np
 import pytest
 
 from retriever import FilterSpec, RetrieverError, Searcher, build_index
-from retriever import generations as generations_module
-from retriever import models as models_module
 from retriever.cli import main
-from retriever.datasets import scan_corpus
-from retriever.embedfilter import EmbedFilter
-from retriever.encoder import Encoder
-from retriever.generations import generations_folder, lock_path, writer_lock
-from retriever.indexing import delete_documents
-from retriever.lexical import BM25_DIR, BM25Builder, BM25Index
-from retriever.sparse import SPARSE_DIR, KeyTokenIndex, SparseSpec
+from retriever.core import generations as generations_module
+from retriever.core.generations import generations_folder, lock_path, writer_lock
+from retriever.data.datasets import scan_corpus
+from retriever.encode import models as models_module
+from retriever.encode.embedfilter import EmbedFilter
+from retriever.encode.encoder import Encoder
+from retriever.index.build import delete_documents
+from retriever.parts.bm25 import BM25_DIR, BM25Builder, BM25Index
+from retriever.parts.sparse import SPARSE_DIR, KeyTokenIndex, SparseSpec
 from tests.conftest import TOY_DOCS, synthetic_docs, write_jsonl
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -139,7 +139,7 @@ def test_a_reader_keeps_its_generation_across_a_swap(
 def test_a_swap_in_the_middle_of_a_load_is_not_seen(
     tiny_model: Path, toy_corpus: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import retriever.searcher as searcher_module
+    import retriever.search.searcher as searcher_module
 
     out = _build(tiny_model, toy_corpus, tmp_path / "idx", filter_spec=FilterSpec(tau=2))
     real = searcher_module.load_encoder_for
@@ -162,7 +162,7 @@ def test_a_swap_in_the_middle_of_a_load_is_not_seen(
 
 _KILL_AT = """
 import os, sys
-import retriever.generations as generations
+import retriever.core.generations as generations
 from retriever.cli import main
 
 step = sys.argv[1]
@@ -175,7 +175,7 @@ elif step == "between-rename-and-link":
 elif step == "after-link":
     generations.remove_unread_generations = die
 elif step == "while-writing-parts":
-    import retriever.backends as backends
+    import retriever.parts.dense.backends as backends
     backends.save_faiss_index = die
 sys.exit(main(sys.argv[2:]))
 """
@@ -225,12 +225,12 @@ def test_kill_9_at_random_moments_of_a_first_build(tiny_model: Path, tmp_path: P
 @pytest.mark.parametrize(
     ("target", "error"),
     [
-        ("retriever.store.np.save", OSError(28, "No space left on device")),
+        ("retriever.store.embeddings.np.save", OSError(28, "No space left on device")),
         (
-            "retriever.backends.save_faiss_index",
+            "retriever.parts.dense.backends.save_faiss_index",
             RuntimeError("write error (No space left on device)"),
         ),
-        ("retriever.docstore.DocStoreWriter.put", lmdb.DiskError("MDB_DISK_FULL")),
+        ("retriever.parts.docstore.DocStoreWriter.put", lmdb.DiskError("MDB_DISK_FULL")),
     ],
 )
 def test_a_full_disk_is_one_line_and_keeps_the_old_index(
@@ -300,7 +300,7 @@ def test_a_really_full_tmpfs(
         assert code == 2 and "not enough disk" in message and "free" in message
         # Where the estimate is wrong (here: made to say there is room), the write that
         # fills the disk is still one line, and the old index still serves.
-        monkeypatch.setattr("retriever.pacing.free_bytes", lambda folder: 10**12)
+        monkeypatch.setattr("retriever.store.pacing.free_bytes", lambda folder: 10**12)
         code, message = _cli(capsys, *argv)
         assert code == 2 and f"no space left on the device while writing {disk}" in message
         assert _loads_and_searches(out) == 16
@@ -329,7 +329,8 @@ def test_overwrite_on_a_disk_already_full_is_one_line_not_sigbus(
         # still be one line.
         for room, said in ((None, "not enough disk"), (10**12, "no space left")):
             program = (
-                f"import retriever.pacing as p; p.free_bytes = lambda f: {room} or p.free_bytes(f)"
+                "import retriever.store.pacing as p\n"
+                f"p.free_bytes = lambda f: {room} or p.free_bytes(f)"
                 if room
                 else "pass"
             ) + "\nimport sys\nfrom retriever.cli import main\nsys.exit(main(sys.argv[1:]))"
@@ -400,7 +401,7 @@ def test_corrupt_parts_are_one_line(
 
 
 def test_a_faiss_file_of_another_dimension(index_copy: Path, capsys: pytest.CaptureFixture) -> None:
-    from retriever.index import build_faiss_index, save_faiss_index
+    from retriever.parts.dense.faiss_index import build_faiss_index, save_faiss_index
 
     save_faiss_index(build_faiss_index(np.eye(6, 8, dtype=np.float32), "Flat"), index_copy)
     code, line = _cli(capsys, "search", str(index_copy), "fox")
@@ -444,7 +445,7 @@ def test_a_manifest_naming_another_model_loads_nothing(
     def never(*args, **kwargs):
         raise AssertionError("weights were loaded before the hash was checked")
 
-    monkeypatch.setattr("retriever.encoder.load_model", never)
+    monkeypatch.setattr("retriever.encode.encoder.load_model", never)
     with pytest.raises(RetrieverError, match="was built with weights sha256 .* would not be"):
         Searcher.load(index_copy)
 
@@ -515,7 +516,7 @@ def test_range_checks_run_before_the_model_loads(
     def never(*args, **kwargs):
         raise AssertionError("the model was loaded before a cheap check")
 
-    monkeypatch.setattr("retriever.encoder.load_model", never)
+    monkeypatch.setattr("retriever.encode.encoder.load_model", never)
     code, line = _cli(
         capsys,
         "index",
@@ -532,7 +533,7 @@ def test_range_checks_run_before_the_model_loads(
 def test_k_is_checked_before_the_model_loads(
     index_copy: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 ) -> None:
-    monkeypatch.setattr("retriever.encoder.load_model", lambda *a, **k: 1 / 0)
+    monkeypatch.setattr("retriever.encode.encoder.load_model", lambda *a, **k: 1 / 0)
     code, line = _cli(capsys, "search", str(index_copy), "fox", "-k", "0")
     assert code == 2 and "-k must be at least 1" in line
 
@@ -781,7 +782,7 @@ def _fail(*args, **kwargs):
 def test_an_unparseable_index_type_is_refused_before_the_scan(
     toy_corpus: Path, tmp_path: Path, no_model: None, monkeypatch, capsys
 ) -> None:
-    monkeypatch.setattr("retriever.indexing.scan_corpus", _fail)
+    monkeypatch.setattr("retriever.index.build.scan_corpus", _fail)
     argv = ["index", str(toy_corpus), "--out", str(tmp_path / "idx"), "--index-type", "Bogus12"]
     code, message = _build_cli(capsys, *argv)
     assert code == 2 and message.startswith("retriever: error: invalid --index-type 'Bogus12': ")
@@ -1407,7 +1408,7 @@ def test_search_params_below_1_are_refused_before_the_model_loads(
     odd_index: Path, given: dict, message: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     with monkeypatch.context() as patch:
-        patch.setattr("retriever.encoder.load_model", lambda *a, **k: 1 / 0)
+        patch.setattr("retriever.encode.encoder.load_model", lambda *a, **k: 1 / 0)
         with pytest.raises(RetrieverError, match=message):
             Searcher.load(odd_index, **given)
     searcher = Searcher.load(odd_index)
@@ -1422,7 +1423,7 @@ def test_search_params_below_1_are_refused_before_the_model_loads(
 def test_a_zero_search_param_is_one_line_in_the_cli(
     odd_index: Path, flag: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 ) -> None:
-    monkeypatch.setattr("retriever.encoder.load_model", lambda *a, **k: 1 / 0)
+    monkeypatch.setattr("retriever.encode.encoder.load_model", lambda *a, **k: 1 / 0)
     code, out, err = _search_cli(capsys, "search", str(odd_index), "fox", flag, "0")
     assert code == 2 and out == ""
     assert err == f"retriever: error: {flag} must be at least 1, got 0"

@@ -8,8 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from retriever.backends import backend_bytes
-from retriever.bench.frontier import (
+from retriever.core.config import EncoderConfig
+from retriever.data.datasets import scan_corpus
+from retriever.encode.embedfilter import UnembeddingSpectrum
+from retriever.encode.encoder import Encoder
+from retriever.evaluation.bench.frontier import (
     Cell,
     FrontierInputs,
     FrontierSettings,
@@ -20,19 +23,16 @@ from retriever.bench.frontier import (
     pareto_front,
     projection,
 )
-from retriever.bench.frontier_scale import (
+from retriever.evaluation.bench.frontier_scale import (
     ScaleRow,
     calibrate_spread,
     scale_rows,
     synthetic_embeddings,
 )
-from retriever.config import EncoderConfig
-from retriever.datasets import scan_corpus
-from retriever.embedfilter import UnembeddingSpectrum
-from retriever.encoder import Encoder
-from retriever.encoding import encode_corpus
-from retriever.evaluation import encode_timed, evaluate_run
-from retriever.searcher import Searcher
+from retriever.evaluation.metrics import encode_timed, evaluate_run
+from retriever.parts.dense.backends import backend_bytes
+from retriever.search.searcher import Searcher
+from retriever.store.encoding import encode_corpus
 from tests.conftest import synthetic_docs, write_jsonl
 
 DOCS = synthetic_docs(300, seed=21)  # PQ trains 256 centroids per sub-quantizer

@@ -3,9 +3,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from retriever import fusion as fusion_module
-from retriever.errors import RetrieverError
-from retriever.fusion import (
+from retriever.core.errors import RetrieverError
+from retriever.search import fusion as fusion_module
+from retriever.search.fusion import (
     fuse,
     min_max,
     rank_candidates,

@@ -12,7 +12,7 @@ import pytest
 
 from retriever import RetrieverError
 from retriever.cli import main
-from retriever.models import resolve_model
+from retriever.encode.models import resolve_model
 
 
 def _write_gguf(path: Path, architecture: str) -> Path:

@@ -9,13 +9,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from retriever import RetrieverError, Searcher, build_index, faiss_gpu, faiss_install
-from retriever.backends import FaissBackend
+from retriever import RetrieverError, Searcher, build_index
 from retriever.cli import main
-from retriever.faiss_gpu import GPU_MAX_K, GpuOptions, Placed, place
-from retriever.faiss_install import faiss
-from retriever.index import build_faiss_index
-from retriever.scaling import GPU_PQ_BYTES, GPU_PQ_SUB_DIMS, ivfpq_type
+from retriever.evaluation.scaling import GPU_PQ_BYTES, GPU_PQ_SUB_DIMS, ivfpq_type
+from retriever.parts.dense import faiss_install
+from retriever.parts.dense import gpu as faiss_gpu
+from retriever.parts.dense.backends import FaissBackend
+from retriever.parts.dense.faiss_index import build_faiss_index
+from retriever.parts.dense.faiss_install import faiss
+from retriever.parts.dense.gpu import GPU_MAX_K, GpuOptions, Placed, place
 
 
 def _unit(n: int, dim: int, seed: int = 0) -> np.ndarray:
@@ -69,7 +71,7 @@ def test_k_and_nprobe_beyond_the_gpu_limit_are_refused_before_faiss(
     def never(*args: object) -> None:
         raise AssertionError("FAISS was called")
 
-    monkeypatch.setattr("retriever.backends.search_faiss_index", never)
+    monkeypatch.setattr("retriever.parts.dense.backends.search_faiss_index", never)
     with pytest.raises(RetrieverError, match=f"at most {GPU_MAX_K} hits per query"):
         backend.search(_unit(1, 8), GPU_MAX_K + 1)
     backend.set_search_params({"nprobe": GPU_MAX_K + 1})
@@ -87,7 +89,7 @@ def test_a_fallback_names_its_real_cause_every_time(
     monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     _FakeGpus(monkeypatch, 1, fail="shared memory 73728 exceeds the device limit 49152")
-    caplog.set_level(logging.INFO, logger="retriever.faiss_gpu")
+    caplog.set_level(logging.INFO, logger="retriever.parts.dense.gpu")
     index = build_faiss_index(_unit(300, 16), "Flat", use_gpu=False)
     first = place(index, None, "search")
     second = place(index, None, "search")
@@ -150,8 +152,9 @@ def test_asking_for_a_gpu_without_one_is_one_line(
 def test_the_scaling_benchmark_times_the_index_it_searches(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
-    from retriever import backends, scaling
-    from retriever.backends import BackendSpec, build_in_memory
+    from retriever.evaluation import scaling as scaling
+    from retriever.parts.dense import backends as backends
+    from retriever.parts.dense.backends import BackendSpec, build_in_memory
 
     searched: list[int] = []
 
@@ -179,8 +182,8 @@ def test_the_scaling_benchmark_times_the_index_it_searches(
 def test_the_bench_records_where_its_dense_searches_ran(
     monkeypatch: pytest.MonkeyPatch, tiny_model: Path, tmp_path: Path
 ) -> None:
-    from retriever import backends
-    from retriever.evaluation import evaluate_index
+    from retriever.evaluation.metrics import evaluate_index
+    from retriever.parts.dense import backends as backends
     from tests.conftest import synthetic_docs, write_jsonl
 
     corpus = write_jsonl(tmp_path / "docs.jsonl", synthetic_docs(30))

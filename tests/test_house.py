@@ -7,10 +7,15 @@ functions too: a lazy import that closes a circle is still a circle.
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
-PACKAGE = Path(__file__).resolve().parents[1] / "retriever"
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = ROOT / "retriever"
 LONGEST_FUNCTION = 80
+# The modules of the package itself: the lazy table of public names, and the old path of
+# the export module; they belong to no stage.
+TOP_LEVEL = {"retriever", "retriever.st_module"}
 
 
 def _modules() -> dict[str, Path]:
@@ -83,6 +88,71 @@ def _circles(graph: dict[str, set[str]]) -> list[list[str]]:
         if node not in index:
             visit(node)
     return circles
+
+
+def _documented_house() -> dict[str, tuple[set[str], set[str] | None]]:
+    """``{package: (its modules, the packages it may import, None for all)}`` from the table
+    in docs/development.md."""
+    text = (ROOT / "docs" / "development.md").read_text(encoding="utf-8")
+    house = {}
+    for line in text.splitlines():
+        cells = [cell.strip() for cell in line.strip().strip("|").split("|")]
+        if len(cells) != 4 or not re.fullmatch(r"`\w+`", cells[0]):
+            continue
+        package = cells[0].strip("`")
+        modules = {f"retriever.{package}.{name}" for name in re.findall(r"`([\w.]+)`", cells[2])}
+        allowed = None if cells[3] == "every package" else set(re.findall(r"`(\w+)`", cells[3]))
+        house[package] = ({f"retriever.{package}", *modules}, allowed)
+    return house
+
+
+def _stage(module: str) -> str:
+    return module.split(".")[1]
+
+
+def test_every_module_is_in_the_house_plan() -> None:
+    documented = {m for modules, _ in _documented_house().values() for m in modules}
+    assert set(_modules()) - TOP_LEVEL == documented
+
+
+def _against_the_order(
+    graph: dict[str, set[str]], house: dict[str, tuple[set[str], set[str] | None]]
+) -> list[str]:
+    """Each import of a module from a package its own package may not import."""
+    wrong = []
+    for module, targets in graph.items():
+        if module in TOP_LEVEL:
+            continue
+        allowed = house[_stage(module)][1]
+        for target in targets - TOP_LEVEL:
+            stage = _stage(target)
+            if stage != _stage(module) and allowed is not None and stage not in allowed:
+                wrong.append(f"{module} imports {target}")
+    return wrong
+
+
+def test_every_import_follows_the_documented_order() -> None:
+    assert _against_the_order(_import_graph(), _documented_house()) == []
+
+
+def test_the_order_check_sees_an_import_upstream() -> None:
+    house = {"core": (set(), set()), "store": (set(), {"core"}), "index": (set(), {"store"})}
+    graph = {
+        "retriever.store.embeddings": {"retriever.index.manifest", "retriever.core.errors"},
+        "retriever.index.build": {"retriever.store.embeddings"},
+    }
+    assert _against_the_order(graph, house) == [
+        "retriever.store.embeddings imports retriever.index.manifest"
+    ]
+
+
+def test_the_documented_order_runs_one_way() -> None:
+    """Each package may import only packages listed before it in the table."""
+    house = _documented_house()
+    order = list(house)
+    for package, (_, allowed) in house.items():
+        if allowed is not None:
+            assert all(order.index(other) < order.index(package) for other in allowed), package
 
 
 def test_the_package_has_no_import_circles() -> None:

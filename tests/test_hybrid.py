@@ -11,9 +11,9 @@ from threadpoolctl import threadpool_info
 
 from retriever import RetrieverError, Searcher, build_index
 from retriever.cli import main
-from retriever.config import DISPLAY_SPACE
-from retriever.fusion import fuse
-from retriever.sparse import SparseSpec
+from retriever.core.config import DISPLAY_SPACE
+from retriever.parts.sparse import SparseSpec
+from retriever.search.fusion import fuse
 from tests.conftest import TOY_DOCS, write_jsonl
 
 ALL_METHODS = ("dense", "sparse", "bm25", "dense+sparse", "dense+bm25")

@@ -10,9 +10,9 @@ import pytest
 
 from retriever import EncoderConfig, FilterSpec, RetrieverError, Searcher, build_index
 from retriever.cli import main
-from retriever.config import SparseSpec
-from retriever.docstore import content_digest
-from retriever.indexing import Indexer, delete_documents
+from retriever.core.config import SparseSpec
+from retriever.index.build import Indexer, delete_documents
+from retriever.parts.docstore import content_digest
 from tests.conftest import synthetic_docs, write_jsonl
 
 FIRST = synthetic_docs(30, seed=1, prefix="a")
@@ -200,7 +200,7 @@ def test_nprobe_and_ef_search_are_stored_and_overridable(tiny_model: Path, tmp_p
 
 
 def _params(ef: int):
-    from retriever.indexing import SearchParams
+    from retriever.index.build import SearchParams
 
     return SearchParams(ef_search=ef)
 

@@ -5,18 +5,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from retriever.errors import RetrieverError
-from retriever.faiss_install import (
-    FAISS_DIMENSION_AWARE_DEFAULT,
-    blas_threshold,
-    faiss,
-)
-from retriever.index import (
+from retriever.core.errors import RetrieverError
+from retriever.parts.dense.faiss_index import (
     build_faiss_index,
     load_faiss_index,
     save_faiss_index,
     search_faiss_index,
     set_search_parameters,
+)
+from retriever.parts.dense.faiss_install import (
+    FAISS_DIMENSION_AWARE_DEFAULT,
+    blas_threshold,
+    faiss,
 )
 
 
@@ -57,7 +57,7 @@ def test_bad_factory_string_and_untrainable_index() -> None:
 
 
 def test_asking_for_a_gpu_without_one_is_an_error() -> None:
-    from retriever.faiss_gpu import gpu_count
+    from retriever.parts.dense.gpu import gpu_count
 
     if gpu_count():
         pytest.skip("a GPU is present")  # the refusal can only be seen without one
@@ -95,7 +95,7 @@ def test_blas_and_the_simd_scan_return_the_same_hits() -> None:
 def test_search_parameters_reach_an_index_still_being_built(tmp_path) -> None:
     import numpy as np
 
-    from retriever.backends import BackendSpec, build_in_memory
+    from retriever.parts.dense.backends import BackendSpec, build_in_memory
 
     vectors = np.random.default_rng(0).standard_normal((500, 8)).astype(np.float32)
     backend = build_in_memory(BackendSpec(kind="faiss", index_type="IVF16,Flat"), vectors, tmp_path)

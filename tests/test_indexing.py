@@ -15,10 +15,10 @@ from retriever import (
     Searcher,
     build_index,
 )
-from retriever import docstore as docstore_module
 from retriever.cli import main
-from retriever.datasets import scan_corpus
-from retriever.encoding import encode_corpus
+from retriever.data.datasets import scan_corpus
+from retriever.parts import docstore as docstore_module
+from retriever.store.encoding import encode_corpus
 from tests.conftest import TOY_DOCS, synthetic_docs, write_jsonl
 from tests.test_cli_options import COMMANDS
 
@@ -320,7 +320,8 @@ def test_cli_manifest_mismatch_and_empty_query(
 
 
 def test_default_model_names_agree() -> None:
-    from retriever import cli, models
+    from retriever import cli
+    from retriever.encode import models as models
 
     assert cli.DEFAULT_MODEL == models.DEFAULT_MODEL
 
@@ -393,7 +394,7 @@ def test_a_ready_projection_and_a_loaded_encoder_build_from_a_store(
 ) -> None:
     import faiss
 
-    from retriever.store import EmbeddingStore
+    from retriever.store.embeddings import EmbeddingStore
 
     encoder, store = mean_store
     matrix = np.random.default_rng(0).standard_normal((12, encoder.hidden_size))

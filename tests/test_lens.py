@@ -8,8 +8,8 @@ import pytest
 
 from retriever import EmbedFilter, FilterSpec
 from retriever.cli import main
-from retriever.errors import RetrieverError
-from retriever.lens import (
+from retriever.core.errors import RetrieverError
+from retriever.encode.lens import (
     TokenLens,
     alignment_metrics,
     english_stopwords,
@@ -17,7 +17,7 @@ from retriever.lens import (
     is_junk,
     word_key,
 )
-from retriever.models import load_model, resolve_model
+from retriever.encode.models import load_model, resolve_model
 
 
 class WordTokenizer:

@@ -101,7 +101,7 @@ def test_index_types_milvus_lite_lacks_are_refused(
 
 
 def test_index_types_map_to_milvus_server_indexes() -> None:
-    from retriever.milvus import milvus_index
+    from retriever.parts.dense.milvus import milvus_index
 
     assert milvus_index("HNSW32", lite=False) == ("HNSW", {"M": 32, "efConstruction": 200})
     assert milvus_index("IVF1024,PQ36", lite=False) == (
@@ -241,7 +241,7 @@ def test_a_server_collection_answers_like_faiss_and_changes_by_generation(
 def test_a_failed_build_leaves_no_collection_on_the_server(
     tiny_model: Path, milvus_server: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from retriever import indexing
+    from retriever.index import build as indexing
 
     def fail(*args: object, **kwargs: object) -> None:
         raise RetrieverError("injected failure after the collection was filled")
@@ -282,7 +282,7 @@ def _one_line_refusal(call: Callable[[], object], match: str) -> None:
 
 
 def test_storages_map_to_milvus_indexes() -> None:
-    from retriever.milvus import milvus_index
+    from retriever.parts.dense.milvus import milvus_index
 
     assert milvus_index("Flat", lite=True, storage="float32") == ("FLAT", {})
     assert milvus_index("IVF64", lite=True) == ("IVF_FLAT", {"nlist": 64})
@@ -312,7 +312,7 @@ def test_storages_map_to_milvus_indexes() -> None:
 def test_storages_milvus_cannot_hold_are_refused_in_one_line(
     index_type: str, lite: bool, storage: str, match: str
 ) -> None:
-    from retriever.backends import BackendSpec
+    from retriever.parts.dense.backends import BackendSpec
 
     uri = None if lite else "http://127.0.0.1:1"  # refused before any connection
     _one_line_refusal(
@@ -324,7 +324,7 @@ def test_storages_milvus_cannot_hold_are_refused_in_one_line(
 def test_int8_storage_in_milvus_lite_searches_like_brute_force(
     index_type: str, nlist: int, tmp_path: Path
 ) -> None:
-    from retriever.milvus import MilvusBackend
+    from retriever.parts.dense.milvus import MilvusBackend
 
     dim, keys = 32, np.arange(1000, 1600)
     documents, queries = _vectors(len(keys), dim, seed=1), _vectors(20, dim, seed=2)
@@ -404,7 +404,7 @@ class _HammingServer:
 def test_binary_storage_on_a_server_searches_like_hamming_brute_force(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from retriever import milvus
+    from retriever.parts.dense import milvus as milvus
 
     server = _HammingServer()
     monkeypatch.setattr(milvus, "_milvus_client", lambda uri: server)
@@ -441,8 +441,8 @@ def test_binary_storage_on_a_server_searches_like_hamming_brute_force(
 
 
 def test_int8_hnsw_on_a_server_is_hnsw_sq(milvus_server: str, tmp_path: Path) -> None:
-    from retriever.generations import EXTERNAL_FILE
-    from retriever.milvus import MilvusBackend, drop_external
+    from retriever.core.generations import EXTERNAL_FILE
+    from retriever.parts.dense.milvus import MilvusBackend, drop_external
 
     dim, keys = 16, np.arange(400)
     documents, queries = _vectors(len(keys), dim, seed=5), _vectors(10, dim, seed=6)

@@ -10,9 +10,9 @@ import pytest
 
 from retriever import EncoderConfig, RetrieverError, Searcher, build_index
 from retriever.cli import main
-from retriever.datasets import scan_corpus
-from retriever.encoder import Encoder
-from retriever.encoding import encode_corpus
+from retriever.data.datasets import scan_corpus
+from retriever.encode.encoder import Encoder
+from retriever.store.encoding import encode_corpus
 from tests.conftest import TOY_DOCS, synthetic_docs, write_jsonl
 
 

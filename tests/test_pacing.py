@@ -12,11 +12,11 @@ import pytest
 
 from retriever import EncoderConfig, RetrieverError, build_index
 from retriever.cli import main
-from retriever.datasets import scan_corpus
-from retriever.encoder import Encoder
-from retriever.encoding import encode_corpus
-from retriever.pacing import CHUNK_BOUNDS, chunk_size_for, duration_text
-from retriever.store import EmbeddingStore
+from retriever.data.datasets import scan_corpus
+from retriever.encode.encoder import Encoder
+from retriever.store.embeddings import EmbeddingStore
+from retriever.store.encoding import encode_corpus
+from retriever.store.pacing import CHUNK_BOUNDS, chunk_size_for, duration_text
 from tests.conftest import synthetic_docs, write_jsonl
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -137,7 +137,7 @@ def test_a_disk_too_small_is_refused_before_encoding(
     capsys: pytest.CaptureFixture,
 ) -> None:
     calls = _at_rate(monkeypatch, FakeClock(), rate=10.0)
-    monkeypatch.setattr("retriever.pacing.free_bytes", lambda folder: 50_000)
+    monkeypatch.setattr("retriever.store.pacing.free_bytes", lambda folder: 50_000)
     with pytest.raises(RetrieverError, match=r"not enough disk: this build needs about .* free"):
         build_index(
             corpus,
@@ -155,5 +155,5 @@ def test_a_disk_too_small_is_refused_before_encoding(
     assert code == 2 and "store" in err and "index" in err and "48.8 KiB free" in err
     assert len(err.strip().splitlines()) == 1 and calls == []
     # With room for it the same build runs.
-    monkeypatch.setattr("retriever.pacing.free_bytes", lambda folder: 10**12)
+    monkeypatch.setattr("retriever.store.pacing.free_bytes", lambda folder: 10**12)
     assert main([*argv, "--dtype", "float32", "--store", str(tmp_path / "store")]) == 0

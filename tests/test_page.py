@@ -21,7 +21,7 @@ import pytest
 pytest.importorskip("fastapi")
 pytest.importorskip("uvicorn")
 
-from retriever.server import create_app  # noqa: E402
+from retriever.serve.app import create_app  # noqa: E402
 from tests.conftest import TOY_DOCS, require, synthetic_docs  # noqa: E402
 from tests.test_server import Running, _build, call  # noqa: E402
 

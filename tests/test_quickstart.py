@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from retriever import Searcher
-from retriever.datasets import load_corpus, load_qrels, load_queries
+from retriever.data.datasets import load_corpus, load_qrels, load_queries
 from tests.conftest import QUICKSTART, ROOT, USER_CACHE
 
 HIT = re.compile(r"^\s+(\d+)\. (-?\d+\.\d+)\s+(\S+)", re.MULTILINE)

@@ -35,8 +35,8 @@ def test_quiet_before_or_after_the_command_hides_every_bar(
 
 def test_the_encoding_bar_moves_per_batch_not_per_chunk(tiny_model: Path, tmp_path: Path) -> None:
     from retriever import Encoder
-    from retriever.datasets import scan_corpus
-    from retriever.encoding import encode_corpus
+    from retriever.data.datasets import scan_corpus
+    from retriever.store.encoding import encode_corpus
 
     encoder = Encoder.load(str(tiny_model), batch_size=4)
     seen: list[int] = []

@@ -9,10 +9,10 @@ import numpy as np
 import pytest
 
 from retriever import EncoderConfig
-from retriever.datasets import scan_corpus
-from retriever.distributed import KILL_AFTER_SHARD_ENV, RayOptions
-from retriever.encoder import Encoder
-from retriever.encoding import encode_corpus
+from retriever.data.datasets import scan_corpus
+from retriever.encode.encoder import Encoder
+from retriever.store.encoding import encode_corpus
+from retriever.store.on_ray import KILL_AFTER_SHARD_ENV, RayOptions
 from tests.conftest import synthetic_docs, write_jsonl
 
 ray = pytest.importorskip("ray", reason="Ray is an optional extra: pip install 'retriever[ray]'")
@@ -20,7 +20,7 @@ ray = pytest.importorskip("ray", reason="Ray is an optional extra: pip install '
 
 @pytest.fixture(scope="module")
 def fault_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Where a test arms the workers' kill-after-shard hook (see retriever.distributed)."""
+    """Where a test arms the workers' kill-after-shard hook (see retriever.store.on_ray)."""
     return tmp_path_factory.mktemp("ray-faults")
 
 

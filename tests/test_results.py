@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from retriever import RetrieverError, Searcher, build_index
-from retriever.results import Ranking, Results
+from retriever.search.results import Ranking, Results
 from tests.conftest import TOY_DOCS, write_jsonl
 
 

@@ -15,10 +15,10 @@ from pathlib import Path
 import pytest
 
 from retriever import Searcher, build_index
-from retriever.config import DISPLAY_SPACE
-from retriever.datasets import load_qrels, load_queries
-from retriever.lens import alignment_metrics, english_stopwords, is_display_word
-from retriever.sparse import SparseSpec
+from retriever.core.config import DISPLAY_SPACE
+from retriever.data.datasets import load_qrels, load_queries
+from retriever.encode.lens import alignment_metrics, english_stopwords, is_display_word
+from retriever.parts.sparse import SparseSpec
 from tests.conftest import SCIFACT, USER_CACHE, require_scifact
 
 pytestmark = pytest.mark.slow
@@ -151,7 +151,7 @@ def test_milvus_flat_and_faiss_flat_agree_on_scifact_vectors(
     """The same filtered vectors (from the slice's embedding store, not encoded again) in
     Milvus Lite FLAT and FAISS Flat: the same top 10 for every test query."""
     pytest.importorskip("pymilvus")
-    from retriever.evaluation import evaluate_run, judged_queries
+    from retriever.evaluation.metrics import evaluate_run, judged_queries
 
     milvus_index = build_index(SCIFACT, tmp_path / "milvus", limit=SLICE, backend="milvus")
     qrels = load_qrels(SCIFACT)

@@ -11,10 +11,10 @@ import pytest
 import Stemmer
 
 from retriever import Searcher, build_index
-from retriever import docstore as docstore_module
-from retriever.backends import DenseBackend
-from retriever.lexical import STEMMER_LANGUAGE, Analyzer
-from retriever.sparse import SparseSpec
+from retriever.parts import docstore as docstore_module
+from retriever.parts.bm25 import STEMMER_LANGUAGE, Analyzer
+from retriever.parts.dense.backends import DenseBackend
+from retriever.parts.sparse import SparseSpec
 from tests.conftest import TOY_DOCS, TRAINING_TEXTS, synthetic_docs, write_jsonl
 
 QUERIES = ["bone disease", "The quick brown fox", "protein folding in cells"]

@@ -25,13 +25,13 @@ pytest.importorskip("fastapi")
 uvicorn = pytest.importorskip("uvicorn")
 
 from retriever import Searcher, build_index  # noqa: E402
-from retriever.api_models import Limits  # noqa: E402
-from retriever.changes import delete_documents  # noqa: E402
 from retriever.cli import main  # noqa: E402
 from retriever.cli import serve as serve_command  # noqa: E402
-from retriever.errors import RetrieverError  # noqa: E402
-from retriever.generations import current_generation  # noqa: E402
-from retriever.server import create_app  # noqa: E402
+from retriever.core.errors import RetrieverError  # noqa: E402
+from retriever.core.generations import current_generation  # noqa: E402
+from retriever.index.changes import delete_documents  # noqa: E402
+from retriever.serve.app import create_app  # noqa: E402
+from retriever.serve.schemas import Limits  # noqa: E402
 from tests.conftest import TOY_DOCS, synthetic_docs, write_jsonl  # noqa: E402
 
 LIMITS = Limits(max_k=50, max_query_chars=200, max_batch=4, max_body_bytes=64 << 10)

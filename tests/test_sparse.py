@@ -4,10 +4,10 @@ import numpy as np
 import pytest
 
 from retriever import EmbedFilter, FilterSpec
-from retriever.errors import RetrieverError
-from retriever.lens import TokenLens
-from retriever.lexical import BM25Index
-from retriever.sparse import KeyTokenIndex, SparseSpec
+from retriever.core.errors import RetrieverError
+from retriever.encode.lens import TokenLens
+from retriever.parts.bm25 import BM25Index
+from retriever.parts.sparse import KeyTokenIndex, SparseSpec
 
 
 class NumberTokenizer:

@@ -11,8 +11,8 @@ import pytest
 
 from retriever import EncoderConfig, Searcher, build_index
 from retriever.cli import export as export_cli
-from retriever.errors import RetrieverError
-from retriever.st_export import EXPORT_CONFIG, MODULE_CLASS, export_index
+from retriever.core.errors import RetrieverError
+from retriever.export.st_folder import EXPORT_CONFIG, MODULE_CLASS, export_index
 from tests.conftest import TOY_DOCS, write_jsonl
 
 pytest.importorskip("sentence_transformers")

@@ -11,9 +11,9 @@ import pytest
 
 from retriever import EncoderConfig, FilterSpec, RetrieverError, Searcher, build_index
 from retriever.cli import main
-from retriever.faiss_install import faiss
-from retriever.indexing import Indexer, SearchParams, delete_documents
-from retriever.store import EmbeddingStore
+from retriever.index.build import Indexer, SearchParams, delete_documents
+from retriever.parts.dense.faiss_install import faiss
+from retriever.store.embeddings import EmbeddingStore
 from tests.conftest import synthetic_docs, write_jsonl
 
 FIRST = synthetic_docs(60, seed=11, prefix="a")
@@ -117,7 +117,7 @@ def test_storage_and_index_answer_as_brute_force_through_add_and_delete(
     manifest = json.loads((index / "manifest.json").read_text())
     assert manifest["index"]["backend"]["storage"] == storage
 
-    from retriever.encoder import Encoder
+    from retriever.encode.encoder import Encoder
 
     encoder = Encoder.load(str(tiny_model), EncoderConfig(max_length=64), dtype="float32")
     store = tmp_path / "more-store"
@@ -160,7 +160,7 @@ def test_int8_rescore_scores_by_the_int8_vectors_through_add_and_delete(
     tiny_model: Path, tmp_path: Path
 ) -> None:
     index, vectors = _build(tiny_model, tmp_path / "index", "binary", "Flat", rescore=8)
-    from retriever.encoder import Encoder
+    from retriever.encode.encoder import Encoder
 
     encoder = Encoder.load(str(tiny_model), EncoderConfig(max_length=64), dtype="float32")
     Indexer(encoder).add(index, write_jsonl(tmp_path / "more.jsonl", SECOND))
@@ -280,7 +280,7 @@ def test_an_index_type_with_its_own_codes_grows_and_shrinks(tiny_model: Path, tm
     )
     manifest = json.loads((index / "manifest.json").read_text())
     assert manifest["index"]["backend"]["storage"] == "int8"  # what the file holds
-    from retriever.encoder import Encoder
+    from retriever.encode.encoder import Encoder
 
     encoder = Encoder.load(str(tiny_model), EncoderConfig(max_length=64), dtype="float32")
     Indexer(encoder).add(index, write_jsonl(tmp_path / "more.jsonl", SECOND))
@@ -292,7 +292,7 @@ def test_an_index_type_with_its_own_codes_grows_and_shrinks(tiny_model: Path, tm
 
 
 def test_eval_counts_the_rescore_vectors_in_the_dense_bytes(tiny_model: Path, tmp_path: Path):
-    from retriever.evaluation import index_sizes
+    from retriever.evaluation.metrics import index_sizes
 
     index, _ = _build(tiny_model, tmp_path / "index", "binary", "Flat", rescore=4)
     manifest = json.loads((index / "manifest.json").read_text())

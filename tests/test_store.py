@@ -11,10 +11,10 @@ import pytest
 
 from retriever import EncoderConfig, FilterSpec, RetrieverError, Searcher, build_index
 from retriever.cli import main
-from retriever.datasets import scan_corpus
-from retriever.encoder import Encoder
-from retriever.encoding import encode_corpus
-from retriever.store import EmbeddingStore
+from retriever.data.datasets import scan_corpus
+from retriever.encode.encoder import Encoder
+from retriever.store.embeddings import EmbeddingStore
+from retriever.store.encoding import encode_corpus
 from tests.conftest import synthetic_docs, write_jsonl
 
 CHUNK = 8
@@ -277,7 +277,7 @@ def test_a_store_tolerates_another_slice_creating_it(
 
 
 def test_chunk_starts_skip_lines_that_are_only_unicode_whitespace(tmp_path: Path) -> None:
-    from retriever.datasets import chunk_starts, read_chunk
+    from retriever.data.datasets import chunk_starts, read_chunk
 
     path = tmp_path / "docs.jsonl"
     path.write_bytes(
@@ -355,7 +355,7 @@ def test_a_store_of_both_poolings_or_of_version_1_serves_a_request_for_one(
     )
     key = {k: v for k, v in legacy.key.items() if k != "precision"}
     key.update(version=1, chunk_size=4096)
-    from retriever.store import key_digest
+    from retriever.store.embeddings import key_digest
 
     old = legacy.folder.parent / key_digest(key)[:24]
     legacy.folder.rename(old)

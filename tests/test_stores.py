@@ -13,8 +13,9 @@ import pytest
 
 from retriever import EncoderConfig, Searcher, build_index
 from retriever.cli import main
-from retriever.manifest import folder_bytes
-from retriever.store import INDEXES_FILE, list_stores, record_index
+from retriever.core.sizes import folder_bytes
+from retriever.index.stores import list_stores
+from retriever.store.embeddings import INDEXES_FILE, record_index
 from tests.conftest import synthetic_docs, write_jsonl
 
 CHUNK = 8
@@ -183,7 +184,7 @@ def test_a_failure_to_note_the_index_does_not_fail_the_build(
     def refuse(folder: Path, index: Path) -> None:
         raise PermissionError(13, "Permission denied", str(folder / INDEXES_FILE))
 
-    monkeypatch.setattr("retriever.indexing.record_index", refuse)
+    monkeypatch.setattr("retriever.index.build.record_index", refuse)
     index = _build(tiny_model, corpus, tmp_path / "index", tmp_path / "stores" / "s1")
     assert (index / "manifest.json").exists()
     assert "could not note the index" in caplog.text

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from retriever import RetrieverError
-from retriever.tuning import (
+from retriever.evaluation.tuning import (
     FusionSetting,
     choose_setting,
     cross_validate_fusion,

@@ -32,7 +32,7 @@ from retriever.cli import (
 from retriever.cli import eval as evaluate  # the module; `eval` is a builtin
 from retriever.cli.formatting import HelpFormatter
 from retriever.cli.options import DEFAULT_MODEL
-from retriever.errors import RetrieverError
+from retriever.core.errors import RetrieverError
 
 __all__ = ["DEFAULT_MODEL", "main"]
 

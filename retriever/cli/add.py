@@ -7,7 +7,7 @@ from pathlib import Path
 
 from retriever.cli.formatting import add_command
 from retriever.cli.options import add_model_options, add_store_options
-from retriever.errors import RetrieverError
+from retriever.core.errors import RetrieverError
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
@@ -35,10 +35,10 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from retriever.datasets import corpus_file
-    from retriever.generations import current_generation
-    from retriever.indexing import Indexer
-    from retriever.manifest import load_encoder_for, read_manifest
+    from retriever.core.generations import current_generation
+    from retriever.data.datasets import corpus_file
+    from retriever.index.build import Indexer
+    from retriever.index.manifest import load_encoder_for, read_manifest
 
     # Cheap checks before the model loads; the corpus's lines (ids included) are checked
     # when it is scanned, before anything is encoded.

@@ -7,7 +7,6 @@ import itertools
 from pathlib import Path
 from typing import Any
 
-from retriever.catalog import dataset_label
 from retriever.cli.formatting import OldFormAction, add_command
 from retriever.cli.lists import INDEX_TYPES_RULE, comma_list, split_index_types
 from retriever.cli.options import (
@@ -20,8 +19,9 @@ from retriever.cli.options import (
     add_split_option,
     gpu_options,
 )
-from retriever.config import EncoderConfig, SparseSpec
-from retriever.errors import RetrieverError
+from retriever.core.config import EncoderConfig, SparseSpec
+from retriever.core.errors import RetrieverError
+from retriever.data.catalog import dataset_label
 
 _DEFAULT_SIZES = "10000,100000,1000000"
 
@@ -227,7 +227,7 @@ def _run_table(
     prompts: list[str],
     poolings: list[str],
 ) -> int:
-    from retriever.bench import BenchSettings, run_bench
+    from retriever.evaluation.bench import BenchSettings, run_bench
 
     settings = BenchSettings(
         taus=taus,
@@ -276,7 +276,7 @@ def _run_scaling(
     if len(prompts) > 1 or len(poolings) > 1:
         raise RetrieverError("--scaling measures one setting: give one --prompt and --pooling")
     sizes = _numbers(args.sizes, int, "--sizes must be integers")
-    from retriever.bench import run_scaling_bench
+    from retriever.evaluation.bench import run_scaling_bench
 
     run_scaling_bench(
         args.dataset,

@@ -58,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _list(*, as_json: bool) -> int:
-    from retriever.catalog import BEIR_DATASETS, describe
+    from retriever.data.catalog import BEIR_DATASETS, describe
 
     rows = [describe(entry) for entry in BEIR_DATASETS.values()]
     if as_json:
@@ -72,7 +72,7 @@ def _list(*, as_json: bool) -> int:
 
 
 def _columns(row: dict[str, Any]) -> list[str]:
-    from retriever.pacing import size_text
+    from retriever.core.sizes import size_text
 
     size = f"{size_text(row['zip_bytes'])} zip" if row["zip_bytes"] else "size unknown"
     documents = f"{row['documents']:,} documents" if row["documents"] else ""
@@ -88,7 +88,7 @@ def _columns(row: dict[str, Any]) -> list[str]:
 
 
 def _get(names: list[str], *, as_json: bool) -> int:
-    from retriever.catalog import PREFIX, entry_named, fetch
+    from retriever.data.catalog import PREFIX, entry_named, fetch
 
     # Every name is checked before anything is downloaded: one typo downloads nothing.
     entries = [entry_named(name) for name in names]

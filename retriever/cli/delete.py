@@ -6,7 +6,7 @@ import argparse
 from pathlib import Path
 
 from retriever.cli.formatting import add_command
-from retriever.errors import RetrieverError
+from retriever.core.errors import RetrieverError
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
@@ -25,7 +25,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from retriever.indexing import delete_documents
+    from retriever.index.build import delete_documents
 
     ids = list(args.ids)
     if args.ids_file:

@@ -15,7 +15,7 @@ from retriever.cli.options import (
     parse_poolings,
     ray_options,
 )
-from retriever.errors import RetrieverError
+from retriever.core.errors import RetrieverError
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
@@ -65,10 +65,10 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from retriever.datasets import scan_corpus
-    from retriever.encoder import Encoder
-    from retriever.encoding import encode_corpus
-    from retriever.store import parse_slice
+    from retriever.data.datasets import scan_corpus
+    from retriever.encode.encoder import Encoder
+    from retriever.store.embeddings import parse_slice
+    from retriever.store.encoding import encode_corpus
 
     slice_ = parse_slice(args.shard)
     ray = ray_options(args)

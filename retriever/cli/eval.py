@@ -18,8 +18,8 @@ from retriever.cli.options import (
     check_search_options,
     load_searcher,
 )
-from retriever.config import FUSIONS
-from retriever.errors import RetrieverError
+from retriever.core.config import FUSIONS
+from retriever.core.errors import RetrieverError
 
 
 class _JsonSwitch(OldFormAction):
@@ -90,8 +90,8 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from retriever.datasets import load_qrels, load_queries
-    from retriever.evaluation import evaluate_index, index_sizes, write_trec_run
+    from retriever.data.datasets import load_qrels, load_queries
+    from retriever.evaluation.metrics import evaluate_index, index_sizes, write_trec_run
 
     if args.k < 1:
         raise RetrieverError(f"-k must be at least 1, got {args.k}")

@@ -58,7 +58,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from retriever.st_export import export_index
+    from retriever.export.st_folder import export_index
 
     out = export_index(args.index, args.out, model=args.model, overwrite=args.overwrite)
     print(f"exported {printable(str(args.index))} to {printable(str(out))}")

@@ -18,7 +18,7 @@ from retriever.cli.options import (
     gpu_options,
     ray_options,
 )
-from retriever.config import (
+from retriever.core.config import (
     BANDS,
     BINARY_CENTRES,
     DEFAULT_STORAGE,
@@ -28,7 +28,7 @@ from retriever.config import (
     FilterSpec,
     SparseSpec,
 )
-from retriever.errors import RetrieverError
+from retriever.core.errors import RetrieverError
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
@@ -219,7 +219,7 @@ def _add_sparse_options(group: argparse._ArgumentGroup) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from retriever.indexing import SearchParams, build_index
+    from retriever.index.build import SearchParams, build_index
 
     if args.dataset is not None and args.from_store is not None:
         raise RetrieverError("give either DATASET or --from STORE, not both")

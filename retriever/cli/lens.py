@@ -8,8 +8,8 @@ import json
 
 from retriever.cli.formatting import add_command
 from retriever.cli.options import add_model_options, load_searcher
-from retriever.config import SPACES
-from retriever.errors import RetrieverError
+from retriever.core.config import SPACES
+from retriever.core.errors import RetrieverError
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
@@ -86,8 +86,8 @@ def _show_text(args: argparse.Namespace) -> int:
 
 
 def _measure_texts(args: argparse.Namespace) -> int:
-    from retriever.datasets import load_texts
-    from retriever.lens import alignment_metrics
+    from retriever.data.datasets import load_texts
+    from retriever.encode.lens import alignment_metrics
 
     texts = load_texts(args.texts, limit=args.limit)
     searcher = load_searcher(args)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from retriever.config import (
+from retriever.core.config import (
     DEFAULT_STORE_PRECISION,
     DTYPES,
     FUSIONS,
@@ -16,9 +16,9 @@ from retriever.config import (
     EncoderConfig,
     SparseSpec,
 )
-from retriever.errors import RetrieverError
+from retriever.core.errors import RetrieverError
 
-DEFAULT_MODEL = "smollm2-135m"  # kept in step with retriever.models.DEFAULT_MODEL by a test
+DEFAULT_MODEL = "smollm2-135m"  # kept in step with retriever.encode.models.DEFAULT_MODEL by a test
 
 Container = argparse._ActionsContainer
 
@@ -268,11 +268,11 @@ def ray_options(args: argparse.Namespace) -> Any:
     """The Ray options as the API's RayOptions, or None without --ray."""
     if args.ray is None:
         return None
-    from retriever.distributed import RayOptions
+    from retriever.store.on_ray import RayOptions
 
     if args.ray_workers is not None and args.ray_workers < 1:
         raise RetrieverError(f"--ray-workers must be at least 1, got {args.ray_workers}")
-    from retriever.distributed import import_ray
+    from retriever.store.on_ray import import_ray
 
     import_ray()  # says how to install Ray before the model loads
     return RayOptions(
@@ -342,7 +342,7 @@ def add_gpu_options(group: Container) -> None:
 
 def gpu_options(args: argparse.Namespace) -> Any:
     """The GPU options as the API's GpuOptions."""
-    from retriever.faiss_gpu import GpuOptions, parse_gpu_ids
+    from retriever.parts.dense.gpu import GpuOptions, parse_gpu_ids
 
     return GpuOptions(
         enabled=args.gpu,
@@ -441,7 +441,7 @@ def check_search_options(args: argparse.Namespace) -> None:
 
 def load_searcher(args: argparse.Namespace) -> Any:
     """The index's Searcher with the model and FAISS options given on the command line."""
-    from retriever.searcher import Searcher
+    from retriever.search.searcher import Searcher
 
     check_search_options(args)
     return Searcher.load(

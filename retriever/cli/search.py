@@ -16,8 +16,8 @@ from retriever.cli.options import (
     add_sparse_size_options,
     load_searcher,
 )
-from retriever.config import DISPLAY_SPACE, SPACES
-from retriever.errors import RetrieverError
+from retriever.core.config import DISPLAY_SPACE, SPACES
+from retriever.core.errors import RetrieverError
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
@@ -68,7 +68,7 @@ def _add_explain_options(group: argparse._ArgumentGroup) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from retriever.searcher import check_queries, check_search_params
+    from retriever.search.searcher import check_queries, check_search_params
 
     check_queries([args.query])
     if args.k < 1:

@@ -6,7 +6,7 @@ import argparse
 
 from retriever.cli.formatting import add_command
 from retriever.cli.options import add_model_options
-from retriever.errors import RetrieverError
+from retriever.core.errors import RetrieverError
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
@@ -81,8 +81,8 @@ def run(args: argparse.Namespace) -> int:
             raise RetrieverError(f"{name} must be at least 1, got {getattr(args, flag)}")
     if not 0 <= args.port <= 65535:
         raise RetrieverError(f"--port must lie in 0..65535, got {args.port}")
-    from retriever.api_models import Limits
-    from retriever.server import read_api_key, serve
+    from retriever.serve.app import read_api_key, serve
+    from retriever.serve.schemas import Limits
 
     if args.api_key_file is not None:
         read_api_key(args.api_key_file)  # refused before the model loads

@@ -67,8 +67,9 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _list(root: Path | None, *, as_json: bool) -> int:
-    from retriever.pacing import size_text
-    from retriever.store import list_stores, stores_root
+    from retriever.core.sizes import size_text
+    from retriever.index.stores import list_stores
+    from retriever.store.embeddings import stores_root
 
     summaries = list_stores(root)
     if as_json:
@@ -95,7 +96,8 @@ def _list(root: Path | None, *, as_json: bool) -> int:
 
 
 def _remove(names: list[str], root: Path | None, *, as_json: bool) -> int:
-    from retriever.store import find_store, remove_store
+    from retriever.index.stores import remove_store
+    from retriever.store.embeddings import find_store
 
     # Every name is resolved before anything is removed: one bad name removes nothing.
     folders = list(dict.fromkeys(find_store(name, root) for name in names))

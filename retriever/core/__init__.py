@@ -1,0 +1,2 @@
+"""What every stage shares: errors, settings, the cache, progress, threads, and the
+generation folders an index is published in."""

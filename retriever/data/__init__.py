@@ -1,0 +1,2 @@
+"""Datasets in: BEIR folders and JSONL corpora, and BEIR datasets by name (downloaded
+once into the cache)."""

@@ -1,0 +1,357 @@
+"""Running the benchmark: per (prompt, pooling) setting, every variant built, searched
+and scored side by side, then the reports; and the scaling run."""
+
+from __future__ import annotations
+
+import json
+import logging
+import platform
+import shutil
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from retriever.core.config import POOLINGS, EncoderConfig, FilterSpec
+from retriever.core.threads import numpy_blas_on_one_thread
+from retriever.data.datasets import load_corpus, load_qrels, load_queries, scan_corpus
+from retriever.encode.embedfilter import EmbedFilter, UnembeddingSpectrum
+from retriever.encode.encoder import Encoder
+from retriever.evaluation.bench.checks import alignment_report, beir_cross_check
+from retriever.evaluation.bench.report import markdown_report, plot_results
+from retriever.evaluation.bench.rows import Scored, SettingInputs, parts_of, variant_rows
+from retriever.evaluation.bench.variants import BenchSettings, build_variants
+from retriever.evaluation.metrics import (
+    EncodedQueries,
+    encode_timed,
+    judged_queries,
+    write_trec_run,
+)
+from retriever.index.manifest import library_versions
+from retriever.parts.dense.faiss_install import faiss
+from retriever.parts.dense.gpu import GpuOptions
+from retriever.store.embeddings import EmbeddingStore
+from retriever.store.encoding import cached_embeddings, encode_corpus
+
+logger = logging.getLogger(__name__)
+
+# Benchmarks read float32 stores of both poolings: what their published results were
+# measured from (a user's store is float16 of one pooling; the lean-store benchmark
+# measures that float16 leaves nDCG@10 unchanged).
+BENCH_STORE = {"poolings": POOLINGS, "precision": "float32"}
+
+
+def _judged_split(
+    dataset: str | Path, split: str
+) -> tuple[dict[str, str], dict[str, dict[str, int]]]:
+    """The split's judged queries and their judgements, each file read once."""
+    qrels = load_qrels(dataset, split)
+    queries = judged_queries(load_queries(dataset), qrels)
+    return queries, {q: dict(d) for q, d in qrels.items() if q in queries}
+
+
+@numpy_blas_on_one_thread()
+def run_bench(
+    dataset: str | Path,
+    out: str | Path,
+    *,
+    model: str,
+    prompts: Sequence[str] = ("prompteol",),
+    poolings: Sequence[str] = ("mean",),
+    max_length: int = 256,
+    dtype: str = "auto",
+    device: str | None = None,
+    batch_size: int = 16,
+    split: str = "test",
+    limit: int | None = None,
+    settings: BenchSettings | None = None,
+    command: str = "",
+) -> list[dict[str, Any]]:
+    """Benchmark every variant for every (prompt, pooling) setting; returns the rows."""
+    settings = settings or BenchSettings()
+    out = Path(out)
+    # The run files are this run's: a previous run's rows (other variants) must not linger
+    # beside results.json, which lists exactly the ones written now.
+    shutil.rmtree(out / "runs", ignore_errors=True)
+    queries, qrels = _judged_split(dataset, split)
+    rows: list[dict[str, Any]] = []
+    alignment: list[dict[str, Any]] = []
+    for prompt in prompts:
+        config = EncoderConfig(prompt=prompt, pooling=poolings[0], max_length=max_length)
+        encoder = Encoder.load(model, config, dtype=dtype, device=device, batch_size=batch_size)
+        # The same store `retriever index` fills: a benchmark after a build (or the other
+        # way round) encodes nothing again.
+        store = encode_corpus(encoder, scan_corpus(dataset, limit), **BENCH_STORE)
+        query_embeddings = cached_embeddings(
+            encoder,
+            list(queries.values()),
+            poolings,
+            queries=True,
+            precision=BENCH_STORE["precision"],
+            show_progress=False,
+        )
+        spectrum = UnembeddingSpectrum(encoder.unembedding())
+        # The documents' literal tokens depend on the prompt's length, not on the pooling.
+        doc_token_ids = _doc_token_ids(encoder, dataset, limit) if settings.alignment else []
+        for pooling in poolings:
+            encoder.config = EncoderConfig(prompt=prompt, pooling=pooling, max_length=max_length)
+            encoded = _timed_queries(encoder, queries, query_embeddings[pooling], settings)
+            setting_rows = _bench_setting(encoder, spectrum, store, encoded, qrels, settings, out)
+            labels = {
+                "prompt": prompt,
+                "pooling": pooling,
+                "model": model,
+                "dtype": str(encoder.dtype).removeprefix("torch."),
+            }
+            rows += [{**row, **labels} for row in setting_rows]
+            if settings.alignment:
+                entries = alignment_report(
+                    spectrum, encoder.tokenizer, store.read(pooling), doc_token_ids, settings
+                )
+                alignment += [{"prompt": prompt, "pooling": pooling, **e} for e in entries]
+    meta = _meta(command, dataset, store, queries, split, model, max_length, encoder)
+    write_reports(out, rows, meta, alignment)
+    return rows
+
+
+def _doc_token_ids(encoder: Encoder, dataset: str | Path, limit: int | None) -> list[list[int]]:
+    texts = [d.embedding_text for d in load_corpus(dataset, limit=limit).documents]
+    return encoder.text_token_ids(texts)
+
+
+def _timed_queries(
+    encoder: Encoder, queries: dict[str, str], stored: Any, settings: BenchSettings
+) -> EncodedQueries:
+    """The queries with their stored embeddings (so a rerun ranks exactly as this run) and
+    the live LLM forward's cost: one batch, and one query at a time."""
+    timed = encode_timed(
+        encoder.encode_queries,
+        queries,
+        warmup=settings.warmup,
+        latency_queries=settings.latency_queries,
+    )
+    return EncodedQueries(timed.ids, timed.texts, stored, timed.batch_seconds, timed.latency_ms)
+
+
+def _meta(
+    command: str,
+    dataset: str | Path,
+    store: EmbeddingStore,
+    queries: dict[str, str],
+    split: str,
+    model: str,
+    max_length: int,
+    encoder: Encoder,
+) -> dict[str, Any]:
+    return {
+        "command": command,
+        "dataset": str(dataset),
+        "documents": store.count,
+        "queries": len(queries),
+        "split": split,
+        "model": model,
+        "max_length": max_length,
+        "weights_sha256": encoder.resolved.weights_sha256,
+        "machine": f"{platform.machine()}, {faiss.omp_get_max_threads()} threads",
+        "versions": library_versions(),
+    }
+
+
+def write_reports(
+    out: Path, rows: list[dict[str, Any]], meta: dict[str, Any], alignment: list[dict[str, Any]]
+) -> None:
+    """results.json, alignment.json, meta.json, results.md and plot.png in ``out``."""
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "results.json").write_text(json.dumps(rows, indent=2) + "\n")
+    if alignment:
+        (out / "alignment.json").write_text(json.dumps(alignment, indent=2) + "\n")
+    (out / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
+    (out / "results.md").write_text(markdown_report(rows, meta, alignment))
+    plot_results(rows, out / "plot.png")
+    logger.info("benchmark written to %s", out)
+
+
+def _bench_setting(
+    encoder: Encoder,
+    spectrum: UnembeddingSpectrum,
+    store: EmbeddingStore,
+    queries: EncodedQueries,
+    qrels: dict[str, dict[str, int]],
+    settings: BenchSettings,
+    out: Path,
+) -> list[dict[str, Any]]:
+    """Every row of one (prompt, pooling) setting, with its ratios and run files."""
+    documents = store.read(encoder.config.pooling)
+    variants = build_variants(spectrum, documents, settings)
+    # BM25 lives in the hybrids' dense variant's folder, or the unfiltered one's.
+    bm25_host = next((v for v in variants if v.is_hybrid_part(settings)), variants[0])
+    dense: list[Scored] = []
+    others: list[Scored] = []
+    tag = f"{encoder.config.prompt}-{encoder.config.pooling}"
+    with tempfile.TemporaryDirectory(prefix="retriever-bench-") as scratch:
+        keep = settings.keep_indexes
+        folders = Path(scratch) if keep is None else Path(keep).absolute() / tag
+        inputs = SettingInputs(encoder, store, queries, qrels, folders, keep is not None)
+        for variant in variants:
+            found = variant_rows(variant, parts_of(variant, bm25_host, settings), inputs, settings)
+            dense += found[0]
+            others += found[1]
+            _log(tag, found[0] + found[1])
+    scored = dense + sorted(others, key=_other_order)
+    for row, run in scored:
+        name = _run_name(tag, row)
+        write_trec_run(run, out / "runs" / f"{name}.trec.gz", tag=name)
+        row["run_file"] = f"runs/{name}.trec.gz"
+    rows = [row for row, _ in scored]
+    add_ratios(rows, settings.index_types[0])
+    _add_beir_check(rows, spectrum, documents, queries, store, qrels, settings)
+    return rows
+
+
+def _other_order(scored: Scored) -> int:
+    """Key tokens (in variant order), then BM25, then the hybrids."""
+    return ("sparse", "lexical", "hybrid").index(scored[0]["family"])
+
+
+def _log(tag: str, scored: list[Scored]) -> None:
+    for row, _ in scored:
+        logger.info(
+            "%-15s %-19s %-19s %-5s tau %-3s %-10s %-8s nDCG@10 %.4f",
+            tag,
+            row["method"],
+            row["source"] or "",
+            row["band"] or "",
+            "" if row["tau"] is None else f"{row['tau']:g}",
+            row["index_type"],
+            row["fusion"] or "",
+            row["ndcg_at_10"],
+        )
+
+
+def _run_name(tag: str, row: dict[str, Any]) -> str:
+    if row["family"] == "dense":
+        name = f"{row['method']}-{row['band'] or 'na'}-tau{row['tau']:g}-{row['index_type']}"
+        return f"{tag}-{name}".replace(",", "_").replace(":", "-")
+    parts = (str(row[key]) for key in ("method", "source", "band", "tau", "fusion") if row[key])
+    return f"{tag}-{'-'.join(parts)}".replace("+", "-")
+
+
+def add_ratios(rows: list[dict[str, Any]], first_type: str) -> None:
+    """Each row's nDCG, latency and storage over the unfiltered dense row of its index type
+    (the first type for non-dense rows), and a non-dense row's share of the nDCG of the
+    dense index of the same vectors."""
+    for row in rows:
+        own_type = row["index_type"] if row["family"] == "dense" else first_type
+        base = next(r for r in rows if r["method"] == "unfiltered" and r["index_type"] == own_type)
+        row["ndcg_ratio"] = row["ndcg_at_10"] / base["ndcg_at_10"] if base["ndcg_at_10"] else None
+        row["latency_ratio"] = row["search_ms_p50"] / base["search_ms_p50"]
+        row["storage_ratio"] = row["index_bytes"] / base["index_bytes"]
+        if row["family"] != "dense" and row["source"]:
+            dense = next(
+                r
+                for r in rows
+                if r["family"] == "dense"
+                and (r["method"], r["band"], r["tau"], r["index_type"])
+                == (row["source"], row["band"], row["tau"], first_type)
+            )
+            row["share_of_dense_ndcg"] = (
+                row["ndcg_at_10"] / dense["ndcg_at_10"] if dense["ndcg_at_10"] else None
+            )
+
+
+def _add_beir_check(
+    rows: list[dict[str, Any]],
+    spectrum: UnembeddingSpectrum,
+    documents: Any,
+    queries: EncodedQueries,
+    store: EmbeddingStore,
+    qrels: dict[str, dict[str, int]],
+    settings: BenchSettings,
+) -> None:
+    """BEIR's own exact search of the unfiltered embeddings, on the unfiltered rows."""
+    normalised = EmbedFilter.from_unembedding(
+        spectrum, FilterSpec(tau=1, remove_mean_direction=False)
+    )
+    doc_ids = [d.id for shard in store.shards() for d in shard.documents()]
+    beir, beir_seconds = beir_cross_check(
+        normalised.transform(documents),
+        normalised.transform(queries.embeddings),
+        dict(zip(queries.ids, queries.texts, strict=True)),
+        doc_ids,
+        qrels,
+        settings.k,
+    )
+    unfiltered = next(r for r in rows if r["method"] == "unfiltered")
+    flat = next(
+        (r for r in rows if r["method"] == "unfiltered" and r["index_type"] == "Flat"), unfiltered
+    )
+    check = {
+        "beir_ndcg_at_10": beir["ndcg_at_10"],
+        "beir_matches": abs(beir["ndcg_at_10"] - flat["ndcg_at_10"]) <= 0.001,
+        "beir_search_ms_per_query": 1000.0 * beir_seconds / len(queries.ids),
+        "search_ms_per_query_batched": 1000.0 / flat["batch_qps"],
+    }
+    for row in rows:
+        if row["method"] == "unfiltered":
+            row.update(check)
+
+
+@numpy_blas_on_one_thread()
+def run_scaling_bench(
+    dataset: str | Path,
+    out: str | Path,
+    *,
+    model: str,
+    prompt: str = "prompteol",
+    pooling: str = "mean",
+    max_length: int = 256,
+    dtype: str = "auto",
+    device: str | None = None,
+    batch_size: int = 16,
+    split: str = "test",
+    limit: int | None = None,
+    sizes: tuple[int, ...] = (10_000, 100_000, 1_000_000),
+    taus: tuple[float, ...] = (1, 2, 4, 8),
+    command: str = "",
+    gpu: GpuOptions | None = None,
+) -> list[dict[str, Any]]:
+    """Search latency, QPS and bytes against N for each dimension (see
+    retriever.evaluation.scaling)."""
+    from retriever.evaluation.scaling import run_scaling, write_scaling_report
+
+    queries, _ = _judged_split(dataset, split)
+    config = EncoderConfig(prompt=prompt, pooling=pooling, max_length=max_length)
+    encoder = Encoder.load(model, config, dtype=dtype, device=device, batch_size=batch_size)
+    documents = encode_corpus(encoder, scan_corpus(dataset, limit), **BENCH_STORE).read(pooling)
+    query_embeddings = cached_embeddings(
+        encoder,
+        list(queries.values()),
+        [pooling],
+        queries=True,
+        precision=BENCH_STORE["precision"],
+        show_progress=False,
+    )[pooling]
+    latency_queries = 50
+    rows = run_scaling(
+        documents,
+        query_embeddings,
+        encoder.unembedding(),
+        sizes=sizes,
+        taus=taus,
+        latency_queries=latency_queries,
+        gpu=gpu,
+    )
+    meta = {
+        "command": command,
+        "description": (
+            f"{model}, {prompt} prompt, {pooling} pooling, EmbedFilter edge band; the "
+            f"{len(documents)} {Path(dataset).name} document vectors tiled to N with "
+            "Gaussian noise (std 0.1/sqrt(dim)) and renormalised; "
+            f"{faiss.omp_get_max_threads()} threads, {platform.machine()}."
+        ),
+        "queries": len(query_embeddings),
+        "latency_queries": latency_queries,
+        "versions": library_versions(),
+    }
+    write_scaling_report(rows, Path(out), meta)
+    return rows

@@ -1,0 +1,1 @@
+"""Searching an index: the Searcher, its one result type, and hybrid fusion."""
