@@ -224,6 +224,19 @@ def test_a_whole_part_left_unchecked_is_checked_without_a_download(
     assert [(r["range"], r["sent"]) for r in mirror.requests] == [(f"bytes={len(ZIP)}-", 0)]
 
 
+def test_a_zip_placed_in_the_cache_by_hand_is_md5_checked(mirror: Mirror, tmp_path: Path) -> None:
+    root = _folder(tmp_path).parent
+    root.mkdir(parents=True)
+    placed = root / f"{NAME}.zip"
+    placed.write_bytes(ZIP[:100] + bytes([ZIP[100] ^ 0xFF]) + ZIP[101:])
+    message = _refusal(load_queries, f"beir:{NAME}")
+    assert f"the zip found at {placed} is corrupted" in message and "rerun" in message
+    assert not placed.exists() and not _folder(tmp_path).exists()
+    assert mirror.requests == []  # refused before any download
+    placed.write_bytes(ZIP)  # the right zip, placed by hand, is used without a download
+    assert len(load_queries(f"beir:{NAME}")) == 4 and mirror.requests == []
+
+
 def test_offline_says_in_one_line_where_to_place_the_folder(
     mirror: Mirror, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -268,6 +268,26 @@ def test_a_full_disk_is_one_line_and_keeps_the_old_index(
     assert [p.name for p in generations_folder(out).iterdir()] == [out.resolve().name]
 
 
+def test_a_failed_first_build_leaves_nothing_behind(
+    tiny_model: Path, toy_corpus: Path, tmp_path: Path, monkeypatch, capsys
+) -> None:
+    def full(*args, **kwargs):
+        raise lmdb.DiskError("MDB_DISK_FULL")
+
+    monkeypatch.setattr("retriever.parts.docstore.DocStoreWriter.put", full)
+    out = tmp_path / "first" / "idx"
+    argv = ["index", str(toy_corpus), "--out", str(out), "--model", str(tiny_model)]
+    code, message = _cli(capsys, *argv, "--store", str(tmp_path / "store"))
+    assert code == 2 and "no space left on the device while writing" in message
+    assert sorted(p.name for p in out.parent.iterdir()) == []  # no lock file, no folders
+    monkeypatch.undo()  # the disk has room again: the same command builds
+    assert main(["-q", *argv, "--store", str(tmp_path / "store")]) == 0
+    assert _loads_and_searches(out) > 0
+    with writer_lock(out):  # the lock still works on the file a later writer finds
+        assert lock_path(out).is_file()
+    assert lock_path(out).is_file()  # an index exists now: its lock file stays
+
+
 @contextlib.contextmanager
 def _tmpfs(tmp_path: Path, size: str) -> Iterator[Path]:
     """A real tmpfs of ``size`` mounted for the test (skipped where none can be)."""
@@ -1470,3 +1490,122 @@ def test_a_10000_character_unknown_id_is_shortened_and_nothing_is_deleted(
         assert len(str(caught.value)) < 200
     finally:
         searcher.close()
+
+
+# --- no output inside an index ----------------------------------------------------------
+
+
+def _tree(folder: Path) -> dict[str, int]:
+    """Every file under ``folder`` (links followed) with its size: what must not change."""
+    return {
+        str(path.relative_to(folder)): path.stat().st_size
+        for path in sorted(folder.rglob("*"))
+        if path.is_file()
+    }
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["index", "{corpus}", "--out", "{inside}", "--model", "{model}"],
+        ["index", "{corpus}", "--out", "{other}", "--model", "{model}", "--store", "{inside}"],
+        ["encode", "{corpus}", "--out", "{inside}", "--model", "{model}"],
+        ["export", "{index}", "{inside}"],
+        ["add", "{index}", "{corpus}", "--store", "{inside}"],
+        ["index", "{corpus}", "--out", "{generations}/new", "--model", "{model}"],
+    ],
+    ids=["index-out", "index-store", "encode-out", "export", "add-store", "generations-folder"],
+)
+def test_nothing_is_written_inside_an_index(
+    command: list[str], tiny_model: Path, toy_corpus: Path, tmp_path: Path, capsys
+) -> None:
+    index = _build(tiny_model, toy_corpus, tmp_path / "idx")
+    generations = index.parent / f".{index.name}.generations"
+    before = _tree(generations)
+    values = {
+        "corpus": str(toy_corpus),
+        "model": str(tiny_model),
+        "index": str(index),
+        "inside": str(index / "inner"),
+        "other": str(tmp_path / "other"),
+        "generations": str(generations),
+    }
+    code, line = _one_line(capsys, *(part.format(**values) for part in command))
+    assert code == 2 and f"lies inside the index {index}" in line
+    assert _tree(generations) == before and not (tmp_path / "other").exists()
+    assert _loads_and_searches(index) > 0
+
+
+# --- export refuses what search refuses -------------------------------------------------
+
+
+def _pickle_model(tiny_model: Path, folder: Path, *, keep_safetensors: bool) -> Path:
+    """The tiny model with pickle weights (pytorch_model.bin) beside or instead of its
+    safetensors, configs and tokenizer copied."""
+    import torch
+    from safetensors.torch import load_file
+
+    shutil.copytree(tiny_model, folder)
+    weights = folder / "model.safetensors"
+    torch.save(load_file(weights), folder / "pytorch_model.bin")
+    if not keep_safetensors:
+        weights.unlink()
+    return folder
+
+
+@pytest.mark.parametrize("keep_safetensors", [False, True], ids=["pickle-only", "both"])
+def test_export_refuses_a_pickle_model_with_a_forged_hash(
+    keep_safetensors: bool, tiny_model: Path, index_copy: Path, tmp_path: Path, capsys
+) -> None:
+    from retriever.encode.models import weights_sha256
+
+    model = _pickle_model(tiny_model, tmp_path / "pickled", keep_safetensors=keep_safetensors)
+    manifest = _manifest(index_copy)
+    manifest["model"].update(name=str(model), weights_sha256=weights_sha256(model))
+    (index_copy / "manifest.json").write_text(json.dumps(manifest))
+    out = tmp_path / "export"
+    code, line = _one_line(capsys, "export", str(index_copy), str(out))
+    assert code == 2 and "pytorch_model.bin" in line and "safetensors" in line
+    assert not out.exists() and not list(tmp_path.glob(".export.partial-*"))
+    if not keep_safetensors:
+        code, line = _search(capsys, index_copy)  # search refuses the same index
+        assert code == 2 and "safetensors" in line
+
+
+def test_export_copies_only_weights_configs_and_tokenizer_files(
+    tiny_model: Path, toy_corpus: Path, tmp_path: Path
+) -> None:
+    from retriever.export.st_folder import export_index
+
+    model = Path(shutil.copytree(tiny_model, tmp_path / "model"))
+    for stray in ("modeling_custom.py", "training_args.pkl", "notes.md"):
+        (model / stray).write_text("not for an export")
+    index = _build(model, toy_corpus, tmp_path / "idx")
+    out = export_index(index, tmp_path / "export")
+    copied = sorted(p.name for p in (out / "model").iterdir())
+    assert copied == sorted(p.name for p in tiny_model.iterdir())
+
+
+def test_an_old_generation_that_cannot_be_removed_is_said_in_one_line(
+    tiny_model: Path, toy_corpus: Path, tmp_path: Path, monkeypatch, caplog
+) -> None:
+    index = _build(tiny_model, toy_corpus, tmp_path / "idx")
+    old = index.resolve()
+
+    real_rmtree = shutil.rmtree
+
+    def refused_rmtree(path, *args, onerror=None, **kwargs):  # as a read-only mount refuses
+        if Path(path) != old:
+            return real_rmtree(path, *args, onerror=onerror, **kwargs)
+        error = OSError(errno.EROFS, os.strerror(errno.EROFS))
+        onerror(os.unlink, str(old / "index.faiss"), (OSError, error, None))
+
+    monkeypatch.setattr(generations_module.shutil, "rmtree", refused_rmtree)
+    with caplog.at_level("WARNING", logger="retriever"):
+        assert main(["delete", str(index), "d2"]) == 0
+    lines = [record.getMessage() for record in caplog.records]
+    said = [line for line in lines if "could not remove the old generation" in line]
+    assert len(said) == 1 and "\n" not in said[0]
+    assert str(old) in said[0] and "remove it by hand" in said[0]
+    assert old.is_dir() and index.resolve() != old
+    assert _loads_and_searches(index) > 0

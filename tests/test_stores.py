@@ -140,6 +140,26 @@ def test_remove_deletes_the_store_and_names_the_indexes_that_keep_working(
     assert list_stores(root) == []
 
 
+def test_remove_deletes_only_what_the_store_wrote(
+    tiny_model: Path, corpus: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    store = tmp_path / "stores" / "mixed"
+    _build(tiny_model, corpus, tmp_path / "index", store)
+    (store / "notes.txt").write_text("the user's own")
+    (store / "shards" / "plot.png").write_bytes(b"not a shard")
+    capsys.readouterr()
+    assert main(["stores", "remove", str(store)]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"removed {store.resolve()}") and len(out.splitlines()) == 1
+    assert out.rstrip().endswith("; kept 2 file(s) it did not write: notes.txt, shards/plot.png")
+    assert sorted(str(p.relative_to(store)) for p in store.rglob("*")) == [
+        "notes.txt",
+        "shards",
+        "shards/plot.png",
+    ]
+    assert list_stores(tmp_path / "stores") == []  # no store is left there
+
+
 def test_remove_refuses_unknown_ambiguous_and_foreign_names_in_one_line(
     tiny_model: Path, corpus: Path, tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:

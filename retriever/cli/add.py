@@ -35,7 +35,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from retriever.core.generations import current_generation
+    from retriever.core.generations import current_generation, refuse_inside_index
     from retriever.data.datasets import corpus_file
     from retriever.index.build import Indexer
     from retriever.index.manifest import load_encoder_for, read_manifest
@@ -47,6 +47,8 @@ def run(args: argparse.Namespace) -> int:
     if args.limit is not None and args.limit < 1:
         raise RetrieverError(f"--limit must be a positive number of documents, got {args.limit}")
     corpus_file(args.dataset)
+    if args.store is not None:
+        refuse_inside_index(args.store, "--store")
     out = Path(args.index).expanduser().absolute()
     base = current_generation(out)
     if base is None:

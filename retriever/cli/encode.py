@@ -65,6 +65,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from retriever.core.generations import refuse_inside_index
     from retriever.data.datasets import scan_corpus
     from retriever.encode.encoder import Encoder
     from retriever.store.embeddings import parse_slice
@@ -76,6 +77,8 @@ def run(args: argparse.Namespace) -> int:
     config = encoder_config(argparse.Namespace(**{**vars(args), "pooling": poolings[0]}))
     if args.chunk_size is not None and args.chunk_size < 1:
         raise RetrieverError(f"--chunk-size must be at least 1, got {args.chunk_size}")
+    if args.out is not None:
+        refuse_inside_index(args.out, "--out")  # before the model loads
     scan = scan_corpus(args.dataset, args.limit)
     encoder = Encoder.load(
         args.model,

@@ -101,15 +101,24 @@ def _remove(names: list[str], root: Path | None, *, as_json: bool) -> int:
 
     # Every name is resolved before anything is removed: one bad name removes nothing.
     folders = list(dict.fromkeys(find_store(name, root) for name in names))
-    removed = [(folder, remove_store(folder)) for folder in folders]
+    removed = [remove_store(folder) for folder in folders]
     if as_json:
         rows = [
-            {"folder": str(folder), "indexes": [str(index) for index in indexes]}
-            for folder, indexes in removed
+            {
+                "folder": str(store.folder),
+                "indexes": [str(index) for index in store.indexes],
+                "kept": store.kept,
+            }
+            for store in removed
         ]
         print(json.dumps(rows, indent=2))
         return 0
-    for folder, indexes in removed:
-        used = f"; built from it, still working: {', '.join(map(str, indexes))}" if indexes else ""
-        print(f"removed {printable(str(folder))}{printable(used)}")
+    for store in removed:
+        notes = [f"removed {store.folder}"]
+        if store.indexes:
+            notes.append("built from it, still working: " + ", ".join(map(str, store.indexes)))
+        if store.kept:
+            shown = ", ".join(store.kept[:5]) + (" ..." if len(store.kept) > 5 else "")
+            notes.append(f"kept {len(store.kept)} file(s) it did not write: {shown}")
+        print(printable("; ".join(notes)))
     return 0

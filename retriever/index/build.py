@@ -31,7 +31,12 @@ from typing import Any
 
 from retriever.core.config import EncoderConfig, FilterSpec, SparseSpec
 from retriever.core.errors import RetrieverError
-from retriever.core.generations import check_destination, new_generation, writer_lock
+from retriever.core.generations import (
+    check_destination,
+    new_generation,
+    refuse_inside_index,
+    writer_lock,
+)
 from retriever.data.datasets import CorpusScan, scan_corpus
 from retriever.encode.embedfilter import EmbedFilter
 from retriever.encode.encoder import Encoder
@@ -276,7 +281,7 @@ def build_index(
     out_path = Path(out).expanduser().absolute()
     # Cheap checks first: a bad destination, corpus or setting fails before the model loads.
     check_destination(out_path, overwrite)
-    _check_arguments(embed_filter, filter_spec, chunk_size)
+    _check_arguments(embed_filter, filter_spec, chunk_size, store)
     plan = IndexPlan(
         filter_spec=filter_spec or FilterSpec(),
         index_type=index_type,
@@ -308,8 +313,13 @@ def build_index(
 
 
 def _check_arguments(
-    embed_filter: EmbedFilter | None, filter_spec: FilterSpec | None, chunk_size: int | None
+    embed_filter: EmbedFilter | None,
+    filter_spec: FilterSpec | None,
+    chunk_size: int | None,
+    store: str | Path | None,
 ) -> None:
+    if store is not None:
+        refuse_inside_index(store, "--store")
     if embed_filter is not None and filter_spec is not None:
         raise RetrieverError("give filter_spec or embed_filter, not both")
     if chunk_size is not None and chunk_size < 1:

@@ -4,8 +4,8 @@ manifests name its key), and listing and removing stores with that knowledge
 
 from __future__ import annotations
 
+import contextlib
 import logging
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,11 +15,13 @@ from retriever.core.sizes import folder_bytes
 from retriever.index.manifest import read_manifest
 from retriever.store.embeddings import (
     INDEXES_FILE,
+    SHARDS_DIR,
     EmbeddingStore,
     key_digest,
     key_precision,
     read_store_key,
     recorded_indexes,
+    store_files,
     store_folders,
     stores_root,
 )
@@ -120,12 +122,28 @@ def list_stores(root: Path | None = None) -> list[StoreSummary]:
     return summaries
 
 
-def remove_store(folder: Path) -> list[Path]:
-    """Remove the store at ``folder``; returns the indexes built from it (they keep
-    working: an index does not read its store once it is built)."""
+@dataclass(frozen=True)
+class RemovedStore:
+    """A removed store: the indexes built from it (they keep working: an index does not
+    read its store once it is built) and the files found in it that it did not write,
+    which were kept."""
+
+    folder: Path
+    indexes: list[Path]
+    kept: list[str]
+
+
+def remove_store(folder: Path) -> RemovedStore:
+    """Remove the store at ``folder``: the files it wrote, then its folders if nothing
+    else is left in them."""
     folder = Path(folder).expanduser().resolve()
     key = read_store_key(folder)  # refuses a folder that is not a store
     using = indexes_using(folder, key_digest(key))
-    shutil.rmtree(folder)
+    for path in store_files(folder):
+        path.unlink(missing_ok=True)
+    for emptied in (folder / SHARDS_DIR, folder):
+        with contextlib.suppress(OSError):
+            emptied.rmdir()  # only when empty: what the store did not write stays
+    kept = sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file())
     logger.info("removed the embedding store %s", folder)
-    return using
+    return RemovedStore(folder, using, kept)

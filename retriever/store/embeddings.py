@@ -32,6 +32,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -599,6 +600,26 @@ def _check_no_foreign_files(folder: Path) -> None:
         raise RetrieverError(
             f"{folder} is not empty and holds no {STORE_FILE}: choose another store folder"
         )
+
+
+# A shard's files (``000012.json``, ``000012.mean.npy``, ``000012.docs.jsonl``) and the
+# staging names they are written under first.
+_SHARD_FILE = re.compile(r"^\.?\d{6}\.[\w.]+$")
+
+
+def store_files(folder: Path) -> list[Path]:
+    """The files and folders under ``folder`` that a store writes (what removing it may
+    delete); anything else found there is someone else's."""
+    ours = (STORE_FILE, SOURCE_FILE, INDEXES_FILE)
+    found = [
+        path
+        for path in folder.iterdir()
+        if path.name in ours or path.name.startswith(tuple(f".{name}." for name in ours))
+    ]
+    shards = folder / SHARDS_DIR
+    if shards.is_dir():
+        found += [path for path in shards.iterdir() if _SHARD_FILE.match(path.name)]
+    return sorted(found)
 
 
 def _empty_store(folder: Path) -> None:

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from retriever.core.errors import RetrieverError
-from retriever.core.generations import disk_errors
+from retriever.core.generations import disk_errors, refuse_inside_index
 from retriever.core.progress import progress_bar
 from retriever.data.datasets import CorpusScan, Document, iter_documents
 from retriever.store.embeddings import (
@@ -74,6 +74,8 @@ def encode_corpus(
     """
     if chunk_size is not None and chunk_size < 1:
         raise RetrieverError(f"--chunk-size must be at least 1, got {chunk_size}")
+    if folder is not None:
+        refuse_inside_index(folder, "the embedding store")
     poolings = tuple(poolings or (encoder.config.pooling,))
     key = encoding_key(
         encoder,
