@@ -62,8 +62,11 @@ class ExternalParts:
     drop: Callable[[Path], None]
 
 
+_GENERATIONS = ".generations"
+
+
 def generations_folder(out: Path) -> Path:
-    return out.parent / f".{out.name}.generations"
+    return out.parent / f".{out.name}{_GENERATIONS}"
 
 
 def index_holding(path: str | Path) -> Path | None:
@@ -77,8 +80,8 @@ def index_holding(path: str | Path) -> Path | None:
     path = Path(path).expanduser().absolute()
     parent = Path(os.path.realpath(path.parent))
     for folder in (parent / path.name, parent, *parent.parents):
-        if folder.name.startswith(".") and folder.name.endswith(".generations"):
-            return folder.parent / folder.name[1 : -len(".generations")]
+        if folder.name.startswith(".") and folder.name.endswith(_GENERATIONS):
+            return folder.parent / folder.name[1 : -len(_GENERATIONS)]
     return None
 
 

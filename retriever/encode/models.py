@@ -113,13 +113,18 @@ def _hub_snapshot(repo_id: str, revision: str | None) -> tuple[Path, str]:
     return folder, folder.name
 
 
+def weight_files(folder: Path) -> list[Path]:
+    """The weight files of a model folder (any of :data:`WEIGHT_SUFFIXES`), by name."""
+    return sorted(p for p in folder.iterdir() if p.is_file() and p.suffix in WEIGHT_SUFFIXES)
+
+
 def weights_sha256(folder: Path) -> str:
     """SHA-256 over the weight files of a model folder (names and bytes, sorted by name).
 
     Hashing reads every byte once (about 0.4 s for SmolLM2's 540 MB), so results are
     memoised in the cache keyed by each file's path, size and modification time.
     """
-    files = sorted(p for p in folder.iterdir() if p.is_file() and p.suffix in WEIGHT_SUFFIXES)
+    files = weight_files(folder)
     if not files:
         raise RetrieverError(f"model folder {folder} holds no weight files ({WEIGHT_SUFFIXES})")
     return _memoised_sha256("weights-sha256", files, with_names=True)

@@ -24,10 +24,10 @@ from retriever.core.generations import ReaderHold, refuse_inside_index
 from retriever.encode.embedfilter import EmbedFilter
 from retriever.encode.models import (
     MODEL_FILE_PATTERNS,
-    WEIGHT_SUFFIXES,
     ResolvedModel,
     configured_hidden_size,
     resolve_model,
+    weight_files,
     weights_sha256,
 )
 from retriever.index.manifest import read_manifest
@@ -128,8 +128,7 @@ def _refuse_other_weights(resolved: ResolvedModel) -> None:
     """An export copies safetensors weights only, as a search loads only them. The
     index's weights hash covers every weight file of the folder, so a folder holding
     others (pickle files such as pytorch_model.bin) cannot be exported as it is."""
-    weights = [p for p in resolved.path.iterdir() if p.is_file() and p.suffix in WEIGHT_SUFFIXES]
-    others = sorted(p.name for p in weights if p.suffix != ".safetensors")
+    others = [p.name for p in weight_files(resolved.path) if p.suffix != ".safetensors"]
     if others:
         raise RetrieverError(
             f"cannot export model {resolved.name!r} from {resolved.path}: it holds "

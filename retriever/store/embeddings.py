@@ -589,13 +589,7 @@ def _check_no_foreign_files(folder: Path) -> None:
     """A new store goes into an empty folder, or one with only a store's own files (several
     slices may create one store at once and tolerate each other's; indexes.json outlives a
     --restart, which empties the store's key and shards)."""
-    ours = (SHARDS_DIR, SOURCE_FILE, INDEXES_FILE)
-    foreign = [
-        p.name
-        for p in folder.iterdir()
-        if p.name not in ours
-        and not p.name.startswith(tuple(f".{name}." for name in (STORE_FILE, *ours)))
-    ]
+    foreign = [p.name for p in folder.iterdir() if not _owned_name(p.name)]
     if foreign and not (folder / STORE_FILE).exists():
         raise RetrieverError(
             f"{folder} is not empty and holds no {STORE_FILE}: choose another store folder"
@@ -607,15 +601,19 @@ def _check_no_foreign_files(folder: Path) -> None:
 _SHARD_FILE = re.compile(r"^\.?\d{6}\.[\w.]+$")
 
 
+_OWNED = (STORE_FILE, SOURCE_FILE, INDEXES_FILE, SHARDS_DIR)
+
+
+def _owned_name(name: str) -> bool:
+    """Whether a store writes this name at its top level: its files and shards folder,
+    and the staging names (``.store.json.1234``) they are written under first."""
+    return name in _OWNED or name.startswith(tuple(f".{owned}." for owned in _OWNED))
+
+
 def store_files(folder: Path) -> list[Path]:
     """The files and folders under ``folder`` that a store writes (what removing it may
     delete); anything else found there is someone else's."""
-    ours = (STORE_FILE, SOURCE_FILE, INDEXES_FILE)
-    found = [
-        path
-        for path in folder.iterdir()
-        if path.name in ours or path.name.startswith(tuple(f".{name}." for name in ours))
-    ]
+    found = [p for p in folder.iterdir() if p.name != SHARDS_DIR and _owned_name(p.name)]
     shards = folder / SHARDS_DIR
     if shards.is_dir():
         found += [path for path in shards.iterdir() if _SHARD_FILE.match(path.name)]
