@@ -23,6 +23,8 @@ from inputs import save_tiny_model, write_synthetic_corpus
 from report import machine, markdown_table, write_report
 from revisions import Code, add_revision_options, code_trees, run_cli
 
+from retriever.index.manifest import current_manifest
+
 BUILD_FLAGS = ["--tau", "2", "--dtype", "float32", "--max-length", "64", "--batch-size", "64"]
 
 
@@ -30,13 +32,14 @@ def build(code: Code, corpus: Path, model: Path, out: Path, cache: Path) -> dict
     """One `retriever index` of ``code`` in a child process: wall seconds and peak RSS."""
     argv = ["index", str(corpus), "--out", str(out), "--model", str(model), *BUILD_FLAGS]
     measured = run_cli(code, argv, cwd=cache, RETRIEVER_CACHE=str(cache))
-    manifest = json.loads((out / "manifest.json").read_text())
+    # This code's reader reads the manifest either code wrote (version 2 or 3).
+    manifest = current_manifest(out)
     return {
         "seconds": round(measured.seconds, 2),
-        "docs_per_second": round(manifest["documents"]["count"] / measured.seconds, 1),
+        "docs_per_second": round(manifest.count / measured.seconds, 1),
         "peak_rss_mib": round(measured.peak_rss_mib, 1),
-        "index_bytes": manifest["build"]["bytes"]["index"],
-        "count": manifest["documents"]["count"],
+        "index_bytes": manifest.part_bytes["dense"],
+        "count": manifest.count,
     }
 
 

@@ -31,8 +31,8 @@ from report import cpu_description, machine, markdown_table, write_report
 
 from retriever import Encoder, EncoderConfig, RetrieverError
 from retriever.core.cache import cache_dir
+from retriever.core.spec import DEFAULT_MODEL
 from retriever.data.datasets import load_texts
-from retriever.encode.models import DEFAULT_MODEL
 from retriever.encode.onnx_runtime import OPSET, require_onnx
 
 MAX_LENGTH = 256

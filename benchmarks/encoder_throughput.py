@@ -190,7 +190,8 @@ def make_job(args: argparse.Namespace) -> dict[str, Any]:
     """What every variant encodes, and how."""
     import torch
 
-    from retriever.core.config import PROMPTS, EncoderConfig
+    from retriever.core.config import PROMPTS
+    from retriever.core.spec import EncoderConfig
     from retriever.data.datasets import load_corpus
     from retriever.encode.encoder import encoder_dtype
     from retriever.encode.models import resolve_model

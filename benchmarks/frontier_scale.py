@@ -23,12 +23,11 @@ import numpy as np
 from inputs import SCIFACT, dataset_path
 from report import cpu_name, machine, markdown_table, write_report
 
-from retriever.core.config import EncoderConfig
+from retriever.core.spec import DEFAULT_MODEL, EncoderConfig
 from retriever.core.threads import numpy_blas_on_one_thread
 from retriever.data.datasets import load_qrels, load_queries, scan_corpus
 from retriever.encode.embedfilter import UnembeddingSpectrum
 from retriever.encode.encoder import Encoder
-from retriever.encode.models import DEFAULT_MODEL
 from retriever.evaluation.bench.frontier import exact_top, projection
 from retriever.evaluation.bench.frontier_scale import (
     ScaleRow,

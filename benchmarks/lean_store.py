@@ -33,6 +33,7 @@ from retriever.data.datasets import load_qrels, load_queries, scan_corpus
 from retriever.encode.encoder import Encoder
 from retriever.evaluation.bench.run import BENCH_STORE
 from retriever.evaluation.metrics import encode_timed, evaluate_index, judged_queries
+from retriever.index.options import BuildOptions
 from retriever.store.embeddings import EmbeddingStore
 from retriever.store.encoding import encode_corpus
 
@@ -83,7 +84,13 @@ def measure(args: argparse.Namespace, scratch: Path) -> tuple[list[dict[str, Any
             store = source
         else:
             store = derived_store(source, scratch / name, precision, poolings)
-        build_index(None, scratch / f"{name}.index", from_store=store.folder, encoder=encoder)
+        build_index(
+            None,
+            scratch / f"{name}.index",
+            None,
+            BuildOptions(from_store=store.folder),
+            encoder=encoder,
+        )
         searcher = Searcher.load(scratch / f"{name}.index", encoder=encoder)
         try:
             result, _ = evaluate_index(searcher, queries, qrels, methods=["dense"], encoded=encoded)

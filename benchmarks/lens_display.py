@@ -18,11 +18,10 @@ from inputs import SCIFACT, dataset_path
 from report import markdown_table, write_report
 
 from retriever import Encoder, EncoderConfig
-from retriever.core.config import FilterSpec
+from retriever.core.spec import DEFAULT_MODEL, FilterSpec
 from retriever.data.datasets import load_texts
 from retriever.encode.embedfilter import EmbedFilter
 from retriever.encode.lens import TokenLens, alignment_metrics
-from retriever.encode.models import DEFAULT_MODEL
 
 DEMO_QUERY = "Vitamin D deficiency is associated with bone disease."
 

@@ -21,7 +21,8 @@ import torch
 from inputs import ROOT
 from report import cpu_description, cpu_name, machine, write_report
 
-from retriever.encode.models import DEFAULT_MODEL, pick_dtype, resolve_model
+from retriever.core.spec import DEFAULT_MODEL
+from retriever.encode.models import pick_dtype, resolve_model
 
 SCRIPT = "scripts/quickstart.sh"
 

@@ -31,9 +31,9 @@ from report import markdown_table, write_report
 
 from retriever import EmbedFilter, Encoder, EncoderConfig, FilterSpec
 from retriever.core.config import PROMPTS
+from retriever.core.spec import DEFAULT_MODEL
 from retriever.data.datasets import load_corpus, load_qrels, load_queries
 from retriever.encode.embedfilter import UnembeddingSpectrum
-from retriever.encode.models import DEFAULT_MODEL
 from retriever.evaluation.metrics import evaluate_run
 from retriever.store.encoding import cached_embeddings
 

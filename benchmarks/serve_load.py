@@ -33,6 +33,7 @@ from retriever.data.datasets import load_qrels, load_queries, scan_corpus
 from retriever.encode.encoder import Encoder
 from retriever.evaluation.bench.run import BENCH_STORE
 from retriever.evaluation.metrics import judged_queries, percentiles_ms
+from retriever.index.options import BuildOptions
 from retriever.store.encoding import encode_corpus
 
 K = 10
@@ -54,7 +55,9 @@ def build(args: argparse.Namespace, folder: Path) -> tuple[Path, Encoder, list[s
     config = EncoderConfig(prompt="prompteol", pooling="mean", max_length=256)
     encoder = Encoder.load(args.model, config, dtype=args.dtype, batch_size=16)
     store = encode_corpus(encoder, scan_corpus(args.dataset), **BENCH_STORE)
-    index = build_index(None, folder / "index", from_store=store.folder, encoder=encoder)
+    index = build_index(
+        None, folder / "index", None, BuildOptions(from_store=store.folder), encoder=encoder
+    )
     queries = judged_queries(load_queries(args.dataset), load_qrels(args.dataset, "test"))
     return index, encoder, list(queries.values())
 

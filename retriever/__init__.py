@@ -12,36 +12,60 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 _EXPORTS = {
+    "BuildOptions": "retriever.index.options",
+    "DenseSpec": "retriever.core.spec",
     "EmbedFilter": "retriever.encode.embedfilter",
     "Encoder": "retriever.encode.encoder",
-    "EncoderConfig": "retriever.core.config",
-    "FilterSpec": "retriever.core.config",
+    "EncoderConfig": "retriever.core.spec",
+    "FilterSpec": "retriever.core.spec",
     "Hit": "retriever.search.searcher",
+    "Index": "retriever.api.index",
+    "IndexSpec": "retriever.core.spec",
     "Indexer": "retriever.index.build",
+    "ModelSpec": "retriever.core.spec",
     "RetrieverError": "retriever.core.errors",
+    "SearchParams": "retriever.core.spec",
     "Searcher": "retriever.search.searcher",
+    "SparseSpec": "retriever.core.spec",
     "build_index": "retriever.index.build",
 }
 
 __all__ = [
+    "BuildOptions",
+    "DenseSpec",
     "EmbedFilter",
     "Encoder",
     "EncoderConfig",
     "FilterSpec",
     "Hit",
+    "Index",
+    "IndexSpec",
     "Indexer",
+    "ModelSpec",
     "RetrieverError",
+    "SearchParams",
     "Searcher",
+    "SparseSpec",
     "__version__",
     "build_index",
 ]
 
 if TYPE_CHECKING:
-    from retriever.core.config import EncoderConfig, FilterSpec
+    from retriever.api.index import Index
     from retriever.core.errors import RetrieverError
+    from retriever.core.spec import (
+        DenseSpec,
+        EncoderConfig,
+        FilterSpec,
+        IndexSpec,
+        ModelSpec,
+        SearchParams,
+        SparseSpec,
+    )
     from retriever.encode.embedfilter import EmbedFilter
     from retriever.encode.encoder import Encoder
     from retriever.index.build import Indexer, build_index
+    from retriever.index.options import BuildOptions
     from retriever.search.searcher import Hit, Searcher
 
 

@@ -3,8 +3,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from retriever.core.config import FilterSpec
 from retriever.core.errors import RetrieverError
+from retriever.core.spec import FilterSpec
 from retriever.encode.baselines import BASELINES, abtt_dropped, fit_baseline
 from retriever.encode.embedfilter import EmbedFilter
 

@@ -277,7 +277,7 @@ def test_bench_user_mistakes(tiny_model: Path, tmp_path: Path, capsys) -> None:
         (["--taus", "0.5"], "--tau must be a finite number >= 1"),
         (["--pooling", "max"], "unknown pooling 'max'"),
         (["--fusion", "max"], "unknown fusion 'max'"),
-        (["--sparse-doc-tokens", "0"], "--sparse-doc-tokens must be >= 1"),
+        (["--sparse-doc-tokens", "0"], "--sparse-doc-tokens must be at least 1"),
     ]:
         code = main(
             [
@@ -355,7 +355,7 @@ def test_milvus_lite_rows_match_faiss_flat(bench_out: Path) -> None:
 
 @pytest.fixture(scope="module")
 def kept_bench(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> list[dict]:
-    from retriever.evaluation.bench import BenchSettings, run_bench
+    from retriever.evaluation.bench import BenchModel, BenchSettings, run_bench
 
     root = tmp_path_factory.mktemp("kept-bench")
     settings = BenchSettings(
@@ -369,14 +369,8 @@ def kept_bench(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> li
         k=20,
         keep_indexes=root / "indexes",
     )
-    return run_bench(
-        SCIFACT,
-        root / "results",
-        model=str(tiny_model),
-        dtype="float32",
-        limit=60,
-        settings=settings,
-    )
+    model = BenchModel(name=str(tiny_model), dtype="float32")
+    return run_bench(SCIFACT, root / "results", model, settings, limit=60)
 
 
 def test_every_row_is_what_searcher_returns_for_its_folder(kept_bench: list[dict]) -> None:

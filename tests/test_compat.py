@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from retriever import Searcher
+from retriever import DenseSpec, Index, IndexSpec, Searcher
 from retriever.cli import main
 from tests.conftest import ROOT, write_jsonl
 
@@ -46,14 +46,34 @@ def test_a_release_index_ranks_as_that_release_ranked_it(release: Path, name: st
     searcher.close()
 
 
+def test_a_release_manifest_reads_as_the_spec_it_was_built_by(release: Path) -> None:
+    """Version 2 kept the settings beside what the build found; its reader rebuilds the
+    spec from them, the dense part under its own name."""
+    flat, hnsw = Index(release / "flat").manifest(), Index(release / "hnsw-binary").manifest()
+    assert flat.read_version == hnsw.read_version == 2
+    assert flat.spec.parts == ("dense", "sparse", "bm25") and hnsw.spec.parts == ("dense",)
+    assert flat.spec.dense == DenseSpec(index_type="Flat", storage="float32")
+    assert hnsw.spec.dense == DenseSpec(
+        index_type="HNSW8", storage="binary", binary_centre="documents"
+    )
+    assert flat.spec.sparse is not None and flat.spec.filter.tau == 2
+    assert flat.spec.model.dtype == flat.model["dtype"]
+    assert flat.part_bytes["dense"] > 0 and "index" not in flat.part_bytes
+
+
 def test_a_release_index_grows_and_shrinks(release: Path, capsys) -> None:
     index, model = release / "flat", str(release / "model")
+    spec = Index(index).spec
     extra = write_jsonl(
         release / "extra.jsonl",
         [{"_id": "n1", "title": "Tides", "text": "The Moon pulls the oceans into two bulges."}],
     )
     assert main(["-q", "add", str(index), str(extra), "--model", model]) == 0
     assert main(["-q", "delete", str(index), "d2"]) == 0
+    # Written again in the current version, with the spec read from version 2.
+    raw = json.loads((index / "manifest.json").read_text())
+    assert raw["manifest_version"] == 3 and "index" not in raw
+    assert IndexSpec.from_dict(raw["spec"]) == spec
     searcher = Searcher.load(index, model=model)
     assert len(searcher) == 30
     for method in searcher.methods:

@@ -3,8 +3,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from retriever.core.config import FilterSpec
 from retriever.core.errors import RetrieverError
+from retriever.core.spec import FilterSpec
 from retriever.encode.embedfilter import EmbedFilter, band_rows, right_singular_vectors
 
 
@@ -111,7 +111,7 @@ def test_save_load_round_trip(unembedding: np.ndarray, spec: FilterSpec, tmp_pat
     [
         ({"tau": 0.5}, "--tau must be a finite number >= 1"),
         ({"tau": 0}, "--tau must be a finite number >= 1"),
-        ({"tau": None, "dim": 0}, "--dim must be a positive"),
+        ({"tau": None, "dim": 0}, "--dim must be at least 1"),
         ({"tau": 2, "dim": 10}, "exactly one of --tau and --dim"),
         ({"band": "middle"}, "unknown band"),
     ],
@@ -135,7 +135,7 @@ def test_sizes_out_of_range_for_the_model(spec: FilterSpec, message: str) -> Non
 
 
 def test_the_default_filter_removes_the_mean_direction_and_is_named() -> None:
-    from retriever.core.config import FilterSpec
+    from retriever.core.spec import FilterSpec
 
     assert FilterSpec().remove_mean_direction is True
     assert FilterSpec(tau=4).remove_mean_direction is True

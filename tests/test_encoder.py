@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from retriever.core.config import EncoderConfig, FilterSpec
 from retriever.core.errors import RetrieverError
+from retriever.core.spec import EncoderConfig, FilterSpec
 from retriever.encode.embedfilter import EmbedFilter
 from retriever.encode.encoder import Encoder, head_tail
 from retriever.encode.models import pick_dtype, resolve_model

@@ -9,8 +9,10 @@ import pytest
 
 from retriever import build_index
 from retriever.cli import main
+from retriever.core.spec import IndexSpec, ModelSpec
 from retriever.data.datasets import load_qrels
 from retriever.evaluation.metrics import evaluate_run, read_trec_run
+from retriever.index.options import BuildOptions
 from retriever.parts.sparse import SparseSpec
 from tests.conftest import SCIFACT, require_scifact
 
@@ -26,11 +28,12 @@ def test_eval_reports_every_method_with_latency_and_sizes(
     index = build_index(
         SCIFACT,
         tmp_path / "idx",
-        model=str(tiny_model),
-        limit=120,
-        dtype="float32",
-        sparse=SparseSpec(doc_tokens=40, query_tokens=10),
-        bm25=True,
+        IndexSpec(
+            model=ModelSpec(name=str(tiny_model), dtype="float32"),
+            sparse=SparseSpec(doc_tokens=40, query_tokens=10),
+            bm25=True,
+        ),
+        BuildOptions(limit=120),
     )
     report_path, runs = tmp_path / "report.json", tmp_path / "runs"
     code = main(
@@ -74,7 +77,12 @@ def test_eval_reports_every_method_with_latency_and_sizes(
 
 
 def test_eval_of_chosen_methods_and_user_mistakes(tiny_model: Path, tmp_path: Path, capsys) -> None:
-    index = build_index(SCIFACT, tmp_path / "idx", model=str(tiny_model), limit=20, dtype="float32")
+    index = build_index(
+        SCIFACT,
+        tmp_path / "idx",
+        IndexSpec(model=ModelSpec(name=str(tiny_model), dtype="float32")),
+        BuildOptions(limit=20),
+    )
     code = main(["eval", str(index), str(SCIFACT), "--split", "train"])
     assert code == 2 and "has no qrels/train.tsv" in capsys.readouterr().err
     code = main(["eval", str(index), str(tmp_path)])

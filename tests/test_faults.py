@@ -26,11 +26,13 @@ from retriever import FilterSpec, RetrieverError, Searcher, build_index
 from retriever.cli import main
 from retriever.core import generations as generations_module
 from retriever.core.generations import generations_folder, lock_path, writer_lock
+from retriever.core.spec import DenseSpec, IndexSpec, ModelSpec, SearchParams
 from retriever.data.datasets import scan_corpus
 from retriever.encode import models as models_module
 from retriever.encode.embedfilter import EmbedFilter
 from retriever.encode.encoder import Encoder
 from retriever.index.build import delete_documents
+from retriever.index.options import BuildOptions
 from retriever.parts.bm25 import BM25_DIR, BM25Builder, BM25Index
 from retriever.parts.sparse import SPARSE_DIR, KeyTokenIndex, SparseSpec
 from tests.conftest import TOY_DOCS, synthetic_docs, write_jsonl
@@ -46,8 +48,23 @@ def _cli(capsys: pytest.CaptureFixture, *argv: str) -> tuple[int, str]:
     return code, (lines[-1] if lines else "")
 
 
-def _build(model: Path, corpus: Path, out: Path, **kwargs) -> Path:
-    return build_index(corpus, out, model=str(model), dtype="float32", **kwargs)
+def _build(
+    model: Path,
+    corpus: Path,
+    out: Path,
+    *,
+    tau: float = 2,
+    sparse: SparseSpec | None = None,
+    bm25: bool = False,
+    overwrite: bool = False,
+) -> Path:
+    spec = IndexSpec(
+        model=ModelSpec(name=str(model), dtype="float32"),
+        filter=FilterSpec(tau=tau),
+        sparse=sparse,
+        bm25=bm25,
+    )
+    return build_index(corpus, out, spec, BuildOptions(overwrite=overwrite))
 
 
 def _loads_and_searches(index: Path) -> int:
@@ -122,16 +139,16 @@ def test_two_concurrent_builds_into_one_new_path(tiny_model: Path, tmp_path: Pat
 def test_a_reader_keeps_its_generation_across_a_swap(
     tiny_model: Path, toy_corpus: Path, tmp_path: Path
 ) -> None:
-    out = _build(tiny_model, toy_corpus, tmp_path / "idx", filter_spec=FilterSpec(tau=2))
+    out = _build(tiny_model, toy_corpus, tmp_path / "idx", tau=2)
     old = out.resolve()
     reader = Searcher.load(out)
-    _build(tiny_model, toy_corpus, out, filter_spec=FilterSpec(tau=4), overwrite=True)
+    _build(tiny_model, toy_corpus, out, tau=4, overwrite=True)
     assert out.resolve() != old and old.is_dir()  # kept: a reader holds it
     hits = reader.search("Foxes The quick brown fox jumps over the lazy dog.", k=2)
     assert hits[0].id == "d2" and reader.filter.dim == reader.index.dim == 16
     assert _loads_and_searches(out) == 8
     reader.close()
-    _build(tiny_model, toy_corpus, out, filter_spec=FilterSpec(tau=8), overwrite=True)
+    _build(tiny_model, toy_corpus, out, tau=8, overwrite=True)
     assert not old.exists()  # unread now: deleted by the next writer
     assert len(list(generations_folder(out).iterdir())) == 1
 
@@ -141,17 +158,17 @@ def test_a_swap_in_the_middle_of_a_load_is_not_seen(
 ) -> None:
     import retriever.search.searcher as searcher_module
 
-    out = _build(tiny_model, toy_corpus, tmp_path / "idx", filter_spec=FilterSpec(tau=2))
+    out = _build(tiny_model, toy_corpus, tmp_path / "idx", tau=2)
     real = searcher_module.load_encoder_for
 
     def swap_then_load(*args, **kwargs):
         # The model loads for seconds: another process publishes a new generation meanwhile.
-        _build(tiny_model, toy_corpus, out, filter_spec=FilterSpec(tau=4), overwrite=True)
+        _build(tiny_model, toy_corpus, out, tau=4, overwrite=True)
         return real(*args, **kwargs)
 
     monkeypatch.setattr(searcher_module, "load_encoder_for", swap_then_load)
     searcher = Searcher.load(out)
-    assert searcher.manifest["filter"]["dim"] == searcher.filter.dim == searcher.index.dim == 16
+    assert searcher.manifest.dim == searcher.filter.dim == searcher.index.dim == 16
     assert searcher.search("Vitamin D Vitamin D deficiency is associated with bone disease.")[
         0
     ].id == ("d1")
@@ -187,7 +204,7 @@ sys.exit(main(sys.argv[2:]))
 def test_kill_9_at_each_step_of_an_overwrite(
     step: str, tiny_model: Path, toy_corpus: Path, tmp_path: Path
 ) -> None:
-    out = _build(tiny_model, toy_corpus, tmp_path / "idx", filter_spec=FilterSpec(tau=2))
+    out = _build(tiny_model, toy_corpus, tmp_path / "idx", tau=2)
     argv = ["index", str(toy_corpus), "--out", str(out), "--model", str(tiny_model)]
     argv += ["--dtype", "float32", "--tau", "4", "--overwrite"]
     killed = subprocess.run(
@@ -198,7 +215,7 @@ def test_kill_9_at_each_step_of_an_overwrite(
     # is swapped, the new one after.
     assert _loads_and_searches(out) == (8 if step == "after-link" else 16)
     # The next writer clears what the dead one left (its staging or unpublished folder).
-    _build(tiny_model, toy_corpus, out, filter_spec=FilterSpec(tau=8), overwrite=True)
+    _build(tiny_model, toy_corpus, out, tau=8, overwrite=True)
     assert [p.name for p in generations_folder(out).iterdir()] == [out.resolve().name]
 
 
@@ -242,7 +259,7 @@ def test_a_full_disk_is_one_line_and_keeps_the_old_index(
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture,
 ) -> None:
-    out = _build(tiny_model, toy_corpus, tmp_path / "idx", filter_spec=FilterSpec(tau=2))
+    out = _build(tiny_model, toy_corpus, tmp_path / "idx", tau=2)
 
     def full(*args, **kwargs):
         raise error
@@ -459,7 +476,7 @@ def test_a_manifest_naming_another_model_loads_nothing(
     index_copy: Path, other_tiny_model: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     manifest = _manifest(index_copy)
-    manifest["model"]["name"] = str(other_tiny_model)  # hash left as the real model's
+    manifest["spec"]["model"]["name"] = str(other_tiny_model)  # hash left as the real model's
     _write_json(index_copy / "manifest.json", manifest)
 
     def never(*args, **kwargs):
@@ -718,7 +735,7 @@ def test_one_shard_of_another_dimension_is_named(
     for pooling in ("mean", "last"):
         _resave(store / "shards" / f"000002.{pooling}.npy", lambda a: a[:, :-1])
     with pytest.raises(RetrieverError, match="shard 000002 .* 31 dimensions, the other shards' 32"):
-        build_index(None, tmp_path / "idx", from_store=store)
+        build_index(None, tmp_path / "idx", None, BuildOptions(from_store=store))
 
 
 def test_a_broken_stored_document_is_one_line_and_publishes_nothing(
@@ -774,7 +791,11 @@ def test_a_long_id_is_refused_before_the_model_loads(
 def test_add_refuses_a_long_id_before_encoding_and_takes_511_bytes(
     tiny_model: Path, toy_corpus: Path, tmp_path: Path, monkeypatch, capsys
 ) -> None:
-    out = build_index(toy_corpus, tmp_path / "idx", model=str(tiny_model), dtype="float32")
+    out = build_index(
+        toy_corpus,
+        tmp_path / "idx",
+        IndexSpec(model=ModelSpec(name=str(tiny_model), dtype="float32")),
+    )
     longest = {"_id": "é" * 255 + "z", "title": "Longest", "text": "Protein folding."}
     extra = write_jsonl(tmp_path / "extra.jsonl", [longest, {"_id": "y" * 512, "text": "z"}])
     with monkeypatch.context() as patch:
@@ -808,7 +829,9 @@ def test_an_unparseable_index_type_is_refused_before_the_scan(
     assert code == 2 and message.startswith("retriever: error: invalid --index-type 'Bogus12': ")
     assert "Flat, HNSWm, IVFn or a faiss.index_factory string" in message
     with pytest.raises(RetrieverError, match="invalid --index-type 'HNSW32,Bogus'"):
-        build_index(toy_corpus, tmp_path / "idx", index_type="HNSW32,Bogus")
+        build_index(
+            toy_corpus, tmp_path / "idx", IndexSpec(dense=DenseSpec(index_type="HNSW32,Bogus"))
+        )
 
 
 def test_a_type_that_needs_another_dimension_is_refused_before_encoding(
@@ -819,10 +842,11 @@ def test_a_type_that_needs_another_dimension_is_refused_before_encoding(
         build_index(
             toy_corpus,
             tmp_path / "idx",
-            model=str(tiny_model),
-            dtype="float32",
-            filter_spec=FilterSpec(tau=2),
-            index_type="IVF2,PQ7",
+            IndexSpec(
+                model=ModelSpec(name=str(tiny_model), dtype="float32"),
+                filter=FilterSpec(tau=2),
+                dense=DenseSpec(index_type="IVF2,PQ7"),
+            ),
         )
     assert not (tmp_path / "idx").exists()
 
@@ -852,7 +876,7 @@ def test_the_api_refuses_a_chunk_size_before_the_model_loads(
     toy_corpus: Path, tmp_path: Path, no_model: None
 ) -> None:
     with pytest.raises(RetrieverError, match="--chunk-size must be at least 1, got 0"):
-        build_index(toy_corpus, tmp_path / "idx", chunk_size=0)
+        build_index(toy_corpus, tmp_path / "idx", None, BuildOptions(chunk_size=0))
 
 
 # --- the system refuses a write ------------------------------------------------------
@@ -861,7 +885,11 @@ def test_the_api_refuses_a_chunk_size_before_the_model_loads(
 def test_a_full_disk_at_the_lock_is_one_line_and_keeps_the_old_index(
     tiny_model: Path, toy_corpus: Path, tmp_path: Path, monkeypatch, capsys
 ) -> None:
-    out = build_index(toy_corpus, tmp_path / "idx", model=str(tiny_model), dtype="float32")
+    out = build_index(
+        toy_corpus,
+        tmp_path / "idx",
+        IndexSpec(model=ModelSpec(name=str(tiny_model), dtype="float32")),
+    )
     first = tmp_path / "first"
 
     def full(*args, **kwargs):
@@ -1121,7 +1149,7 @@ def test_a_folder_the_user_cannot_write_is_one_line(
     folder.mkdir()
     out = folder / "idx"
     if command != "first build":
-        _build(tiny_model, toy_corpus, out, filter_spec=FilterSpec(tau=2))
+        _build(tiny_model, toy_corpus, out, tau=2)
     before = sorted(p.name for p in folder.iterdir())
     _make_read_only(folder, monkeypatch)
     build = ["index", str(toy_corpus), "--out", str(out), "--model", str(tiny_model)]
@@ -1236,7 +1264,7 @@ def test_a_failed_fsync_publishes_nothing(
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture,
 ) -> None:
-    out = _build(tiny_model, toy_corpus, tmp_path / "idx", filter_spec=FilterSpec(tau=2))
+    out = _build(tiny_model, toy_corpus, tmp_path / "idx", tau=2)
     current = out.resolve()
     folder = str(generations_folder(out).resolve())
     if where == "a staging file":
@@ -1281,10 +1309,11 @@ def _search_build(model: Path, docs: list[dict], out: Path) -> Path:
     return build_index(
         write_jsonl(out.with_suffix(".jsonl"), docs),
         out,
-        model=str(model),
-        dtype="float32",
-        sparse=SparseSpec(doc_tokens=30, query_tokens=5),
-        bm25=True,
+        IndexSpec(
+            model=ModelSpec(name=str(model), dtype="float32"),
+            sparse=SparseSpec(doc_tokens=30, query_tokens=5),
+            bm25=True,
+        ),
     )
 
 
@@ -1331,7 +1360,7 @@ def test_an_empty_bm25_part_searches_to_nothing_and_round_trips(tmp_path: Path) 
 def test_deleting_every_document_with_bm25_leaves_a_valid_empty_index(emptied: Path) -> None:
     manifest = json.loads((emptied / "manifest.json").read_text())
     assert manifest["documents"]["count"] == 0
-    assert all(manifest[part]["count"] == 0 for part in ("index", "sparse", "bm25"))
+    assert all(manifest[part]["count"] == 0 for part in ("dense", "sparse", "bm25"))
     assert (emptied / BM25_DIR).is_dir()
     searcher = Searcher.load(emptied)
     try:
@@ -1419,7 +1448,7 @@ def test_every_search_of_a_closed_searcher_is_one_line(odd_index: Path) -> None:
     ("given", "message"),
     [
         ({"nprobe": 0}, "nprobe must be at least 1, got 0"),
-        ({"ef_search": 0}, "ef_search must be at least 1, got 0"),
+        ({"ef_search": 0}, "--ef-search must be at least 1, got 0"),
         ({"rescore": -2}, "rescore must be at least 1, got -2"),
         ({"nprobe": 2.5}, "nprobe must be a whole number, got 2.5"),
     ],
@@ -1430,7 +1459,7 @@ def test_search_params_below_1_are_refused_before_the_model_loads(
     with monkeypatch.context() as patch:
         patch.setattr("retriever.encode.encoder.load_model", lambda *a, **k: 1 / 0)
         with pytest.raises(RetrieverError, match=message):
-            Searcher.load(odd_index, **given)
+            Searcher.load(odd_index, search=SearchParams(**given))
     searcher = Searcher.load(odd_index)
     try:
         with pytest.raises(RetrieverError, match=message):
@@ -1561,7 +1590,8 @@ def test_export_refuses_a_pickle_model_with_a_forged_hash(
 
     model = _pickle_model(tiny_model, tmp_path / "pickled", keep_safetensors=keep_safetensors)
     manifest = _manifest(index_copy)
-    manifest["model"].update(name=str(model), weights_sha256=weights_sha256(model))
+    manifest["spec"]["model"]["name"] = str(model)
+    manifest["model"]["weights_sha256"] = weights_sha256(model)
     (index_copy / "manifest.json").write_text(json.dumps(manifest))
     out = tmp_path / "export"
     code, line = _one_line(capsys, "export", str(index_copy), str(out))

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from retriever.core.config import EncoderConfig
+from retriever.core.spec import EncoderConfig
 from retriever.data.datasets import scan_corpus
 from retriever.encode.embedfilter import UnembeddingSpectrum
 from retriever.encode.encoder import Encoder
@@ -94,7 +94,7 @@ def test_a_row_is_what_searcher_returns_for_the_same_folder(
     ]
     assert row["recall_at_10_vs_exact"] == pytest.approx(np.mean(overlap))
     manifest = user.manifest
-    assert row["bytes_per_doc"] == backend_bytes(folder, manifest["index"]) / len(DOCS)
+    assert row["bytes_per_doc"] == backend_bytes(folder, manifest.backend) / len(DOCS)
     if cell.storage.endswith("+rescore"):
         assert (folder / "rescore_codes.npy").stat().st_size >= len(DOCS) * embed_filter.dim
     for part in ("search", "fetch"):

@@ -11,6 +11,7 @@ import pytest
 
 from retriever import RetrieverError, Searcher, build_index
 from retriever.cli import main
+from retriever.core.spec import DenseSpec, IndexSpec, ModelSpec, SearchParams
 from retriever.evaluation.scaling import GPU_PQ_BYTES, GPU_PQ_SUB_DIMS, ivfpq_type
 from retriever.parts.dense import faiss_install
 from retriever.parts.dense import gpu as faiss_gpu
@@ -136,7 +137,9 @@ def tiny_index(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
 
     root = tmp_path_factory.mktemp("gpu")
     corpus = write_jsonl(root / "docs.jsonl", synthetic_docs(30))
-    return build_index(corpus, root / "toy", model=str(tiny_model), dtype="float32")
+    return build_index(
+        corpus, root / "toy", IndexSpec(model=ModelSpec(name=str(tiny_model), dtype="float32"))
+    )
 
 
 def test_asking_for_a_gpu_without_one_is_one_line(
@@ -154,7 +157,7 @@ def test_the_scaling_benchmark_times_the_index_it_searches(
 ) -> None:
     from retriever.evaluation import scaling as scaling
     from retriever.parts.dense import backends as backends
-    from retriever.parts.dense.backends import BackendSpec, build_in_memory
+    from retriever.parts.dense.backends import build_in_memory
 
     searched: list[int] = []
 
@@ -172,7 +175,7 @@ def test_the_scaling_benchmark_times_the_index_it_searches(
         "place_for_search",
         lambda index, gpu: Placed(Counting(index), True, "GPU 0 (one GPU)"),
     )
-    backend = build_in_memory(BackendSpec(kind="faiss", index_type="Flat"), _unit(100, 8), tmp_path)
+    backend = build_in_memory(DenseSpec(index_type="Flat"), _unit(100, 8), tmp_path)
     row, _ = scaling._measure(backend, _unit(7, 8, seed=1), 5, 4, 1)
     assert row["ran_on"] == "GPU 0 (one GPU)"
     assert searched.count(1) == 4 + 1  # the timed single queries and the warm-up
@@ -187,7 +190,9 @@ def test_the_bench_records_where_its_dense_searches_ran(
     from tests.conftest import synthetic_docs, write_jsonl
 
     corpus = write_jsonl(tmp_path / "docs.jsonl", synthetic_docs(30))
-    index = build_index(corpus, tmp_path / "idx", model=str(tiny_model), dtype="float32")
+    index = build_index(
+        corpus, tmp_path / "idx", IndexSpec(model=ModelSpec(name=str(tiny_model), dtype="float32"))
+    )
     monkeypatch.setattr(
         backends,
         "place_for_search",
@@ -230,11 +235,18 @@ def test_gpu_ivf_search_matches_the_cpu_with_its_nprobe(tiny_model: Path, tmp_pa
 
     corpus = write_jsonl(tmp_path / "docs.jsonl", synthetic_docs(300))
     index = build_index(
-        corpus, tmp_path / "ivf", model=str(tiny_model), index_type="IVF8,Flat", dtype="float32"
+        corpus,
+        tmp_path / "ivf",
+        IndexSpec(
+            model=ModelSpec(name=str(tiny_model), dtype="float32"),
+            dense=DenseSpec(index_type="IVF8,Flat"),
+        ),
     )
     queries = [doc["text"] for doc in synthetic_docs(20, seed=3)]
-    cpu = Searcher.load(index, nprobe=8, use_gpu=False).batch_search(queries, k=10)
-    on_gpu = Searcher.load(index, nprobe=8, use_gpu=True)
+    cpu = Searcher.load(index, search=SearchParams(nprobe=8), use_gpu=False).batch_search(
+        queries, k=10
+    )
+    on_gpu = Searcher.load(index, search=SearchParams(nprobe=8), use_gpu=True)
     assert on_gpu.index.on_gpu
     gpu = on_gpu.batch_search(queries, k=10)
     overlap = np.mean([len(set(cpu[q].ids) & set(gpu[q].ids)) / 10 for q in cpu])
@@ -258,6 +270,10 @@ def test_queries_are_encoded_in_the_dtype_the_index_was_built_with(
     from tests.conftest import synthetic_docs, write_jsonl
 
     corpus = write_jsonl(tmp_path / "docs.jsonl", synthetic_docs(12))
-    index = build_index(corpus, tmp_path / "bf16", model=str(tiny_model), dtype="bfloat16")
+    index = build_index(
+        corpus,
+        tmp_path / "bf16",
+        IndexSpec(model=ModelSpec(name=str(tiny_model), dtype="bfloat16")),
+    )
     assert Searcher.load(index).encoder.dtype == torch.bfloat16
     assert Searcher.load(index, dtype="float32").encoder.dtype == torch.float32

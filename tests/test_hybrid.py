@@ -12,6 +12,7 @@ from threadpoolctl import threadpool_info
 from retriever import RetrieverError, Searcher, build_index
 from retriever.cli import main
 from retriever.core.config import DISPLAY_SPACE
+from retriever.core.spec import IndexSpec, ModelSpec
 from retriever.parts.sparse import SparseSpec
 from retriever.search.fusion import fuse
 from tests.conftest import TOY_DOCS, write_jsonl
@@ -25,10 +26,11 @@ def full_index(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
     return build_index(
         write_jsonl(root / "docs.jsonl", TOY_DOCS),
         root / "toy",
-        model=str(tiny_model),
-        dtype="float32",
-        sparse=SparseSpec(doc_tokens=30, query_tokens=5),
-        bm25=True,
+        IndexSpec(
+            model=ModelSpec(name=str(tiny_model), dtype="float32"),
+            sparse=SparseSpec(doc_tokens=30, query_tokens=5),
+            bm25=True,
+        ),
     )
 
 
@@ -45,15 +47,15 @@ def test_the_folder_and_manifest_describe_every_part(full_index: Path) -> None:
         "sparse",
     ]
     manifest = json.loads((full_index / "manifest.json").read_text())
-    assert manifest["sparse"] == {
+    assert manifest["sparse"] == {"count": 6}
+    assert manifest["spec"]["sparse"] == {
         "doc_tokens": 30,
         "query_tokens": 5,
         "space": "filtered",
-        "count": 6,
     }
-    assert manifest["bm25"]["count"] == 6 and manifest["index"]["count"] == 6
+    assert manifest["bm25"]["count"] == 6 and manifest["dense"]["count"] == 6
     sizes = manifest["build"]["bytes"]
-    assert sizes["sparse"] > 0 and sizes["bm25"] > 0 and sizes["index"] > 0
+    assert sizes["sparse"] > 0 and sizes["bm25"] > 0 and sizes["dense"] > 0
     assert set(manifest["build"]["seconds"]) >= {"encode", "index", "sparse", "bm25"}
 
 

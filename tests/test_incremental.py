@@ -10,8 +10,9 @@ import pytest
 
 from retriever import EncoderConfig, FilterSpec, RetrieverError, Searcher, build_index
 from retriever.cli import main
-from retriever.core.config import SparseSpec
+from retriever.core.spec import DenseSpec, IndexSpec, ModelSpec, SearchParams, SparseSpec
 from retriever.index.build import Indexer, delete_documents
+from retriever.index.options import BuildOptions
 from retriever.parts.docstore import content_digest
 from tests.conftest import synthetic_docs, write_jsonl
 
@@ -31,13 +32,14 @@ def _build(model: Path, docs: list[dict], folder: Path) -> Path:
     return build_index(
         write_jsonl(folder.with_suffix(".jsonl"), docs),
         folder,
-        model=str(model),
-        dtype="float32",
-        encoder_config=EncoderConfig(max_length=64),
-        filter_spec=FilterSpec(tau=2),
-        sparse=SparseSpec(doc_tokens=40, query_tokens=10),
-        bm25=True,
-        chunk_size=16,
+        IndexSpec(
+            model=ModelSpec(name=str(model), dtype="float32"),
+            encoder=EncoderConfig(max_length=64),
+            filter=FilterSpec(tau=2),
+            sparse=SparseSpec(doc_tokens=40, query_tokens=10),
+            bm25=True,
+        ),
+        BuildOptions(chunk_size=16),
     )
 
 
@@ -65,7 +67,7 @@ def _assert_manifest_true(index: Path) -> None:
     searcher = Searcher.load(index)
     documents = list(searcher.docstore)
     assert manifest["documents"]["count"] == len(documents)
-    for part in ("index", "sparse", "bm25"):
+    for part in ("dense", "sparse", "bm25"):
         assert manifest[part]["count"] == len(documents)
     assert manifest["documents"]["content_sha256"] == f"{content_digest(documents):064x}"
     searcher.close()
@@ -152,9 +154,8 @@ def test_indexer_methods_from_python(tiny_model: Path, tmp_path: Path) -> None:
 def test_nprobe_and_ef_search_are_stored_and_overridable(tiny_model: Path, tmp_path: Path) -> None:
     docs = synthetic_docs(300, seed=4)
     corpus = write_jsonl(tmp_path / "docs.jsonl", docs)
-    settings = dict(
-        model=str(tiny_model), dtype="float32", encoder_config=EncoderConfig(max_length=64)
-    )
+    model = ModelSpec(name=str(tiny_model), dtype="float32")
+    encoding = EncoderConfig(max_length=64)
     assert (
         main(
             [
@@ -179,13 +180,15 @@ def test_nprobe_and_ef_search_are_stored_and_overridable(tiny_model: Path, tmp_p
         == 0
     )
     manifest = json.loads((tmp_path / "ivf" / "manifest.json").read_text())
-    assert manifest["index"]["search_params"] == {"nprobe": 3}
-    flat = build_index(corpus, tmp_path / "flat", filter_spec=FilterSpec(tau=1), **settings)
+    assert manifest["spec"]["dense"]["search"] == {"nprobe": 3, "ef_search": None, "rescore": None}
+    flat = build_index(
+        corpus, tmp_path / "flat", IndexSpec(model, encoding, filter=FilterSpec(tau=1))
+    )
     exact = Searcher.load(flat)
     truth = exact.batch_search([d["text"] for d in docs[:40]], k=10).to_beir()
 
     def recall(nprobe: int | None) -> float:
-        searcher = Searcher.load(tmp_path / "ivf", nprobe=nprobe)
+        searcher = Searcher.load(tmp_path / "ivf", search=SearchParams(nprobe=nprobe))
         run = searcher.batch_search([d["text"] for d in docs[:40]], k=10).to_beir()
         return np.mean([len(set(run[q]) & set(truth[q])) / 10 for q in truth])
 
@@ -194,39 +197,33 @@ def test_nprobe_and_ef_search_are_stored_and_overridable(tiny_model: Path, tmp_p
     assert faiss.extract_index_ivf(Searcher.load(tmp_path / "ivf").index.index).nprobe == 3
     assert recall(1) < recall(16) == 1.0  # all 16 lists: exact
     with pytest.raises(RetrieverError, match="efSearch applies to HNSW indexes"):
-        Searcher.load(tmp_path / "ivf", ef_search=8)
+        Searcher.load(tmp_path / "ivf", search=SearchParams(ef_search=8))
     with pytest.raises(RetrieverError, match="--ef-search does not apply to --index-type Flat"):
-        build_index(corpus, tmp_path / "x", search_params=_params(ef=8), **settings)
-
-
-def _params(ef: int):
-    from retriever.index.build import SearchParams
-
-    return SearchParams(ef_search=ef)
+        dense = DenseSpec(search=SearchParams(ef_search=8))
+        build_index(corpus, tmp_path / "x", IndexSpec(model, encoding, dense=dense))
 
 
 def test_ivf_delete_and_add_match_a_fresh_build(tiny_model: Path, tmp_path: Path) -> None:
     """IVF keeps document keys in its own lists: removing some and adding others must
     leave exactly the survivors (an ID map over IVF would renumber them wrongly)."""
     docs = synthetic_docs(400, seed=11)
-    settings = dict(
-        model=str(tiny_model),
-        dtype="float32",
-        encoder_config=EncoderConfig(max_length=64),
-        filter_spec=FilterSpec(tau=1),
-        index_type="IVF8,Flat",
+    spec = IndexSpec(
+        model=ModelSpec(name=str(tiny_model), dtype="float32"),
+        encoder=EncoderConfig(max_length=64),
+        filter=FilterSpec(tau=1),
+        dense=DenseSpec(index_type="IVF8,Flat"),
     )
-    index = build_index(write_jsonl(tmp_path / "a.jsonl", docs[:300]), tmp_path / "ivf", **settings)
+    index = build_index(write_jsonl(tmp_path / "a.jsonl", docs[:300]), tmp_path / "ivf", spec)
     gone = [d["_id"] for d in docs[:300:3]]
     delete_documents(index, gone)
     Indexer(Searcher.load(index).encoder).add(index, write_jsonl(tmp_path / "b.jsonl", docs[300:]))
     survivors = [d for d in docs if d["_id"] not in gone]
-    fresh = build_index(
-        write_jsonl(tmp_path / "c.jsonl", survivors), tmp_path / "fresh", **settings
-    )
+    fresh = build_index(write_jsonl(tmp_path / "c.jsonl", survivors), tmp_path / "fresh", spec)
     queries = [d["title"] + " " + d["text"] for d in docs[::7]]
-    got = Searcher.load(index, nprobe=8).batch_search(queries, k=10).to_beir()
-    expected = Searcher.load(fresh, nprobe=8).batch_search(queries, k=10).to_beir()
+    got = Searcher.load(index, search=SearchParams(nprobe=8)).batch_search(queries, k=10).to_beir()
+    expected = (
+        Searcher.load(fresh, search=SearchParams(nprobe=8)).batch_search(queries, k=10).to_beir()
+    )
     for qid in expected:
         assert not set(gone) & set(got[qid])
         assert list(got[qid]) == list(expected[qid])

@@ -95,9 +95,10 @@ def test_blas_and_the_simd_scan_return_the_same_hits() -> None:
 def test_search_parameters_reach_an_index_still_being_built(tmp_path) -> None:
     import numpy as np
 
-    from retriever.parts.dense.backends import BackendSpec, build_in_memory
+    from retriever.core.spec import DenseSpec
+    from retriever.parts.dense.backends import build_in_memory
 
     vectors = np.random.default_rng(0).standard_normal((500, 8)).astype(np.float32)
-    backend = build_in_memory(BackendSpec(kind="faiss", index_type="IVF16,Flat"), vectors, tmp_path)
+    backend = build_in_memory(DenseSpec(index_type="IVF16,Flat"), vectors, tmp_path)
     backend.set_search_params({"nprobe": 8})
     assert backend.placement.index.nprobe == 8

@@ -16,7 +16,9 @@ from retriever import (
     build_index,
 )
 from retriever.cli import main
+from retriever.core.spec import IndexSpec, ModelSpec
 from retriever.data.datasets import scan_corpus
+from retriever.index.options import BuildOptions
 from retriever.parts import docstore as docstore_module
 from retriever.store.encoding import encode_corpus
 from tests.conftest import TOY_DOCS, synthetic_docs, write_jsonl
@@ -30,10 +32,8 @@ def tiny_index(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Pa
     return build_index(
         corpus,
         root / "toy",
-        model=str(tiny_model),
-        filter_spec=FilterSpec(tau=2),
-        dtype="float32",
-        batch_size=4,
+        IndexSpec(model=ModelSpec(name=str(tiny_model), dtype="float32"), filter=FilterSpec(tau=2)),
+        BuildOptions(batch_size=4),
     )
 
 
@@ -50,15 +50,35 @@ def test_index_folder_is_self_describing(tiny_index: Path, tiny_model: Path) -> 
     manifest = json.loads((tiny_index / "manifest.json").read_text())
     assert manifest["model"]["name"] == str(tiny_model)
     assert len(manifest["model"]["weights_sha256"]) == 64
-    assert manifest["encoder"]["prompt"] == "prompteol" and manifest["encoder"]["pooling"] == "mean"
+    assert manifest["manifest_version"] == 3
+    # The spec as written: every setting, defaults included, the store's fixed ones filled.
+    spec = manifest["spec"]
+    assert IndexSpec.from_dict(spec).to_dict() == spec
+    assert spec["model"] == {
+        "name": str(tiny_model),
+        "revision": None,
+        "dtype": "float32",
+        "unembedding_from": None,
+    }
+    assert spec["encoder"]["prompt"] == "prompteol" and spec["encoder"]["pooling"] == "mean"
+    assert spec["dense"] == {
+        "backend": "faiss",
+        "index_type": "Flat",
+        "storage": None,
+        "binary_centre": "documents",
+        "rescore_vectors": "int8",
+        "ef_construction": None,
+        "milvus_uri": None,
+        "collection": "retriever",
+        "search": {"nprobe": None, "ef_search": None, "rescore": None},
+    }
+    assert spec["sparse"] is None and spec["bm25"] is False
     assert manifest["filter"]["rows"] == [8, 24] and manifest["filter"]["dim"] == 16
-    assert manifest["index"] == {
-        "type": "Flat",
+    assert manifest["dense"] == {
         "metric": "inner_product",
         "normalized": True,
         "dim": 16,
         "count": 6,
-        "search_params": {},
         "backend": {
             "backend": "faiss",
             "file": "index.faiss",
@@ -73,8 +93,8 @@ def test_index_folder_is_self_describing(tiny_index: Path, tiny_model: Path) -> 
     assert len(documents["content_sha256"]) == 64
     assert manifest["versions"]["faiss-cpu"] or manifest["versions"]["faiss-gpu"]
     sizes = manifest["build"]["bytes"]
-    assert sizes["index"] == (tiny_index / "index.faiss").stat().st_size
-    assert sizes["total"] >= sizes["index"] + sizes["docstore"] + sizes["filter"]
+    assert sizes["dense"] == (tiny_index / "index.faiss").stat().st_size
+    assert sizes["total"] >= sizes["dense"] + sizes["docstore"] + sizes["filter"]
     generations = tiny_index.parent / ".toy.generations"
     assert [p.name for p in generations.iterdir()] == [tiny_index.resolve().name]
 
@@ -124,9 +144,7 @@ def test_tau_one_index_scores_are_cosines_of_raw_embeddings(
     folder = build_index(
         toy_corpus,
         tmp_path / "raw",
-        model=str(tiny_model),
-        filter_spec=FilterSpec(tau=1),
-        dtype="float32",
+        IndexSpec(model=ModelSpec(name=str(tiny_model), dtype="float32"), filter=FilterSpec(tau=1)),
     )
     searcher = Searcher.load(folder, dtype="float32")
     docs = searcher.encoder.encode_documents(
@@ -148,30 +166,43 @@ def test_failed_build_leaves_nothing(
 
     monkeypatch.setattr(docstore_module.DocStoreWriter, "put", broken_put)
     with pytest.raises(OSError, match="disk full"):
-        build_index(toy_corpus, tmp_path / "idx", model=str(tiny_model), dtype="float32")
+        build_index(
+            toy_corpus,
+            tmp_path / "idx",
+            IndexSpec(model=ModelSpec(name=str(tiny_model), dtype="float32")),
+        )
     assert _visible(tmp_path) == ["docs.jsonl"]
     assert not (tmp_path / ".idx.generations").exists()
 
 
 def test_existing_destinations(tiny_model: Path, toy_corpus: Path, tmp_path: Path) -> None:
-    first = build_index(toy_corpus, tmp_path / "idx", model=str(tiny_model), dtype="float32")
+    first = build_index(
+        toy_corpus,
+        tmp_path / "idx",
+        IndexSpec(model=ModelSpec(name=str(tiny_model), dtype="float32")),
+    )
     with pytest.raises(RetrieverError, match="already holds an index; pass --overwrite"):
-        build_index(toy_corpus, first, model=str(tiny_model), dtype="float32")
+        build_index(
+            toy_corpus, first, IndexSpec(model=ModelSpec(name=str(tiny_model), dtype="float32"))
+        )
     build_index(
         toy_corpus,
         first,
-        model=str(tiny_model),
-        dtype="float32",
-        overwrite=True,
-        filter_spec=FilterSpec(tau=4),
+        IndexSpec(model=ModelSpec(name=str(tiny_model), dtype="float32"), filter=FilterSpec(tau=4)),
+        BuildOptions(overwrite=True),
     )
-    assert json.loads((first / "manifest.json").read_text())["index"]["dim"] == 8
+    assert json.loads((first / "manifest.json").read_text())["dense"]["dim"] == 8
     assert _visible(tmp_path) == ["docs.jsonl", "idx"]
     assert len(list((tmp_path / ".idx.generations").iterdir())) == 1  # the old one is gone
     (tmp_path / "notes").mkdir()
     (tmp_path / "notes" / "keep.txt").write_text("mine")
     with pytest.raises(RetrieverError, match="is not a retriever index link"):
-        build_index(toy_corpus, tmp_path / "notes", model=str(tiny_model), overwrite=True)
+        build_index(
+            toy_corpus,
+            tmp_path / "notes",
+            IndexSpec(model=ModelSpec(name=str(tiny_model))),
+            BuildOptions(overwrite=True),
+        )
     assert (tmp_path / "notes" / "keep.txt").read_text() == "mine"
 
 
@@ -184,10 +215,11 @@ def test_echo_last_token_settings_round_trip(
     folder = build_index(
         toy_corpus,
         tmp_path / "echo",
-        model=str(tiny_model),
-        encoder_config=config,
-        filter_spec=FilterSpec(dim=12, band="rand", seed=5),
-        dtype="float32",
+        IndexSpec(
+            model=ModelSpec(name=str(tiny_model), dtype="float32"),
+            encoder=config,
+            filter=FilterSpec(dim=12, band="rand", seed=5),
+        ),
     )
     searcher = Searcher.load(folder, dtype="float32")
     assert searcher.encoder.config == config
@@ -276,7 +308,7 @@ def test_cli_index_and_search(
         (["index", "{docs}", "--out", "{tmp}/o", "--no-dense"], "leaves nothing to search"),
         (
             ["index", "{docs}", "--out", "{tmp}/o", "--sparse", "--sparse-doc-tokens", "0"],
-            "--sparse-doc-tokens must be >= 1",
+            "--sparse-doc-tokens must be at least 1",
         ),
     ],
 )
@@ -317,13 +349,6 @@ def test_cli_manifest_mismatch_and_empty_query(
     assert code == 2 and "embeddings would not be comparable" in stderr
     code, _, stderr = _cli(capsys, "search", str(tiny_index), "  ")
     assert code == 2 and "empty query" in stderr
-
-
-def test_default_model_names_agree() -> None:
-    from retriever import cli
-    from retriever.encode import models as models
-
-    assert cli.DEFAULT_MODEL == models.DEFAULT_MODEL
 
 
 def test_every_flag_has_help() -> None:
@@ -409,15 +434,16 @@ def test_a_ready_projection_and_a_loaded_encoder_build_from_a_store(
         out = build_index(
             None,
             tmp_path / "idx",
-            from_store=store,
+            IndexSpec(encoder=EncoderConfig(pooling="last")),
+            BuildOptions(from_store=store),
             encoder=encoder,
-            encoder_config=EncoderConfig(pooling="last"),
             embed_filter=projection,
         )
     assert encoder.config.pooling == "mean"  # the caller's encoder keeps its settings
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["filter"] == projection.describe()
-    assert manifest["encoder"]["pooling"] == "last" and manifest["encoder"]["max_length"] == 64
+    encoding = manifest["spec"]["encoder"]
+    assert encoding["pooling"] == "last" and encoding["max_length"] == 64
     searcher = Searcher.load(out)
     np.testing.assert_array_equal(searcher.filter.matrix, projection.matrix)
     mapped = faiss.downcast_index(searcher.index.index)
@@ -435,14 +461,25 @@ def test_a_ready_projection_or_encoder_that_does_not_fit_is_one_line(
     encoder, store = mean_store
     narrow = EmbedFilter(np.eye(4, 8), FilterSpec(dim=4), np.arange(4))
     with pytest.raises(RetrieverError, match="embed_filter projects 8-dimensional embeddings, but"):
-        build_index(None, tmp_path / "a", from_store=store, encoder=encoder, embed_filter=narrow)
-    with pytest.raises(RetrieverError, match="give filter_spec or embed_filter, not both"):
         build_index(
-            None, tmp_path / "b", from_store=store, filter_spec=FilterSpec(), embed_filter=narrow
+            None,
+            tmp_path / "a",
+            None,
+            BuildOptions(from_store=store),
+            encoder=encoder,
+            embed_filter=narrow,
+        )
+    with pytest.raises(RetrieverError, match="give the spec.s filter or an embed_filter, not both"):
+        build_index(
+            None,
+            tmp_path / "b",
+            IndexSpec(filter=FilterSpec(tau=4)),
+            BuildOptions(from_store=store),
+            embed_filter=narrow,
         )
     other = Encoder.load(str(other_tiny_model), EncoderConfig(max_length=64), dtype="float32")
     with pytest.raises(RetrieverError, match="was encoded differently from this encoder"):
-        build_index(None, tmp_path / "c", from_store=store, encoder=other)
+        build_index(None, tmp_path / "c", None, BuildOptions(from_store=store), encoder=other)
     assert _visible(tmp_path) == ["docs.jsonl", "store"]
 
 

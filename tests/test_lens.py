@@ -9,6 +9,7 @@ import pytest
 from retriever import EmbedFilter, FilterSpec
 from retriever.cli import main
 from retriever.core.errors import RetrieverError
+from retriever.core.spec import IndexSpec, ModelSpec
 from retriever.encode.lens import (
     TokenLens,
     alignment_metrics,
@@ -140,8 +141,7 @@ def test_lens_cli_prints_raw_and_filtered_tokens(tiny_model: Path, tmp_path: Pat
     index = build_index(
         write_jsonl(tmp_path / "docs.jsonl", TOY_DOCS),
         tmp_path / "idx",
-        model=str(tiny_model),
-        dtype="float32",
+        IndexSpec(model=ModelSpec(name=str(tiny_model), dtype="float32")),
     )
     lens = ["-q", "lens", str(index), "bone disease", "--top", "7", "--json"]
     assert main([*lens, "--all-tokens"]) == 0

@@ -16,6 +16,8 @@ import pytest
 
 from retriever import EncoderConfig, RetrieverError, Searcher, build_index
 from retriever.cli import main
+from retriever.core.spec import DenseSpec, IndexSpec, ModelSpec
+from retriever.index.options import BuildOptions
 from tests.conftest import synthetic_docs, write_jsonl
 
 pytest.importorskip(
@@ -25,15 +27,14 @@ pytest.importorskip(
 QUERIES = [doc["text"] for doc in synthetic_docs(30, seed=7)]
 
 
-def _build(model: Path, corpus: Path, out: Path, **kwargs) -> Path:
-    return build_index(
-        corpus,
-        out,
-        model=str(model),
-        dtype="float32",
-        encoder_config=EncoderConfig(max_length=64),
-        **kwargs,
+def _build(model: Path, corpus: Path, out: Path, *, overwrite: bool = False, **dense) -> Path:
+    """An index of ``corpus`` whose dense part is ``DenseSpec(**dense)``."""
+    spec = IndexSpec(
+        model=ModelSpec(name=str(model), dtype="float32"),
+        encoder=EncoderConfig(max_length=64),
+        dense=DenseSpec(**dense),
     )
+    return build_index(corpus, out, spec, BuildOptions(overwrite=overwrite))
 
 
 @pytest.fixture(scope="module")
@@ -56,11 +57,12 @@ def test_milvus_flat_answers_like_faiss_flat(pair: dict[str, Path]) -> None:
         for doc_id in set(faiss_run[q]) & set(milvus_run[q]):
             assert milvus_run[q][doc_id] == pytest.approx(faiss_run[q][doc_id], abs=1e-5)
     manifest = json.loads((pair["milvus"] / "manifest.json").read_text())
-    assert manifest["index"]["backend"] == {
+    assert manifest["dense"]["backend"] == {
         "backend": "milvus",
         "uri": "milvus.db",
         "collection": "retriever",
         "milvus_index": "FLAT",
+        "milvus_params": {},
         "storage": "float32",
     }
     assert (pair["milvus"] / "milvus.db").is_dir() and not (pair["milvus"] / "index.faiss").exists()
@@ -174,7 +176,7 @@ def _serve(model: Path, corpus: Path, out: Path, uri: str, collection: str, **kw
 
 def _collection(index: Path) -> str:
     """The server collection the index's current generation reads."""
-    return json.loads((index / "manifest.json").read_text())["index"]["backend"]["collection"]
+    return json.loads((index / "manifest.json").read_text())["dense"]["backend"]["collection"]
 
 
 def _server_state(uri: str, alias: str) -> tuple[str | None, list[str]]:
@@ -196,7 +198,7 @@ def test_a_server_collection_answers_like_faiss_and_changes_by_generation(
 ) -> None:
     corpus = write_jsonl(tmp_path / "docs.jsonl", synthetic_docs(200, seed=5))
     index = _serve(tiny_model, corpus, tmp_path / "served", milvus_server, "served")
-    described = json.loads((index / "manifest.json").read_text())["index"]["backend"]
+    described = json.loads((index / "manifest.json").read_text())["dense"]["backend"]
     first = described["collection"]
     assert described["alias"] == "served" and first.startswith("served__")
     assert described["uri"] == milvus_server
@@ -246,7 +248,7 @@ def test_a_failed_build_leaves_no_collection_on_the_server(
     def fail(*args: object, **kwargs: object) -> None:
         raise RetrieverError("injected failure after the collection was filled")
 
-    monkeypatch.setattr(indexing, "write_manifest", fail)
+    monkeypatch.setattr(indexing, "publish_manifest", fail)
     corpus = write_jsonl(tmp_path / "docs.jsonl", synthetic_docs(20))
     with pytest.raises(RetrieverError, match="injected"):
         _serve(tiny_model, corpus, tmp_path / "x", milvus_server, "failed")
@@ -312,11 +314,14 @@ def test_storages_map_to_milvus_indexes() -> None:
 def test_storages_milvus_cannot_hold_are_refused_in_one_line(
     index_type: str, lite: bool, storage: str, match: str
 ) -> None:
-    from retriever.parts.dense.backends import BackendSpec
+    from retriever.parts.dense.backends import check_dense_spec
 
     uri = None if lite else "http://127.0.0.1:1"  # refused before any connection
     _one_line_refusal(
-        lambda: BackendSpec("milvus", index_type, milvus_uri=uri, storage=storage), match
+        lambda: check_dense_spec(
+            DenseSpec("milvus", index_type, milvus_uri=uri, storage=storage, binary_centre="zero")
+        ),
+        match,
     )
 
 
@@ -329,7 +334,11 @@ def test_int8_storage_in_milvus_lite_searches_like_brute_force(
     dim, keys = 32, np.arange(1000, 1600)
     documents, queries = _vectors(len(keys), dim, seed=1), _vectors(20, dim, seed=2)
     backend = MilvusBackend.new(
-        dim, tmp_path, index_type=index_type, uri=None, collection="c", storage="int8"
+        dim,
+        tmp_path,
+        DenseSpec(
+            backend="milvus", index_type=index_type, milvus_uri=None, collection="c", storage="int8"
+        ),
     )
     backend.add(keys, documents)
     description = backend.save(tmp_path)
@@ -414,10 +423,14 @@ def test_binary_storage_on_a_server_searches_like_hamming_brute_force(
     backend = milvus.MilvusBackend.new(
         dim,
         tmp_path / "g",
-        index_type="IVF4",
-        uri="http://server",
-        collection="b",
-        storage="binary",
+        DenseSpec(
+            backend="milvus",
+            index_type="IVF4",
+            milvus_uri="http://server",
+            collection="b",
+            storage="binary",
+            binary_centre="zero",
+        ),
     )
     (field,) = [f for f in server.schema.fields if f.name == "vector"]
     assert field.dtype.name == "BINARY_VECTOR" and field.params["dim"] == 24
@@ -450,10 +463,13 @@ def test_int8_hnsw_on_a_server_is_hnsw_sq(milvus_server: str, tmp_path: Path) ->
     backend = MilvusBackend.new(
         dim,
         tmp_path / "g",
-        index_type="HNSW16",
-        uri=milvus_server,
-        collection="sq",
-        storage="int8",
+        DenseSpec(
+            backend="milvus",
+            index_type="HNSW16",
+            milvus_uri=milvus_server,
+            collection="sq",
+            storage="int8",
+        ),
     )
     try:
         backend.add(keys, documents)
@@ -489,7 +505,7 @@ def test_a_build_with_int8_storage_writes_an_int8_milvus_index(
         index_type="IVF4",
     )
     manifest = json.loads((index / "manifest.json").read_text())
-    assert manifest["index"]["backend"]["storage"] == "int8"
+    assert manifest["dense"]["backend"]["storage"] == "int8"
     searcher = Searcher.load(index)
     assert len(searcher.search(QUERIES[0], k=5)) == 5
     searcher.close()

@@ -12,6 +12,7 @@ from retriever import EncoderConfig, RetrieverError, Searcher, build_index
 from retriever.cli import main
 from retriever.data.datasets import scan_corpus
 from retriever.encode.encoder import Encoder
+from retriever.index.options import BuildOptions
 from retriever.store.encoding import encode_corpus
 from tests.conftest import TOY_DOCS, synthetic_docs, write_jsonl
 
@@ -59,7 +60,9 @@ def test_an_onnx_store_is_its_own_encoding_and_builds_a_searchable_index(
     assert store.key["runtime"] == "onnx"
     with pytest.raises(RetrieverError, match="runtime onnx there, torch here"):
         encode_corpus(plain, scan, folder=tmp_path / "store", chunk_size=8)
-    out = build_index(None, tmp_path / "idx", from_store=store.folder, encoder=plain)
+    out = build_index(
+        None, tmp_path / "idx", None, BuildOptions(from_store=store.folder), encoder=plain
+    )
     searcher = Searcher.load(out)
     try:
         assert searcher.search("The quick brown fox", k=1)[0].title == "Foxes"

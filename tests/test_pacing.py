@@ -12,8 +12,10 @@ import pytest
 
 from retriever import EncoderConfig, RetrieverError, build_index
 from retriever.cli import main
+from retriever.core.spec import IndexSpec, ModelSpec
 from retriever.data.datasets import scan_corpus
 from retriever.encode.encoder import Encoder
+from retriever.index.options import BuildOptions
 from retriever.store.embeddings import EmbeddingStore
 from retriever.store.encoding import encode_corpus
 from retriever.store.pacing import CHUNK_BOUNDS, chunk_size_for, duration_text
@@ -142,10 +144,11 @@ def test_a_disk_too_small_is_refused_before_encoding(
         build_index(
             corpus,
             tmp_path / "index",
-            model=str(tiny_model),
-            dtype="float32",
-            encoder_config=EncoderConfig(max_length=64),
-            store=tmp_path / "store",
+            IndexSpec(
+                model=ModelSpec(name=str(tiny_model), dtype="float32"),
+                encoder=EncoderConfig(max_length=64),
+            ),
+            BuildOptions(store=tmp_path / "store"),
         )
     assert calls == [] and not (tmp_path / "index").exists()
     assert not (tmp_path / "store" / "store.json").exists()

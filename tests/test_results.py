@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from retriever import RetrieverError, Searcher, build_index
+from retriever.core.spec import IndexSpec, ModelSpec
 from retriever.search.results import Ranking, Results
 from tests.conftest import TOY_DOCS, write_jsonl
 
@@ -15,7 +16,9 @@ from tests.conftest import TOY_DOCS, write_jsonl
 def toy_index(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("results")
     corpus = write_jsonl(root / "docs.jsonl", TOY_DOCS)
-    return build_index(corpus, root / "index", model=str(tiny_model), dtype="float32")
+    return build_index(
+        corpus, root / "index", IndexSpec(model=ModelSpec(name=str(tiny_model), dtype="float32"))
+    )
 
 
 def test_a_ranking_is_its_hits_and_results_view_as_beir(toy_index: Path) -> None:

@@ -16,8 +16,10 @@ import pytest
 
 from retriever import Searcher, build_index
 from retriever.core.config import DISPLAY_SPACE
+from retriever.core.spec import DenseSpec, IndexSpec
 from retriever.data.datasets import load_qrels, load_queries
 from retriever.encode.lens import alignment_metrics, english_stopwords, is_display_word
+from retriever.index.options import BuildOptions
 from retriever.parts.sparse import SparseSpec
 from tests.conftest import SCIFACT, USER_CACHE, require_scifact
 
@@ -40,9 +42,8 @@ def scifact_slice_index(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return build_index(
         SCIFACT,
         tmp_path_factory.mktemp("scifact") / "slice",
-        limit=SLICE,
-        sparse=SparseSpec(),
-        bm25=True,
+        IndexSpec(sparse=SparseSpec(), bm25=True),
+        BuildOptions(limit=SLICE),
     )
 
 
@@ -63,9 +64,9 @@ def test_manifest_pins_the_default_setup(scifact_slice_index: Path) -> None:
     manifest = json.loads((scifact_slice_index / "manifest.json").read_text())
     assert manifest["model"]["name"] == "smollm2-135m"
     assert manifest["model"]["hidden_size"] == 576 and manifest["model"]["vocab_size"] == 49152
-    assert manifest["encoder"]["prompt"] == "prompteol" and manifest["encoder"]["pooling"] == "mean"
-    assert manifest["filter"]["rows"] == [144, 432] and manifest["index"]["dim"] == 288
-    assert manifest["index"]["count"] == SLICE
+    assert manifest["spec"] == IndexSpec(sparse=SparseSpec(), bm25=True).to_dict()
+    assert manifest["filter"]["rows"] == [144, 432] and manifest["dense"]["dim"] == 288
+    assert manifest["dense"]["count"] == SLICE
 
 
 def test_gold_documents_rank_in_the_top_10(
@@ -153,7 +154,12 @@ def test_milvus_flat_and_faiss_flat_agree_on_scifact_vectors(
     pytest.importorskip("pymilvus")
     from retriever.evaluation.metrics import evaluate_run, judged_queries
 
-    milvus_index = build_index(SCIFACT, tmp_path / "milvus", limit=SLICE, backend="milvus")
+    milvus_index = build_index(
+        SCIFACT,
+        tmp_path / "milvus",
+        IndexSpec(dense=DenseSpec(backend="milvus")),
+        BuildOptions(limit=SLICE),
+    )
     qrels = load_qrels(SCIFACT)
     queries = judged_queries(load_queries(SCIFACT), qrels)
     runs = {}

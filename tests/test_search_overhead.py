@@ -11,6 +11,8 @@ import pytest
 import Stemmer
 
 from retriever import Searcher, build_index
+from retriever.core.spec import IndexSpec, ModelSpec
+from retriever.index.manifest import Manifest
 from retriever.parts import docstore as docstore_module
 from retriever.parts.bm25 import STEMMER_LANGUAGE, Analyzer
 from retriever.parts.dense.backends import DenseBackend
@@ -26,10 +28,11 @@ def searcher(tiny_model: Path, tmp_path_factory: pytest.TempPathFactory) -> Sear
     folder = build_index(
         write_jsonl(root / "docs.jsonl", TOY_DOCS + synthetic_docs(30)),
         root / "index",
-        model=str(tiny_model),
-        dtype="float32",
-        sparse=SparseSpec(doc_tokens=30, query_tokens=5),
-        bm25=True,
+        IndexSpec(
+            model=ModelSpec(name=str(tiny_model), dtype="float32"),
+            sparse=SparseSpec(doc_tokens=30, query_tokens=5),
+            bm25=True,
+        ),
     )
     loaded = Searcher.load(folder, dtype="float32")
     yield loaded
@@ -147,7 +150,8 @@ class _RecordingBackend(DenseBackend):
 
 
 def _most_threads_inside(backend: _RecordingBackend) -> int:
-    searcher = Searcher(Path("."), {"documents": {"count": 10}}, None, None, backend, None)
+    manifest = Manifest(spec=IndexSpec(), model={}, filter={}, documents={"count": 10})
+    searcher = Searcher(Path("."), manifest, None, None, backend, None)
     start = threading.Barrier(8)
 
     def search() -> None:

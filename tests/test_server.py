@@ -29,6 +29,7 @@ from retriever.cli import main  # noqa: E402
 from retriever.cli import serve as serve_command  # noqa: E402
 from retriever.core.errors import RetrieverError  # noqa: E402
 from retriever.core.generations import current_generation  # noqa: E402
+from retriever.core.spec import IndexSpec, ModelSpec  # noqa: E402
 from retriever.index.changes import delete_documents  # noqa: E402
 from retriever.serve.app import create_app  # noqa: E402
 from retriever.serve.schemas import Limits  # noqa: E402
@@ -49,7 +50,7 @@ QUERIES = [
 
 def _build(model: Path, docs: list[dict], folder: Path) -> Path:
     corpus = write_jsonl(folder.parent / f"{folder.name}.jsonl", docs)
-    return build_index(corpus, folder, model=str(model), dtype="float32")
+    return build_index(corpus, folder, IndexSpec(model=ModelSpec(name=str(model), dtype="float32")))
 
 
 class Running:
@@ -180,7 +181,7 @@ def test_documents_lens_info_health(server: str, reference: Searcher, index: Pat
     status, info = call(server, "/info")
     assert status == 200 and info["documents"] == len(reference) == 26
     assert info["generation"] == reference.folder.name == current_generation(index).name
-    assert info["model"]["weights_sha256"] == reference.manifest["model"]["weights_sha256"]
+    assert info["model"]["weights_sha256"] == reference.manifest.weights_sha256
     assert info["filter"]["dim"] == reference.filter.dim and info["storage"]["storage"] == "float32"
     assert info["methods"] == ["dense"] and info["limits"]["max_k"] == 50
     assert call(server, "/health") == (200, {"status": "ok", "generation": reference.folder.name})

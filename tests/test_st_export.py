@@ -12,6 +12,7 @@ import pytest
 from retriever import EncoderConfig, Searcher, build_index
 from retriever.cli import export as export_cli
 from retriever.core.errors import RetrieverError
+from retriever.core.spec import IndexSpec, ModelSpec
 from retriever.export.st_folder import EXPORT_CONFIG, MODULE_CLASS, export_index
 from tests.conftest import TOY_DOCS, write_jsonl
 
@@ -45,9 +46,7 @@ def exported(request, tiny_model: Path, tmp_path_factory: pytest.TempPathFactory
     index = build_index(
         write_jsonl(root / "docs.jsonl", DOCS),
         root / "idx",
-        model=str(tiny_model),
-        dtype="float32",
-        encoder_config=config,
+        IndexSpec(model=ModelSpec(name=str(tiny_model), dtype="float32"), encoder=config),
     )
     out = export_index(index, root / "st")
     searcher = Searcher.load(index)
@@ -132,10 +131,7 @@ def test_an_index_without_a_dense_part_is_refused(tiny_model: Path, tmp_path: Pa
     index = build_index(
         write_jsonl(tmp_path / "docs.jsonl", TOY_DOCS),
         tmp_path / "idx",
-        model=str(tiny_model),
-        dtype="float32",
-        dense=False,
-        bm25=True,
+        IndexSpec(model=ModelSpec(name=str(tiny_model), dtype="float32"), dense=None, bm25=True),
     )
     with pytest.raises(RetrieverError, match="holds no dense index"):
         export_index(index, tmp_path / "out")

@@ -11,7 +11,8 @@ import pytest
 
 from retriever import EncoderConfig, FilterSpec, RetrieverError, Searcher, build_index
 from retriever.cli import main
-from retriever.index.build import Indexer, SearchParams, delete_documents
+from retriever.core.spec import DenseSpec, IndexSpec, ModelSpec, SearchParams
+from retriever.index.build import BuildOptions, Indexer, delete_documents
 from retriever.parts.dense.faiss_install import faiss
 from retriever.store.embeddings import EmbeddingStore
 from tests.conftest import synthetic_docs, write_jsonl
@@ -37,19 +38,22 @@ def _build(
     """The index, and the filtered vectors its build stored (read back from its store)."""
     store = folder.with_name(folder.name + "-store")
     search = INDEX_TYPES[index_type]
+    spec = IndexSpec(
+        model=ModelSpec(name=str(model), dtype="float32"),
+        encoder=EncoderConfig(max_length=64),
+        filter=FilterSpec(tau=1),
+        dense=DenseSpec(
+            index_type=index_type,
+            storage=storage,
+            search=SearchParams(search.get("nprobe"), search.get("ef_search"), rescore),
+            **options,
+        ),
+    )
     out = build_index(
         write_jsonl(folder.with_suffix(".jsonl"), FIRST),
         folder,
-        model=str(model),
-        dtype="float32",
-        encoder_config=EncoderConfig(max_length=64),
-        filter_spec=FilterSpec(tau=1),
-        index_type=index_type,
-        storage=storage,
-        search_params=SearchParams(search.get("nprobe"), search.get("ef_search"), rescore),
-        store=store,
-        chunk_size=16,
-        **options,
+        spec,
+        BuildOptions(store=store, chunk_size=16),
     )
     searcher = Searcher.load(out)
     raw = np.concatenate([s.embeddings("mean") for s in EmbeddingStore.open(store).shards()])
@@ -115,13 +119,15 @@ def test_storage_and_index_answer_as_brute_force_through_add_and_delete(
     ids = [doc["_id"] for doc in FIRST]
     _assert_matches(index, ids, list(range(len(ids))), vectors, storage, vectors)
     manifest = json.loads((index / "manifest.json").read_text())
-    assert manifest["index"]["backend"]["storage"] == storage
+    assert manifest["dense"]["backend"]["storage"] == storage
 
     from retriever.encode.encoder import Encoder
 
     encoder = Encoder.load(str(tiny_model), EncoderConfig(max_length=64), dtype="float32")
     store = tmp_path / "more-store"
-    Indexer(encoder).add(index, write_jsonl(tmp_path / "more.jsonl", SECOND), store=store)
+    Indexer(encoder).add(
+        index, write_jsonl(tmp_path / "more.jsonl", SECOND), options=BuildOptions(store=store)
+    )
     delete_documents(index, DELETED)
     raw = np.concatenate([s.embeddings("mean") for s in EmbeddingStore.open(store).shards()])
     searcher = Searcher.load(index)
@@ -188,7 +194,7 @@ def test_the_zero_centre_thresholds_at_the_sign(tiny_model: Path, tmp_path: Path
     index, vectors = _build(tiny_model, tmp_path / "index", "binary", "Flat", binary_centre="zero")
     assert not np.load(index / "binary_centre.npy").any()
     manifest = json.loads((index / "manifest.json").read_text())
-    assert manifest["index"]["backend"]["binary_centre"] == "zero"
+    assert manifest["dense"]["backend"]["binary_centre"] == "zero"
     searcher = Searcher.load(index)
     raw = searcher.encode_queries(QUERIES)
     signs = lambda v: np.where(v > 0, 1.0, -1.0) / np.sqrt(v.shape[1])  # noqa: E731
@@ -202,7 +208,7 @@ def test_the_zero_centre_thresholds_at_the_sign(tiny_model: Path, tmp_path: Path
 def _damage(index: Path, change) -> None:
     path = index / "manifest.json"
     manifest = json.loads(path.read_text())
-    change(manifest["index"]["backend"])
+    change(manifest["dense"]["backend"])
     path.chmod(0o644)
     path.write_text(json.dumps(manifest))
 
@@ -243,7 +249,7 @@ def test_rescore_vectors_that_miss_documents_are_refused(tiny_model: Path, tmp_p
 @pytest.mark.parametrize(
     ("options", "said"),
     [
-        ({"storage": "float16", "search_params": SearchParams(rescore=4)}, "not compact"),
+        ({"storage": "float16", "search": SearchParams(rescore=4)}, "not compact"),
         ({"storage": "int8", "index_type": "IVF4,PQ4"}, "names its own codes"),
         ({"storage": "int4"}, "unknown --storage"),
         ({"ef_construction": 80}, "--ef-construction does not apply to --index-type Flat"),
@@ -255,31 +261,30 @@ def test_storage_mistakes_are_refused_before_the_model_loads(
 ) -> None:
     # A model path that does not exist: the refusal must come before anything loads it.
     with pytest.raises(RetrieverError, match=said):
-        build_index(
-            write_jsonl(tmp_path / "docs.jsonl", FIRST[:4]),
-            tmp_path / "index",
-            model=str(tmp_path / "no-such-model"),
-            **options,
+        spec = IndexSpec(
+            model=ModelSpec(name=str(tmp_path / "no-such-model")), dense=DenseSpec(**options)
         )
+        build_index(write_jsonl(tmp_path / "docs.jsonl", FIRST[:4]), tmp_path / "index", spec)
 
 
 def test_rescore_at_search_needs_an_index_built_with_it(tiny_model: Path, tmp_path: Path) -> None:
     index, _ = _build(tiny_model, tmp_path / "index", "binary", "Flat")
     with pytest.raises(RetrieverError, match="built with --rescore"):
-        Searcher.load(index, rescore=4)
+        Searcher.load(index, search=SearchParams(rescore=4))
 
 
 def test_an_index_type_with_its_own_codes_grows_and_shrinks(tiny_model: Path, tmp_path: Path):
     index = build_index(
         write_jsonl(tmp_path / "docs.jsonl", FIRST),
         tmp_path / "index",
-        model=str(tiny_model),
-        dtype="float32",
-        encoder_config=EncoderConfig(max_length=64),
-        index_type="HNSW16,SQ8",
+        IndexSpec(
+            model=ModelSpec(name=str(tiny_model), dtype="float32"),
+            encoder=EncoderConfig(max_length=64),
+            dense=DenseSpec(index_type="HNSW16,SQ8"),
+        ),
     )
     manifest = json.loads((index / "manifest.json").read_text())
-    assert manifest["index"]["backend"]["storage"] == "int8"  # what the file holds
+    assert manifest["dense"]["backend"]["storage"] == "int8"  # what the file holds
     from retriever.encode.encoder import Encoder
 
     encoder = Encoder.load(str(tiny_model), EncoderConfig(max_length=64), dtype="float32")
@@ -296,11 +301,11 @@ def test_eval_counts_the_rescore_vectors_in_the_dense_bytes(tiny_model: Path, tm
 
     index, _ = _build(tiny_model, tmp_path / "index", "binary", "Flat", rescore=4)
     manifest = json.loads((index / "manifest.json").read_text())
-    sizes = index_sizes(index, manifest["index"])
+    sizes = index_sizes(index, manifest["dense"]["backend"])
     files = [
         "index.faiss",
         "binary_centre.npy",
         *(f"rescore_{n}.npy" for n in ("codes", "keys", "range")),
     ]
     assert sizes["dense"] == sum((index / name).stat().st_size for name in files)
-    assert manifest["build"]["bytes"]["index"] == sizes["dense"]
+    assert manifest["build"]["bytes"]["dense"] == sizes["dense"]

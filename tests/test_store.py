@@ -11,8 +11,10 @@ import pytest
 
 from retriever import EncoderConfig, FilterSpec, RetrieverError, Searcher, build_index
 from retriever.cli import main
+from retriever.core.spec import DenseSpec, IndexSpec, ModelSpec
 from retriever.data.datasets import scan_corpus
 from retriever.encode.encoder import Encoder
+from retriever.index.options import BuildOptions
 from retriever.store.embeddings import EmbeddingStore
 from retriever.store.encoding import encode_corpus
 from tests.conftest import synthetic_docs, write_jsonl
@@ -75,11 +77,11 @@ def test_a_crashed_encoding_resumes_from_the_last_complete_shard(
     reference = build_index(
         corpus,
         tmp_path / "reference",
-        model=encoder.resolved.name,
-        dtype="float32",
-        encoder_config=EncoderConfig(max_length=64),
-        chunk_size=CHUNK,
-        store=tmp_path / "reference-store",
+        IndexSpec(
+            model=ModelSpec(name=encoder.resolved.name, dtype="float32"),
+            encoder=EncoderConfig(max_length=64),
+        ),
+        BuildOptions(chunk_size=CHUNK, store=tmp_path / "reference-store"),
     )
     written = []
     original = EmbeddingStore.write_shard
@@ -91,15 +93,13 @@ def test_a_crashed_encoding_resumes_from_the_last_complete_shard(
         return original(self, chunk, *args, **kwargs)
 
     monkeypatch.setattr(EmbeddingStore, "write_shard", crash_after_three)
-    settings = dict(
-        model=encoder.resolved.name,
-        dtype="float32",
-        encoder_config=EncoderConfig(max_length=64),
-        chunk_size=CHUNK,
-        store=tmp_path / "store",
+    spec = IndexSpec(
+        model=ModelSpec(name=encoder.resolved.name, dtype="float32"),
+        encoder=EncoderConfig(max_length=64),
     )
+    options = BuildOptions(chunk_size=CHUNK, store=tmp_path / "store")
     with pytest.raises(KeyboardInterrupt):
-        build_index(corpus, tmp_path / "index", **settings)
+        build_index(corpus, tmp_path / "index", spec, options)
     assert not (tmp_path / "index").exists()
     assert EmbeddingStore.open(tmp_path / "store").missing_chunks() == [3, 4, 5]
 
@@ -112,7 +112,7 @@ def test_a_crashed_encoding_resumes_from_the_last_complete_shard(
         return real_encode(self, texts, *args, **kwargs)
 
     monkeypatch.setattr(Encoder, "encode_poolings", counting)
-    build_index(corpus, tmp_path / "index", **settings)
+    build_index(corpus, tmp_path / "index", spec, options)
     assert sum(encoded) == 8 + 8 + 4  # only chunks 3, 4 and 5 were encoded again
     keys, vectors, ids = _index_contents(tmp_path / "index")
     ref_keys, ref_vectors, ref_ids = _index_contents(reference)
@@ -169,11 +169,11 @@ def test_slices_from_three_processes_assemble_into_the_same_index(
     single = build_index(
         corpus,
         tmp_path / "single",
-        model=str(tiny_model),
-        dtype="float32",
-        encoder_config=EncoderConfig(max_length=64),
-        chunk_size=CHUNK,
-        store=tmp_path / "single-store",
+        IndexSpec(
+            model=ModelSpec(name=str(tiny_model), dtype="float32"),
+            encoder=EncoderConfig(max_length=64),
+        ),
+        BuildOptions(chunk_size=CHUNK, store=tmp_path / "single-store"),
     )
     sliced, whole = _index_contents(tmp_path / "sliced"), _index_contents(single)
     np.testing.assert_array_equal(sliced[0], whole[0])
@@ -243,14 +243,16 @@ def test_one_store_serves_many_indexes_without_encoding_again(
         build_index(
             None,
             tmp_path / name,
-            from_store=store.folder,
-            filter_spec=spec,
-            encoder_config=EncoderConfig(pooling=pooling),
-            index_type="HNSW16",
+            IndexSpec(
+                encoder=EncoderConfig(pooling=pooling),
+                filter=spec,
+                dense=DenseSpec(index_type="HNSW16"),
+            ),
+            BuildOptions(from_store=store.folder),
         )
         manifest = json.loads((tmp_path / name / "manifest.json").read_text())
-        assert manifest["encoder"]["pooling"] == pooling
-        assert manifest["encoder"]["max_length"] == 64  # from the store, not the default
+        assert manifest["spec"]["encoder"]["pooling"] == pooling
+        assert manifest["spec"]["encoder"]["max_length"] == 64  # the store's, not the default
         assert manifest["store"]["key_sha256"] == store.digest
 
 

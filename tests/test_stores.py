@@ -14,6 +14,8 @@ import pytest
 from retriever import EncoderConfig, Searcher, build_index
 from retriever.cli import main
 from retriever.core.sizes import folder_bytes
+from retriever.core.spec import IndexSpec, ModelSpec
+from retriever.index.options import BuildOptions
 from retriever.index.stores import list_stores
 from retriever.store.embeddings import INDEXES_FILE, record_index
 from tests.conftest import synthetic_docs, write_jsonl
@@ -27,16 +29,24 @@ def corpus(tmp_path: Path) -> Path:
     return write_jsonl(tmp_path / "corpus.jsonl", synthetic_docs(DOCS))
 
 
-def _build(model: Path, corpus: Path, out: Path, store: Path, **settings: Any) -> Path:
+def _build(
+    model: Path,
+    corpus: Path,
+    out: Path,
+    store: Path,
+    *,
+    encoder_config: EncoderConfig | None = None,
+    overwrite: bool = False,
+) -> Path:
+    spec = IndexSpec(
+        model=ModelSpec(name=str(model), dtype="float32"),
+        encoder=encoder_config or EncoderConfig(max_length=64),
+    )
     return build_index(
         corpus,
         out,
-        model=str(model),
-        dtype="float32",
-        encoder_config=settings.pop("encoder_config", EncoderConfig(max_length=64)),
-        chunk_size=CHUNK,
-        store=store,
-        **settings,
+        spec,
+        BuildOptions(chunk_size=CHUNK, store=store, overwrite=overwrite),
     )
 
 
@@ -188,7 +198,7 @@ def test_the_manifest_records_the_store_size_at_build_time(
     store = tmp_path / "stores" / "s1"
     _encode(tiny_model, corpus, store)
     size = folder_bytes(store)
-    index = build_index(None, tmp_path / "index", from_store=store)
+    index = build_index(None, tmp_path / "index", None, BuildOptions(from_store=store))
     manifest = json.loads((index / "manifest.json").read_text())
     assert manifest["store"]["bytes"] == size
     assert (store / INDEXES_FILE).exists()  # written after the manifest, not counted in it

@@ -24,15 +24,17 @@ from retriever.cli import (
     encode,
     export,
     index,
+    info,
     lens,
+    scaling,
     search,
     serve,
     stores,
 )
 from retriever.cli import eval as evaluate  # the module; `eval` is a builtin
 from retriever.cli.formatting import HelpFormatter
-from retriever.cli.options import DEFAULT_MODEL
 from retriever.core.errors import RetrieverError
+from retriever.core.spec import DEFAULT_MODEL
 
 __all__ = ["DEFAULT_MODEL", "main"]
 
@@ -48,7 +50,9 @@ _COMMANDS = (
     serve,
     evaluate,
     bench,
+    scaling,
     export,
+    info,
 )
 
 
@@ -81,6 +85,14 @@ def _build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def parse_arguments(argv: Sequence[str]) -> argparse.Namespace:
+    """The parsed command line (a spelling an earlier release recorded is read as the
+    command it became); argparse exits with status 2 on a malformed one."""
+    # The command line as typed: results files record how they were made.
+    typed = argparse.Namespace(command_line="retriever " + shlex.join(argv))
+    return _build_parser().parse_args(scaling.old_spelling(list(argv)), namespace=typed)
+
+
 def _configure_logging(quiet: bool) -> None:
     level = logging.WARNING if quiet else logging.INFO
     logging.basicConfig(level=level, format="[retriever] %(message)s")
@@ -105,9 +117,7 @@ def _configure_logging(quiet: bool) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``retriever ARGV``; returns the exit status (2 for a user mistake)."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    # The command line as typed: results files record how they were made.
-    typed = argparse.Namespace(command_line="retriever " + shlex.join(argv))
-    args = _build_parser().parse_args(argv, namespace=typed)
+    args = parse_arguments(argv)
     _configure_logging(args.quiet)
     try:
         return args.run(args)

@@ -3,27 +3,24 @@
 from __future__ import annotations
 
 import argparse
-import itertools
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from retriever.cli.formatting import OldFormAction, add_command
-from retriever.cli.lists import INDEX_TYPES_RULE, comma_list, split_index_types
+from retriever.cli.lists import INDEX_TYPES_RULE, comma_list, numbers, split_index_types
 from retriever.cli.options import (
     add_encoding_options,
     add_fusion_option,
     add_gpu_options,
     add_limit_option,
     add_model_options,
-    add_sparse_size_options,
+    add_spec_options,
     add_split_option,
     gpu_options,
 )
-from retriever.core.config import EncoderConfig, SparseSpec
-from retriever.core.errors import RetrieverError
+from retriever.core.spec import SparseSpec
 from retriever.data.catalog import dataset_label
-
-_DEFAULT_SIZES = "10000,100000,1000000"
 
 
 class _IndexTypes(OldFormAction):
@@ -56,15 +53,13 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         "build, search and score every variant side by side: the unfiltered index, "
         "EmbedFilter for every band and tau, the mean-direction refinement, and the PCA, "
         "whitening, all-but-the-top and random-projection baselines. Writes results.json, "
-        "results.md, plot.png and gzipped TREC runs to --out.\n\n"
-        "With --scaling, measure instead search latency, QPS and bytes against collection "
-        "size; the flags that only shape the variant table are refused there.",
+        "results.md, plot.png and gzipped TREC runs to --out. (`retriever scaling` "
+        "measures latency and bytes against collection size.)",
         examples="""\
             examples:
               retriever bench beir:scifact --pooling mean,last \\
                   --out benchmarks/results/scifact-smollm2
               retriever bench beir:scifact --index-types Flat,IVF256,PQ16
-              retriever bench beir:scifact --scaling --sizes 10000,100000
             """,
     )
     parser.add_argument(
@@ -76,8 +71,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         "--out",
         metavar="DIR",
         default=None,
-        help="results folder (default: benchmarks/results/<dataset>-<model>, with "
-        "-scaling after it for --scaling)",
+        help="results folder (default: benchmarks/results/<dataset>-<model>)",
     )
     add_split_option(parser)
     add_limit_option(parser)
@@ -89,12 +83,11 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     )
     _add_table_options(parser, variants)
     add_gpu_options(parser.add_argument_group("FAISS on GPUs"))
-    _add_scaling_options(parser.add_argument_group("scaling mode"))
     parser.set_defaults(run=run)
 
 
 def _add_table_options(parser: argparse.ArgumentParser, variants: Any) -> None:
-    """The options that shape the variant table only: --scaling refuses them."""
+    """The options that shape the variant table."""
     variants.add_argument(
         "--bands",
         default="edge,head,tail",
@@ -155,7 +148,7 @@ def _add_lexical_options(group: argparse._ArgumentGroup) -> None:
         default=True,
         help="measure the BM25 row and the dense+bm25 hybrids (default: on)",
     )
-    add_sparse_size_options(group)
+    add_spec_options(group, SparseSpec, only=("doc_tokens", "query_tokens"))
     group.add_argument(
         "--hybrid-tau",
         type=float,
@@ -186,37 +179,10 @@ def _add_lexical_options(group: argparse._ArgumentGroup) -> None:
     )
 
 
-def _add_scaling_options(group: argparse._ArgumentGroup) -> None:
-    group.add_argument(
-        "--scaling",
-        action="store_true",
-        help="instead of the variant table, measure search latency, QPS and bytes against "
-        "collection size: the dataset's document vectors (one --prompt, one --pooling) "
-        "tiled to each --sizes with small noise, Flat and IVF-PQ, one line per EmbedFilter "
-        "dimension (--taus)",
-    )
-    group.add_argument(
-        "--sizes",
-        default=_DEFAULT_SIZES,
-        help="comma list of collection sizes for --scaling (default: %(default)s)",
-    )
-
-
 def run(args: argparse.Namespace) -> int:
     prompts, poolings = comma_list(args.prompt), comma_list(args.pooling)
-    if not prompts or not poolings:
-        raise RetrieverError("--prompt and --pooling each need at least one value")
-    for prompt, pooling in itertools.product(prompts, poolings):
-        EncoderConfig(prompt=prompt, pooling=pooling, max_length=args.max_length)
-    taus = _numbers(args.taus, float, "--taus must be numbers separated by commas")
-    out = args.out or (
-        f"benchmarks/results/{dataset_label(args.dataset)}-{Path(args.model).name}"
-        + ("-scaling" if args.scaling else "")
-    )
-    if args.scaling:
-        return _run_scaling(args, out, taus, prompts, poolings)
-    if args.sizes != _DEFAULT_SIZES:
-        raise RetrieverError("--sizes applies only with --scaling")
+    taus = numbers(args.taus, float, "--taus must be numbers separated by commas")
+    out = args.out or f"benchmarks/results/{dataset_label(args.dataset)}-{Path(args.model).name}"
     return _run_table(args, out, taus, prompts, poolings)
 
 
@@ -246,78 +212,30 @@ def _run_table(
         gpu=gpu_options(args),
         keep_indexes=None if args.keep_indexes is None else Path(args.keep_indexes),
     )
+    model = bench_model(args, prompts, poolings)
     run_bench(
         args.dataset,
         out,
-        model=args.model,
-        prompts=prompts,
-        poolings=poolings,
-        max_length=args.max_length,
-        dtype=args.dtype,
-        device=args.device,
-        batch_size=args.batch_size,
+        model,
+        settings,
         split=args.split,
         limit=args.limit,
-        settings=settings,
         command=args.command_line,
     )
     print(Path(out) / "results.md")
     return 0
 
 
-def _run_scaling(
-    args: argparse.Namespace,
-    out: str,
-    taus: tuple[float, ...],
-    prompts: list[str],
-    poolings: list[str],
-) -> int:
-    _refuse_table_flags(args)
-    if len(prompts) > 1 or len(poolings) > 1:
-        raise RetrieverError("--scaling measures one setting: give one --prompt and --pooling")
-    sizes = _numbers(args.sizes, int, "--sizes must be integers")
-    from retriever.evaluation.bench import run_scaling_bench
+def bench_model(args: argparse.Namespace, prompts: Sequence[str], poolings: Sequence[str]) -> Any:
+    """The benchmark's model and encodings (a BenchModel) from the command line."""
+    from retriever.evaluation.bench import BenchModel
 
-    run_scaling_bench(
-        args.dataset,
-        out,
-        model=args.model,
-        prompt=prompts[0],
-        pooling=poolings[0],
+    return BenchModel(
+        name=args.model,
+        prompts=tuple(prompts),
+        poolings=tuple(poolings),
         max_length=args.max_length,
         dtype=args.dtype,
         device=args.device,
         batch_size=args.batch_size,
-        split=args.split,
-        limit=args.limit,
-        sizes=sizes,
-        taus=taus,
-        gpu=gpu_options(args),
-        command=args.command_line,
     )
-    print(Path(out) / "scaling.md")
-    return 0
-
-
-def _numbers(value: str, kind: type, message: str) -> tuple[Any, ...]:
-    try:
-        return tuple(kind(item) for item in comma_list(value))
-    except ValueError:
-        raise RetrieverError(f"{message}, got {value!r}") from None
-
-
-def _refuse_table_flags(args: argparse.Namespace) -> None:
-    """--scaling measures one table of its own: a variant-table flag would be ignored."""
-    probe = argparse.ArgumentParser(add_help=False)
-    _add_table_options(probe, probe)
-    given: dict[str, str] = {}
-    for action in probe._actions:
-        value = getattr(args, action.dest)
-        if action.help != argparse.SUPPRESS and value != action.default:
-            negated = isinstance(action, argparse.BooleanOptionalAction) and not value
-            given.setdefault(action.dest, action.option_strings[1 if negated else 0])
-    if given:
-        raise RetrieverError(
-            f"--scaling does not use {', '.join(given.values())}: they shape the variant "
-            "table; drop them, or run without --scaling"
-        )

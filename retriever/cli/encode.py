@@ -15,7 +15,6 @@ from retriever.cli.options import (
     parse_poolings,
     ray_options,
 )
-from retriever.core.errors import RetrieverError
 
 
 def add_parser(commands: argparse._SubParsersAction) -> None:
@@ -65,20 +64,16 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from retriever.core.generations import refuse_inside_index
     from retriever.data.datasets import scan_corpus
     from retriever.encode.encoder import Encoder
     from retriever.store.embeddings import parse_slice
-    from retriever.store.encoding import encode_corpus
+    from retriever.store.encoding import check_store_options, encode_corpus
 
     slice_ = parse_slice(args.shard)
     ray = ray_options(args)
     poolings = parse_poolings(args.pooling)
     config = encoder_config(argparse.Namespace(**{**vars(args), "pooling": poolings[0]}))
-    if args.chunk_size is not None and args.chunk_size < 1:
-        raise RetrieverError(f"--chunk-size must be at least 1, got {args.chunk_size}")
-    if args.out is not None:
-        refuse_inside_index(args.out, "--out")  # before the model loads
+    check_store_options(args.out, args.chunk_size, "--out")  # before the model loads
     scan = scan_corpus(args.dataset, args.limit)
     encoder = Encoder.load(
         args.model,

@@ -18,7 +18,6 @@ from retriever.cli.options import (
     check_search_options,
     load_searcher,
 )
-from retriever.core.config import FUSIONS
 from retriever.core.errors import RetrieverError
 
 
@@ -90,41 +89,24 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from retriever.data.datasets import load_qrels, load_queries
-    from retriever.evaluation.metrics import evaluate_index, index_sizes, write_trec_run
+    from retriever.evaluation.report import Judged, check_report_settings, evaluation_report
 
-    if args.k < 1:
-        raise RetrieverError(f"-k must be at least 1, got {args.k}")
     check_search_options(args)
     # Checked before the queries run: the report comes at the end of a long evaluation.
     if args.json_out and not Path(args.json_out).parent.is_dir():
         raise RetrieverError(f"--json-out {args.json_out}: its folder does not exist")
-    queries = load_queries(args.dataset)
-    qrels = load_qrels(args.dataset, args.split)
     fusions = comma_list(args.fusion)
-    if not fusions or set(fusions) - set(FUSIONS):
-        raise RetrieverError(f"--fusion takes a comma list among {', '.join(FUSIONS)}")
-    searcher = load_searcher(args)
-    rows, runs = evaluate_index(
-        searcher,
-        queries,
-        qrels,
+    check_report_settings(args.k, fusions)
+    judged = Judged.load(args.dataset, args.split)  # read and checked before the model loads
+    report = evaluation_report(
+        load_searcher(args),
+        judged,
         k=args.k,
         methods=comma_list(args.methods) if args.methods else None,
         fusions=fusions,
         dense_weight=args.dense_weight,
+        runs=args.runs,
     )
-    if args.runs:
-        for name, trec_run in runs.items():
-            tag = name.replace("/", "-").replace("+", "-")
-            write_trec_run(trec_run, Path(args.runs) / f"{tag}.trec.gz", tag=tag)
-    report = {
-        "index": str(searcher.folder),
-        "dataset": args.dataset,
-        "split": args.split,
-        "bytes": index_sizes(searcher.folder, searcher.manifest.get("index")),
-        "rows": rows,
-    }
     if args.json_out:
         try:
             Path(args.json_out).write_text(json.dumps(report, indent=2) + "\n")
@@ -133,7 +115,7 @@ def run(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(report, indent=2))
     else:
-        _print_table(rows, args.split)
+        _print_table(report["rows"], args.split)
     return 0
 
 

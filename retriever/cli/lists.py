@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import re
+from typing import Any
+
+from retriever.core.errors import RetrieverError
 
 # Pieces of a FAISS factory string that need the next piece to make an index: transforms
 # (PCA64, OPQ16_64, ITQ, RR64, L2norm, Pad128), coarse quantizers (IVF256, IVF4096_HNSW32,
@@ -60,3 +63,11 @@ def _top_level_pieces(value: str) -> list[str]:
             start = position + 1
     pieces.append(value[start:])
     return [piece.strip() for piece in pieces if piece.strip()]
+
+
+def numbers(value: str, kind: type, message: str) -> tuple[Any, ...]:
+    """A comma list of ``kind`` values; ``message`` says what was expected."""
+    try:
+        return tuple(kind(item) for item in comma_list(value))
+    except ValueError:
+        raise RetrieverError(f"{message}, got {value!r}") from None

@@ -1,66 +1,135 @@
-"""Option groups that several subcommands share, declared once, and what they turn into."""
+"""Option groups that several subcommands share, declared once, and what they turn into.
+
+An index's settings are not declared here: each is a field of the spec
+(:mod:`retriever.core.spec`) that declares its flag, help and choices, and
+:func:`add_spec_options` and :func:`spec_from_args` turn those declarations into
+arguments and back into a spec.
+"""
 
 from __future__ import annotations
 
 import argparse
-from typing import Any
+import dataclasses
+import typing
+from collections.abc import Iterable
+from typing import Any, TypeVar
 
 from retriever.core.config import (
     DEFAULT_STORE_PRECISION,
-    DTYPES,
     FUSIONS,
     METHODS,
     POOLINGS,
     PROMPTS,
     STORE_PRECISIONS,
-    EncoderConfig,
-    SparseSpec,
 )
 from retriever.core.errors import RetrieverError
+from retriever.core.spec import (
+    DenseSpec,
+    EncoderConfig,
+    FilterSpec,
+    IndexSpec,
+    ModelSpec,
+    SearchParams,
+    SparseSpec,
+    Spec,
+    flag_of,
+)
 
-DEFAULT_MODEL = "smollm2-135m"  # kept in step with retriever.encode.models.DEFAULT_MODEL by a test
-
+SpecT = TypeVar("SpecT", bound=Spec)
 Container = argparse._ActionsContainer
+_VALUE_TYPES = (int, float, str)
+
+
+def add_spec_options(
+    group: Container,
+    spec_class: type[Spec],
+    *,
+    only: Iterable[str] | None = None,
+    override: bool = False,
+    note: str = "",
+) -> None:
+    """One argument per field of ``spec_class`` that declares a flag (its flag, help,
+    choices and default come from the field). ``override``: every default is None, the
+    value an index was built with (commands that read an index); ``note`` ends each help."""
+    hints = typing.get_type_hints(spec_class)
+    chosen = set(only) if only is not None else None
+    for spec_field in dataclasses.fields(spec_class):
+        declared = flag_of(spec_field)
+        if declared is None or (chosen is not None and spec_field.name not in chosen):
+            continue
+        default = None if override else spec_field.default
+        kinds = set(typing.get_args(hints[spec_field.name])) or {hints[spec_field.name]}
+        kwargs: dict[str, Any] = {"dest": declared.dest, "default": default}
+        if bool in kinds:
+            optional = type(None) in kinds or override
+            kwargs["action"] = argparse.BooleanOptionalAction if optional else "store_true"
+        else:
+            kwargs["type"] = next(t for t in _VALUE_TYPES if t in kinds)
+            kwargs["choices"] = declared.choices
+            kwargs["metavar"] = declared.metavar
+        kwargs["help"] = _spec_help(declared.help, default, override, note)
+        group.add_argument(declared.flag, **kwargs)
+
+
+def _spec_help(text: str, default: Any, override: bool, note: str) -> str:
+    if note:
+        text = f"{text}; {note}"
+    if override:
+        return f"{text} (default: the index's)"
+    if default in (None, "") or isinstance(default, bool) or "default:" in text.lower():
+        return text
+    return f"{text} (default: %(default)s)"
+
+
+def spec_from_args(spec_class: type[SpecT], args: argparse.Namespace, **given: Any) -> SpecT:
+    """The spec the parsed arguments declare; fields whose flag a command does not take,
+    and arguments left None where the spec's default is wanted, keep the default.
+    ``given``: fields set by the caller (nested parts)."""
+    values = dict(given)
+    for spec_field in dataclasses.fields(spec_class):
+        declared = flag_of(spec_field)
+        if declared is None or spec_field.name in values:
+            continue
+        value = getattr(args, declared.dest, None)
+        if value is not None:
+            values[spec_field.name] = value
+    return spec_class(**values)
+
+
+def index_spec(args: argparse.Namespace) -> IndexSpec:
+    """The index spec of `retriever index`'s arguments."""
+    dense = None
+    if not args.no_dense:
+        dense = spec_from_args(DenseSpec, args, search=spec_from_args(SearchParams, args))
+    return IndexSpec(
+        model=spec_from_args(ModelSpec, args),
+        encoder=encoder_config(args),
+        filter=spec_from_args(FilterSpec, args),
+        dense=dense,
+        sparse=spec_from_args(SparseSpec, args) if args.sparse else None,
+        bm25=args.bm25,
+    )
+
+
+def add_part_flags(group: Container, part: str) -> None:
+    """The flag that adds (or drops) a whole part of an index (IndexSpec.PART_FLAGS)."""
+    declared = IndexSpec.PART_FLAGS[part]
+    group.add_argument(declared.flag, action="store_true", help=declared.help)
 
 
 def add_model_options(
     parser: argparse.ArgumentParser, *, from_index: bool, with_source: bool = True
 ) -> None:
-    """--model, --dtype, --device, --batch-size; with_source adds where the weights come from.
+    """The model's spec flags, --device and --batch-size; with_source adds where the
+    weights come from (--revision, --unembedding-from).
 
-    from_index: the model is the one the index was built with (add, search, lens, eval).
+    from_index: the model is the one the index was built with (add, search, lens, eval);
+    --model then loads a copy of the same weights from elsewhere.
     """
     group = parser.add_argument_group("model")
-    if from_index:
-        group.add_argument(
-            "--model",
-            default=None,
-            help="load this model instead of the one named in the manifest (its weights "
-            "must be the same, e.g. a local copy)",
-        )
-        group.add_argument(
-            "--dtype",
-            choices=DTYPES,
-            default=None,
-            help="weights dtype (default: the one the index was built with, so queries are "
-            "encoded like its documents)",
-        )
-    else:
-        group.add_argument(
-            "--model",
-            default=DEFAULT_MODEL,
-            help=f"bundled alias ({DEFAULT_MODEL}), local model folder, or Hugging Face hub "
-            "id (default: %(default)s)",
-        )
-        if with_source:
-            _add_weights_source_options(group)
-        group.add_argument(
-            "--dtype",
-            choices=DTYPES,
-            default="auto",
-            help="weights dtype; auto = bfloat16 on a GPU or a CPU with AVX-512 BF16/AMX, "
-            "float32 otherwise (default: %(default)s)",
-        )
+    only = ("name", "dtype") if from_index or not with_source else None
+    note = "its weights must be the index's (a local copy)" if from_index else ""
+    add_spec_options(group, ModelSpec, only=only, override=from_index, note=note)
     group.add_argument("--device", default=None, help="torch device (default: cuda if present)")
     group.add_argument(
         "--batch-size",
@@ -71,77 +140,20 @@ def add_model_options(
     )
 
 
-def _add_weights_source_options(group: Container) -> None:
-    group.add_argument("--revision", default=None, help="hub revision (branch, tag, commit)")
-    group.add_argument(
-        "--unembedding-from",
-        metavar="MODEL",
-        default=None,
-        help="take the unembedding matrix from this model (for embedding models "
-        "without an LM head: give the LLM they were trained from)",
-    )
-
-
-_PROMPT_TEMPLATES = (
-    'prompteol = \'This sentence : "{text}" means in one word:"\', echo = text twice, pooled '
-    "over the second copy, none = bare text"
-)
-
-
 def add_encoding_options(
     parser: argparse.ArgumentParser, *, queries: bool, lists: bool = False
 ) -> None:
-    """--prompt, --max-length, --document-instruction and, when the encoding also serves
-    queries, --pooling and --query-instruction.
-
-    lists: --prompt and --pooling take comma lists (bench compares them), and the
-    instructions, which the benchmark does not vary, are left out.
-    """
+    """The encoder's spec flags; without ``queries`` (encode) no pooling or query
+    instruction. lists: --prompt and --pooling take comma lists (bench compares them),
+    and the instructions, which the benchmark does not vary, are left out."""
     encoding = parser.add_argument_group("encoding")
     if lists:
         _add_setting_lists(encoding)
-    else:
-        _add_setting(encoding, queries=queries)
-    encoding.add_argument(
-        "--max-length",
-        type=int,
-        default=256,
-        metavar="N",
-        help="tokens per input including the prompt; longer texts keep their head and "
-        "tail halves (default: %(default)s)",
-    )
-    if lists:
+        add_spec_options(encoding, EncoderConfig, only=("max_length",))
         return
-    if queries:
-        encoding.add_argument(
-            "--query-instruction",
-            default="",
-            metavar="TEXT",
-            help="text put before every query's prompt",
-        )
-    encoding.add_argument(
-        "--document-instruction",
-        default="",
-        metavar="TEXT",
-        help="text put before every document's prompt",
-    )
-
-
-def _add_setting(group: Container, *, queries: bool) -> None:
-    group.add_argument(
-        "--prompt",
-        choices=list(PROMPTS),
-        default="prompteol",
-        help=f"prompt template: {_PROMPT_TEMPLATES} (default: %(default)s)",
-    )
-    if queries:
-        group.add_argument(
-            "--pooling",
-            choices=POOLINGS,
-            default="mean",
-            help="mean over the prompted tokens, or the last token (default: %(default)s; "
-            "the store keeps the one asked)",
-        )
+    skipped = set() if queries else {"pooling", "query_instruction"}
+    kept = [f.name for f in dataclasses.fields(EncoderConfig) if f.name not in skipped]
+    add_spec_options(encoding, EncoderConfig, only=kept)
 
 
 def _add_setting_lists(group: Container) -> None:
@@ -150,8 +162,7 @@ def _add_setting_lists(group: Container) -> None:
         "--prompt",
         default="prompteol",
         metavar="PROMPTS",
-        help=f"comma list of prompt templates among {', '.join(PROMPTS)}: "
-        f"{_PROMPT_TEMPLATES} (default: %(default)s)",
+        help=f"comma list of prompt templates among {', '.join(PROMPTS)} (default: %(default)s)",
     )
     group.add_argument(
         "--pooling",
@@ -164,13 +175,7 @@ def _add_setting_lists(group: Container) -> None:
 
 def encoder_config(args: argparse.Namespace) -> EncoderConfig:
     """The encoding options as the API's config (encode has no pooling or query options)."""
-    return EncoderConfig(
-        prompt=args.prompt,
-        pooling=getattr(args, "pooling", "mean"),
-        max_length=args.max_length,
-        query_instruction=getattr(args, "query_instruction", ""),
-        document_instruction=args.document_instruction,
-    )
+    return spec_from_args(EncoderConfig, args)
 
 
 def add_limit_option(group: Container) -> None:
@@ -284,30 +289,17 @@ def ray_options(args: argparse.Namespace) -> Any:
 
 
 def add_search_param_options(group: Container, *, at_build: bool) -> None:
-    when = "stored as the index's default" if at_build else "default: the index's"
-    group.add_argument(
-        "--nprobe",
-        type=int,
-        default=None,
-        metavar="N",
-        help=f"IVF lists searched per query ({when}; faiss's own default is 1)",
-    )
-    group.add_argument(
-        "--ef-search",
-        type=int,
-        default=None,
-        metavar="N",
-        help=f"HNSW candidate list size per query ({when}; faiss's own default is 16)",
-    )
-    if not at_build:  # at build, `index --rescore` also decides to keep the rescore vectors
-        group.add_argument(
-            "--rescore",
-            type=int,
-            default=None,
-            metavar="M",
-            help="re-score the M x k best candidates with the int8 vectors of an index built "
-            "with --rescore (default: the index's)",
-        )
+    """--nprobe, --ef-search, --rescore: stored as the index's defaults at build (where
+    --rescore also keeps the rescore vectors), else overriding them."""
+    if at_build:
+        add_spec_options(group, SearchParams, note="stored as the index's default")
+    else:
+        add_spec_options(group, SearchParams, override=True)
+
+
+def search_params(args: argparse.Namespace) -> SearchParams:
+    """The search parameters given on the command line (None: the index's)."""
+    return spec_from_args(SearchParams, args)
 
 
 def add_gpu_options(group: Container) -> None:
@@ -352,35 +344,9 @@ def gpu_options(args: argparse.Namespace) -> Any:
     )
 
 
-def add_sparse_size_options(
-    group: Container, *, from_index: bool = False, query_note: str = ""
-) -> None:
-    """--sparse-doc-tokens and --sparse-query-tokens; from_index: only the query side,
-    defaulting to what the index was built with."""
-    if from_index:
-        group.add_argument(
-            "--sparse-query-tokens",
-            type=int,
-            default=None,
-            metavar="M",
-            help="aligned tokens added to the query for the sparse index (default: the index's)",
-        )
-        return
-    defaults = SparseSpec()
-    group.add_argument(
-        "--sparse-doc-tokens",
-        type=int,
-        default=defaults.doc_tokens,
-        metavar="K",
-        help="aligned tokens kept per document (default: %(default)s)",
-    )
-    group.add_argument(
-        "--sparse-query-tokens",
-        type=int,
-        default=defaults.query_tokens,
-        metavar="M",
-        help=f"aligned tokens added to a query's own tokens{query_note} (default: %(default)s)",
-    )
+def add_sparse_query_option(group: Container) -> None:
+    """--sparse-query-tokens of a search, defaulting to what the index was built with."""
+    add_spec_options(group, SparseSpec, only=("query_tokens",), override=True)
 
 
 def add_method_options(parser: argparse.ArgumentParser, *, lists: bool) -> None:
@@ -430,13 +396,14 @@ def add_fusion_option(group: Container, *, lists: bool) -> None:
 
 def check_search_options(args: argparse.Namespace) -> None:
     """Refuse search settings out of range before the index and its model load (a command
-    without an option skips its check; Searcher.load checks nprobe, ef-search, rescore)."""
+    without an option skips its check)."""
     weight = getattr(args, "dense_weight", None)
     if weight is not None and not 0.0 <= weight <= 1.0:  # NaN fails too
         raise RetrieverError(f"--dense-weight must lie in [0, 1], got {weight}")
-    tokens = getattr(args, "sparse_query_tokens", None)
-    if tokens is not None and tokens < 0:
-        raise RetrieverError(f"--sparse-query-tokens must be >= 0, got {tokens}")
+    query_tokens = flag_of(SparseSpec.__dataclass_fields__["query_tokens"])
+    query_tokens.check(getattr(args, query_tokens.dest, None))
+    if hasattr(args, "nprobe"):
+        search_params(args)
 
 
 def load_searcher(args: argparse.Namespace) -> Any:
@@ -450,9 +417,7 @@ def load_searcher(args: argparse.Namespace) -> Any:
         dtype=args.dtype,
         device=args.device,
         batch_size=args.batch_size,
-        nprobe=getattr(args, "nprobe", None),
-        ef_search=getattr(args, "ef_search", None),
-        rescore=getattr(args, "rescore", None),
+        search=search_params(args) if hasattr(args, "nprobe") else None,
         use_gpu=gpu_options(args) if hasattr(args, "gpu") else None,
     )
 

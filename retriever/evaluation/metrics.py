@@ -127,8 +127,8 @@ def judged_queries(queries: Mapping[str, str], qrels: Qrels) -> dict[str, str]:
 
 def index_sizes(folder: Path, dense: dict[str, Any] | None = None) -> dict[str, int]:
     """Bytes on disk of each part of an index folder (retrievers, docstore) and in all;
-    ``dense`` is the manifest's ``index`` entry, whose files (codes, binary centre, rescore
-    vectors) the dense part counts."""
+    ``dense`` is the manifest's description of the dense backend, whose files (codes,
+    binary centre, rescore vectors) the dense part counts."""
     sizes = {
         part: folder_bytes(folder / name)
         for part, name in (("sparse", SPARSE_DIR), ("bm25", BM25_DIR), ("docstore", DOCSTORE_DIR))
@@ -213,7 +213,7 @@ def evaluate_index(
             encoded = encode_timed(
                 searcher.encode_queries, queries, warmup=warmup, latency_queries=latency_queries
             )
-    part_bytes = index_sizes(searcher.folder, searcher.manifest.get("index"))
+    part_bytes = index_sizes(searcher.folder, searcher.manifest.backend)
     rows, runs = [], {}
     for method in methods:
         for fusion in fusions if "+" in method else (None,):

@@ -18,11 +18,11 @@ from typing import Any
 
 import numpy as np
 
-from retriever.core.config import FilterSpec
 from retriever.core.sizes import folder_bytes
+from retriever.core.spec import DenseSpec, FilterSpec
 from retriever.encode.embedfilter import EmbedFilter, UnembeddingSpectrum
 from retriever.evaluation.metrics import median_seconds, percentiles_ms, time_each
-from retriever.parts.dense.backends import BackendSpec, FaissBackend, build_in_memory
+from retriever.parts.dense.backends import FaissBackend, build_in_memory
 from retriever.parts.dense.gpu import GpuSetting
 
 logger = logging.getLogger(__name__)
@@ -94,10 +94,10 @@ def _timed_backend(
     vectors: np.ndarray, index_type: str, gpu: GpuSetting, params: dict[str, int | None]
 ) -> tuple[FaissBackend, float]:
     """The dense backend a searcher would open, built over ``vectors`` (keys 0..n-1)."""
-    spec = BackendSpec(kind="faiss", index_type=index_type, use_gpu=gpu)
+    spec = DenseSpec(index_type=index_type)
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as folder:
-        backend = build_in_memory(spec, vectors, Path(folder))
+        backend = build_in_memory(spec, vectors, Path(folder), use_gpu=gpu)
         # The builder finishes its index on first use: here, so that the build (and a GPU
         # build's copy back) is timed with it.
         backend.index  # noqa: B018

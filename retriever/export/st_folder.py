@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from retriever import __version__
-from retriever.core.config import EncoderConfig
 from retriever.core.errors import RetrieverError
 from retriever.core.generations import ReaderHold, refuse_inside_index
+from retriever.core.spec import EncoderConfig
 from retriever.encode.embedfilter import EmbedFilter
 from retriever.encode.models import (
     MODEL_FILE_PATTERNS,
@@ -30,7 +30,7 @@ from retriever.encode.models import (
     weight_files,
     weights_sha256,
 )
-from retriever.index.manifest import read_manifest
+from retriever.index.manifest import Manifest, read_manifest
 
 EXPORT_FORMAT = "retriever-st-export"
 EXPORT_VERSION = 1
@@ -59,7 +59,7 @@ def export_index(
     folder, hold = ReaderHold.resolve(Path(index).expanduser())
     try:
         manifest = read_manifest(folder)
-        if not manifest.get("index"):
+        if manifest.spec.dense is None:
             raise RetrieverError(
                 f"{index} holds no dense index (it was built with --no-dense): only a dense "
                 "index's encoder can be exported"
@@ -96,27 +96,27 @@ def _check_out(out: Path, overwrite: bool) -> None:
 
 
 def _resolve_index_model(
-    folder: Path, manifest: dict[str, Any], model: str | None, embed_filter: EmbedFilter
+    folder: Path, manifest: Manifest, model: str | None, embed_filter: EmbedFilter
 ) -> ResolvedModel:
     """The index's model folder, found as the searcher finds it, its weights checked
     against the manifest and its width against the filter (nothing is loaded)."""
-    built_with = manifest["model"]
+    built_with = manifest.spec.model
     resolved = resolve_model(
-        model or built_with["name"], built_with.get("revision") if model is None else None
+        model or built_with.name, built_with.revision if model is None else None
     )
     _refuse_other_weights(resolved)
-    if resolved.weights_sha256 != built_with["weights_sha256"]:
+    if resolved.weights_sha256 != manifest.weights_sha256:
         raise RetrieverError(
-            f"{folder} was built with weights sha256 {built_with['weights_sha256'][:12]}..., "
+            f"{folder} was built with weights sha256 {manifest.weights_sha256[:12]}..., "
             f"but {resolved.name!r} has weights {resolved.weights_sha256[:12]}...: give the "
             "model that built the index (--model PATH to a copy of it)"
         )
     widths = {
         "filter": embed_filter.model_dim,
-        "manifest": manifest["filter"]["model_dim"],
+        "manifest": manifest.model_dim,
         "model": configured_hidden_size(resolved) or embed_filter.model_dim,
     }
-    if len(set(widths.values())) > 1 or embed_filter.dim != manifest["filter"]["dim"]:
+    if len(set(widths.values())) > 1 or embed_filter.dim != manifest.dim:
         found = ", ".join(f"the {name} {width}" for name, width in widths.items())
         raise RetrieverError(
             f"{folder} is inconsistent: hidden sizes or dimensions differ ({found})"
@@ -140,14 +140,14 @@ def _refuse_other_weights(resolved: ResolvedModel) -> None:
 def _write_export(
     staging: Path,
     source: Path,
-    manifest: dict[str, Any],
+    manifest: Manifest,
     resolved: ResolvedModel,
     embed_filter: EmbedFilter,
 ) -> None:
     staging.mkdir()
     _copy_model(resolved, staging / MODEL_DIR)
     copied = weights_sha256(staging / MODEL_DIR)
-    if copied != manifest["model"]["weights_sha256"]:
+    if copied != manifest.weights_sha256:
         raise RetrieverError(
             f"the weights of {resolved.path} changed while they were copied (sha256 "
             f"{copied[:12]}...); nothing was written, run the export again"
@@ -173,28 +173,20 @@ def _copy_model(resolved: ResolvedModel, target: Path) -> None:
             shutil.copyfile(path, target / path.name)
 
 
-def export_settings(
-    source: Path, manifest: dict[str, Any], embed_filter: EmbedFilter
-) -> dict[str, Any]:
+def export_settings(source: Path, manifest: Manifest, embed_filter: EmbedFilter) -> dict[str, Any]:
     """What the module needs to encode as the index did, and where it came from."""
-    built_with = manifest["model"]
     return {
         "format": EXPORT_FORMAT,
         "version": EXPORT_VERSION,
         "retriever_version": __version__,
-        "encoder": EncoderConfig.from_dict(manifest["encoder"]).to_dict(),
-        "dtype": built_with["dtype"],
-        "model": {
-            "name": built_with["name"],
-            "revision": built_with.get("revision"),
-            "weights_sha256": built_with["weights_sha256"],
-            "hidden_size": embed_filter.model_dim,
-        },
+        "encoder": manifest.spec.encoder.to_dict(),
+        "dtype": manifest.model["dtype"],
+        "model": {**manifest.model_identity, "hidden_size": embed_filter.model_dim},
         "filter": {"name": embed_filter.name, "dim": embed_filter.dim},
         "index": {
             "path": str(source),
-            "documents": manifest["documents"]["count"],
-            "content_sha256": manifest["documents"]["content_sha256"],
+            "documents": manifest.count,
+            "content_sha256": manifest.content_sha256,
         },
     }
 

@@ -23,8 +23,8 @@ from typing import Any
 
 import torch
 
-from retriever.core.config import EncoderConfig
 from retriever.core.errors import RetrieverError
+from retriever.core.spec import EncoderConfig
 from retriever.encode.embedfilter import EmbedFilter
 from retriever.encode.encoder import Encoder
 from retriever.export.st_folder import EXPORT_CONFIG, FILTER_DIR, MODEL_DIR, read_export_settings

@@ -3,49 +3,43 @@
     embeddings -> filter -> dense backend (FAISS or Milvus), key-token index, BM25, docstore
                -> manifest
 
-An :class:`IndexPlan` says which parts an index holds and how they are built; a
-:class:`PartsWriter` writes them into a staging folder of :mod:`retriever.core.generations`,
-from nothing (a build) or onto a copy of the current generation (add, delete); the
-manifest records what was built, from what, and how long it took.
+An :class:`~retriever.core.spec.IndexSpec` says which parts an index holds and how they
+are built; a :class:`PartsWriter` writes them into a staging folder of
+:mod:`retriever.core.generations`, from nothing (a build) or onto a copy of the current
+generation (add, delete); the manifest records the spec, what was built, from what, and
+how long it took.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
-import json
 import logging
 import shutil
 import time
 from collections.abc import Iterable, Iterator, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from retriever.core.config import MANIFEST_VERSION, PROMPTS, FilterSpec, SparseSpec
 from retriever.core.errors import RetrieverError
 from retriever.core.generations import mark_readable
 from retriever.core.sizes import folder_bytes
+from retriever.core.spec import IndexSpec
 from retriever.data.datasets import Document
 from retriever.encode.embedfilter import EmbedFilter
 from retriever.encode.encoder import Encoder
 from retriever.encode.lens import TokenLens
-from retriever.index.manifest import MANIFEST_FILE, MANIFEST_FORMAT, library_versions
+from retriever.index.manifest import Manifest, library_versions, write_manifest
 from retriever.parts.bm25 import BM25_DIR, STEMMER_LANGUAGE, STOPWORDS, BM25Builder
 from retriever.parts.dense.backends import (
-    DEFAULT_COLLECTION,
-    MILVUS_LITE_FILE,
-    BackendSpec,
     DenseBackend,
     backend_bytes,
     new_backend,
     writable_copy,
 )
-from retriever.parts.dense.codes import STORAGES, names_own_codes
 from retriever.parts.dense.faiss_index import METRIC
-from retriever.parts.dense.gpu import gpu_count
+from retriever.parts.dense.gpu import GpuSetting, gpu_count
 from retriever.parts.docstore import (
     DOCSTORE_DIR,
     DocStore,
@@ -60,113 +54,6 @@ from retriever.store.embeddings import DEFAULT_CHUNK_SIZE, EmbeddingStore, Shard
 logger = logging.getLogger(__name__)
 
 _SCRATCH = ".scratch"
-
-
-@dataclass(frozen=True)
-class SearchParams:
-    """Search-time settings of approximate indexes, stored as the index's defaults."""
-
-    nprobe: int | None = None
-    ef_search: int | None = None
-    rescore: int | None = None  # M: the first stage fetches M x k candidates
-
-    def faiss(self) -> dict[str, int | None]:
-        return {"nprobe": self.nprobe, "efSearch": self.ef_search, "rescore": self.rescore}
-
-    def __post_init__(self) -> None:
-        for name, value in (
-            ("--nprobe", self.nprobe),
-            ("--ef-search", self.ef_search),
-            ("--rescore", self.rescore),
-        ):
-            if value is not None and value < 1:
-                raise RetrieverError(f"{name} must be at least 1, got {value}")
-
-
-@dataclass(frozen=True)
-class IndexPlan:
-    """Which parts an index holds and how they are built (everything after encoding)."""
-
-    filter_spec: FilterSpec = dataclasses.field(default_factory=FilterSpec)
-    index_type: str = "Flat"
-    dense: bool = True
-    sparse: SparseSpec | None = None
-    bm25: bool = False
-    search_params: SearchParams = dataclasses.field(default_factory=SearchParams)
-    use_gpu: bool | None = None
-    backend: str = "faiss"
-    milvus_uri: str | None = None
-    collection: str = DEFAULT_COLLECTION
-    # How the dense index stores its vectors (retriever.parts.dense.codes);
-    # search_params.rescore > 0 also keeps the int8 rescore vectors.
-    storage: str | None = None
-    binary_centre: str = "documents"
-    ef_construction: int | None = None
-    rescore_vectors: str = "int8"
-
-    def __post_init__(self) -> None:
-        if not (self.dense or self.sparse or self.bm25):
-            raise RetrieverError("--no-dense leaves nothing to search: add --sparse and/or --bm25")
-        self.backend_spec()  # validates the backend's settings
-
-    def backend_spec(self) -> BackendSpec:
-        return BackendSpec(
-            kind=self.backend,
-            index_type=self.index_type,
-            milvus_uri=self.milvus_uri,
-            collection=self.collection,
-            use_gpu=self.use_gpu,
-            storage=self.storage,
-            rescore=self.rescore_vectors if self.search_params.rescore else None,
-            binary_centre=self.binary_centre,
-            ef_construction=self.ef_construction,
-        )
-
-
-def plan_of(manifest: dict[str, Any], *, use_gpu: bool | None = None) -> IndexPlan:
-    """The plan an existing index was built with, read from its manifest."""
-    index = manifest.get("index") or {}
-    params = index.get("search_params") or {}
-    described = index.get("backend") or {}
-    return IndexPlan(
-        filter_spec=FilterSpec.from_dict(manifest["filter"].get("spec", {})),
-        index_type=index.get("type", "Flat"),
-        dense=bool(manifest.get("index")),
-        sparse=SparseSpec.from_dict(manifest["sparse"]) if manifest.get("sparse") else None,
-        bm25=bool(manifest.get("bm25")),
-        search_params=SearchParams(
-            params.get("nprobe"), params.get("efSearch"), params.get("rescore")
-        ),
-        use_gpu=use_gpu,
-        backend=described.get("backend", "faiss"),
-        milvus_uri=_server_uri(index),
-        collection=_collection_name(index),
-        storage=_storage(index, described),
-        binary_centre=described.get("binary_centre", "documents"),
-        rescore_vectors=described.get("rescore") or "int8",
-    )
-
-
-def _storage(index: dict[str, Any], described: dict[str, Any]) -> str | None:
-    """The storage to plan with: the recorded one, unless the index type names its own
-    codes (the recorded one then says what those are)."""
-    storage = described.get("storage")
-    if storage not in STORAGES:
-        return None
-    if described.get("backend", "faiss") == "faiss" and names_own_codes(index.get("type", "Flat")):
-        return None
-    return storage
-
-
-def _collection_name(index: dict[str, Any]) -> str:
-    """The name a user gave (a server generation's own collection is ``NAME__<gen>``)."""
-    described = index.get("backend") or {}
-    return described.get("alias") or described.get("collection", DEFAULT_COLLECTION)
-
-
-def _server_uri(index: dict[str, Any]) -> str | None:
-    uri = (index.get("backend") or {}).get("uri")
-    return None if uri in (None, MILVUS_LITE_FILE) else uri
 
 
 def shard_batches(
@@ -203,31 +90,35 @@ class PartsWriter:
     def __init__(
         self,
         staging: Path,
-        plan: IndexPlan,
+        spec: IndexSpec,
         embed_filter: EmbedFilter,
         lens: TokenLens | None,
-        base: Path | None,
-        base_index: dict[str, Any] | None = None,
+        *,
+        base: Manifest | None = None,
+        use_gpu: GpuSetting = None,
     ) -> None:
+        """``base``: the manifest of the generation this one changes, None for a build."""
         self.staging = staging
-        self.plan = plan
+        self.spec = spec
         self.filter = embed_filter
         self.lens = lens
-        self.base = base
+        self.base = base.folder if base is not None else None
         self.timings: dict[str, float] = {}
         self.dense: DenseBackend | None = None
         self.backend_description: dict[str, Any] | None = None  # the manifest's, once saved
-        if plan.dense:
+        if spec.dense is not None:
             if base is not None:
-                self.dense = writable_copy(base, staging, base_index, use_gpu=plan.use_gpu)
+                self.dense = writable_copy(
+                    self.base, staging, spec.dense, base.backend, base.dim, use_gpu=use_gpu
+                )
             else:
-                self.dense = new_backend(plan.backend_spec(), embed_filter.dim, staging)
+                self.dense = new_backend(spec.dense, embed_filter.dim, staging, use_gpu=use_gpu)
         # Made on the first added chunk (a delete adds none and has no lens).
         self.sparse_builder: KeyTokenIndexBuilder | None = None
-        if base is not None:
-            copy_docstore(base / DOCSTORE_DIR, staging / DOCSTORE_DIR)
+        if self.base is not None:
+            copy_docstore(self.base / DOCSTORE_DIR, staging / DOCSTORE_DIR)
         self.docstore = DocStoreWriter(staging / DOCSTORE_DIR)
-        self.bm25_builder = BM25Builder() if plan.bm25 and base is None else None
+        self.bm25_builder = BM25Builder() if spec.bm25 and base is None else None
         self.added = 0
         self.added_digest = 0
         self.removed: list[tuple[int, Document]] = []
@@ -245,12 +136,12 @@ class PartsWriter:
         if self.dense is not None:
             vectors = self._timed("filter", lambda: self.filter.transform(embeddings))
             self._timed("index", lambda: self.dense.add(keys, vectors))
-        if self.plan.sparse is not None:
+        if self.spec.sparse is not None:
             if self.sparse_builder is None:
                 self.sparse_builder = KeyTokenIndexBuilder(
-                    self.lens, self.plan.sparse, self.staging / _SCRATCH
+                    self.lens, self.spec.sparse, self.staging / _SCRATCH
                 )
-            space = self.plan.sparse.space
+            space = self.spec.sparse.space
             self._timed(
                 "sparse",
                 lambda: self.sparse_builder.add(keys, self.lens.vectors(embeddings, space)),
@@ -278,12 +169,12 @@ class PartsWriter:
         )
         if self.dense is not None:
             self._timed("index", lambda: self.dense.remove(removed_keys))
-            self.dense.set_search_params(self.plan.search_params.faiss())
-            counts["index"] = self.dense.count
+            self.dense.set_search_params(self.spec.dense.search.faiss())
+            counts["dense"] = self.dense.count
             self.backend_description = self.dense.save(self.staging)
-        if self.plan.sparse is not None:
+        if self.spec.sparse is not None:
             counts["sparse"] = self._finish_sparse(removed_keys)
-        if self.plan.bm25:
+        if self.spec.bm25:
             counts["bm25"] = self._finish_bm25(docstore)
         docstore.close()
         shutil.rmtree(self.staging / _SCRATCH, ignore_errors=True)
@@ -296,7 +187,7 @@ class PartsWriter:
             sparse = base_sparse.with_added(sparse) if sparse else base_sparse
         sparse = sparse.without_keys(removed_keys)
         sparse.save(self.staging / SPARSE_DIR)
-        spec = self.plan.sparse
+        spec = self.spec.sparse
         logger.info(
             "key-token sparse index: %d documents, top %d tokens each from the %s space, %s",
             sparse.num_documents,
@@ -340,80 +231,71 @@ def batched(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
         yield batch
 
 
-def token_lens(encoder: Encoder, plan: IndexPlan, embed_filter: EmbedFilter) -> TokenLens | None:
-    """The lens the key-token part is built with (``None`` when the plan has none)."""
-    if plan.sparse is None:
+def token_lens(encoder: Encoder, spec: IndexSpec, embed_filter: EmbedFilter) -> TokenLens | None:
+    """The lens the key-token part is built with (``None`` when the spec has none)."""
+    if spec.sparse is None:
         return None
     return TokenLens(encoder.unembedding(), embed_filter, encoder.tokenizer)
 
 
 def index_manifest(
-    encoder: Encoder,
-    plan: IndexPlan,
+    spec: IndexSpec,
+    model: dict[str, Any],
     embed_filter: EmbedFilter,
     writer: PartsWriter,
     counts: dict[str, int],
+    documents: dict[str, Any],
     *,
-    next_key: int,
-    digest: int,
-    history: list[dict[str, Any]],
     timings: dict[str, float],
-    staging: Path,
-    store: EmbeddingStore | None,
-) -> dict[str, Any]:
-    """The manifest of the generation ``writer`` wrote into ``staging``."""
+    store: dict[str, Any] | None,
+) -> Manifest:
+    """The manifest of the generation ``writer`` wrote: ``spec`` as written, and what was
+    found (``model``: ``Encoder.describe()``). ``documents``: ``next_key``,
+    ``content_sha256`` and ``history`` (entries without a time get this one's); ``store``:
+    the store's entry (:func:`store_entry`)."""
     count = counts["docstore"]
     mismatched = {part: n for part, n in counts.items() if n != count}
     if mismatched:
         raise RetrieverError(f"index parts disagree on the document count: {counts}")
     stamp = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-    return {
-        "format": MANIFEST_FORMAT,
-        "manifest_version": MANIFEST_VERSION,
-        "model": encoder.describe(),
-        "encoder": {**encoder.config.to_dict(), "prompt_template": PROMPTS[encoder.config.prompt]},
-        "filter": embed_filter.describe(),
-        "index": _dense_entry(plan, embed_filter, writer, count) if plan.dense else None,
-        "sparse": {**plan.sparse.to_dict(), "count": count} if plan.sparse else None,
-        "bm25": {"stemmer": STEMMER_LANGUAGE, "stopwords": STOPWORDS, "count": count}
-        if plan.bm25
-        else None,
-        "documents": {
+    history = [{**entry, "at": entry.get("at", stamp)} for entry in documents["history"]]
+    return Manifest(
+        spec=spec,
+        model=model,
+        filter=embed_filter.describe(),
+        documents={**documents, "count": count, "history": history},
+        dense={
+            "metric": METRIC,
+            "normalized": True,
+            "dim": embed_filter.dim,
             "count": count,
-            "next_key": next_key,
-            "content_sha256": f"{digest:064x}",
-            "history": [{**entry, "at": entry.get("at", stamp)} for entry in history],
-        },
-        # The store's size: what removing it (`retriever stores remove`) would free.
-        "store": {
-            "folder": str(store.folder),
-            "key_sha256": store.digest,
-            "bytes": folder_bytes(store.folder),
+            "backend": writer.backend_description,
         }
-        if store is not None
+        if spec.dense
         else None,
-        "versions": library_versions(),
-        "build": {
+        sparse={"count": count} if spec.sparse else None,
+        bm25={"stemmer": STEMMER_LANGUAGE, "stopwords": STOPWORDS, "count": count}
+        if spec.bm25
+        else None,
+        store=store,
+        versions=library_versions(),
+        build={
             "created": stamp,
-            "generation": staging.name.removesuffix(".partial"),
+            "generation": writer.staging.name.removesuffix(".partial"),
             "seconds": {k: round(v, 3) for k, v in timings.items()},
-            "bytes": _part_bytes(staging, writer.backend_description),
+            "bytes": _part_bytes(writer.staging, writer.backend_description),
             "faiss_gpus": gpu_count(),
         },
-    }
+    )
 
 
-def _dense_entry(
-    plan: IndexPlan, embed_filter: EmbedFilter, writer: PartsWriter, count: int
-) -> dict[str, Any]:
+def store_entry(store: EmbeddingStore) -> dict[str, Any]:
+    """The manifest's note of the store an index was assembled from; its size is what
+    removing it (`retriever stores remove`) would free."""
     return {
-        "type": plan.index_type,
-        "metric": METRIC,
-        "normalized": True,
-        "dim": embed_filter.dim,
-        "count": count,
-        "search_params": {k: v for k, v in plan.search_params.faiss().items() if v is not None},
-        "backend": writer.backend_description,
+        "folder": str(store.folder),
+        "key_sha256": store.digest,
+        "bytes": folder_bytes(store.folder),
     }
 
 
@@ -428,13 +310,14 @@ def _part_bytes(staging: Path, backend: dict[str, Any] | None) -> dict[str, int]
         )
         if (staging / name).exists()
     }
-    dense = backend_bytes(staging, {"backend": backend}) if backend else None
+    dense = backend_bytes(staging, backend)
     if dense is not None:
-        sizes["index"] = dense
+        sizes["dense"] = dense
     sizes["total"] = folder_bytes(staging)
     return sizes
 
 
-def write_manifest(staging: Path, manifest: dict[str, Any]) -> None:
+def publish_manifest(staging: Path, manifest: Manifest) -> None:
+    """Write the generation's manifest, its last file, once every part is readable."""
     mark_readable(staging)
-    (staging / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2) + "\n")
+    write_manifest(staging, manifest)

@@ -25,37 +25,31 @@ import logging
 import re
 import time
 from collections.abc import Iterable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from retriever.core.config import EncoderConfig, FilterSpec, SparseSpec
+from retriever.core.config import DEFAULT_STORAGE
 from retriever.core.errors import RetrieverError
-from retriever.core.generations import (
-    check_destination,
-    new_generation,
-    refuse_inside_index,
-    writer_lock,
-)
+from retriever.core.generations import check_destination, new_generation, writer_lock
+from retriever.core.spec import DenseSpec, FilterSpec, IndexSpec, ModelSpec
 from retriever.data.datasets import CorpusScan, scan_corpus
 from retriever.encode.embedfilter import EmbedFilter
 from retriever.encode.encoder import Encoder
-from retriever.encode.models import DEFAULT_MODEL
 from retriever.index.assembly import (
-    IndexPlan,
     PartsWriter,
-    SearchParams,
     index_manifest,
+    publish_manifest,
     shard_batches,
+    store_entry,
     token_lens,
     training_sample,
-    write_manifest,
 )
 from retriever.index.changes import add_documents, delete_documents
-from retriever.parts.dense.backends import DEFAULT_COLLECTION, EXTERNAL_PARTS, training_size
+from retriever.index.options import BuildOptions
+from retriever.parts.dense.backends import EXTERNAL_PARTS, check_dense_spec, training_size
 from retriever.parts.dense.faiss_index import has_parameter
+from retriever.parts.dense.gpu import GpuSetting
 from retriever.store.embeddings import (
-    DEFAULT_STORE_PRECISION,
     EmbeddingStore,
     covers,
     describe_difference,
@@ -63,23 +57,25 @@ from retriever.store.embeddings import (
     record_index,
 )
 from retriever.store.encoding import encode_corpus
-from retriever.store.on_ray import RayOptions
 from retriever.store.pacing import DiskNeed
 
-# IndexPlan, SearchParams and delete_documents are part of this module's interface too.
-__all__ = ["IndexPlan", "Indexer", "SearchParams", "build_index", "delete_documents"]
+# BuildOptions and delete_documents are part of this module's interface too.
+__all__ = ["BuildOptions", "Indexer", "build_index", "delete_documents"]
 
 logger = logging.getLogger(__name__)
 
 
 class Indexer:
     """Writes index folders with one encoder: assembles an embedding store into a new index
-    by ``plan``, and adds documents to an index or deletes them (an existing index keeps
-    its own plan; only ``plan.use_gpu`` applies to it)."""
+    by ``spec`` (default: the defaults, with the encoder's own settings), and adds
+    documents to an index or deletes them (an existing index keeps its own spec)."""
 
-    def __init__(self, encoder: Encoder, plan: IndexPlan | None = None) -> None:
+    def __init__(
+        self, encoder: Encoder, spec: IndexSpec | None = None, *, use_gpu: GpuSetting = None
+    ) -> None:
         self.encoder = encoder
-        self.plan = plan or IndexPlan()
+        self.spec = spec or IndexSpec(encoder=encoder.config)
+        self.use_gpu = use_gpu
 
     def assemble(
         self,
@@ -93,55 +89,56 @@ class Indexer:
         """Assemble a complete embedding store into the index path ``out``; returns it.
 
         ``embed_filter`` is the projection the index stores (default: the data-free
-        EmbedFilter of ``plan.filter_spec``); ``timings`` are earlier stages' seconds
+        EmbedFilter of ``spec.filter``); ``timings`` are earlier stages' seconds
         (encoding), recorded in the manifest.
         """
         out = Path(out).expanduser().absolute()
         self._check_store(store)
-        shards = store.shards()
         started = time.perf_counter()
         if embed_filter is None:
             embed_filter = self._data_free_filter()
-        lens = token_lens(self.encoder, self.plan, embed_filter)
-        pooling = self.encoder.config.pooling
+        spec = dataclasses.replace(self.spec, filter=embed_filter.spec)
         with writer_lock(out):
             # Checked again under the lock: another writer may have finished meanwhile.
             check_destination(out, overwrite)
             with new_generation(out, external=EXTERNAL_PARTS) as staging:
-                writer = PartsWriter(staging, self.plan, embed_filter, lens, base=None)
-                if writer.dense is not None and writer.dense.needs_training:
-                    size = training_size(self.plan.backend_spec(), embed_filter.dim, store.count)
-                    writer.train(training_sample(shards, pooling, embed_filter, size))
-                for keys, embeddings, documents in shard_batches(shards, pooling, 0):
-                    writer.add(keys, embeddings, documents)
-                counts = writer.finish()
-                embed_filter.save(staging)
+                writer, counts = self._write_parts(store, staging, spec, embed_filter)
                 earlier = timings or {}
                 total = time.perf_counter() - started + sum(earlier.values())
                 manifest = index_manifest(
-                    self.encoder,
-                    self.plan,
+                    spec,
+                    self.encoder.describe(),
                     embed_filter,
                     writer,
                     counts,
-                    next_key=store.count,
-                    digest=writer.added_digest,
-                    history=[_build_entry(store)],
+                    {
+                        "next_key": store.count,
+                        "content_sha256": f"{writer.added_digest:064x}",
+                        "history": [_build_entry(store)],
+                    },
                     timings={**earlier, **writer.timings, "total": total},
-                    staging=staging,
-                    store=store,
+                    store=store_entry(store),
                 )
-                write_manifest(staging, manifest)
-        try:
-            # A note for `retriever stores` (which indexes use a store), not part of the
-            # index: failing to write it must not fail a build that is already published.
-            record_index(store.folder, out)
-        except OSError as exc:
-            logger.warning(
-                "could not note the index %s in its store %s: %s", out, store.folder, exc
-            )
+                publish_manifest(staging, manifest)
+        _note_in_store(store, out)
         logger.info("index of %d documents written to %s", counts["docstore"], out)
         return out
+
+    def _write_parts(
+        self, store: EmbeddingStore, staging: Path, spec: IndexSpec, embed_filter: EmbedFilter
+    ) -> tuple[PartsWriter, dict[str, int]]:
+        shards = store.shards()
+        pooling = self.encoder.config.pooling
+        lens = token_lens(self.encoder, spec, embed_filter)
+        writer = PartsWriter(staging, spec, embed_filter, lens, use_gpu=self.use_gpu)
+        if writer.dense is not None and writer.dense.needs_training:
+            size = training_size(spec.dense, embed_filter.dim, store.count)
+            writer.train(training_sample(shards, pooling, embed_filter, size))
+        for keys, embeddings, documents in shard_batches(shards, pooling, 0):
+            writer.add(keys, embeddings, documents)
+        counts = writer.finish()
+        embed_filter.save(staging)
+        return writer, counts
 
     def add(
         self,
@@ -149,28 +146,16 @@ class Indexer:
         dataset: str | Path,
         *,
         upsert: bool = False,
-        limit: int | None = None,
-        store: str | Path | None = None,
-        chunk_size: int | None = None,
-        store_precision: str = DEFAULT_STORE_PRECISION,
+        options: BuildOptions | None = None,
     ) -> dict[str, int]:
         """Append a corpus's documents to the index path ``index`` (see
         :func:`retriever.index.changes.add_documents`); returns ``{"added": n, "replaced": m}``."""
-        return add_documents(
-            self.encoder,
-            index,
-            dataset,
-            upsert=upsert,
-            limit=limit,
-            store=store,
-            chunk_size=chunk_size,
-            store_precision=store_precision,
-            use_gpu=self.plan.use_gpu,
-        )
+        options = options or BuildOptions(use_gpu=self.use_gpu)
+        return add_documents(index, dataset, upsert=upsert, options=options, encoder=self.encoder)
 
     def delete(self, index: str | Path, doc_ids: Iterable[str]) -> int:
         """Remove documents by id (see :func:`retriever.index.changes.delete_documents`)."""
-        return delete_documents(index, doc_ids, use_gpu=self.plan.use_gpu)
+        return delete_documents(index, doc_ids, use_gpu=self.use_gpu)
 
     def _check_store(self, store: EmbeddingStore) -> None:
         wanted = encoding_key(
@@ -193,7 +178,7 @@ class Indexer:
             )
 
     def _data_free_filter(self) -> EmbedFilter:
-        spec = self.plan.filter_spec
+        spec = self.spec.filter
         embed_filter = EmbedFilter.from_unembedding(self.encoder.unembedding(), spec)
         logger.info(
             "EmbedFilter %s: %d -> %d dimensions",
@@ -202,6 +187,15 @@ class Indexer:
             embed_filter.dim,
         )
         return embed_filter
+
+
+def _note_in_store(store: EmbeddingStore, out: Path) -> None:
+    try:
+        # A note for `retriever stores` (which indexes use a store), not part of the
+        # index: failing to write it must not fail a build that is already published.
+        record_index(store.folder, out)
+    except OSError as exc:
+        logger.warning("could not note the index %s in its store %s: %s", out, store.folder, exc)
 
 
 def _build_entry(store: EmbeddingStore) -> dict[str, Any]:
@@ -217,219 +211,169 @@ def _build_entry(store: EmbeddingStore) -> dict[str, Any]:
     }
 
 
-@dataclass(frozen=True)
-class _ModelLoad:
-    """How :func:`build_index` loads the model when it is given no encoder."""
-
-    model: str
-    revision: str | None
-    dtype: str
-    device: str | None
-    batch_size: int
-    unembedding_from: str | None
-    runtime: str
-
-
 def build_index(
     dataset: str | Path | None,
     out: str | Path,
+    spec: IndexSpec | None = None,
+    options: BuildOptions | None = None,
     *,
-    model: str = DEFAULT_MODEL,
-    revision: str | None = None,
-    encoder_config: EncoderConfig | None = None,
-    filter_spec: FilterSpec | None = None,
-    index_type: str = "Flat",
-    limit: int | None = None,
-    batch_size: int = 16,
-    dtype: str = "auto",
-    device: str | None = None,
-    unembedding_from: str | None = None,
-    use_gpu: bool | None = None,
-    dense: bool = True,
-    sparse: SparseSpec | None = None,
-    bm25: bool = False,
-    search_params: SearchParams | None = None,
-    overwrite: bool = False,
-    store: str | Path | None = None,
-    from_store: str | Path | None = None,
-    chunk_size: int | None = None,
-    store_precision: str = DEFAULT_STORE_PRECISION,
-    restart: bool = False,
-    ray: RayOptions | None = None,
-    backend: str = "faiss",
-    milvus_uri: str | None = None,
-    collection: str = DEFAULT_COLLECTION,
-    embed_filter: EmbedFilter | None = None,
     encoder: Encoder | None = None,
-    storage: str | None = None,
-    binary_centre: str = "documents",
-    ef_construction: int | None = None,
-    rescore_vectors: str = "int8",
-    runtime: str = "torch",
+    embed_filter: EmbedFilter | None = None,
 ) -> Path:
-    """Build an index of a BEIR folder or JSONL file, or of an embedding store (``dataset``
-    None, ``from_store``); returns its path.
+    """Build an index of a BEIR folder or JSONL file (``dataset``), or of a complete
+    embedding store (``dataset`` None, ``options.from_store``), as ``spec`` says; returns
+    its path.
 
-    The store fixes the model, dtype, prompt, max length and document instruction;
-    ``encoder_config`` still chooses the pooling. ``encoder`` is a loaded model to use
-    instead of loading ``model`` (with ``encoder_config``, if given, as its settings);
-    ``embed_filter`` a ready projection (a fitted baseline) to store instead of the
-    EmbedFilter of ``filter_spec``. Store options are ``encode_corpus``'s, ``runtime``
-    ``Encoder.load``'s; ``storage``, ``binary_centre``, ``ef_construction`` and
-    ``rescore_vectors`` say how the dense index stores its vectors (``parts.dense.codes``).
+    A store fixes the model, dtype, prompt, max length and document instruction (the spec
+    saved says so); the spec still chooses the pooling. ``encoder`` is a loaded model to
+    use instead of loading ``spec.model`` (with ``spec.encoder``, or its own settings
+    when no spec is given); ``embed_filter`` a ready projection (a fitted baseline) to
+    store instead of the EmbedFilter of ``spec.filter``. ``options`` say how the build
+    runs (:class:`BuildOptions`), never what it builds.
     """
+    options = options or BuildOptions()
+    if spec is None:
+        spec = IndexSpec(encoder=encoder.config) if encoder is not None else IndexSpec()
     out_path = Path(out).expanduser().absolute()
     # Cheap checks first: a bad destination, corpus or setting fails before the model loads.
-    check_destination(out_path, overwrite)
-    _check_arguments(embed_filter, filter_spec, chunk_size, store)
-    plan = IndexPlan(
-        filter_spec=filter_spec or FilterSpec(),
-        index_type=index_type,
-        dense=dense,
-        sparse=sparse,
-        bm25=bm25,
-        search_params=search_params or SearchParams(),
-        use_gpu=use_gpu,
-        backend=backend,
-        milvus_uri=milvus_uri,
-        collection=collection,
-        storage=storage,
-        binary_centre=binary_centre,
-        ef_construction=ef_construction,
-        rescore_vectors=rescore_vectors,
-    )
-    _check_plan(plan, embed_filter.dim if embed_filter is not None else None)
-    source = _open_source(dataset, limit, from_store)
-    load = _ModelLoad(model, revision, dtype, device, batch_size, unembedding_from, runtime)
-    encoder = _ready_encoder(encoder, encoder_config, source, load, embed_filter, plan)
-    indexer = Indexer(encoder, plan)
+    check_destination(out_path, options.overwrite)
+    _check_filter_choice(spec, embed_filter)
+    check_spec(spec, embed_filter.dim if embed_filter is not None else None)
+    source = _open_source(dataset, options)
+    encoder, spec = _ready_encoder(encoder, spec, source, options, embed_filter)
+    indexer = Indexer(encoder, spec, use_gpu=options.use_gpu)
     with writer_lock(out_path):  # for the whole build: a second writer fails before encoding
-        check_destination(out_path, overwrite)
-        stage = _EncodeStage(store, chunk_size, store_precision, restart, ray)
-        embeddings, timings = _encoded(encoder, source, stage, plan, out_path)
+        check_destination(out_path, options.overwrite)
+        embeddings, timings = _encoded(encoder, source, options, spec, out_path)
         return indexer.assemble(
-            embeddings, out_path, embed_filter=embed_filter, overwrite=overwrite, timings=timings
+            embeddings,
+            out_path,
+            embed_filter=embed_filter,
+            overwrite=options.overwrite,
+            timings=timings,
         )
 
 
-def _check_arguments(
-    embed_filter: EmbedFilter | None,
-    filter_spec: FilterSpec | None,
-    chunk_size: int | None,
-    store: str | Path | None,
-) -> None:
-    if store is not None:
-        refuse_inside_index(store, "--store")
-    if embed_filter is not None and filter_spec is not None:
-        raise RetrieverError("give filter_spec or embed_filter, not both")
-    if chunk_size is not None and chunk_size < 1:
-        raise RetrieverError(f"--chunk-size must be at least 1, got {chunk_size}")
+def _check_filter_choice(spec: IndexSpec, embed_filter: EmbedFilter | None) -> None:
+    if embed_filter is not None and spec.filter not in (FilterSpec(), embed_filter.spec):
+        raise RetrieverError("give the spec's filter or an embed_filter, not both")
 
 
-def _open_source(
-    dataset: str | Path | None, limit: int | None, from_store: str | Path | None
-) -> EmbeddingStore | CorpusScan:
+def _open_source(dataset: str | Path | None, options: BuildOptions) -> EmbeddingStore | CorpusScan:
     """The complete store to assemble, or the scanned corpus to encode."""
-    if from_store is not None:
+    if options.from_store is not None:
         if dataset is not None:
             raise RetrieverError("give either DATASET or --from STORE, not both")
-        embeddings = EmbeddingStore.open(from_store)
+        embeddings = EmbeddingStore.open(options.from_store)
         embeddings.shards()  # refuses an incomplete store before the model loads
         return embeddings
     if dataset is None:
         raise RetrieverError("give a DATASET to index, or --from STORE")
-    return scan_corpus(dataset, limit)
+    return scan_corpus(dataset, options.limit)
 
 
 def _ready_encoder(
     encoder: Encoder | None,
-    config: EncoderConfig | None,
+    spec: IndexSpec,
     source: EmbeddingStore | CorpusScan,
-    load: _ModelLoad,
+    options: BuildOptions,
     embed_filter: EmbedFilter | None,
-    plan: IndexPlan,
-) -> Encoder:
-    """The build's encoder, with the settings the documents are (or were) encoded with."""
-    settings = config or (encoder.config if encoder is not None else EncoderConfig())
+) -> tuple[Encoder, IndexSpec]:
+    """The build's encoder, and the spec as the index is built: with the model and
+    settings the documents are (or were) encoded with."""
     if isinstance(source, EmbeddingStore):
-        key = source.key
-        if settings.pooling not in source.poolings:
-            raise RetrieverError(
-                f"the embedding store {source.folder} keeps {'+'.join(source.poolings)} "
-                f"pooling only, not {settings.pooling}: encode a store with it (`retriever "
-                f"encode --pooling {settings.pooling}`)"
-            )
-        settings = dataclasses.replace(
-            settings,
-            prompt=key["prompt"],
-            max_length=key["max_length"],
-            document_instruction=key["instruction"],
-        )
+        spec = _spec_of_store(spec, source)
     if encoder is None:
-        size_check = plan.filter_spec if embed_filter is None else None
-        encoder = _load_encoder(source, settings, load, size_check)
-    elif encoder.config != settings:
-        # A copy sharing the loaded model: the caller's encoder keeps its own settings.
-        encoder = copy.copy(encoder)
-        encoder.config = settings
+        size_check = spec.filter if embed_filter is None else None
+        encoder = _load_encoder(source, spec, options, size_check)
+    else:
+        spec = dataclasses.replace(spec, model=_model_spec_of(encoder))
+        if encoder.config != spec.encoder:
+            # A copy sharing the loaded model: the caller's encoder keeps its own settings.
+            encoder = copy.copy(encoder)
+            encoder.config = spec.encoder
     if embed_filter is None:  # the real dimension, known now: checked before encoding
-        _check_plan(plan, plan.filter_spec.kept_dims(encoder.hidden_size))
+        check_spec(spec, spec.filter.kept_dims(encoder.hidden_size))
     elif embed_filter.model_dim != encoder.hidden_size:
         raise RetrieverError(
             f"embed_filter projects {embed_filter.model_dim}-dimensional embeddings, but the "
             f"model's hidden size is {encoder.hidden_size}"
         )
-    return encoder
+    return encoder, spec
+
+
+def _spec_of_store(spec: IndexSpec, store: EmbeddingStore) -> IndexSpec:
+    """``spec`` with the model and encoding a store fixes (the pooling stays the spec's,
+    among the store's)."""
+    key = store.key
+    if spec.encoder.pooling not in store.poolings:
+        raise RetrieverError(
+            f"the embedding store {store.folder} keeps {'+'.join(store.poolings)} "
+            f"pooling only, not {spec.encoder.pooling}: encode a store with it (`retriever "
+            f"encode --pooling {spec.encoder.pooling}`)"
+        )
+    model = key["model"]
+    return dataclasses.replace(
+        spec,
+        model=dataclasses.replace(
+            spec.model, name=model["name"], revision=model["revision"], dtype=key["dtype"]
+        ),
+        encoder=dataclasses.replace(
+            spec.encoder,
+            prompt=key["prompt"],
+            max_length=key["max_length"],
+            document_instruction=key["instruction"],
+        ),
+    )
+
+
+def _model_spec_of(encoder: Encoder) -> ModelSpec:
+    """The model spec a loaded encoder answers to."""
+    described = encoder.describe()
+    borrowed = described.get("unembedding_from") or {}
+    return ModelSpec(
+        name=described["name"],
+        revision=described["revision"],
+        dtype=described["dtype"],
+        unembedding_from=borrowed.get("name"),
+    )
 
 
 def _load_encoder(
     source: EmbeddingStore | CorpusScan,
-    config: EncoderConfig,
-    load: _ModelLoad,
+    spec: IndexSpec,
+    options: BuildOptions,
     filter_spec: FilterSpec | None,
 ) -> Encoder:
     """Load the model (a store's own, checked by its weights' hash); ``filter_spec``'s
     size is checked first, against the hidden size the model's config declares."""
     expected, expected_by = None, "the index"
     if isinstance(source, EmbeddingStore):
-        model = source.key["model"]
-        expected, expected_by = model["weights_sha256"], f"the embedding store {source.folder}"
-        load = dataclasses.replace(
-            load, model=model["name"], revision=model["revision"], dtype=source.key["dtype"]
-        )
+        expected = source.key["model"]["weights_sha256"]
+        expected_by = f"the embedding store {source.folder}"
+    model = spec.model
     if filter_spec is not None:
-        _check_filter_size(filter_spec, load.model, load.revision)
+        _check_filter_size(filter_spec, model.name, model.revision)
     return Encoder.load(
-        load.model,
-        config,
-        dtype=load.dtype,
-        device=load.device,
-        batch_size=load.batch_size,
-        revision=load.revision,
-        unembedding_from=load.unembedding_from,
+        model.name,
+        spec.encoder,
+        dtype=model.dtype,
+        device=options.device,
+        batch_size=options.batch_size,
+        revision=model.revision,
+        unembedding_from=model.unembedding_from,
         expected_weights_sha256=expected,
         expected_by=expected_by,
         # A store is assembled, never encoded: no other runtime to set up for it.
-        runtime="torch" if isinstance(source, EmbeddingStore) else load.runtime,
+        runtime="torch" if isinstance(source, EmbeddingStore) else options.runtime,
     )
-
-
-@dataclass(frozen=True)
-class _EncodeStage:
-    """How :func:`build_index` encodes a corpus: into which store, in what shards."""
-
-    store: str | Path | None
-    chunk_size: int | None
-    precision: str
-    restart: bool
-    ray: RayOptions | None
 
 
 def _encoded(
     encoder: Encoder,
     source: EmbeddingStore | CorpusScan,
-    stage: _EncodeStage,
-    plan: IndexPlan,
+    options: BuildOptions,
+    spec: IndexSpec,
     out: Path,
 ) -> tuple[EmbeddingStore, dict[str, float]]:
     """The complete store of the documents, and the seconds spent encoding them."""
@@ -439,12 +383,12 @@ def _encoded(
     embeddings = encode_corpus(
         encoder,
         source,
-        folder=stage.store,
-        chunk_size=stage.chunk_size,
-        precision=stage.precision,
-        restart=stage.restart,
-        ray=stage.ray,
-        index_need=DiskNeed("index", out, _index_bytes(plan, encoder, source)),
+        folder=options.store,
+        chunk_size=options.chunk_size,
+        precision=options.store_precision,
+        restart=options.restart,
+        ray=options.ray,
+        index_need=DiskNeed("index", out, _index_bytes(spec, encoder, source)),
     )
     return embeddings, {"encode": time.perf_counter() - mark}
 
@@ -454,19 +398,20 @@ def _encoded(
 _VALUE_BYTES = {"float32": 4.0, "float16": 2.0, "int8": 1.0, "binary": 0.125}
 
 
-def _index_bytes(plan: IndexPlan, encoder: Encoder, scan: CorpusScan) -> int:
+def _index_bytes(spec: IndexSpec, encoder: Encoder, scan: CorpusScan) -> int:
     """About what the index of ``scan`` will take: dense codes and ids (and rescore
     vectors), the docstore (LMDB takes about twice the documents' bytes), and the sparse
     (K pairs of 4-byte token and weight per document) and BM25 parts."""
-    dims = plan.filter_spec.kept_dims(encoder.hidden_size)
+    dims = spec.filter.kept_dims(encoder.hidden_size)
     per_document = 2.0 * scan.document_bytes / max(scan.count, 1)
-    if plan.dense:
-        per_document += dims * _VALUE_BYTES.get(plan.storage or "float32", 4.0) + 8
-        if plan.search_params.rescore:
-            per_document += dims * (1 if plan.rescore_vectors == "int8" else 4)
-    if plan.sparse is not None:
-        per_document += 8 * plan.sparse.doc_tokens
-    if plan.bm25:
+    dense = spec.dense
+    if dense is not None:
+        per_document += dims * _VALUE_BYTES.get(dense.storage or DEFAULT_STORAGE, 4.0) + 8
+        if dense.rescore_precision:
+            per_document += dims * (1 if dense.rescore_precision == "int8" else 4)
+    if spec.sparse is not None:
+        per_document += 8 * spec.sparse.doc_tokens
+    if spec.bm25:
         per_document += scan.document_bytes / max(scan.count, 1)
     return int(per_document * scan.count)
 
@@ -485,38 +430,41 @@ def _check_filter_size(spec: FilterSpec, model: str, revision: str | None) -> No
 _TRIAL_DIMS = (64, 96, 128, 192, 256, 384, 512, 768, 1024, 1536, 2048, 4096, 5040)
 
 
-def _check_plan(plan: IndexPlan, dim: int | None = None) -> None:
-    """Checks that need no model: the index type must parse (at ``dim``, the filtered
-    dimension once known, else at some dimension), and search parameters must fit it."""
-    if not plan.dense:
+def check_spec(spec: IndexSpec, dim: int | None = None) -> None:
+    """Checks of a spec that need FAISS or a backend but no model: the index type must
+    parse (at ``dim``, the filtered dimension once known, else at some dimension), the
+    backend must hold it, and search parameters and build knobs must apply to it."""
+    dense = spec.dense
+    if dense is None:
         return
-    index = _parsed_index_type(plan, dim)
+    check_dense_spec(dense)
+    index = _parsed_index_type(dense, dim)
     if index is None:
         return
     # HNSW's efConstruction goes with its efSearch: both apply to the same indexes.
     checks = {
-        "--nprobe": ("nprobe", plan.search_params.nprobe),
-        "--ef-search": ("efSearch", plan.search_params.ef_search),
-        "--ef-construction": ("efSearch", plan.ef_construction),
+        "--nprobe": ("nprobe", dense.search.nprobe),
+        "--ef-search": ("efSearch", dense.search.ef_search),
+        "--ef-construction": ("efSearch", dense.ef_construction),
     }
     for flag, (name, value) in checks.items():
         if value is not None and not has_parameter(index, name):
-            raise RetrieverError(f"{flag} does not apply to --index-type {plan.index_type}")
+            raise RetrieverError(f"{flag} does not apply to --index-type {dense.index_type}")
 
 
-def _parsed_index_type(plan: IndexPlan, dim: int | None) -> Any:
-    """An empty FAISS index of the plan's type and storage, as the build makes it; None for
-    a Milvus index name that FAISS does not know (its backend spec checked it)."""
-    from retriever.parts.dense.codes import binary_bits
+def _parsed_index_type(dense: DenseSpec, dim: int | None) -> Any:
+    """An empty FAISS index of the spec's type and storage, as the build makes it; None
+    for a Milvus index name that FAISS does not know (:func:`check_dense_spec` checked it)."""
+    from retriever.parts.dense.codes import binary_bits, layout_of
     from retriever.parts.dense.faiss_index import is_binary_type
     from retriever.parts.dense.faiss_install import faiss
 
-    if plan.backend != "faiss":
+    if dense.backend != "faiss":
         try:
-            return faiss.index_factory(64, plan.index_type, faiss.METRIC_INNER_PRODUCT)
+            return faiss.index_factory(64, dense.index_type, faiss.METRIC_INNER_PRODUCT)
         except RuntimeError:
             return None
-    layout = plan.backend_spec().layout
+    layout = layout_of(dense.index_type, dense.storage)
     reason = ""
     for trial in _TRIAL_DIMS if dim is None else (dim,):
         width = binary_bits(trial) if layout.binary else trial
@@ -528,7 +476,7 @@ def _parsed_index_type(plan: IndexPlan, dim: int | None) -> Any:
             reason = reason or _faiss_reason(exc)
     where = f" at dimension {dim}" if dim is not None else ""
     raise RetrieverError(
-        f"invalid --index-type {plan.index_type!r}{where}: {reason}; give Flat, HNSWm, IVFn "
+        f"invalid --index-type {dense.index_type!r}{where}: {reason}; give Flat, HNSWm, IVFn "
         "or a faiss.index_factory string"
     )
 

@@ -36,7 +36,7 @@ def indexes_using(folder: Path, digest: str) -> list[Path]:
     for entry in recorded_indexes(folder / INDEXES_FILE):
         index = Path(entry)
         try:
-            store = read_manifest(index).get("store")
+            store = read_manifest(index).store
         except (RetrieverError, OSError):
             continue
         if isinstance(store, dict) and store.get("key_sha256") == digest:

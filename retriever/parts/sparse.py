@@ -20,9 +20,9 @@ from zipfile import BadZipFile
 import numpy as np
 import scipy.sparse as sp
 
-from retriever.core.config import SparseSpec
 from retriever.core.errors import RetrieverError
 from retriever.core.progress import progress_bar
+from retriever.core.spec import SparseSpec
 from retriever.encode.lens import TokenLens
 
 SPARSE_DIR = "sparse"

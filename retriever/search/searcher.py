@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import numbers
 import threading
 from collections.abc import Mapping, Sequence
 from functools import cached_property
@@ -18,14 +17,15 @@ from typing import Any
 
 import numpy as np
 
-from retriever.core.config import DISPLAY_SPACE, METHODS, EncoderConfig
+from retriever.core.config import DISPLAY_SPACE, METHODS
 from retriever.core.errors import RetrieverError
 from retriever.core.generations import ReaderHold
+from retriever.core.spec import SearchParams
 from retriever.core.threads import pthread_blas
 from retriever.encode.embedfilter import EmbedFilter
 from retriever.encode.encoder import Encoder
 from retriever.encode.lens import AlignedToken, TokenLens
-from retriever.index.manifest import load_encoder_for, read_manifest
+from retriever.index.manifest import Manifest, load_encoder_for, read_manifest
 from retriever.parts.bm25 import BM25_DIR, BM25Index
 from retriever.parts.dense.backends import DenseBackend, open_backend
 from retriever.parts.dense.gpu import GpuSetting
@@ -54,25 +54,13 @@ def check_queries(queries: Sequence[str]) -> None:
             ) from None
 
 
-def check_search_params(params: Mapping[str, Any]) -> None:
-    """Every given search parameter (``{name: value}``, None for unset) must be a whole
-    number of at least 1: a 0 was once taken for "unset" and silently dropped."""
-    for name, value in params.items():
-        if value is None:
-            continue
-        if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-            raise RetrieverError(f"{name} must be a whole number, got {value!r}")
-        if value < 1:
-            raise RetrieverError(f"{name} must be at least 1, got {value}")
-
-
 class Searcher:
     """Searches one index folder. Build it with :meth:`Searcher.load`."""
 
     def __init__(
         self,
         folder: Path,
-        manifest: dict[str, Any],
+        manifest: Manifest,
         encoder: Encoder,
         embed_filter: EmbedFilter,
         index: DenseBackend | None,
@@ -108,9 +96,7 @@ class Searcher:
         device: str | None = None,
         batch_size: int = 32,
         use_gpu: GpuSetting = None,
-        nprobe: int | None = None,
-        ef_search: int | None = None,
-        rescore: int | None = None,
+        search: SearchParams | None = None,
         encoder: Encoder | None = None,
     ) -> Searcher:
         """Open an index and load the model that built it.
@@ -120,41 +106,41 @@ class Searcher:
         checked against the manifest before the model loads; the model's weights must hash
         to the manifest's ``weights_sha256`` before any of them is loaded. ``model``
         overrides where the model is found; ``dtype`` defaults to the one the index was
-        built with; ``nprobe``, ``ef_search`` and ``rescore`` (M: re-score M x k candidates,
-        on an index built with ``--rescore``) override the index's search defaults.
+        built with; ``search`` (nprobe, ef_search, and rescore M: re-score M x k
+        candidates, on an index built with ``--rescore``) overrides the index's search
+        defaults, each that is set.
         ``encoder`` is an already loaded model to use instead of loading one (a benchmark
         searches many indexes of one model); its weights and settings must be the ones the
         index was built with.
         """
-        # Before anything is opened: a bad value costs no model load.
-        check_search_params({"nprobe": nprobe, "ef_search": ef_search, "rescore": rescore})
         folder, hold = ReaderHold.resolve(Path(path).expanduser())
         try:
             manifest = read_manifest(folder)
             embed_filter = EmbedFilter.load(folder)
-            dims = {"filter": embed_filter.dim, "manifest": manifest["filter"]["dim"]}
+            dims = {"filter": embed_filter.dim, "manifest": manifest.dim}
             index = None
-            if manifest.get("index"):
-                index = open_backend(folder, manifest["index"], use_gpu=use_gpu)
+            if manifest.backend is not None:
+                index = open_backend(folder, manifest.backend, manifest.dim, use_gpu=use_gpu)
                 dims[f"{index.kind} index"] = index.dim
             if len(set(dims.values())) > 1:
                 found = ", ".join(f"the {name} {dim}" for name, dim in dims.items())
                 raise RetrieverError(f"{folder} is inconsistent: dimensions differ ({found})")
-            sparse = KeyTokenIndex.load(folder / SPARSE_DIR) if manifest.get("sparse") else None
-            bm25 = BM25Index.load(folder / BM25_DIR) if manifest.get("bm25") else None
+            sparse = KeyTokenIndex.load(folder / SPARSE_DIR) if manifest.spec.sparse else None
+            bm25 = BM25Index.load(folder / BM25_DIR) if manifest.spec.bm25 else None
             docstore = DocStore.open(folder / DOCSTORE_DIR)
             _check_counts(folder, manifest, index, sparse, bm25, docstore)
             if index is not None:
-                _set_search_params(index, manifest, nprobe, ef_search, rescore)
+                given = search or SearchParams()
+                index.set_search_params(given.over(manifest.spec.dense.search).faiss())
             if encoder is None:
                 encoder = load_encoder_for(
                     manifest, folder, model=model, dtype=dtype, device=device, batch_size=batch_size
                 )
             else:
                 _check_encoder(folder, manifest, encoder)
-            if encoder.hidden_size != manifest["filter"]["model_dim"]:
+            if encoder.hidden_size != manifest.model_dim:
                 raise RetrieverError(
-                    f"{folder} expects hidden size {manifest['filter']['model_dim']}, the model "
+                    f"{folder} expects hidden size {manifest.model_dim}, the model "
                     f"has {encoder.hidden_size}"
                 )
         except BaseException:
@@ -168,7 +154,7 @@ class Searcher:
 
     def __len__(self) -> int:
         # From the manifest (checked against every part on load): no LMDB read per query.
-        return int(self.manifest["documents"]["count"])
+        return self.manifest.count
 
     @property
     def parts(self) -> tuple[str, ...]:
@@ -454,29 +440,11 @@ class Searcher:
         """Change ``nprobe`` (IVF), ``efSearch`` (HNSW) or ``rescore`` (M) for the searches
         that follow. Each must be at least 1; None leaves it as it is."""
         self._check_open()
-        check_search_params({"nprobe": nprobe, "ef_search": ef_search, "rescore": rescore})
+        given = SearchParams(nprobe, ef_search, rescore)
         if self.index is None:
             self._check_method("dense")
         with self._dense_guard:
-            self.index.set_search_params(
-                {"nprobe": nprobe, "efSearch": ef_search, "rescore": rescore}
-            )
-
-
-def _set_search_params(
-    index: DenseBackend,
-    manifest: dict[str, Any],
-    nprobe: int | None,
-    ef_search: int | None,
-    rescore: int | None,
-) -> None:
-    """The caller's search parameters, else the index's stored ones (``is None``, not
-    ``or``: a given value is never taken for unset)."""
-    stored = manifest["index"].get("search_params") or {}
-    given = {"nprobe": nprobe, "efSearch": ef_search, "rescore": rescore}
-    index.set_search_params(
-        {name: stored.get(name) if value is None else value for name, value in given.items()}
-    )
+            self.index.set_search_params(given.faiss())
 
 
 def _no_hits(queries: int) -> tuple[np.ndarray, np.ndarray]:
@@ -494,15 +462,15 @@ def _check_query_ids(query_ids: Sequence[str] | None, count: int) -> None:
         raise RetrieverError(f"query id {shown_id(repeated)} is given twice; ids must be unique")
 
 
-def _check_encoder(folder: Path, manifest: dict[str, Any], encoder: Encoder) -> None:
+def _check_encoder(folder: Path, manifest: Manifest, encoder: Encoder) -> None:
     """A caller's encoder must be the one the index was built with."""
-    built_with = manifest["model"]["weights_sha256"]
+    built_with = manifest.weights_sha256
     if encoder.resolved.weights_sha256 != built_with:
         raise RetrieverError(
             f"{folder} was built with other weights (sha256 {built_with[:12]}...) than the "
             f"encoder given ({encoder.resolved.weights_sha256[:12]}...)"
         )
-    settings = EncoderConfig.from_dict(manifest["encoder"])
+    settings = manifest.spec.encoder
     if encoder.config != settings:
         raise RetrieverError(
             f"{folder} was built with encoder settings {settings.to_dict()}, the encoder given "
@@ -512,13 +480,13 @@ def _check_encoder(folder: Path, manifest: dict[str, Any], encoder: Encoder) -> 
 
 def _check_counts(
     folder: Path,
-    manifest: dict[str, Any],
+    manifest: Manifest,
     index: DenseBackend | None,
     sparse: KeyTokenIndex | None,
     bm25: BM25Index | None,
     docstore: DocStore,
 ) -> None:
-    expected = manifest["documents"]["count"]
+    expected = manifest.count
     counts = {"docstore": len(docstore)}
     if index is not None:
         counts[f"{index.kind} index"] = index.count

@@ -27,7 +27,6 @@ from retriever.serve.schemas import (
 )
 
 SNIPPET_CHARS = 300
-PARTS = {"dense": "index", "sparse": "sparse", "bm25": "bm25"}  # part -> manifest key
 
 
 class Service:
@@ -143,21 +142,11 @@ class Service:
 
     def info(self) -> Info:
         with self.following.lease() as slot:
-            manifest = slot.searcher.manifest
-            index = manifest.get("index") or {}
+            described = slot.searcher.manifest.describe()
             return Info(
-                generation=slot.generation,
-                documents=len(slot.searcher),
+                **{**described, "generation": slot.generation},
+                encoder=described["spec"]["encoder"],
                 methods=list(slot.searcher.methods),
-                model=manifest["model"],
-                encoder=manifest["encoder"],
-                filter=manifest["filter"],
-                storage=index.get("backend"),
-                parts={
-                    part: {"count": manifest[key]["count"]}
-                    for part, key in PARTS.items()
-                    if manifest.get(key)
-                },
                 limits=self.limits.to_dict(),
             )
 

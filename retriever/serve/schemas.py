@@ -99,11 +99,16 @@ class Health(BaseModel):
 
 class Info(BaseModel):
     generation: str
+    created: str | None
     documents: int
     methods: list[str]
+    spec: dict[str, Any]
     model: dict[str, Any]
     encoder: dict[str, Any]
     filter: dict[str, Any]
     storage: dict[str, Any] | None
     parts: dict[str, Any]
+    bytes: dict[str, int]
+    manifest_version: int
+    versions: dict[str, str | None]
     limits: dict[str, int]

@@ -90,11 +90,7 @@ def encoding_key(
         "format": STORE_FORMAT,
         "version": STORE_VERSION,
         "kind": kind,
-        "model": {
-            "name": encoder.resolved.name,
-            "revision": encoder.resolved.revision,
-            "weights_sha256": encoder.resolved.weights_sha256,
-        },
+        "model": encoder.resolved.identity(),
         "dtype": str(encoder.dtype).removeprefix("torch."),
         "prompt": config.prompt,
         "instruction": config.query_instruction

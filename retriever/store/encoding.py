@@ -47,6 +47,15 @@ from retriever.store.pacing import (
 logger = logging.getLogger(__name__)
 
 
+def check_store_options(folder: str | Path | None, chunk_size: int | None, what: str) -> None:
+    """A store's folder (``what`` names it in the error) and chunk size, checked before
+    any model loads."""
+    if chunk_size is not None and chunk_size < 1:
+        raise RetrieverError(f"--chunk-size must be at least 1, got {chunk_size}")
+    if folder is not None:
+        refuse_inside_index(folder, what)
+
+
 def encode_corpus(
     encoder: Any,
     scan: CorpusScan,
@@ -72,10 +81,7 @@ def encode_corpus(
     refuses. With ``ray`` the chunks are encoded by a Ray actor pool instead of this process
     (a new store's chunks are then :data:`DEFAULT_CHUNK_SIZE` unless ``chunk_size`` is set).
     """
-    if chunk_size is not None and chunk_size < 1:
-        raise RetrieverError(f"--chunk-size must be at least 1, got {chunk_size}")
-    if folder is not None:
-        refuse_inside_index(folder, "the embedding store")
+    check_store_options(folder, chunk_size, "the embedding store")
     poolings = tuple(poolings or (encoder.config.pooling,))
     key = encoding_key(
         encoder,

@@ -25,8 +25,8 @@ import signal
 from dataclasses import dataclass
 from typing import Any
 
-from retriever.core.config import EncoderConfig
 from retriever.core.errors import RetrieverError
+from retriever.core.spec import EncoderConfig
 from retriever.data.datasets import CorpusScan, chunk_starts, read_chunk
 from retriever.store.embeddings import EmbeddingStore
 

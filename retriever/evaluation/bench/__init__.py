@@ -13,6 +13,18 @@ variant), ``checks`` (token alignment, BEIR cross-check), ``report`` (tables and
 """
 
 from retriever.evaluation.bench.run import run_bench, run_scaling_bench
-from retriever.evaluation.bench.variants import BenchSettings, parse_index_type
+from retriever.evaluation.bench.variants import (
+    BenchModel,
+    BenchSettings,
+    ScalingSettings,
+    parse_index_type,
+)
 
-__all__ = ["BenchSettings", "parse_index_type", "run_bench", "run_scaling_bench"]
+__all__ = [
+    "BenchModel",
+    "BenchSettings",
+    "ScalingSettings",
+    "parse_index_type",
+    "run_bench",
+    "run_scaling_bench",
+]

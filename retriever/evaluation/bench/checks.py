@@ -7,7 +7,7 @@ from typing import Any
 
 import numpy as np
 
-from retriever.core.config import FilterSpec
+from retriever.core.spec import FilterSpec
 from retriever.encode.embedfilter import EmbedFilter, UnembeddingSpectrum
 from retriever.encode.lens import TokenLens, alignment_metrics
 from retriever.evaluation.bench.variants import BenchSettings

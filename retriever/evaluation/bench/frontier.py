@@ -22,8 +22,8 @@ from typing import Any
 
 import numpy as np
 
-from retriever.core.config import FilterSpec
 from retriever.core.generations import generations_folder
+from retriever.core.spec import DenseSpec, FilterSpec, SearchParams
 from retriever.encode.embedfilter import EmbedFilter, UnembeddingSpectrum
 from retriever.encode.encoder import Encoder
 from retriever.evaluation.bench.rows import build_from_store
@@ -33,7 +33,6 @@ from retriever.evaluation.metrics import (
     median_seconds,
     percentiles_ms,
 )
-from retriever.index.build import SearchParams
 from retriever.parts.dense.backends import backend_bytes
 from retriever.parts.dense.codes import rescore_bytes
 from retriever.search.searcher import Searcher
@@ -151,16 +150,13 @@ def build_cell(cell: Cell, embed_filter: EmbedFilter, inputs: FrontierInputs, se
     if storage == "pq":
         codes = f"PQ{pq_bytes(embed_filter.dim)}"
         storage, index_type = None, codes if index_type == "Flat" else f"{index_type},{codes}"
-    build_from_store(
-        folder,
-        inputs.encoder,
-        inputs.store,
-        embed_filter,
+    dense = DenseSpec(
         index_type=index_type,
         storage=storage,
         binary_centre=cell.centre,
-        search_params=SearchParams(nprobe, ef_search, cell.rescore),
+        search=SearchParams(nprobe, ef_search, cell.rescore),
     )
+    build_from_store(folder, inputs.encoder, inputs.store, embed_filter, dense)
     return folder
 
 
@@ -181,9 +177,9 @@ def measure_cell(
         for i, ranking in enumerate(results.rankings)
     ]
     manifest = searcher.manifest
-    dense_bytes = backend_bytes(searcher.folder, manifest["index"]) or 0
+    dense_bytes = backend_bytes(searcher.folder, manifest.backend) or 0
     mapped = rescore_bytes(searcher.folder)
-    seconds = manifest["build"]["seconds"]
+    seconds = manifest.seconds
     return {
         **{m: v for m, v in evaluate_run(inputs.qrels, results).items() if m == "ndcg_at_10"},
         "recall_at_10_vs_exact": float(np.mean(overlaps)),

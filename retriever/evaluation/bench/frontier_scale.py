@@ -26,9 +26,10 @@ from typing import Any
 
 import numpy as np
 
+from retriever.core.spec import DenseSpec, SearchParams
 from retriever.encode.embedfilter import EmbedFilter
 from retriever.evaluation.metrics import median_seconds, percentiles_ms, time_each
-from retriever.parts.dense.backends import BackendSpec, FaissBackend, backend_bytes, build_in_memory
+from retriever.parts.dense.backends import FaissBackend, backend_bytes, build_in_memory
 from retriever.parts.dense.codes import rescore_bytes
 
 SPREADS = (0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 1.0, 1.5, 2.0)
@@ -94,10 +95,10 @@ def open_like_a_searcher(
 ) -> tuple[FaissBackend, float, dict[str, Any]]:
     """Build ``row``'s backend over ``vectors``, save it, and open it from ``folder`` as a
     searcher would; returns it, the build seconds and its saved description."""
-    spec = BackendSpec(
+    spec = DenseSpec(
         index_type=row.index_type,
         storage=row.storage.removesuffix("+rescore"),
-        rescore="int8" if row.rescore else None,
+        search=SearchParams(rescore=rescore if row.rescore else None),
     )
     started = time.perf_counter()
     built = build_in_memory(spec, vectors, folder)
@@ -154,7 +155,7 @@ def scale_rows(
         folder = Path(scratch)
         backend, build_seconds, description = open_like_a_searcher(vectors, row, folder, rescore)
         mapped = rescore_bytes(folder)
-        total = backend_bytes(folder, {"backend": description}) or 0
+        total = backend_bytes(folder, description) or 0
         rows = []
         for params in spans:
             backend.set_search_params(params)

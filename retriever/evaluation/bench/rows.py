@@ -18,14 +18,16 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from retriever.core.config import SparseSpec
 from retriever.core.generations import generations_folder
+from retriever.core.spec import DenseSpec, IndexSpec, SparseSpec
 from retriever.encode.embedfilter import EmbedFilter
 from retriever.encode.encoder import Encoder
 from retriever.evaluation.bench.variants import BenchSettings, Variant, parse_index_type
 from retriever.evaluation.metrics import EncodedQueries, Run, evaluate_index, evaluate_run
 from retriever.evaluation.tuning import cross_validate_fusion
-from retriever.index.build import build_index
+from retriever.index.build import BuildOptions, build_index
+from retriever.index.manifest import Manifest
+from retriever.parts.dense.gpu import GpuSetting
 from retriever.search.searcher import FUSION_DEPTH, Searcher
 from retriever.store.embeddings import EmbeddingStore
 
@@ -113,17 +115,15 @@ def _build(
     settings: BenchSettings,
 ) -> None:
     """Build ``folder`` from the setting's store, as ``retriever index --from`` would."""
-    spec = parse_index_type(index_type)
     build_from_store(
         folder,
         inputs.encoder,
         inputs.store,
         variant.projection,
-        index_type=spec.index_type,
-        backend=spec.kind,
-        use_gpu=settings.gpu,
+        parse_index_type(index_type),
         sparse=parts.sparse,
         bm25=parts.bm25,
+        use_gpu=settings.gpu,
     )
 
 
@@ -132,28 +132,26 @@ def build_from_store(
     encoder: Encoder,
     store: EmbeddingStore,
     embed_filter: EmbedFilter,
-    **options: Any,
+    dense: DenseSpec | None,
+    *,
+    sparse: SparseSpec | None = None,
+    bm25: bool = False,
+    use_gpu: GpuSetting = None,
 ) -> None:
     """A benchmark's index folder, built from ``store`` with ``embed_filter`` as
-    ``retriever index --from STORE`` would; ``options`` are :func:`build_index`'s. A folder
-    of an earlier run is replaced, and the build steps' info lines are silenced (a
-    benchmark builds hundreds of folders)."""
+    ``retriever index --from STORE`` would. A folder of an earlier run is replaced, and
+    the build steps' info lines are silenced (a benchmark builds hundreds of folders)."""
+    spec = IndexSpec(
+        encoder=encoder.config, filter=embed_filter.spec, dense=dense, sparse=sparse, bm25=bm25
+    )
+    options = BuildOptions(from_store=store.folder, overwrite=True, use_gpu=use_gpu)
     with _quiet(*_CHATTY):
-        build_index(
-            None,
-            folder,
-            from_store=store.folder,
-            encoder=encoder,
-            encoder_config=encoder.config,
-            embed_filter=embed_filter,
-            overwrite=True,
-            **options,
-        )
+        build_index(None, folder, spec, options, encoder=encoder, embed_filter=embed_filter)
 
 
-def _build_seconds(manifest: dict[str, Any], parts: list[str]) -> float:
+def _build_seconds(manifest: Manifest, parts: list[str]) -> float:
     """Seconds the build spent on the parts a search method reads (from the manifest)."""
-    seconds = manifest["build"]["seconds"]
+    seconds = manifest.seconds
     return sum(seconds.get(step, 0.0) for part in parts for step in _BUILD_STEPS[part])
 
 

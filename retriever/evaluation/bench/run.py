@@ -8,11 +8,11 @@ import logging
 import platform
 import shutil
 import tempfile
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from retriever.core.config import POOLINGS, EncoderConfig, FilterSpec
+from retriever.core.config import POOLINGS
+from retriever.core.spec import FilterSpec
 from retriever.core.threads import numpy_blas_on_one_thread
 from retriever.data.datasets import load_corpus, load_qrels, load_queries, scan_corpus
 from retriever.encode.embedfilter import EmbedFilter, UnembeddingSpectrum
@@ -20,7 +20,12 @@ from retriever.encode.encoder import Encoder
 from retriever.evaluation.bench.checks import alignment_report, beir_cross_check
 from retriever.evaluation.bench.report import markdown_report, plot_results
 from retriever.evaluation.bench.rows import Scored, SettingInputs, parts_of, variant_rows
-from retriever.evaluation.bench.variants import BenchSettings, build_variants
+from retriever.evaluation.bench.variants import (
+    BenchModel,
+    BenchSettings,
+    ScalingSettings,
+    build_variants,
+)
 from retriever.evaluation.metrics import (
     EncodedQueries,
     encode_timed,
@@ -29,7 +34,6 @@ from retriever.evaluation.metrics import (
 )
 from retriever.index.manifest import library_versions
 from retriever.parts.dense.faiss_install import faiss
-from retriever.parts.dense.gpu import GpuOptions
 from retriever.store.embeddings import EmbeddingStore
 from retriever.store.encoding import cached_embeddings, encode_corpus
 
@@ -54,21 +58,17 @@ def _judged_split(
 def run_bench(
     dataset: str | Path,
     out: str | Path,
+    model: BenchModel,
+    settings: BenchSettings | None = None,
     *,
-    model: str,
-    prompts: Sequence[str] = ("prompteol",),
-    poolings: Sequence[str] = ("mean",),
-    max_length: int = 256,
-    dtype: str = "auto",
-    device: str | None = None,
-    batch_size: int = 16,
     split: str = "test",
     limit: int | None = None,
-    settings: BenchSettings | None = None,
     command: str = "",
 ) -> list[dict[str, Any]]:
-    """Benchmark every variant for every (prompt, pooling) setting; returns the rows."""
+    """Benchmark every variant for every (prompt, pooling) setting of ``model``; returns
+    the rows. ``command``: the command line recorded with the results."""
     settings = settings or BenchSettings()
+    poolings = list(model.poolings)
     out = Path(out)
     # The run files are this run's: a previous run's rows (other variants) must not linger
     # beside results.json, which lists exactly the ones written now.
@@ -76,9 +76,8 @@ def run_bench(
     queries, qrels = _judged_split(dataset, split)
     rows: list[dict[str, Any]] = []
     alignment: list[dict[str, Any]] = []
-    for prompt in prompts:
-        config = EncoderConfig(prompt=prompt, pooling=poolings[0], max_length=max_length)
-        encoder = Encoder.load(model, config, dtype=dtype, device=device, batch_size=batch_size)
+    for prompt in model.prompts:
+        encoder = model.load(prompt, poolings[0])
         # The same store `retriever index` fills: a benchmark after a build (or the other
         # way round) encodes nothing again.
         store = encode_corpus(encoder, scan_corpus(dataset, limit), **BENCH_STORE)
@@ -94,13 +93,13 @@ def run_bench(
         # The documents' literal tokens depend on the prompt's length, not on the pooling.
         doc_token_ids = _doc_token_ids(encoder, dataset, limit) if settings.alignment else []
         for pooling in poolings:
-            encoder.config = EncoderConfig(prompt=prompt, pooling=pooling, max_length=max_length)
+            encoder.config = model.config(prompt, pooling)
             encoded = _timed_queries(encoder, queries, query_embeddings[pooling], settings)
             setting_rows = _bench_setting(encoder, spectrum, store, encoded, qrels, settings, out)
             labels = {
                 "prompt": prompt,
                 "pooling": pooling,
-                "model": model,
+                "model": model.name,
                 "dtype": str(encoder.dtype).removeprefix("torch."),
             }
             rows += [{**row, **labels} for row in setting_rows]
@@ -109,7 +108,7 @@ def run_bench(
                     spectrum, encoder.tokenizer, store.read(pooling), doc_token_ids, settings
                 )
                 alignment += [{"prompt": prompt, "pooling": pooling, **e} for e in entries]
-    meta = _meta(command, dataset, store, queries, split, model, max_length, encoder)
+    meta = _meta(command, dataset, store, queries, split, model.name, model.max_length, encoder)
     write_reports(out, rows, meta, alignment)
     return rows
 
@@ -300,28 +299,21 @@ def _add_beir_check(
 def run_scaling_bench(
     dataset: str | Path,
     out: str | Path,
+    model: BenchModel,
+    scaling: ScalingSettings | None = None,
     *,
-    model: str,
-    prompt: str = "prompteol",
-    pooling: str = "mean",
-    max_length: int = 256,
-    dtype: str = "auto",
-    device: str | None = None,
-    batch_size: int = 16,
     split: str = "test",
     limit: int | None = None,
-    sizes: tuple[int, ...] = (10_000, 100_000, 1_000_000),
-    taus: tuple[float, ...] = (1, 2, 4, 8),
     command: str = "",
-    gpu: GpuOptions | None = None,
 ) -> list[dict[str, Any]]:
     """Search latency, QPS and bytes against N for each dimension (see
-    retriever.evaluation.scaling)."""
+    retriever.evaluation.scaling), with ``model``'s first prompt and pooling."""
     from retriever.evaluation.scaling import run_scaling, write_scaling_report
 
+    scaling = scaling or ScalingSettings()
     queries, _ = _judged_split(dataset, split)
-    config = EncoderConfig(prompt=prompt, pooling=pooling, max_length=max_length)
-    encoder = Encoder.load(model, config, dtype=dtype, device=device, batch_size=batch_size)
+    prompt, pooling = model.prompts[0], model.poolings[0]
+    encoder = model.load(prompt, pooling)
     documents = encode_corpus(encoder, scan_corpus(dataset, limit), **BENCH_STORE).read(pooling)
     query_embeddings = cached_embeddings(
         encoder,
@@ -336,15 +328,15 @@ def run_scaling_bench(
         documents,
         query_embeddings,
         encoder.unembedding(),
-        sizes=sizes,
-        taus=taus,
+        sizes=scaling.sizes,
+        taus=scaling.taus,
         latency_queries=latency_queries,
-        gpu=gpu,
+        gpu=scaling.gpu,
     )
     meta = {
         "command": command,
         "description": (
-            f"{model}, {prompt} prompt, {pooling} pooling, EmbedFilter edge band; the "
+            f"{model.name}, {prompt} prompt, {pooling} pooling, EmbedFilter edge band; the "
             f"{len(documents)} {Path(dataset).name} document vectors tiled to N with "
             "Gaussian noise (std 0.1/sqrt(dim)) and renormalised; "
             f"{faiss.omp_get_max_threads()} threads, {platform.machine()}."

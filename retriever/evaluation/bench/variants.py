@@ -13,12 +13,56 @@ from pathlib import Path
 
 import numpy as np
 
-from retriever.core.config import BANDS, FUSIONS, FilterSpec, SparseSpec
+from retriever.core.config import BANDS, FUSIONS
 from retriever.core.errors import RetrieverError
+from retriever.core.spec import DEFAULT_MODEL, DenseSpec, EncoderConfig, FilterSpec, SparseSpec
 from retriever.encode.baselines import BASELINES, fit_baseline
 from retriever.encode.embedfilter import EmbedFilter, UnembeddingSpectrum
-from retriever.parts.dense.backends import BackendSpec
+from retriever.encode.encoder import Encoder
+from retriever.parts.dense.backends import check_dense_spec
 from retriever.parts.dense.gpu import GpuOptions
+
+
+@dataclass(frozen=True)
+class BenchModel:
+    """The model a benchmark encodes with, the encodings it compares (every prompt with
+    every pooling), and how it runs them."""
+
+    name: str = DEFAULT_MODEL
+    prompts: tuple[str, ...] = ("prompteol",)
+    poolings: tuple[str, ...] = ("mean",)
+    max_length: int = 256
+    dtype: str = "auto"
+    device: str | None = None
+    batch_size: int = 16
+
+    def __post_init__(self) -> None:
+        if not self.prompts or not self.poolings:
+            raise RetrieverError("--prompt and --pooling each need at least one value")
+        for prompt in self.prompts:
+            for pooling in self.poolings:
+                self.config(prompt, pooling)  # checks each setting
+
+    def config(self, prompt: str, pooling: str) -> EncoderConfig:
+        return EncoderConfig(prompt=prompt, pooling=pooling, max_length=self.max_length)
+
+    def load(self, prompt: str, pooling: str) -> Encoder:
+        return Encoder.load(
+            self.name,
+            self.config(prompt, pooling),
+            dtype=self.dtype,
+            device=self.device,
+            batch_size=self.batch_size,
+        )
+
+
+@dataclass(frozen=True)
+class ScalingSettings:
+    """The collection sizes and dimensions (``taus``) a scaling run measures."""
+
+    sizes: tuple[int, ...] = (10_000, 100_000, 1_000_000)
+    taus: tuple[float, ...] = (1, 2, 4, 8)
+    gpu: GpuOptions | None = None
 
 
 @dataclass(frozen=True)
@@ -67,7 +111,7 @@ class BenchSettings:
                 raise RetrieverError(f"unknown fusion {fusion!r}; choose from {', '.join(FUSIONS)}")
         for index_type in self.index_types:
             parse_index_type(index_type)  # validates the backend and its type
-        if parse_index_type(self.index_types[0]).kind != "faiss":
+        if parse_index_type(self.index_types[0]).backend != "faiss":
             raise RetrieverError(
                 "the first --index-types entry is the hybrids' dense index and the base of the "
                 f"ratios: give a FAISS type first (got {self.index_types[0]!r})"
@@ -148,7 +192,9 @@ def build_variants(
     return variants
 
 
-def parse_index_type(index_type: str) -> BackendSpec:
-    """``TYPE`` (FAISS) or ``milvus:TYPE`` (Milvus Lite) as a backend spec."""
+def parse_index_type(index_type: str) -> DenseSpec:
+    """``TYPE`` (FAISS) or ``milvus:TYPE`` (Milvus Lite) as a dense spec, checked."""
     kind, _, factory = index_type.rpartition(":")
-    return BackendSpec(kind=kind or "faiss", index_type=factory)
+    spec = DenseSpec(backend=kind or "faiss", index_type=factory)
+    check_dense_spec(spec)
+    return spec

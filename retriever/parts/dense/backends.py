@@ -10,13 +10,13 @@ manifest. Row numbers, collections and server addresses stay inside.
 - ``milvus``: a Milvus collection, in Milvus Lite inside the generation folder or on a
   Milvus server (:mod:`retriever.parts.dense.milvus`).
 
-This module chooses between them: :func:`new_backend`, :func:`open_backend` and
-:func:`writable_copy` read a :class:`BackendSpec` or a manifest's ``index`` entry.
+This module chooses between them: :func:`new_backend` reads a
+:class:`~retriever.core.spec.DenseSpec`, :func:`open_backend` and :func:`writable_copy`
+the description a backend saved in the manifest.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -24,14 +24,12 @@ import numpy as np
 
 from retriever.core.errors import RetrieverError
 from retriever.core.generations import ExternalParts
+from retriever.core.spec import DenseSpec, SearchParams
 from retriever.parts.dense.codes import (
     BINARY_CENTRE_FILE,
-    BINARY_CENTRES,
     RESCORE_FILES,
-    RESCORE_PRECISIONS,
     TRAINING_SAMPLE,
     BinaryCodes,
-    Layout,
     RescoreVectors,
     binary_bits,
     codes_of,
@@ -51,7 +49,6 @@ from retriever.parts.dense.faiss_index import (
 )
 from retriever.parts.dense.gpu import GpuSetting, Placed, check_gpu_limits, refuse_a_missing_gpu
 from retriever.parts.dense.milvus import (
-    DEFAULT_COLLECTION,
     MILVUS_LITE_FILE,
     SERVER_COLLECTIONS,
     MilvusBackend,
@@ -59,72 +56,29 @@ from retriever.parts.dense.milvus import (
     milvus_index,
 )
 
-BACKENDS = ("faiss", "milvus")
-
 # The parts backends keep outside generation folders (Milvus server collections): every
 # writer hands this to the generation lifecycle, which publishes and drops them.
 EXTERNAL_PARTS: ExternalParts = SERVER_COLLECTIONS
 
 
-@dataclass(frozen=True)
-class BackendSpec:
-    """Which backend holds the dense vectors, its index type and how it stores them.
-
-    ``storage``: the codes (:mod:`retriever.parts.dense.codes`; None is the default for ``Flat``,
-    ``HNSWm`` and ``IVFn``, or the type's own codes); ``rescore``: also keep vectors of this
-    precision (int8, float32) to re-score candidates with; ``binary_centre``: where binary
-    codes are thresholded; ``ef_construction``: HNSW's build-time candidate list.
-    """
-
-    kind: str = "faiss"
-    index_type: str = "Flat"
-    milvus_uri: str | None = None  # None: Milvus Lite inside the index folder
-    collection: str = DEFAULT_COLLECTION
-    use_gpu: GpuSetting = None
-    storage: str | None = None
-    rescore: str | None = None
-    binary_centre: str = "documents"
-    ef_construction: int | None = None
-
-    def __post_init__(self) -> None:
-        if self.kind not in BACKENDS:
-            raise RetrieverError(f"unknown backend {self.kind!r}; choose {', '.join(BACKENDS)}")
-        if self.binary_centre not in BINARY_CENTRES:
-            raise RetrieverError(
-                f"unknown --binary-centre {self.binary_centre!r}; "
-                f"choose {', '.join(BINARY_CENTRES)}"
-            )
-        if self.rescore not in (None, *RESCORE_PRECISIONS):
-            choices = ", ".join(RESCORE_PRECISIONS)
-            raise RetrieverError(f"unknown --rescore-vectors {self.rescore!r}; choose {choices}")
-        if self.ef_construction is not None and self.ef_construction < 1:
-            raise RetrieverError(
-                f"--ef-construction must be at least 1, got {self.ef_construction}"
-            )
-        if self.kind == "milvus":
-            milvus_index(self.index_type, lite=self.milvus_uri is None, storage=self.storage)
-            if self.storage == "binary" and self.binary_centre != "zero":
-                raise RetrieverError(
-                    "Milvus binary codes are thresholded at zero: add --binary-centre zero, "
-                    "or use --backend faiss for a centre from the documents"
-                )
-            if self.rescore:
-                raise RetrieverError(
-                    "--rescore keeps vectors beside a FAISS index; Milvus has no such second "
-                    "stage here: build with --backend faiss"
-                )
-            check_collection_name(self.collection)
-        else:
-            layout = self.layout
-            if self.rescore and layout.storage not in ("int8", "binary"):
-                raise RetrieverError(
-                    f"--rescore re-scores compact codes; {layout.storage} codes are not "
-                    "compact: use it with --storage int8 or binary"
-                )
-
-    @property
-    def layout(self) -> Layout:
-        return layout_of(self.index_type, self.storage)
+def check_dense_spec(spec: DenseSpec) -> None:
+    """The checks of a dense spec that need its backend's vocabulary: a Milvus index name
+    and collection, and rescoring only over compact codes."""
+    if spec.backend == "milvus":
+        milvus_index(
+            spec.index_type,
+            lite=spec.milvus_uri is None,
+            storage=spec.storage,
+            ef_construction=spec.ef_construction,
+        )
+        check_collection_name(spec.collection)
+        return
+    layout = layout_of(spec.index_type, spec.storage)
+    if spec.rescore_precision and layout.storage not in ("int8", "binary"):
+        raise RetrieverError(
+            f"--rescore re-scores compact codes; {layout.storage} codes are not "
+            "compact: use it with --storage int8 or binary"
+        )
 
 
 class DenseBackend(Protocol):
@@ -196,21 +150,21 @@ class FaissBackend(DenseBackend):
         self._rescore_factor: int | None = None
 
     @classmethod
-    def new(cls, dim: int, spec: BackendSpec) -> FaissBackend:
-        layout = spec.layout
+    def new(cls, dim: int, spec: DenseSpec, use_gpu: GpuSetting = None) -> FaissBackend:
+        layout = layout_of(spec.index_type, spec.storage)
         width = binary_bits(dim) if layout.binary else dim
         builder = DenseIndexBuilder(
-            width, layout.factory, use_gpu=spec.use_gpu, ef_construction=spec.ef_construction
+            width, layout.factory, use_gpu=use_gpu, ef_construction=spec.ef_construction
         )
         # A zero centre needs no data; a centre from the documents is fitted on the sample.
         zero = BinaryCodes(np.zeros(dim), "zero") if spec.binary_centre == "zero" else None
         storage = Storage(
             layout.storage,
             binary_centre=spec.binary_centre if layout.binary else None,
-            wants_rescore=spec.rescore,
+            wants_rescore=spec.rescore_precision,
             binary=zero if layout.binary else None,
         )
-        return cls(dim, builder=builder, use_gpu=spec.use_gpu, storage=storage)
+        return cls(dim, builder=builder, use_gpu=use_gpu, storage=storage)
 
     @classmethod
     def open(
@@ -290,6 +244,7 @@ class FaissBackend(DenseBackend):
         return self.storage.similarity(scores), keys
 
     def set_search_params(self, params: dict[str, int | None]) -> None:
+        SearchParams.from_faiss(params)
         params = dict(params)
         rescore = params.pop("rescore", None)
         if rescore is not None:
@@ -364,8 +319,6 @@ class Storage:
                 "--rescore applies to an index built with --rescore (it keeps the int8 "
                 "vectors the second stage reads)"
             )
-        if factor < 1:
-            raise RetrieverError(f"--rescore must be at least 1, got {factor}")
         return int(factor)
 
     def save(self, folder: Path, index: Any) -> dict[str, Any]:
@@ -407,24 +360,22 @@ class Storage:
             )
 
 
-def new_backend(spec: BackendSpec, dim: int, folder: Path) -> DenseBackend:
+def new_backend(
+    spec: DenseSpec, dim: int, folder: Path, *, use_gpu: GpuSetting = None
+) -> DenseBackend:
     """An empty backend for a new generation being written in ``folder``."""
-    if spec.kind == "milvus":
-        return MilvusBackend.new(
-            dim,
-            folder,
-            index_type=spec.index_type,
-            uri=spec.milvus_uri,
-            collection=spec.collection,
-            storage=spec.storage,
-        )
-    return FaissBackend.new(dim, spec)
+    check_dense_spec(spec)
+    if spec.backend == "milvus":
+        return MilvusBackend.new(dim, folder, spec)
+    return FaissBackend.new(dim, spec, use_gpu)
 
 
-def build_in_memory(spec: BackendSpec, vectors: np.ndarray, folder: Path) -> DenseBackend:
+def build_in_memory(
+    spec: DenseSpec, vectors: np.ndarray, folder: Path, *, use_gpu: GpuSetting = None
+) -> DenseBackend:
     """A backend over vectors held in memory, keys ``0..n-1`` (benchmarks), trained on a
     sample as a streamed build would be."""
-    backend = new_backend(spec, vectors.shape[1], folder)
+    backend = new_backend(spec, vectors.shape[1], folder, use_gpu=use_gpu)
     if backend.needs_training:
         size = training_size(spec, vectors.shape[1], len(vectors))
         rows = np.sort(np.random.default_rng(0).choice(len(vectors), size, replace=False))
@@ -434,47 +385,52 @@ def build_in_memory(spec: BackendSpec, vectors: np.ndarray, folder: Path) -> Den
 
 
 def open_backend(
-    folder: Path, index: dict[str, Any], *, use_gpu: GpuSetting = None
+    folder: Path, description: dict[str, Any], dim: int, *, use_gpu: GpuSetting = None
 ) -> DenseBackend:
-    """The backend a manifest's ``index`` entry describes, read from ``folder``."""
-    description = index.get("backend") or {"backend": "faiss"}
+    """The backend a manifest's description says ``folder`` holds, for searching."""
     if description.get("backend") == "milvus":
-        return MilvusBackend.open(folder, description, int(index["dim"]))
-    return FaissBackend.open(folder, description, int(index["dim"]), use_gpu=use_gpu)
+        return MilvusBackend.open(folder, description, dim)
+    return FaissBackend.open(folder, description, dim, use_gpu=use_gpu)
 
 
 def writable_copy(
-    base: Path, staging: Path, index: dict[str, Any], *, use_gpu: GpuSetting = None
+    base: Path,
+    staging: Path,
+    spec: DenseSpec,
+    description: dict[str, Any],
+    dim: int,
+    *,
+    use_gpu: GpuSetting = None,
 ) -> DenseBackend:
-    """The base generation's backend, to change and save into ``staging``."""
-    description = index.get("backend") or {"backend": "faiss"}
+    """The base generation's backend (``description`` of ``spec``), to change and save
+    into ``staging``."""
     if description.get("backend") == "milvus":
-        return MilvusBackend.copy(base, staging, index)
+        return MilvusBackend.copy(base, staging, spec, description, dim)
     gpu = False if use_gpu is None else use_gpu
-    return FaissBackend.open(base, description, int(index["dim"]), use_gpu=gpu)
+    return FaissBackend.open(base, description, dim, use_gpu=gpu)
 
 
-def training_size(spec: BackendSpec, dim: int, count: int) -> int:
+def training_size(spec: DenseSpec, dim: int, count: int) -> int:
     """Vectors the backend trains on (Milvus trains inside the server: none here): what
     the FAISS index needs, and up to ``TRAINING_SAMPLE`` for int8 ranges, a binary centre
     from the documents or the rescore vectors' ranges."""
-    if spec.kind != "faiss":
+    if spec.backend != "faiss":
         return 0
-    layout = spec.layout
+    layout = layout_of(spec.index_type, spec.storage)
     width = binary_bits(dim) if layout.binary else dim
     size = training_sample_size(layout.factory, width, count)
-    if spec.rescore or (layout.binary and spec.binary_centre == "documents"):
+    if spec.rescore_precision or (layout.binary and spec.binary_centre == "documents"):
         size = max(size, min(count, TRAINING_SAMPLE))
     return size
 
 
-def backend_bytes(folder: Path, index: dict[str, Any] | None) -> int | None:
-    """Bytes of the dense part in ``folder`` (None when it lives on a server)."""
+def backend_bytes(folder: Path, description: dict[str, Any] | None) -> int | None:
+    """Bytes of the dense part a backend ``description`` says ``folder`` holds (None when
+    there is none, or it lives on a server)."""
     from retriever.core.sizes import folder_bytes
 
-    if not index:
+    if not description:
         return None
-    description = index.get("backend") or {"backend": "faiss"}
     if description.get("backend") == "milvus":
         path = folder / MILVUS_LITE_FILE
         return folder_bytes(path) if description["uri"] == MILVUS_LITE_FILE else None

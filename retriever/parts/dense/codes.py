@@ -157,9 +157,6 @@ class BinaryCodes:
         return cls(centre, centre_from)
 
 
-RESCORE_PRECISIONS = ("int8", "float32")
-
-
 class RescoreVectors:
     """Document vectors for re-scoring, by document key: int8 or float32.
 

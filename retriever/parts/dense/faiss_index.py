@@ -262,8 +262,6 @@ def set_search_parameters(
     for name, value in params.items():
         if value is None:
             continue
-        if value < 1:
-            raise RetrieverError(f"{name} must be at least 1, got {value}")
         if name not in (search_parameters_of(index) if applicable is None else applicable):
             raise RetrieverError(
                 f"{name} applies to {SEARCH_PARAMETERS[name]} indexes; this index is "

@@ -35,15 +35,17 @@ from typing import Any
 
 import numpy as np
 
-from retriever.core.config import STORAGES
+from retriever.core.config import DEFAULT_STORAGE, STORAGES
 from retriever.core.errors import RetrieverError
 from retriever.core.generations import EXTERNAL_FILE, ExternalParts
+from retriever.core.spec import DenseSpec, SearchParams
 from retriever.parts.dense.codes import BinaryCodes, binary_bits
 
 logger = logging.getLogger(__name__)
 
 MILVUS_LITE_FILE = "milvus.db"
-DEFAULT_COLLECTION = "retriever"
+# efConstruction of a Milvus HNSW index when --ef-construction is not given.
+MILVUS_EF_CONSTRUCTION = 200
 _INSERT_BATCH = 5000
 # Milvus's own index names, passed through to a server with its default parameters
 # (GPU ones need a GPU Milvus); Milvus Lite builds only FLAT and IVF_FLAT.
@@ -74,10 +76,29 @@ def check_collection_name(collection: str) -> None:
 
 
 def milvus_index(
-    index_type: str, *, lite: bool, storage: str | None = None
+    index_type: str,
+    *,
+    lite: bool,
+    storage: str | None = None,
+    ef_construction: int | None = None,
 ) -> tuple[str, dict[str, int | str]]:
     """A faiss-style type string holding ``storage`` codes (None: float32) as a Milvus
-    index: (type, build params). Refuses, in one line, what Milvus (Lite) cannot hold."""
+    index: (type, build params), with ``ef_construction`` for an HNSW one. Refuses, in
+    one line, what Milvus (Lite) cannot hold."""
+    milvus_type, params = _milvus_codes(index_type, lite=lite, storage=storage)
+    if ef_construction is None:
+        return milvus_type, params
+    if "efConstruction" not in params:
+        raise RetrieverError(
+            f"--ef-construction applies to HNSW indexes; Milvus builds --index-type "
+            f"{index_type} as {milvus_type}"
+        )
+    return milvus_type, {**params, "efConstruction": ef_construction}
+
+
+def _milvus_codes(
+    index_type: str, *, lite: bool, storage: str | None
+) -> tuple[str, dict[str, int | str]]:
     if storage not in (None, *STORAGES):
         raise RetrieverError(f"unknown --storage {storage!r}; choose {', '.join(STORAGES)}")
     if storage in (None, "float32"):
@@ -101,7 +122,11 @@ def milvus_index(
         if kind == "IVF":
             return "IVF_SQ8", {"nlist": size}
         if not lite:
-            return "HNSW_SQ", {"M": size, "efConstruction": 200, "sq_type": "SQ8"}
+            return "HNSW_SQ", {
+                "M": size,
+                "efConstruction": MILVUS_EF_CONSTRUCTION,
+                "sq_type": "SQ8",
+            }
         raise RetrieverError(
             f"--index-type {index_type} with --storage int8 has no Milvus Lite equivalent "
             "here; use --index-type IVFn (IVF_SQ8) or Flat"
@@ -128,7 +153,7 @@ def _float_index(index_type: str, *, lite: bool) -> tuple[str, dict[str, int | s
         if index_type in MILVUS_SERVER_INDEXES:
             return index_type, {}  # the server's own defaults
         if match := re.fullmatch(r"HNSW(\d+)", index_type):
-            return "HNSW", {"M": int(match[1]), "efConstruction": 200}
+            return "HNSW", {"M": int(match[1]), "efConstruction": MILVUS_EF_CONSTRUCTION}
         if match := re.fullmatch(r"IVF(\d+),PQ(\d+)", index_type):
             return "IVF_PQ", {"nlist": int(match[1]), "m": int(match[2]), "nbits": 8}
     offered = "Flat, IVFn,Flat" + (
@@ -186,25 +211,19 @@ class MilvusBackend:
         self.collection = collection
         self.dim = dim
         self.description = description
-        self.storage = description.get("storage", "float32")  # older manifests: float32
+        self.storage = description.get("storage", DEFAULT_STORAGE)  # older manifests: float32
         self._binary = BinaryCodes(np.zeros(dim), "zero") if self.storage == "binary" else None
         self._search_params: dict[str, int] = {}
 
     @classmethod
-    def new(
-        cls,
-        dim: int,
-        folder: Path,
-        *,
-        index_type: str,
-        uri: str | None,
-        collection: str,
-        storage: str | None = None,
-    ) -> MilvusBackend:
+    def new(cls, dim: int, folder: Path, spec: DenseSpec) -> MilvusBackend:
         """An empty collection for the generation in ``folder``: in Milvus Lite inside it
-        (``uri`` None), or the generation's own collection on the server at ``uri``."""
-        storage = storage or "float32"
-        milvus_type, params = milvus_index(index_type, lite=uri is None, storage=storage)
+        (``spec.milvus_uri`` None), or the generation's own collection on that server."""
+        uri, collection = spec.milvus_uri, spec.collection
+        storage = spec.storage or DEFAULT_STORAGE
+        milvus_type, params = milvus_index(
+            spec.index_type, lite=uri is None, storage=storage, ef_construction=spec.ef_construction
+        )
         if uri is None:
             lite_path = str(folder / MILVUS_LITE_FILE)
             client = _milvus_client(lite_path)
@@ -223,6 +242,7 @@ class MilvusBackend:
             "uri": MILVUS_LITE_FILE if uri is None else uri,
             "collection": name,
             "milvus_index": milvus_type,
+            "milvus_params": params,
             "storage": storage,
         }
         if storage == "binary":
@@ -247,10 +267,11 @@ class MilvusBackend:
         return cls(client, description["collection"], dim, dict(description), uri if lite else None)
 
     @classmethod
-    def copy(cls, base: Path, staging: Path, index: dict[str, Any]) -> MilvusBackend:
-        """A writable copy of a generation's vectors for the generation in ``staging``."""
-        description = index["backend"]
-        dim = int(index["dim"])
+    def copy(
+        cls, base: Path, staging: Path, spec: DenseSpec, description: dict[str, Any], dim: int
+    ) -> MilvusBackend:
+        """A writable copy of a generation's vectors (``description`` of ``spec``) for the
+        generation in ``staging``."""
         if description["uri"] == MILVUS_LITE_FILE:
             shutil.copytree(base / MILVUS_LITE_FILE, staging / MILVUS_LITE_FILE)
             return cls.open(staging, description, dim)
@@ -259,8 +280,10 @@ class MilvusBackend:
         client = _milvus_client(uri)
         collection = _generation_collection(alias, staging)
         _record_external(staging, uri, collection, alias)
-        storage = description.get("storage", "float32")
-        index_type, params = milvus_index(index["type"], lite=False, storage=storage)
+        storage = description.get("storage", DEFAULT_STORAGE)
+        index_type, params = milvus_index(
+            spec.index_type, lite=False, storage=storage, ef_construction=spec.ef_construction
+        )
         _create_collection(client, collection, dim, index_type, params, storage)
         copy = cls(client, collection, dim, {**description, "collection": collection}, None)
         # Copied through this process, a batch at a time: Milvus has no server-side copy.
@@ -336,11 +359,10 @@ class MilvusBackend:
         return scores, keys
 
     def set_search_params(self, params: dict[str, int | None]) -> None:
+        SearchParams.from_faiss(params)
         for name, value in params.items():
             if value is None:
                 continue
-            if value < 1:
-                raise RetrieverError(f"{name} must be at least 1, got {value}")
             milvus_name = {"nprobe": "nprobe", "efSearch": "ef"}[name]
             self._search_params[milvus_name] = int(value)
 

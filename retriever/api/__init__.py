@@ -1,0 +1,1 @@
+"""The public handle on one index path (:class:`retriever.api.index.Index`)."""
