@@ -81,12 +81,25 @@ def _loads_and_searches(index: Path) -> int:
 # --- one writer per index path --------------------------------------------------------
 
 
+@pytest.mark.parametrize("command", ["index", "add"])
 def test_a_second_writer_fails_at_once_naming_the_holder(
-    tiny_model: Path, toy_corpus: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+    command: str,
+    tiny_model: Path,
+    toy_corpus: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    """Refused before the model loads, for `add` as for `index`."""
     import threading
 
     out = tmp_path / "idx"
+    if command == "add":
+        out = _build(tiny_model, toy_corpus, out)
+        toy_corpus = write_jsonl(tmp_path / "new.jsonl", [{"_id": "new", "text": "Fresh."}])
+    argv = [command, str(toy_corpus), "--out", str(out)] if command == "index" else []
+    argv = argv or [command, str(out), str(toy_corpus)]
+    monkeypatch.setattr("retriever.encode.encoder.load_model", lambda *a, **k: 1 / 0)
     holding, done = threading.Event(), threading.Event()
 
     def other_writer() -> None:  # another thread stands for another process
@@ -98,14 +111,12 @@ def test_a_second_writer_fails_at_once_naming_the_holder(
     thread.start()
     assert holding.wait(600), "the other writer never took the lock"
     try:
-        code, message = _cli(
-            capsys, "index", str(toy_corpus), "--out", str(out), "--model", str(tiny_model)
-        )
+        code, message = _cli(capsys, *argv, "--model", str(tiny_model))
     finally:
         done.set()
         thread.join()
     assert code == 2 and f"another writer (pid {os.getpid()})" in message
-    assert not out.exists()
+    assert out.exists() == (command == "add")
 
 
 def _writer_process(model: Path, corpus: Path, out: Path, *extra: str) -> subprocess.Popen:
@@ -1019,7 +1030,14 @@ def test_a_damaged_filter_matrix_is_one_line(
 
 
 @pytest.mark.parametrize(
-    ("field", "value"), [("rows", "x"), ("model_dim", 3), ("spec", {"band": "nope"})]
+    ("field", "value"),
+    [
+        ("rows", "x"),
+        ("model_dim", 3),
+        ("spec", {"band": "nope"}),
+        ("rows", [0, 100000]),  # a range past the hidden size (32)
+        ("rows", [-1, 15]),
+    ],
 )
 def test_a_damaged_filter_description_is_one_line(
     field: str, value: object, index_copy: Path, capsys: pytest.CaptureFixture
@@ -1639,3 +1657,46 @@ def test_an_old_generation_that_cannot_be_removed_is_said_in_one_line(
     assert str(old) in said[0] and "remove it by hand" in said[0]
     assert old.is_dir() and index.resolve() != old
     assert _loads_and_searches(index) > 0
+
+
+# --- messages that name the real cause ------------------------------------------------
+
+
+def test_a_dangling_link_is_named_by_add_delete_and_info(
+    tiny_model: Path, toy_corpus: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    out = _build(tiny_model, toy_corpus, tmp_path / "idx")
+    gone = out.resolve()
+    shutil.rmtree(gone)
+    said = f"{out} points to a generation that no longer exists ({gone})"
+    for argv in (["add", str(out), str(toy_corpus)], ["delete", str(out), "a"], ["info", str(out)]):
+        code, line = _cli(capsys, *argv)
+        assert code == 2 and said in line, argv
+    assert not gone.exists() and out.is_symlink()  # nothing else touched
+
+
+def test_a_link_to_a_folder_that_is_not_an_index_is_named(
+    tiny_model: Path, toy_corpus: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep")
+    out = tmp_path / "idx"
+    out.symlink_to(mine)
+    argv = ["index", str(toy_corpus), "--out", str(out), "--model", str(tiny_model)]
+    for extra in ([], ["--overwrite"]):
+        code, line = _cli(capsys, *argv, *extra)
+        assert code == 2 and f"{out} is a link to {mine}, which is not a retriever index" in line
+    code, line = _cli(capsys, "delete", str(out), "a")
+    assert code == 2 and f"{out} is a link to {mine}, not an index built by" in line
+    assert (mine / "notes.txt").read_text() == "keep" and os.readlink(out) == str(mine)
+
+
+def test_a_manifest_filter_that_is_not_filter_json_is_one_line(
+    index_copy: Path, capsys: pytest.CaptureFixture
+) -> None:
+    manifest = _manifest(index_copy)
+    manifest["filter"]["rows"] = [0, 100000]  # the manifest's copy, not filter.json
+    _write_json(index_copy / "manifest.json", manifest)
+    code, line = _search(capsys, index_copy)
+    assert code == 2 and "its manifest describes another filter than filter.json" in line

@@ -12,7 +12,7 @@ import pytest
 
 from retriever import EncoderConfig, RetrieverError, build_index
 from retriever.cli import main
-from retriever.core.spec import IndexSpec, ModelSpec
+from retriever.core.spec import DenseSpec, IndexSpec, ModelSpec, SearchParams, SparseSpec
 from retriever.data.datasets import scan_corpus
 from retriever.encode.encoder import Encoder
 from retriever.index.options import BuildOptions
@@ -160,3 +160,41 @@ def test_a_disk_too_small_is_refused_before_encoding(
     # With room for it the same build runs.
     monkeypatch.setattr("retriever.store.pacing.free_bytes", lambda folder: 10**12)
     assert main([*argv, "--dtype", "float32", "--store", str(tmp_path / "store")]) == 0
+
+
+@pytest.mark.parametrize(
+    "dense",
+    [
+        DenseSpec(),
+        DenseSpec(index_type="HNSW16", storage="binary", search=SearchParams(rescore=4)),
+        DenseSpec(
+            index_type="IVF4",
+            storage="int8",
+            rescore_vectors="float32",
+            search=SearchParams(rescore=2),
+        ),
+        None,
+    ],
+    ids=["flat", "hnsw-binary-rescore", "ivf-int8-float32-rescore", "no-dense"],
+)
+def test_the_disk_estimate_covers_every_file_the_index_writes(
+    dense: DenseSpec | None, tiny_model: Path, tmp_path: Path
+) -> None:
+    """The check before encoding counts the filter, centre, rescore vectors, docstore,
+    sparse, BM25 and manifest: the blocks the generation takes stay within it."""
+    from retriever.index.build import estimated_index_bytes
+
+    corpus = write_jsonl(tmp_path / "docs.jsonl", synthetic_docs(300))
+    spec = IndexSpec(
+        model=ModelSpec(name=str(tiny_model), dtype="float32"),
+        encoder=EncoderConfig(max_length=64),
+        dense=dense,
+        sparse=SparseSpec(doc_tokens=40),
+        bm25=True,
+    )
+    out = build_index(corpus, tmp_path / "idx", spec, BuildOptions(batch_size=32))
+    encoder = Encoder.load(str(tiny_model), spec.encoder, dtype="float32")
+    estimate = estimated_index_bytes(spec, encoder, scan_corpus(corpus))
+    files = [path for path in out.resolve().rglob("*") if path.is_file()]
+    written = sum(max(path.stat().st_blocks * 512, path.stat().st_size) for path in files)
+    assert written <= estimate

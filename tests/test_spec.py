@@ -188,7 +188,7 @@ def test_info_in_words(built: Index, capsys: pytest.CaptureFixture) -> None:
     assert f"generation  {built.manifest().build['generation']}" in out
     assert "documents   30" in out and '"ef_construction": 24' in out
     assert main(["info", str(built.path.parent / "nothing")]) == 2
-    assert "is not an index built by" in capsys.readouterr().err
+    assert "nothing does not exist; build an index with" in capsys.readouterr().err
 
 
 def test_a_damaged_spec_is_one_line(built: Index) -> None:
@@ -196,9 +196,14 @@ def test_a_damaged_spec_is_one_line(built: Index) -> None:
     raw = json.loads(path.read_text())
     raw["spec"]["dense"]["storage"] = "int4"
     path.write_text(json.dumps(raw))
-    with pytest.raises(RetrieverError, match="is damaged: its spec: unknown --storage 'int4'"):
+    with pytest.raises(RetrieverError, match="is damaged: unknown spec.dense.storage 'int4'"):
         built.describe()
     raw["spec"]["dense"]["storage"] = None
+    raw["spec"]["encoder"]["max_length"] = -5  # no flag set it: the field is named
+    path.write_text(json.dumps(raw))
+    with pytest.raises(RetrieverError, match="spec.encoder.max_length must be at least 16, got -5"):
+        built.describe()
+    raw["spec"]["encoder"]["max_length"] = 64
     raw["spec"]["bm25"] = False
     path.write_text(json.dumps(raw))
     with pytest.raises(

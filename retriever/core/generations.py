@@ -107,6 +107,34 @@ def current_generation(out: Path) -> Path | None:
     return target if target.is_dir() else None
 
 
+def is_index_link(out: Path) -> bool:
+    """Whether ``out`` is a link into its own generations folder, as writers make it (the
+    generation it names may be gone)."""
+    if not out.is_symlink():
+        return False
+    target = Path(os.path.realpath(out))
+    return target.parent == Path(os.path.realpath(generations_folder(out.absolute())))
+
+
+def not_an_index(out: Path) -> RetrieverError:
+    """The one line that says why ``out`` holds no index: nothing there, a link whose
+    generation was removed, or a link or folder that is not an index's."""
+    if is_index_link(out) and current_generation(out) is None:
+        return RetrieverError(
+            f"{out} points to a generation that no longer exists "
+            f"({os.path.realpath(out)}); rebuild the index or restore the folder"
+        )
+    if out.is_symlink():
+        return RetrieverError(
+            f"{out} is a link to {os.readlink(out)}, not an index built by `retriever index`"
+        )
+    if not out.exists():
+        return RetrieverError(
+            f"{out} does not exist; build an index with `retriever index DATASET --out {out}`"
+        )
+    return RetrieverError(f"{out} is not an index built by `retriever index` (not its link)")
+
+
 # Locks this process holds: path -> (thread, depth). flock conflicts between two open
 # file descriptions even in one process, so a writer that locks again (a build that
 # assembles what it encoded) re-enters instead of locking itself out.
@@ -520,10 +548,7 @@ class ReaderHold:
     @classmethod
     def _unheld_current(cls, path: Path, folder: Path) -> ReaderHold:
         if not folder.is_dir():
-            raise RetrieverError(
-                f"{path} points to a generation that no longer exists ({folder}); rebuild "
-                "the index or restore the folder"
-            )
+            raise not_an_index(path)
         # Only its READERS file is gone: read it unheld, like a folder copied by hand.
         return cls(folder)
 
@@ -546,6 +571,11 @@ def check_destination(out: Path, overwrite: bool) -> None:
     an index's generations."""
     refuse_inside_index(out, "--out")
     if out.is_symlink():
+        if not is_index_link(out):
+            raise RetrieverError(
+                f"{out} is a link to {os.readlink(out)}, which is not a retriever index; "
+                "choose another --out"
+            )
         if current_generation(out) is not None and not overwrite:
             raise RetrieverError(f"{out} already holds an index; pass --overwrite to replace it")
         return

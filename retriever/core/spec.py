@@ -62,19 +62,22 @@ class Flag:
     def dest(self) -> str:
         return self.flag.removeprefix("--").replace("-", "_")
 
-    def check(self, value: Any) -> None:
+    def check(self, value: Any, name: str | None = None) -> None:
+        """Refuse a value out of its choices or range; ``name`` is what the message calls
+        the setting (default: the flag; a manifest's reader names the field)."""
         if value is None:
             return
         if self.choices is not None and value not in self.choices:
             raise RetrieverError(
-                f"unknown {self.noun or self.flag} {value!r}; "
+                f"unknown {name or self.noun or self.flag} {value!r}; "
                 f"choose one of {', '.join(self.choices)}"
             )
         if self.minimum is not None:
+            name = name or self.flag
             if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise RetrieverError(f"{self.flag} must be a number, got {value!r}")
+                raise RetrieverError(f"{name} must be a number, got {value!r}")
             if not value >= self.minimum:  # NaN fails too
-                raise RetrieverError(f"{self.flag} must be at least {self.minimum:g}, got {value}")
+                raise RetrieverError(f"{name} must be at least {self.minimum:g}, got {value}")
 
 
 def setting(default: Any, flag: str, help: str, **declared: Any) -> Any:
@@ -102,20 +105,27 @@ class Spec:
         }
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Any:
+    def from_dict(cls, data: dict[str, Any], path: str | None = None) -> Any:
         """The spec ``to_dict`` wrote; fields a newer writer added are refused by name,
-        fields an older one lacked take their defaults."""
+        fields an older one lacked take their defaults. ``path`` (a manifest's key, such
+        as ``spec``) names a bad value by its field, not by a flag nobody passed."""
+        where = path or cls.__name__
         if not isinstance(data, dict):
-            raise RetrieverError(f"a {cls.__name__} is a JSON object, got {data!r}")
+            raise RetrieverError(f"{where} should be a JSON object, got {data!r}")
         known = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
         unknown = sorted(set(data) - set(known))
         if unknown:
-            raise RetrieverError(f"{cls.__name__} has no setting {', '.join(unknown)}")
+            raise RetrieverError(f"{where} has no setting {', '.join(unknown)}")
         hints = typing.get_type_hints(cls)
         values = {}
         for name, value in data.items():
+            field_path = f"{path}.{name}" if path else None
             part = _spec_class(hints[name])
-            values[name] = part.from_dict(value) if part and value is not None else value
+            if part is not None and value is not None:
+                value = part.from_dict(value, field_path)
+            elif path is not None and flag_of(known[name]) is not None:
+                flag_of(known[name]).check(value, field_path)
+            values[name] = value
         return cls(**values)
 
 

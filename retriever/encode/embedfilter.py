@@ -254,18 +254,29 @@ def _read_description(folder: Path) -> tuple[dict[str, Any], FilterSpec, np.ndar
     try:
         if not isinstance(info, dict):
             raise TypeError(f"a JSON {type(info).__name__}, not an object")
-        rows = info["rows"]
+        rows, model_dim = info["rows"], int(info["model_dim"])
         if info["rows_are_range"]:
-            rows = list(range(rows[0], rows[1]))
+            rows = list(range(max(rows[0], -1), min(rows[1], model_dim + 1)))
         rows = np.asarray(rows, dtype=np.int64)
         if rows.ndim != 1 or not len(rows):
             raise ValueError(f"'rows' should be a non-empty list, it has shape {rows.shape}")
+        _check_rows(info["rows"], rows, model_dim)
         spec = FilterSpec.from_dict(info["spec"])
     except KeyError as exc:
         raise _damaged(path, f"{exc} is missing") from None
     except (ValueError, TypeError, IndexError, OverflowError, RetrieverError) as exc:
         raise _damaged(path, str(exc)) from None
     return info, spec, rows
+
+
+def _check_rows(written: Any, rows: np.ndarray, model_dim: int) -> None:
+    """The kept rows are distinct rows of the model's ``model_dim`` singular directions."""
+    inside = rows.min() >= 0 and rows.max() < model_dim
+    if not inside or len(np.unique(rows)) != len(rows):
+        raise ValueError(
+            f"'rows' {written} are not distinct rows between 0 and {model_dim - 1}"
+            " (the model's hidden size)"
+        )
 
 
 def _read_array(path: Path, shape: tuple[int | None, ...]) -> np.ndarray:

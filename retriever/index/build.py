@@ -240,10 +240,11 @@ def build_index(
     _check_filter_choice(spec, embed_filter)
     check_spec(spec, embed_filter.dim if embed_filter is not None else None)
     source = _open_source(dataset, options)
-    encoder, spec = _ready_encoder(encoder, spec, source, options, embed_filter)
-    indexer = Indexer(encoder, spec, use_gpu=options.use_gpu)
-    with writer_lock(out_path):  # for the whole build: a second writer fails before encoding
+    # For the whole build, taken before the model loads: a second writer fails at once.
+    with writer_lock(out_path):
         check_destination(out_path, options.overwrite)
+        encoder, spec = _ready_encoder(encoder, spec, source, options, embed_filter)
+        indexer = Indexer(encoder, spec, use_gpu=options.use_gpu)
         embeddings, timings = _encoded(encoder, source, options, spec, out_path)
         return indexer.assemble(
             embeddings,
@@ -388,7 +389,7 @@ def _encoded(
         precision=options.store_precision,
         restart=options.restart,
         ray=options.ray,
-        index_need=DiskNeed("index", out, _index_bytes(spec, encoder, source)),
+        index_need=DiskNeed("index", out, estimated_index_bytes(spec, encoder, source)),
     )
     return embeddings, {"encode": time.perf_counter() - mark}
 
@@ -396,24 +397,44 @@ def _encoded(
 # Bytes per stored value of each storage; a factory string's own codes count as float32,
 # an upper bound.
 _VALUE_BYTES = {"float32": 4.0, "float16": 2.0, "int8": 1.0, "binary": 0.125}
+# The small files (manifest, filter.json, READERS, LMDB's lock and first pages, the parts'
+# descriptions) and a block of rounding for each file a generation holds.
+_SMALL_FILES = 256 * 1024
 
 
-def _index_bytes(spec: IndexSpec, encoder: Encoder, scan: CorpusScan) -> int:
-    """About what the index of ``scan`` will take: dense codes and ids (and rescore
-    vectors), the docstore (LMDB takes about twice the documents' bytes), and the sparse
-    (K pairs of 4-byte token and weight per document) and BM25 parts."""
-    dims = spec.filter.kept_dims(encoder.hidden_size)
-    per_document = 2.0 * scan.document_bytes / max(scan.count, 1)
-    dense = spec.dense
-    if dense is not None:
-        per_document += dims * _VALUE_BYTES.get(dense.storage or DEFAULT_STORAGE, 4.0) + 8
-        if dense.rescore_precision:
-            per_document += dims * (1 if dense.rescore_precision == "int8" else 4)
+def estimated_index_bytes(spec: IndexSpec, encoder: Encoder, scan: CorpusScan) -> int:
+    """An upper estimate of what the index of ``scan`` writes, every file counted: the
+    filter (k x d float32), the dense codes, ids and graph or lists, the binary centre and
+    rescore vectors, the docstore (LMDB takes about twice the documents' bytes), the
+    sparse part (K token and weight pairs per document, and a pointer per vocabulary
+    token), BM25 (about the documents' bytes again) and the small files."""
+    hidden = encoder.hidden_size
+    dims = spec.filter.kept_dims(hidden)
+    count, text = scan.count, scan.document_bytes
+    total = dims * hidden * 4 + 2 * text + _SMALL_FILES
+    if spec.dense is not None:
+        total += _dense_bytes(spec.dense, dims, count)
     if spec.sparse is not None:
-        per_document += 8 * spec.sparse.doc_tokens
+        vocabulary = int(encoder.describe()["vocab_size"])
+        total += count * (8 * spec.sparse.doc_tokens + 8) + 8 * (vocabulary + 1)
     if spec.bm25:
-        per_document += scan.document_bytes / max(scan.count, 1)
-    return int(per_document * scan.count)
+        total += 2 * text + 8 * count
+    return int(total)
+
+
+def _dense_bytes(dense: DenseSpec, dims: int, count: int) -> float:
+    """Codes and ids, an HNSW graph's links or IVF's centroids, the binary centre and the
+    rescore vectors with their keys and ranges."""
+    storage = dense.storage or DEFAULT_STORAGE
+    total = count * (dims * _VALUE_BYTES.get(storage, 4.0) + 16) + dims * 4
+    if links := re.search(r"HNSW(\d*)", dense.index_type):
+        total += count * (8 * int(links[1] or 32) + 16)
+    if lists := re.search(r"IVF(\d+)", dense.index_type):
+        total += int(lists[1]) * dims * 4
+    if dense.rescore_precision:
+        width = 1 if dense.rescore_precision == "int8" else 4
+        total += count * (dims * width + 8) + 2 * dims * 4
+    return total
 
 
 def _check_filter_size(spec: FilterSpec, model: str, revision: str | None) -> None:

@@ -15,7 +15,13 @@ from pathlib import Path
 from typing import Any
 
 from retriever.core.errors import RetrieverError
-from retriever.core.generations import current_generation, new_generation, writer_lock
+from retriever.core.generations import (
+    current_generation,
+    is_index_link,
+    new_generation,
+    not_an_index,
+    writer_lock,
+)
 from retriever.data.datasets import CorpusScan, Document, iter_documents, scan_corpus
 from retriever.encode.embedfilter import EmbedFilter
 from retriever.encode.encoder import Encoder
@@ -66,17 +72,17 @@ def add_documents(
     scan = scan_corpus(dataset, options.limit)
     out, manifest = _open_for_change(index)
     present = _checked_ids(out, manifest, scan, upsert)
-    if encoder is None:
-        encoder = load_encoder_for(
-            manifest,
-            manifest.folder,
-            model=model,
-            dtype=dtype,
-            device=options.device,
-            batch_size=options.batch_size,
-        )
-    _adopt_encoding(encoder, manifest)
-    with writer_lock(out):
+    with writer_lock(out):  # taken before the model loads: a second writer fails at once
+        if encoder is None:
+            encoder = load_encoder_for(
+                manifest,
+                manifest.folder,
+                model=model,
+                dtype=dtype,
+                device=options.device,
+                batch_size=options.batch_size,
+            )
+        _adopt_encoding(encoder, manifest)
         embeddings = encode_corpus(
             encoder,
             scan,
@@ -217,10 +223,8 @@ def delete_documents(
 def _open_for_change(index: str | Path) -> tuple[Path, Manifest]:
     out = Path(index).expanduser().absolute()
     base = current_generation(out)
-    if base is None:
-        raise RetrieverError(
-            f"{out} is not an index built by `retriever index` (no index link there)"
-        )
+    if base is None or not is_index_link(out):
+        raise not_an_index(out)
     return out, read_manifest(base)
 
 

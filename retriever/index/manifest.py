@@ -231,14 +231,14 @@ def read_manifest(folder: Path) -> Manifest:
 
 def current_manifest(index: str | Path) -> Manifest:
     """The manifest of the generation the index path ``index`` points to now."""
-    from retriever.core.generations import current_generation
+    from retriever.core.generations import current_generation, not_an_index
 
     path = Path(index).expanduser().absolute()
     generation = current_generation(path)
     if generation is None:
-        if path.is_dir():  # a generation folder given directly
+        if path.is_dir() and not path.is_symlink():  # a generation folder given directly
             return read_manifest(path)
-        raise RetrieverError(f"{path} is not an index built by `retriever index`")
+        raise not_an_index(path)
     return read_manifest(generation)
 
 
@@ -261,9 +261,9 @@ def parse_manifest(raw: Any, path: Path) -> Manifest:
         return _upgraded_v2(raw, path)
     _check_shape(raw, path, _SCHEMA, _FOUND_PARTS)
     try:
-        spec = IndexSpec.from_dict(raw["spec"])
+        spec = IndexSpec.from_dict(raw["spec"], "spec")
     except (RetrieverError, TypeError) as exc:
-        raise RetrieverError(f"{path} is damaged: its spec: {exc}; rebuild the index") from None
+        raise RetrieverError(f"{path} is damaged: {exc}; rebuild the index") from None
     manifest = _found(raw, spec, read_version=3)
     _check_parts_agree(manifest, path)
     return manifest
@@ -338,10 +338,10 @@ def _upgraded_v2(raw: dict[str, Any], path: Path) -> Manifest:
                 dtype=model["dtype"],
                 unembedding_from=(model.get("unembedding_from") or {}).get("name"),
             ),
-            encoder=EncoderConfig.from_dict(_known(raw["encoder"], EncoderConfig)),
-            filter=FilterSpec.from_dict(raw["filter"].get("spec", {})),
+            encoder=EncoderConfig.from_dict(_known(raw["encoder"], EncoderConfig), "encoder"),
+            filter=FilterSpec.from_dict(raw["filter"].get("spec", {}), "filter.spec"),
             dense=_dense_spec_v2(index) if index else None,
-            sparse=SparseSpec.from_dict(_known(raw["sparse"], SparseSpec))
+            sparse=SparseSpec.from_dict(_known(raw["sparse"], SparseSpec), "sparse")
             if raw.get("sparse")
             else None,
             bm25=bool(raw.get("bm25")),

@@ -117,6 +117,11 @@ class Searcher:
         try:
             manifest = read_manifest(folder)
             embed_filter = EmbedFilter.load(folder)
+            if manifest.filter != embed_filter.describe():
+                raise RetrieverError(
+                    f"{folder} is inconsistent: its manifest describes another filter than "
+                    "filter.json (kept rows, size or spec); rebuild the index"
+                )
             dims = {"filter": embed_filter.dim, "manifest": manifest.dim}
             index = None
             if manifest.backend is not None:
