@@ -30,6 +30,7 @@ COMMANDS = [
     "bench",
     "scaling",
     "info",
+    "check",
     "stores",
     "datasets",
     "export",

@@ -436,7 +436,8 @@ def _write_json(path: Path, data: object) -> None:
             ),
             "'documents.count' should be int, it is a str",
         ),
-        (_damage_docstore_record, "damaged document record"),
+        # Caught at load by the checksum of the file (before any search reads the record).
+        (_damage_docstore_record, "docstore/data.mdb"),
         (lambda f: (f / "index.faiss").unlink(), "cannot read"),
     ],
 )
@@ -1700,3 +1701,100 @@ def test_a_manifest_filter_that_is_not_filter_json_is_one_line(
     _write_json(index_copy / "manifest.json", manifest)
     code, line = _search(capsys, index_copy)
     assert code == 2 and "its manifest describes another filter than filter.json" in line
+
+
+# --- every part proves it belongs: checksums and `retriever check` --------------------
+
+
+def _other_index(model: Path, tmp_path: Path, name: str, **settings: object) -> Path:
+    """A second index of the same shape over other documents: its parts are well formed."""
+    docs = [
+        {**doc, "_id": f"o{n}", "text": f"Other {doc['text']}"} for n, doc in enumerate(TOY_DOCS)
+    ]
+    return _build(model, write_jsonl(tmp_path / f"{name}.jsonl", docs), tmp_path / name, **settings)
+
+
+@pytest.mark.parametrize("command", ["search", "add", "delete"])
+def test_a_well_formed_part_from_another_index_is_refused(
+    command: str, index_copy: Path, tiny_model: Path, tmp_path: Path, capsys
+) -> None:
+    other = _other_index(tiny_model, tmp_path, "other")
+    assert (other / "index.faiss").stat().st_size == (index_copy / "index.faiss").stat().st_size
+    shutil.copyfile(other / "index.faiss", index_copy / "index.faiss")
+    link = tmp_path / "idx"  # index_copy is its current generation
+    argv = {
+        "search": ["search", str(link), "Vitamin D"],
+        "add": [
+            "add",
+            str(link),
+            str(write_jsonl(tmp_path / "n.jsonl", [{"_id": "n", "text": "x"}])),
+        ],
+        "delete": ["delete", str(link), "d1"],
+    }[command]
+    code, line = _one_line(capsys, *argv)
+    assert code == 2 and f"{index_copy / 'index.faiss'} does not match its checksum" in line
+    assert "retriever check" in line
+    assert _manifest(index_copy)["documents"]["count"] == 6  # nothing was changed
+
+
+def test_rescore_keys_of_other_documents_are_refused(tiny_model: Path, tmp_path: Path, capsys):
+    corpus = write_jsonl(tmp_path / "docs.jsonl", TOY_DOCS)
+    spec = IndexSpec(
+        model=ModelSpec(name=str(tiny_model), dtype="float32"),
+        dense=DenseSpec(storage="int8", search=SearchParams(rescore=2)),
+    )
+    out = build_index(corpus, tmp_path / "idx", spec)
+    keys = out / "rescore_keys.npy"
+    np.save(keys, np.load(keys) + 100)  # same shape and size, other keys
+    code, line = _search(capsys, out)
+    assert code == 2 and f"{out.resolve() / 'rescore_keys.npy'} does not match" in line
+
+
+def _check(capsys, index: Path) -> tuple[int, list[str]]:
+    code = main(["-q", "check", str(index)])
+    return code, capsys.readouterr().out.strip().splitlines()
+
+
+@pytest.mark.parametrize(
+    ("damage", "named"),
+    [
+        (lambda f: os.truncate(f / "docstore" / "data.mdb", 10_000), "docstore/data.mdb"),
+        (_damage_docstore_record, "docstore/data.mdb"),
+        (lambda f: (f / "index.faiss").unlink(), "index.faiss is missing"),
+        (lambda f: np.save(f / "filter.npy", np.load(f / "filter.npy") * 2), "filter.npy"),
+        (lambda f: (f / "stray.txt").write_text("x"), "stray.txt is not a file this generation"),
+        (
+            lambda f: shutil.copyfile(f.parent.parent / "other" / "index.faiss", f / "index.faiss"),
+            "index.faiss does not match its checksum",
+        ),
+    ],
+    ids=["truncated-docstore", "docstore-record", "no-faiss", "filter", "stray", "foreign-faiss"],
+)
+def test_check_names_every_damaged_part(
+    damage, named: str, index_copy: Path, tiny_model: Path, tmp_path: Path, capsys
+) -> None:
+    _other_index(tiny_model, tmp_path, "other")
+    code, lines = _check(capsys, tmp_path / "idx")
+    assert code == 0 and lines[-1].endswith("files and every part check out")
+    damage(index_copy)
+    code, lines = _check(capsys, tmp_path / "idx")
+    assert code == 1 and lines and any(named in line for line in lines), lines
+
+
+def test_check_compares_the_parts_keys_with_the_docstore(
+    tiny_model: Path, toy_corpus: Path, tmp_path: Path, capsys
+) -> None:
+    """A part whose checksum was recorded anew (a manifest edited to match) is still caught
+    by the parts' keys; --json gives the same problems."""
+    from retriever.index.integrity import file_records
+
+    out = _build(tiny_model, toy_corpus, tmp_path / "idx", bm25=True).resolve()
+    bm25 = BM25Index.load(out / BM25_DIR)
+    np.save(out / BM25_DIR / "keys.npy", bm25.keys + 1)
+    manifest = _manifest(out)
+    manifest["files"] = file_records(out)
+    _write_json(out / "manifest.json", manifest)
+    code, lines = _check(capsys, tmp_path / "idx")
+    assert code == 1 and lines == ["the BM25 index holds other document keys than the docstore"]
+    assert main(["-q", "check", str(tmp_path / "idx"), "--json"]) == 1
+    assert json.loads(capsys.readouterr().out)["problems"] == lines

@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from retriever.cli import (
     add,
     bench,
+    check,
     datasets,
     delete,
     encode,
@@ -53,6 +54,7 @@ _COMMANDS = (
     scaling,
     export,
     info,
+    check,
 )
 
 

@@ -571,7 +571,7 @@ def check_destination(out: Path, overwrite: bool) -> None:
     an index's generations."""
     refuse_inside_index(out, "--out")
     if out.is_symlink():
-        if not is_index_link(out):
+        if not is_index_link(out) and not (out / "manifest.json").is_file():
             raise RetrieverError(
                 f"{out} is a link to {os.readlink(out)}, which is not a retriever index; "
                 "choose another --out"

@@ -30,6 +30,7 @@ from retriever.data.datasets import Document
 from retriever.encode.embedfilter import EmbedFilter
 from retriever.encode.encoder import Encoder
 from retriever.encode.lens import TokenLens
+from retriever.index.integrity import file_records
 from retriever.index.manifest import Manifest, library_versions, write_manifest
 from retriever.parts.bm25 import BM25_DIR, STEMMER_LANGUAGE, STOPWORDS, BM25Builder
 from retriever.parts.dense.backends import (
@@ -318,6 +319,8 @@ def _part_bytes(staging: Path, backend: dict[str, Any] | None) -> dict[str, int]
 
 
 def publish_manifest(staging: Path, manifest: Manifest) -> None:
-    """Write the generation's manifest, its last file, once every part is readable."""
+    """Write the generation's manifest, its last file, once every part is readable; it
+    records each file's size and checksum."""
     mark_readable(staging)
+    manifest.files = file_records(staging)
     write_manifest(staging, manifest)

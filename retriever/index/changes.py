@@ -17,7 +17,6 @@ from typing import Any
 from retriever.core.errors import RetrieverError
 from retriever.core.generations import (
     current_generation,
-    is_index_link,
     new_generation,
     not_an_index,
     writer_lock,
@@ -33,7 +32,8 @@ from retriever.index.assembly import (
     shard_batches,
     token_lens,
 )
-from retriever.index.manifest import Manifest, load_encoder_for, read_manifest
+from retriever.index.integrity import check_files_at_load
+from retriever.index.manifest import MANIFEST_FILE, Manifest, load_encoder_for, read_manifest
 from retriever.index.options import BuildOptions
 from retriever.parts.dense.backends import EXTERNAL_PARTS
 from retriever.parts.dense.gpu import GpuSetting
@@ -223,9 +223,11 @@ def delete_documents(
 def _open_for_change(index: str | Path) -> tuple[Path, Manifest]:
     out = Path(index).expanduser().absolute()
     base = current_generation(out)
-    if base is None or not is_index_link(out):
+    if base is None or not (base / MANIFEST_FILE).is_file():
         raise not_an_index(out)
-    return out, read_manifest(base)
+    manifest = read_manifest(base)
+    check_files_at_load(base, manifest)
+    return out, manifest
 
 
 def _same_generation(out: Path, manifest: Manifest) -> Manifest:

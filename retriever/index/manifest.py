@@ -90,6 +90,8 @@ class Manifest:
     store: dict[str, Any] | None = None  # the embedding store it was assembled from
     build: dict[str, Any] = field(default_factory=dict)  # created, generation, seconds, bytes
     versions: dict[str, str | None] = field(default_factory=dict)
+    # Each file of the generation: its bytes and SHA-256 (retriever.index.integrity).
+    files: dict[str, dict[str, Any]] = field(default_factory=dict)
     read_version: int = MANIFEST_VERSION  # the version the file was written in
     folder: Path | None = None  # the generation folder it was read from (not saved)
 
@@ -107,6 +109,7 @@ class Manifest:
             "store": self.store,
             "versions": self.versions,
             "build": self.build,
+            "files": self.files,
         }
 
     @property
@@ -281,6 +284,7 @@ def _found(raw: dict[str, Any], spec: IndexSpec, *, read_version: int) -> Manife
         store=raw.get("store"),
         build=raw.get("build") or {},
         versions=raw.get("versions") or {},
+        files=raw.get("files") or {},
         read_version=read_version,
     )
 

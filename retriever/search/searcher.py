@@ -25,6 +25,7 @@ from retriever.core.threads import pthread_blas
 from retriever.encode.embedfilter import EmbedFilter
 from retriever.encode.encoder import Encoder
 from retriever.encode.lens import AlignedToken, TokenLens
+from retriever.index.integrity import check_files_at_load
 from retriever.index.manifest import Manifest, load_encoder_for, read_manifest
 from retriever.parts.bm25 import BM25_DIR, BM25Index
 from retriever.parts.dense.backends import DenseBackend, open_backend
@@ -134,6 +135,7 @@ class Searcher:
             bm25 = BM25Index.load(folder / BM25_DIR) if manifest.spec.bm25 else None
             docstore = DocStore.open(folder / DOCSTORE_DIR)
             _check_counts(folder, manifest, index, sparse, bm25, docstore)
+            check_files_at_load(folder, manifest)  # a well-formed part from elsewhere
             if index is not None:
                 given = search or SearchParams()
                 index.set_search_params(given.over(manifest.spec.dense.search).faiss())
