@@ -35,7 +35,7 @@ from retriever.index.build import delete_documents
 from retriever.index.options import BuildOptions
 from retriever.parts.bm25 import BM25_DIR, BM25Builder, BM25Index
 from retriever.parts.sparse import SPARSE_DIR, KeyTokenIndex, SparseSpec
-from tests.conftest import TOY_DOCS, synthetic_docs, write_jsonl
+from tests.conftest import QUICKSTART, TOY_DOCS, synthetic_docs, write_jsonl
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -1798,3 +1798,84 @@ def test_check_compares_the_parts_keys_with_the_docstore(
     assert code == 1 and lines == ["the BM25 index holds other document keys than the docstore"]
     assert main(["-q", "check", str(tmp_path / "idx"), "--json"]) == 1
     assert json.loads(capsys.readouterr().out)["problems"] == lines
+
+
+@pytest.mark.parametrize(
+    ("argv", "said"),
+    [
+        (["search", "{idx}", "fox", "--method", "bm25"], "cannot answer 'bm25'"),
+        (["eval", "{idx}", "{scifact}", "--methods", "dense,sparse"], "cannot answer 'sparse'"),
+        (["add", "{idx}", "{dup}"], "duplicate document id 'n'"),
+        (["add", "{idx}", "{empty}"], "holds no documents"),
+        (["add", "{idx}", "{docs}"], "6 of the documents are already in"),
+    ],
+    ids=["search-method", "eval-methods", "add-duplicate-id", "add-empty", "add-present"],
+)
+def test_add_search_and_eval_refuse_before_the_model_loads(
+    argv: list[str],
+    said: str,
+    tiny_model: Path,
+    toy_corpus: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    out = _build(tiny_model, toy_corpus, tmp_path / "idx")
+    dup = write_jsonl(
+        tmp_path / "dup.jsonl", [{"_id": "n", "text": "a"}, {"_id": "n", "text": "b"}]
+    )
+    (tmp_path / "empty.jsonl").write_text("")
+    monkeypatch.setattr("retriever.encode.encoder.load_model", lambda *a, **k: 1 / 0)
+    paths = {"idx": out, "dup": dup, "empty": tmp_path / "empty.jsonl", "docs": toy_corpus}
+    paths["scifact"] = QUICKSTART
+    code, line = _one_line(capsys, *[a.format(**paths) for a in argv])
+    assert code == 2 and said in line
+
+
+def test_a_disk_a_little_smaller_than_the_build_needs_is_refused_before_encoding(
+    tiny_model: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """A tmpfs a few pages smaller than what the build writes (measured on a roomy disk):
+    between the estimate that left out the filter, the sparse pointers and the small files
+    and the real need, so that build started and failed at write time. Now it is refused
+    before anything is written."""
+    corpus = write_jsonl(tmp_path / "docs.jsonl", synthetic_docs(200))
+    argv = ["index", str(corpus), "--model", str(tiny_model), "--dtype", "float32"]
+    # Few sparse tokens, so the old per-document terms stay small (that estimate came to
+    # about 73 KB of index here, where the build writes about 135 KB).
+    argv += ["--max-length", "64", "--sparse", "--sparse-doc-tokens", "8"]
+    roomy = tmp_path / "roomy"
+    assert main(["-q", *argv, "--out", str(roomy / "idx"), "--store", str(roomy / "store")]) == 0
+    need = sum(p.stat().st_blocks * 512 for p in roomy.rglob("*") if p.is_file())
+    with _tmpfs(tmp_path, str((need // 4096 - 4) * 4096)) as disk:
+        code, line = _build_cli(
+            capsys, *argv, "--out", str(disk / "idx"), "--store", str(disk / "store")
+        )
+        assert code == 2 and "not enough disk" in line
+        assert list(disk.iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    "damaged",
+    ["sparse/keys.npy", "sparse/postings.npz", "bm25/keys.npy", "rescore_codes.npy"],
+)
+def test_check_names_each_part_of_a_full_index(
+    damaged: str, tiny_model: Path, toy_corpus: Path, tmp_path: Path, capsys
+) -> None:
+    spec = IndexSpec(
+        model=ModelSpec(name=str(tiny_model), dtype="float32"),
+        dense=DenseSpec(storage="int8", search=SearchParams(rescore=2)),
+        sparse=SparseSpec(doc_tokens=30, query_tokens=5),
+        bm25=True,
+    )
+    out = build_index(toy_corpus, tmp_path / "idx", spec)
+    assert _check(capsys, out)[0] == 0
+    path = out.resolve() / damaged
+    path.write_bytes(path.read_bytes()[:-1] + bytes([path.read_bytes()[-1] ^ 1]))
+    code, lines = _check(capsys, out)
+    assert code == 1 and lines == [
+        f"{path} does not match its checksum: it was changed or replaced"
+    ]
+    (out.resolve() / "manifest.json").write_text("{not json")
+    code, line = _one_line(capsys, "check", str(out))
+    assert code == 2 and "manifest.json" in line

@@ -408,9 +408,13 @@ def check_search_options(args: argparse.Namespace) -> None:
 
 def load_searcher(args: argparse.Namespace) -> Any:
     """The index's Searcher with the model and FAISS options given on the command line."""
-    from retriever.search.searcher import Searcher
+    from retriever.index.manifest import current_manifest
+    from retriever.search.searcher import Searcher, check_method
 
     check_search_options(args)
+    manifest = current_manifest(args.index)  # the methods asked, before the model loads
+    for method in _asked_methods(args):
+        check_method(method, manifest.spec.parts, manifest.folder)
     return Searcher.load(
         args.index,
         model=args.model,
@@ -420,6 +424,16 @@ def load_searcher(args: argparse.Namespace) -> Any:
         search=search_params(args) if hasattr(args, "nprobe") else None,
         use_gpu=gpu_options(args) if hasattr(args, "gpu") else None,
     )
+
+
+def _asked_methods(args: argparse.Namespace) -> list[str]:
+    """The search methods a command line asks for (search's --method, eval's --methods)."""
+    from retriever.cli.lists import comma_list
+
+    if getattr(args, "methods", None):
+        return comma_list(args.methods)
+    method = getattr(args, "method", None)
+    return [method] if method else []
 
 
 def parse_poolings(value: str) -> list[str]:

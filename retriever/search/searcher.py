@@ -175,18 +175,7 @@ class Searcher:
         return tuple(m for m in METHODS if set(m.split("+")) <= set(self.parts))
 
     def _check_method(self, method: str | None) -> str:
-        method = method or self.methods[0]
-        if method not in METHODS:
-            raise RetrieverError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
-        missing = [part for part in method.split("+") if part not in self.parts]
-        if missing:
-            flags = {"dense": "(without --no-dense)", "sparse": "--sparse", "bm25": "--bm25"}
-            raise RetrieverError(
-                f"{self.folder} cannot answer {method!r}: it holds no {' or '.join(missing)} "
-                f"index (rebuild with `retriever index ... "
-                f"{' '.join(flags[p] for p in missing)}`); it answers {', '.join(self.methods)}"
-            )
-        return method
+        return check_method(method, self.parts, self.folder)
 
     @cached_property
     def lens(self) -> TokenLens:
@@ -452,6 +441,25 @@ class Searcher:
             self._check_method("dense")
         with self._dense_guard:
             self.index.set_search_params(given.faiss())
+
+
+def check_method(method: str | None, parts: Sequence[str], folder: Path) -> str:
+    """``method`` (None: the default) if an index holding ``parts`` answers it; refused in
+    one line naming what to rebuild with otherwise. Needs only the manifest's parts, so a
+    command checks it before the model loads."""
+    answered = [m for m in METHODS if set(m.split("+")) <= set(parts)]
+    method = method or answered[0]
+    if method not in METHODS:
+        raise RetrieverError(f"unknown method {method!r}; choose one of {', '.join(METHODS)}")
+    missing = [part for part in method.split("+") if part not in parts]
+    if missing:
+        flags = {"dense": "(without --no-dense)", "sparse": "--sparse", "bm25": "--bm25"}
+        raise RetrieverError(
+            f"{folder} cannot answer {method!r}: it holds no {' or '.join(missing)} "
+            f"index (rebuild with `retriever index ... "
+            f"{' '.join(flags[p] for p in missing)}`); it answers {', '.join(answered)}"
+        )
+    return method
 
 
 def _no_hits(queries: int) -> tuple[np.ndarray, np.ndarray]:
