@@ -152,6 +152,12 @@ BENCHMARKS = (
     ),
     Benchmark("quickstart", "quickstart.py", "--out {out}", "--repeats 1"),
     Benchmark(
+        "integrity-cost",
+        "integrity_cost.py",
+        "--dataset {dataset} --limit 100 --out {out}",
+        "--model {model} --dtype float32 --limit 20 --vectors 20000 --dim 32 --repeats 3",
+    ),
+    Benchmark(
         "fusion-selection",
         "fusion_selection.py",
         "--out {out}",
