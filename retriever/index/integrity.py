@@ -88,12 +88,16 @@ def file_problems(folder: Path, manifest: Manifest, *, whole: bool) -> list[str]
                 f"{path} holds {size} bytes, the manifest recorded {record['bytes']}: it is "
                 "not the file this generation wrote"
             )
-        elif whole or "probe" not in record:
-            if _sha256(path) != record["sha256"]:
-                problems.append(f"{path} does not match its checksum: it was changed or replaced")
-        elif _probe(path, size) != record["probe"]:
+        elif not _matches(path, size, record, whole=whole):
             problems.append(f"{path} does not match its checksum: it was changed or replaced")
     return problems
+
+
+def _matches(path: Path, size: int, record: dict[str, Any], *, whole: bool) -> bool:
+    """The file's whole checksum (always for a small file), or its head-and-tail probe."""
+    if whole or "probe" not in record:
+        return _sha256(path) == record["sha256"]
+    return _probe(path, size) == record["probe"]
 
 
 def check_files_at_load(folder: Path, manifest: Manifest) -> None:
