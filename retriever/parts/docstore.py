@@ -94,14 +94,14 @@ def shown_ids(doc_ids: Sequence[str], limit: int = 5) -> str:
 
 
 def _id_key(env: lmdb.Environment, doc_id: str) -> bytes | None:
-    """``doc_id``'s LMDB key, or None for an id no docstore can hold (longer than LMDB's
-    key limit, or not encodable as UTF-8): such an id is simply not there, where LMDB
+    """``doc_id``'s LMDB key, or None for an id no docstore can hold (empty, longer than
+    LMDB's key limit, or not encodable as UTF-8): such an id is simply not there, where LMDB
     would raise on the lookup."""
     try:
         raw = doc_id.encode("utf-8")
     except UnicodeEncodeError:
         return None
-    return raw if len(raw) <= env.max_key_size() else None
+    return raw if 0 < len(raw) <= env.max_key_size() else None
 
 
 def content_digest(documents: Iterable[Document]) -> int:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
+import unicodedata
 from collections.abc import Mapping, Sequence
 from functools import cached_property
 from pathlib import Path
@@ -41,11 +42,22 @@ logger = logging.getLogger(__name__)
 FUSION_DEPTH = 100
 
 
+def has_visible_text(text: str) -> bool:
+    """Whether ``text`` holds a character that is not blank, a control or a format
+    character (a query of NULs or zero-width spaces says nothing to search for)."""
+    return any(not unicodedata.category(char).startswith(("C", "Z")) for char in text)
+
+
 def check_queries(queries: Sequence[str]) -> None:
     """Every query must be text with something in it, whatever method searches it."""
     for query in queries:
         if not isinstance(query, str) or not query.strip():
             raise RetrieverError("empty query: give some text to search for")
+        if not has_visible_text(query):
+            raise RetrieverError(
+                "empty query: it holds only control, formatting or blank characters; give "
+                "some text to search for"
+            )
         try:
             query.encode("utf-8")
         except UnicodeEncodeError as exc:
@@ -372,24 +384,40 @@ class Searcher:
         ``words_only`` (the default) shows whole words, without stopwords or punctuation
         (see :meth:`TokenLens.top_tokens`); ``False`` gives the plain ranking.
         """
+        return self.explain_many([item], top, words_only=words_only)[0]
+
+    def explain_many(
+        self, items: Sequence[str | Hit], top: int = 20, *, words_only: bool = True
+    ) -> list[dict[str, Any]]:
+        """:meth:`explain` for each item, the queries encoded in one batch and the
+        documents in another."""
         self._check_open()
-        if isinstance(item, Hit):
-            text = item.embedding_text
-            embedding = self.encoder.encode_documents([text], show_progress=False)
-        else:
-            text = item
-            embedding = self.encode_queries([text])
+        queries = [i for i, item in enumerate(items) if not isinstance(item, Hit)]
+        documents = [i for i, item in enumerate(items) if isinstance(item, Hit)]
+        texts = [item.embedding_text if isinstance(item, Hit) else item for item in items]
+        embeddings: list[Any] = [None] * len(items)
+        if queries:
+            encoded = self.encode_queries([texts[i] for i in queries])
+            for row, i in enumerate(queries):
+                embeddings[i] = encoded[row : row + 1]
+        if documents:
+            encoded = self.encoder.encode_documents(
+                [texts[i] for i in documents], show_progress=False
+            )
+            for row, i in enumerate(documents):
+                embeddings[i] = encoded[row : row + 1]
+        return [
+            {"text": text, **self._top_words(embedding, top, words_only)}
+            for text, embedding in zip(texts, embeddings, strict=True)
+        ]
+
+    def _top_words(self, embedding: np.ndarray, top: int, words_only: bool) -> dict[str, Any]:
         return {
-            "text": text,
-            **{
-                space: [
-                    token.to_dict()
-                    for token in self.lens.top_tokens(embedding, space, top, words_only=words_only)[
-                        0
-                    ]
-                ]
-                for space in ("raw", "filtered")
-            },
+            space: [
+                token.to_dict()
+                for token in self.lens.top_tokens(embedding, space, top, words_only=words_only)[0]
+            ]
+            for space in ("raw", "filtered")
         }
 
     def shared_tokens(
