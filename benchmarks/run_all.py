@@ -178,7 +178,7 @@ BENCHMARKS = (
     Benchmark(
         "serve-load",
         "serve_load.py",
-        "--out {out}",
+        "--limit 100 --before cabe5ae --out {out}",
         "--dataset {dataset} --model {model} --dtype float32 --clients 1,4 --requests 20",
     ),
     Benchmark(

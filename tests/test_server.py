@@ -33,6 +33,7 @@ from retriever.core.spec import IndexSpec, ModelSpec  # noqa: E402
 from retriever.index.changes import delete_documents  # noqa: E402
 from retriever.serve.app import create_app  # noqa: E402
 from retriever.serve.schemas import Limits  # noqa: E402
+from retriever.serve.server import ConnectionLimits, make_server  # noqa: E402
 from tests.conftest import TOY_DOCS, synthetic_docs, write_jsonl  # noqa: E402
 
 LIMITS = Limits(max_k=50, max_query_chars=200, max_batch=4, max_body_bytes=64 << 10)
@@ -54,15 +55,23 @@ def _build(model: Path, docs: list[dict], folder: Path) -> Path:
 
 
 class Running:
-    """A uvicorn server on a free port of 127.0.0.1, run in a background thread."""
+    """A uvicorn server on a free port of 127.0.0.1, run in a background thread: plain
+    uvicorn, or with ``bounded`` the server `retriever serve` runs (its protocol, those
+    connection limits and its stop)."""
 
-    def __init__(self, app: Any) -> None:
+    def __init__(self, app: Any, *, bounded: ConnectionLimits | None = None) -> None:
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.sock.bind(("127.0.0.1", 0))  # the port is ours from here: no race for it
-        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
-        config = uvicorn.Config(app, log_level="warning", access_log=False)
-        self.server = uvicorn.Server(config)
+        self.port = self.sock.getsockname()[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        if bounded is None:
+            config = uvicorn.Config(app, log_level="warning", access_log=False)
+            self.server = uvicorn.Server(config)
+        else:
+            self.server = make_server(
+                app, limits=bounded, shutdown_timeout_s=2, on_stop=lambda: None
+            )
         self.thread = threading.Thread(
             target=self.server.run, kwargs={"sockets": [self.sock]}, daemon=True
         )
@@ -77,6 +86,9 @@ class Running:
         self.thread.join(timeout=30)
         self.sock.close()
         assert not self.thread.is_alive()
+
+    def connect(self) -> socket.socket:
+        return socket.create_connection(("127.0.0.1", self.port), timeout=10)
 
 
 def call(

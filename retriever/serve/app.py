@@ -4,40 +4,41 @@ Every answer names the generation that gave it: the server follows the index pat
 each new generation a writer publishes (:mod:`retriever.serve.follow`). A user's mistake is a
 4xx JSON ``{"error": "<one line>"}``, the CLI's own message; never a traceback.
 
-Searches are serialised by one lock: the encoder's tokenizer, the numpy thread limit a
-one-query search sets (process-wide) and the docstore (LMDB opened without its lock
-table) are not safe to use from several threads at once. FastAPI runs these sync
-endpoints in a thread pool, so requests queue on the lock, not on the event loop.
+One worker thread runs every search, batching concurrent queries into one forward pass
+(:mod:`retriever.serve.batching`); the endpoints wait on it without holding a thread. What a
+request must pass first (host, key, body size) is :mod:`retriever.serve.guard`; the
+listening socket, connection limits and the stop are :mod:`retriever.serve.server`.
 """
 
 from __future__ import annotations
 
 import contextlib
-import hmac
 import logging
-from collections.abc import AsyncIterator
+import threading
+from collections.abc import AsyncIterator, Iterable
 from pathlib import Path
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from retriever.core.errors import RetrieverError
+from retriever.serve.batching import Batcher
 from retriever.serve.follow import FollowingSearcher
+from retriever.serve.guard import Guard, default_allowed_hosts, is_loopback
 from retriever.serve.routes import Service, add_routes
 from retriever.serve.schemas import ApiError, Limits
+from retriever.serve.server import ConnectionLimits, bind, make_server
 
 logger = logging.getLogger("retriever")
 
 DEFAULT_LIMITS = Limits()  # frozen: safe to share as a default
-# Answered without the API key: a load balancer's probe, and the search page's own files
-# (they hold no data; the page sends the key, typed into it, with each API call).
-OPEN_PATHS = frozenset({"/health", "/"})
-OPEN_PREFIXES = ("/static/",)
+DEFAULT_CONNECTIONS = ConnectionLimits()
 STATIC = Path(__file__).resolve().parent / "static"  # the search page (package data)
+STOP_WAIT_S = 60.0  # the longest the lifespan's end waits for the batch under way
 
 
 def create_app(
@@ -46,17 +47,25 @@ def create_app(
     api_key: str | None = None,
     limits: Limits = DEFAULT_LIMITS,
     searcher_options: dict[str, Any] | None = None,
+    allowed_hosts: Iterable[str] | None = None,
+    batch_queries: int = 16,
+    batch_wait_ms: float = 2.0,
 ) -> FastAPI:
     """The API over ``index_path`` (opened now: a bad index fails here, not on a request).
 
-    ``api_key``: every path but ``/health`` and the search page's (``/``, ``/static/...``)
-    then needs ``Authorization: Bearer KEY`` or ``X-API-Key: KEY``. ``searcher_options``
-    go to :meth:`Searcher.load`.
+    ``api_key``: every path but ``/health``, the search page and the API docs then needs
+    ``Authorization: Bearer KEY`` or ``X-API-Key: KEY``. ``allowed_hosts``: the names a
+    request's ``Host`` may give (None: any). Concurrent searches are batched, up to
+    ``batch_queries`` queries, waiting at most ``batch_wait_ms`` for a batch to fill.
+    ``searcher_options`` go to :meth:`Searcher.load`.
     """
     if api_key is not None and not api_key:
         raise RetrieverError("the API key is empty")
     following = FollowingSearcher(index_path, **(searcher_options or {}))
-    service = Service(following, limits)
+    batcher = Batcher(
+        max_queries=batch_queries, wait_s=batch_wait_ms / 1000, max_queued=limits.max_queued
+    )
+    service = Service(following, batcher, limits)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -71,67 +80,68 @@ def create_app(
             ", API key required" if api_key else "",
         )
         yield
+        batcher.stop(timeout=STOP_WAIT_S)
         following.close()
         logger.info("stopped serving %s (last generation %s)", following.path, following.generation)
 
-    app = FastAPI(title="retriever", lifespan=lifespan)
+    app = FastAPI(title="retriever", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.service = service
-    _add_guards(app, api_key, limits)
+    app.add_middleware(
+        Guard, api_key=api_key, allowed_hosts=allowed_hosts, max_body_bytes=limits.max_body_bytes
+    )
     _add_error_handlers(app)
     add_routes(app, service)
-    _add_page(app)
+    _add_pages(app, with_key=api_key is not None)
     return app
 
 
-def _add_page(app: FastAPI) -> None:
-    """The search page at ``/``: plain HTML, JS and CSS, all served from here (no CDN)."""
+def _add_pages(app: FastAPI, *, with_key: bool) -> None:
+    """The search page at ``/`` and the API docs at ``/docs``, every file served from
+    this package and swagger-ui-bundle's (nothing from a CDN)."""
 
     @app.get("/", include_in_schema=False)
     def page() -> FileResponse:
         return FileResponse(STATIC / "index.html", media_type="text/html")
 
+    @app.get("/favicon.ico", include_in_schema=False)
+    def no_icon() -> Response:
+        return Response(status_code=204)  # a browser asks; there is none
+
+    @app.get("/docs", include_in_schema=False)
+    def docs() -> FileResponse:
+        return FileResponse(STATIC / "docs.html", media_type="text/html")
+
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    app.mount("/docs-assets", StaticFiles(directory=_swagger_assets()), name="docs-assets")
+    if with_key:
+        _declare_key(app)
 
 
-def _add_guards(app: FastAPI, api_key: str | None, limits: Limits) -> None:
-    @app.middleware("http")
-    async def guard(request: Request, call_next: Any) -> Any:
-        path = request.url.path
-        if api_key is not None and path not in OPEN_PATHS and not path.startswith(OPEN_PREFIXES):
-            if not _key_matches(request, api_key):
-                return JSONResponse(
-                    {
-                        "error": "missing or wrong API key: send 'Authorization: Bearer KEY' "
-                        "or 'X-API-Key: KEY'"
-                    },
-                    status_code=401,
-                    headers={"WWW-Authenticate": "Bearer"},
-                )
-        size = request.headers.get("content-length")
-        if size is not None and size.isdigit() and int(size) > limits.max_body_bytes:
-            return JSONResponse(
-                {
-                    "error": f"the request body is {int(size):,} bytes; this server takes at "
-                    f"most {limits.max_body_bytes:,}"
-                },
-                status_code=413,
-            )
-        return await call_next(request)
+def _swagger_assets() -> Path:
+    from swagger_ui_bundle import swagger_ui_path
+
+    return Path(str(swagger_ui_path))
 
 
-def _key_matches(request: Request, api_key: str) -> bool:
-    given = request.headers.get("x-api-key")
-    authorization = request.headers.get("authorization", "")
-    if given is None and authorization[:7].lower() == "bearer ":
-        given = authorization[7:].strip()
-    # Compared as bytes in constant time: a timing side channel leaks nothing of the key.
-    return given is not None and hmac.compare_digest(given.encode(), api_key.encode())
+def _declare_key(app: FastAPI) -> None:
+    """Name the key header in the OpenAPI schema, so /docs offers to send it."""
+    plain = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        schema = plain()
+        schema.setdefault("components", {})["securitySchemes"] = {
+            "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key"}
+        }
+        schema["security"] = [{"apiKey": []}]
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
 
 def _add_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ApiError)
     async def refused(request: Request, exc: ApiError) -> JSONResponse:
-        return JSONResponse({"error": str(exc)}, status_code=exc.status)
+        return JSONResponse({"error": str(exc)}, status_code=exc.status, headers=exc.headers)
 
     @app.exception_handler(RetrieverError)
     async def user_error(request: Request, exc: RetrieverError) -> JSONResponse:
@@ -173,20 +183,60 @@ def serve(
     api_key_file: str | Path | None = None,
     *,
     limits: Limits = DEFAULT_LIMITS,
+    connections: ConnectionLimits = DEFAULT_CONNECTIONS,
+    allowed_hosts: Iterable[str] | None = (),
+    shutdown_timeout_s: float = 10.0,
     searcher_options: dict[str, Any] | None = None,
+    **batching: Any,
 ) -> None:
-    """Serve ``index_path`` until interrupted; the key, if any, is the file's first line."""
-    import uvicorn
-
+    """Serve ``index_path`` until SIGINT or SIGTERM; the key, if any, is the file's first
+    line. The port is taken before the model loads. ``allowed_hosts`` empty: the bound
+    address and this machine's names (see :func:`default_allowed_hosts`); None: any.
+    At a stop, the work under way gets ``shutdown_timeout_s`` seconds (less one, for
+    queued work to be refused cleanly), then is cancelled."""
     api_key = read_api_key(api_key_file) if api_key_file is not None else None
-    app = create_app(index_path, api_key=api_key, limits=limits, searcher_options=searcher_options)
+    if not is_loopback(host) and api_key is None:
+        logger.warning(
+            "serving on %s without --api-key-file: anyone who can reach this machine can "
+            "search the index and read its documents",
+            host,
+        )
+    hosts = default_allowed_hosts(host) if allowed_hosts == () else allowed_hosts
+    listener = bind(host, port)
+    try:
+        app = create_app(
+            index_path,
+            api_key=api_key,
+            limits=limits,
+            searcher_options=searcher_options,
+            allowed_hosts=hosts,
+            **batching,
+        )
+    except BaseException:
+        listener.close()
+        raise
     app.state.address = f"http://{host}:{port}"
-    # Our own two lines say when it starts and stops; uvicorn only warns.
-    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False)
+    batcher = app.state.service.batcher
+    server = make_server(
+        app,
+        limits=connections,
+        shutdown_timeout_s=shutdown_timeout_s,
+        on_stop=lambda: _stop_later(batcher, max(0.0, shutdown_timeout_s - 1)),
+    )
+    server.run(sockets=[listener])
+
+
+def _stop_later(batcher: Batcher, seconds: float) -> None:
+    """At a stop signal: queued work may still finish for ``seconds``, then is refused."""
+    logger.info("stopping: finishing the work under way (at most %.0f s)", seconds)
+    timer = threading.Timer(seconds, batcher.stop)
+    timer.daemon = True
+    timer.start()
 
 
 def read_api_key(path: str | Path) -> str:
-    """The key in ``path`` (surrounding whitespace dropped); refused in one line."""
+    """The key in ``path`` (surrounding whitespace dropped); refused in one line. A key is
+    printable ASCII: HTTP header values are not UTF-8, so another key could never match."""
     try:
         key = Path(path).expanduser().read_text(encoding="utf-8").strip()
     except (OSError, UnicodeDecodeError) as exc:
@@ -194,6 +244,11 @@ def read_api_key(path: str | Path) -> str:
         raise RetrieverError(f"cannot read the API key file {path}: {reason}") from None
     if not key or "\n" in key:
         raise RetrieverError(f"the API key file {path} must hold one key on one line")
+    if not (key.isascii() and key.isprintable()):
+        raise RetrieverError(
+            f"the API key in {path} must be printable ASCII (HTTP headers carry no other "
+            "characters reliably)"
+        )
     return key
 
 

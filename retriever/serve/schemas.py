@@ -10,23 +10,32 @@ from pydantic import BaseModel, Field
 
 @dataclass(frozen=True)
 class Limits:
-    """What one request may ask for; over a limit is refused with 413 (size) or 422 (k)."""
+    """What one request may ask for, and how long it may wait.
+
+    Over a size limit is refused with 413, a k or an explanation over its limit with 422;
+    past ``max_queued`` waiting requests the answer is 503 with ``Retry-After``, and so is
+    a request (or one slice of a batch) not answered within ``request_timeout_s``.
+    """
 
     max_k: int = 1000
     max_query_chars: int = 4096
     max_batch: int = 256
     max_body_bytes: int = 4 << 20
+    max_explain: int = 20
+    max_queued: int = 128
+    request_timeout_s: float = 30.0
 
-    def to_dict(self) -> dict[str, int]:
+    def to_dict(self) -> dict[str, float]:
         return asdict(self)
 
 
 class ApiError(Exception):
-    """A refusal with its HTTP status and one-line message."""
+    """A refusal with its HTTP status, one-line message and any headers (``Retry-After``)."""
 
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
         super().__init__(message)
         self.status = status
+        self.headers = headers or {}
 
 
 # --- request and response models ---------------------------------------------------------
@@ -85,16 +94,37 @@ class DocumentOut(BaseModel):
     metadata: dict[str, Any] = Field(default_factory=dict)
 
 
-class LensResponse(BaseModel):
-    generation: str
+class Lens(BaseModel):
     text: str
     raw: list[Token]
     filtered: list[Token]
 
 
+class LensResponse(Lens):
+    generation: str
+
+
+class LensesRequest(BaseModel):
+    query: str
+    doc_ids: list[str]
+    top: int = 8
+    all_tokens: bool = False
+
+
+class LensesResponse(BaseModel):
+    generation: str
+    query: Lens
+    documents: dict[str, Lens]
+
+
 class Health(BaseModel):
     status: str
     generation: str
+
+
+class Stats(BaseModel):
+    queued: int
+    batching: dict[str, float]
 
 
 class Info(BaseModel):
@@ -111,4 +141,4 @@ class Info(BaseModel):
     bytes: dict[str, int]
     manifest_version: int
     versions: dict[str, str | None]
-    limits: dict[str, int]
+    limits: dict[str, float]
