@@ -213,6 +213,21 @@ def test_the_docs_work_offline_and_with_a_key(server: Running) -> None:
     }
 
 
+def test_without_swagger_the_api_serves_and_docs_says_why(
+    index: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "swagger_ui_bundle", None)
+    running = Running(create_app(index))
+    try:
+        assert call(running.url, "/search?query=fox")[0] == 200
+        assert call(running.url, "/docs") == (
+            501,
+            {"error": "the API docs need swagger-ui-bundle-v2: pip install 'retriever[serve]'"},
+        )
+    finally:
+        running.stop()
+
+
 def test_binding_beyond_loopback_without_a_key_warns(
     index: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -107,19 +107,30 @@ def _add_pages(app: FastAPI, *, with_key: bool) -> None:
     def no_icon() -> Response:
         return Response(status_code=204)  # a browser asks; there is none
 
+    assets = _swagger_assets()
+
     @app.get("/docs", include_in_schema=False)
     def docs() -> FileResponse:
+        if assets is None:
+            raise ApiError(
+                501, "the API docs need swagger-ui-bundle-v2: pip install 'retriever[serve]'"
+            )
         return FileResponse(STATIC / "docs.html", media_type="text/html")
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
-    app.mount("/docs-assets", StaticFiles(directory=_swagger_assets()), name="docs-assets")
+    if assets is not None:
+        app.mount("/docs-assets", StaticFiles(directory=assets), name="docs-assets")
     if with_key:
         _declare_key(app)
 
 
-def _swagger_assets() -> Path:
-    from swagger_ui_bundle import swagger_ui_path
-
+def _swagger_assets() -> Path | None:
+    """Swagger UI's files, or None without swagger-ui-bundle-v2 (the API still serves;
+    only /docs says what is missing)."""
+    try:
+        from swagger_ui_bundle import swagger_ui_path
+    except ImportError:
+        return None
     return Path(str(swagger_ui_path))
 
 
