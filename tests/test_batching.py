@@ -122,7 +122,7 @@ def test_options_that_differ_share_the_forward_but_not_the_ranking(slow: Any) ->
 
 
 def test_one_bad_request_does_not_fail_its_batch(slow: Any) -> None:
-    batcher, _, slot = slow
+    batcher, searcher, slot = slow
     blocker = batcher.search(slot, ["first"], SearchOptions(), _in_future())
     time.sleep(0.01)
     good = batcher.search(slot, ["fine"], SearchOptions(), _in_future())
@@ -131,6 +131,11 @@ def test_one_bad_request_does_not_fail_its_batch(slow: Any) -> None:
     assert good.result(10)[0].ids[0] == "fine"
     with pytest.raises(RetrieverError, match="unknown fusion 'nope'"):
         bad.result(10)
+    # Only the bad options' ranking failed: the shared forward ran once, not per job.
+    assert searcher.forwards == [["first"], ["fine", "odd"]]
+    # An unknown method is refused before it is queued.
+    with pytest.raises(RetrieverError, match="unknown method 'nope'"):
+        batcher.search(slot, ["x"], SearchOptions(method="nope"), _in_future())
 
 
 def test_a_full_queue_and_a_passed_deadline_are_refused(slow: Any) -> None:

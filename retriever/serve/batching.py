@@ -115,7 +115,9 @@ class Batcher:
     ) -> Future:
         """A future of one :class:`Ranking` per text, best first; ``documents``: with its
         hits' documents read (``Ranking.hits()``)."""
-        check_queries(texts)  # refused here, not inside someone else's batch
+        # Refused here, not inside someone else's batch.
+        check_queries(texts)
+        slot.searcher.needs_encoder(options.method)  # an unknown method
         job = _Job(slot, deadline, texts=list(texts), options=options, documents=documents)
         return self._put(job)
 
@@ -204,19 +206,14 @@ class Batcher:
 
     def _run_searches(self, jobs: list[_Job]) -> None:
         started = time.perf_counter()
+        queries = sum(len(job.texts) for job in jobs)
         try:
             found, encode_s = _search_together(jobs)
-        except Exception:
-            # One request's bad option must not fail its neighbours: each alone, then.
-            found, encode_s = [], 0.0
-            for job in jobs:
-                try:
-                    found.append(_search_together([job])[0][0])
-                except BaseException as exc:
-                    found.append(exc)
+        except Exception as exc:  # the shared forward failed: every job gets the error
+            found, encode_s = [exc] * len(jobs), 0.0
         self.stats.batches += 1
-        self.stats.queries += sum(len(job.texts) for job in jobs)
-        self.stats.largest_batch = max(self.stats.largest_batch, sum(len(j.texts) for j in jobs))
+        self.stats.queries += queries
+        self.stats.largest_batch = max(self.stats.largest_batch, queries)
         self.stats.encode_s += encode_s
         self.stats.rank_s += time.perf_counter() - started - encode_s
         for job, answer in zip(jobs, found, strict=True):
@@ -235,9 +232,10 @@ class Batcher:
         self.stats.call_s += time.perf_counter() - started
 
 
-def _search_together(jobs: list[_Job]) -> tuple[list[list[Ranking]], float]:
-    """Each job's rankings, and the seconds the one forward took: the texts that need the
-    encoder are encoded together, then jobs with equal options are ranked in one call."""
+def _search_together(jobs: list[_Job]) -> tuple[list[list[Ranking] | Exception], float]:
+    """Each job's rankings (or the error of its group), and the seconds the one forward
+    took: the texts that need the encoder are encoded together, then jobs with equal
+    options are ranked in one call. Options that fail fail only the jobs that share them."""
     searcher = jobs[0].slot.searcher
     encoded = [job for job in jobs if searcher.needs_encoder(job.options.method)]
     started = time.perf_counter()
@@ -255,17 +253,23 @@ def _search_together(jobs: list[_Job]) -> tuple[list[list[Ranking]], float]:
     groups: dict[SearchOptions, list[_Job]] = collections.defaultdict(list)
     for job in jobs:
         groups[job.options].append(job)
-    found: dict[int, list[Ranking]] = {}
+    found: dict[int, list[Ranking] | Exception] = {}
     for options, members in groups.items():
         needs = id(members[0]) in rows
-        results = searcher.rank(
-            [text for job in members for text in job.texts],
-            options.k,
-            method=options.method,
-            fusion=options.fusion,
-            dense_weight=options.dense_weight,
-            embeddings=embeddings[[r for job in members for r in rows[id(job)]]] if needs else None,
-        )
+        try:
+            results = searcher.rank(
+                [text for job in members for text in job.texts],
+                options.k,
+                method=options.method,
+                fusion=options.fusion,
+                dense_weight=options.dense_weight,
+                embeddings=embeddings[[r for job in members for r in rows[id(job)]]]
+                if needs
+                else None,
+            )
+        except Exception as exc:
+            found.update({id(job): exc for job in members})
+            continue
         rankings = iter(results.rankings)
         for job in members:
             found[id(job)] = [next(rankings) for _ in job.texts]
