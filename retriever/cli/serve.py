@@ -58,25 +58,32 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     parser.set_defaults(run=run)
 
 
-# (flag, type, default, help): each becomes --flag N with its default shown.
+# (flag, type, default, least, help): each becomes --flag N with its default shown, and
+# is refused below its least value.
 LIMIT_FLAGS = (
-    ("max-k", int, 1000, "most hits per query"),
-    ("max-query-chars", int, 4096, "longest query or lens text, in characters"),
-    ("max-batch", int, 256, "most queries in one /batch_search"),
-    ("max-explain", int, 20, "most hits with explain=true, and most documents in /lenses"),
-    ("max-queue", int, 128, "most requests waiting for the searcher; past it, 503"),
-    ("request-timeout", float, 30.0, "seconds a request (or a batch's slice) may take; then 503"),
-    ("max-connections", int, 256, "most open connections; past it, 503 and close"),
+    ("max-k", int, 1000, 1, "most hits per query"),
+    ("max-query-chars", int, 4096, 1, "longest query or lens text, in characters"),
+    ("max-batch", int, 256, 1, "most queries in one /batch_search"),
+    ("max-explain", int, 20, 1, "most hits with explain=true, and most documents in /lenses"),
+    ("max-queue", int, 128, 1, "most requests waiting for the searcher; past it, 503"),
+    (
+        "request-timeout",
+        float,
+        30.0,
+        1,
+        "seconds a request (or a batch's slice) may take; then 503",
+    ),
+    ("max-connections", int, 256, 1, "most open connections; past it, 503 and close"),
 )
 BATCHING_FLAGS = (
-    ("batch-queries", int, 16, "most queries in one forward pass"),
-    ("batch-wait-ms", float, 2.0, "how long a short batch waits for more queries"),
-    ("shutdown-timeout", float, 10.0, "seconds the work under way gets at SIGTERM or Ctrl-C"),
+    ("batch-queries", int, 16, 1, "most queries in one forward pass"),
+    ("batch-wait-ms", float, 2.0, 0, "how long a short batch waits for more queries"),
+    ("shutdown-timeout", float, 10.0, 0, "seconds the work under way gets at SIGTERM or Ctrl-C"),
 )
 
 
 def _add_flags(group: argparse._ArgumentGroup, flags: tuple) -> None:
-    for flag, kind, default, text in flags:
+    for flag, kind, default, _, text in flags:
         group.add_argument(
             "--" + flag,
             type=kind,
@@ -87,9 +94,8 @@ def _add_flags(group: argparse._ArgumentGroup, flags: tuple) -> None:
 
 
 def _check_numbers(args: argparse.Namespace) -> None:
-    for flag, _, _, _ in LIMIT_FLAGS + BATCHING_FLAGS:
+    for flag, _, _, least, _ in LIMIT_FLAGS + BATCHING_FLAGS:
         value = getattr(args, flag.replace("-", "_"))
-        least = 0 if flag in ("batch-wait-ms", "shutdown-timeout") else 1
         if value < least:
             raise RetrieverError(f"--{flag} must be at least {least}, got {value}")
     if not 0 <= args.port <= 65535:
