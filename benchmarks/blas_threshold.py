@@ -205,7 +205,13 @@ def main() -> None:
         "crossover": crossover(args, rng),
         "after_numpy_product": after_numpy(args, rng),
     }
-    write_report(args.out, "blas_threshold", record, report_body(args, record))
+    write_report(
+        args.out,
+        "blas_threshold",
+        record,
+        report_body(args, record),
+        title="FAISS's BLAS threshold against the package's",
+    )
 
 
 if __name__ == "__main__":

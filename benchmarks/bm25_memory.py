@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from inputs import ROOT, SCIFACT, dataset_path
-from report import machine, markdown_table, write_report
+from report import markdown_table, write_report
 
 CHILD = """
 import json, resource, sys
@@ -88,7 +88,7 @@ def main() -> None:
     body = [
         f"{args.dataset.name}, {args.copies.replace(',', ' and ')} copies of it; chunks of 4,096 "
         "documents into one BM25 builder, as a build adds them; peak RSS of the process above "
-        f"what it held before; {machine()}.",
+        "what it held before.",
         "",
         *table,
     ]

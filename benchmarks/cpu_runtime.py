@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 from inputs import SCIFACT, dataset_path
-from report import cpu_description, machine, markdown_table, write_report
+from report import encoder_machine_record, markdown_table, write_report
 
 from retriever import Encoder, EncoderConfig, RetrieverError
 from retriever.core.cache import cache_dir
@@ -152,7 +152,8 @@ def load_both(args: argparse.Namespace, config: EncoderConfig) -> tuple[dict, di
     return {"torch": torch_encoder, "onnxruntime": onnx_encoder}, export
 
 
-def measure(args: argparse.Namespace) -> dict[str, Any]:
+def measure(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The results, and the machine record of the torch encoder (both run in float32)."""
     threads = os.cpu_count() or 1
     # Both runtimes on every core: torch's default may count physical cores only.
     torch.set_num_threads(threads)
@@ -176,12 +177,10 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         "batch_size": args.batch_size,
         "documents": len(texts),
         "repeats": args.repeats,
-        "machine": machine(),
-        "cpu": cpu_description(),
         "threads": torch.get_num_threads(),
         "versions": versions(),
     }
-    return {
+    results = {
         "meta": meta,
         "export": export,
         "onnxruntime": {
@@ -193,12 +192,11 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         "ort_over_torch_documents_per_second": round(ratio, 3),
         "ort_faster": ratio > 1,
     }
+    return results, encoder_machine_record(encoders["torch"])
 
 
 def report_body(args: argparse.Namespace, results: dict[str, Any]) -> list[str]:
     meta, check, ort, export = (results[k] for k in ("meta", "check", "onnxruntime", "export"))
-    cpu = meta["cpu"]
-    flags = ", ".join(f"{f} {'yes' if has else 'no'}" for f, has in cpu["flags"].items())
     model = "SmolLM2-135M" if args.model == DEFAULT_MODEL else args.model
     table = markdown_table(
         ["runtime", "documents/s", "tokens/s", "median s", "passes (s)"],
@@ -223,8 +221,7 @@ def report_body(args: argparse.Namespace, results: dict[str, Any]) -> list[str]:
         f"real tokens ({check['padded_tokens']:,} with padding). One warm-up pass each, "
         f"median of {meta['repeats']} alternating passes.",
         "",
-        f"Machine: {meta['machine']}; {cpu['name']}; {flags}. torch "
-        f"{meta['versions']['torch']} and ONNX Runtime {meta['versions']['onnxruntime']} "
+        f"torch {meta['versions']['torch']} and ONNX Runtime {meta['versions']['onnxruntime']} "
         f"(CPUExecutionProvider, {ort['graph_optimization_level']}, "
         f"{ort['execution_mode']}), each on {meta['threads']} threads.",
         "",
@@ -262,13 +259,14 @@ def main() -> None:
         require_onnx()
     except RetrieverError as exc:
         raise SystemExit(str(exc)) from None
-    results = measure(args)
+    results, machine = measure(args)
     write_report(
         args.out,
         "cpu_runtime",
         results,
         report_body(args, results),
         title="ONNX Runtime against torch float32 on CPU",
+        machine=machine,
     )
 
 

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from inputs import SCIFACT, dataset_path
-from report import machine, markdown_table, write_report
+from report import machine_record, markdown_table, write_report
 from revisions import Code, add_revision_options, check_imported, child_env, code_trees, worker_job
 
 # HEAD before the encoder's hot paths were reworked (tracker issue "the hot paths made lean").
@@ -186,8 +186,9 @@ class Variant:
         return {**report, "seconds": self.seconds}, np.load(self.vectors_path)
 
 
-def make_job(args: argparse.Namespace) -> dict[str, Any]:
-    """What every variant encodes, and how."""
+def make_job(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any]]:
+    """What every variant encodes, and how; and the weights they run
+    (:func:`retriever.encode.weights.weights_origin`)."""
     import torch
 
     from retriever.core.config import PROMPTS
@@ -195,12 +196,13 @@ def make_job(args: argparse.Namespace) -> dict[str, Any]:
     from retriever.data.datasets import load_corpus
     from retriever.encode.encoder import encoder_dtype
     from retriever.encode.models import resolve_model
+    from retriever.encode.weights import weights_origin
 
     config = EncoderConfig(max_length=MAX_LENGTH)
     if config.prompt == "echo":
         raise SystemExit("sentence-transformers cannot pool over the second copy of echo")
     resolved = resolve_model(args.model)  # converted and hashed once, outside the timings
-    return {
+    job = {
         "texts": [d.embedding_text for d in load_corpus(args.dataset, limit=args.docs).documents],
         "model": args.model,
         "model_revision": resolved.revision,
@@ -214,6 +216,7 @@ def make_job(args: argparse.Namespace) -> dict[str, Any]:
         "model_path": str(resolved.path),
         "warmup": True,
     }
+    return job, weights_origin(resolved)
 
 
 def time_variants(job: dict, codes: list[Code], repeats: int, scratch: Path) -> tuple[dict, dict]:
@@ -289,10 +292,11 @@ def versions() -> dict[str, str]:
     }
 
 
-def measure(args: argparse.Namespace) -> dict[str, Any]:
+def measure(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The results, and the machine record (the variants' dtype and weights)."""
     import numpy as np
 
-    job = make_job(args)
+    job, weights = make_job(args)
     with tempfile.TemporaryDirectory(prefix="encoder-throughput-") as scratch:
         codes = code_trees(args.before, args.after, Path(scratch))
         reports, vectors = time_variants(job, codes, args.repeats, Path(scratch))
@@ -315,10 +319,10 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         "model": f"{args.model} ({job['model_revision']})",
         "before": codes[0].label,
         "after": codes[1].label,
-        "machine": machine(),
         "versions": versions(),
     }
-    return {"meta": meta, "variants": rows, "ratios": ratios(rows)}
+    results = {"meta": meta, "variants": rows, "ratios": ratios(rows)}
+    return results, machine_record(dtype=job["dtype"], weights=weights)
 
 
 def cosine(value: float | None) -> str:
@@ -357,7 +361,7 @@ def report_body(args: argparse.Namespace, results: dict) -> list[str]:
         f"(what `--dtype {args.dtype}` gives on this CPU), {meta['prompt']} prompt, "
         f"{meta['pooling']} pooling, max length {meta['max_length']}, batch size "
         f"{meta['batch_size']}; before = {meta['before']}, after = {meta['after']}; "
-        f"{meta['machine']}; one warm-up pass, median of {meta['repeats']}. Tokens are the "
+        f"one warm-up pass, median of {meta['repeats']}. Tokens are the "
         "real (non-pad) tokens each variant feeds the model. Cosine is against a float32 "
         "encoding by the after code.",
         "",
@@ -401,13 +405,14 @@ def main() -> None:
     args = parser.parse_args()
     if args.repeats < 1 or args.docs < 1:
         parser.error("--docs and --repeats must be at least 1")
-    results = measure(args)
+    results, machine = measure(args)
     write_report(
         args.out,
         "encoder_throughput",
         results,
         report_body(args, results),
         title="Encoder throughput on SciFact documents",
+        machine=machine,
     )
 
 

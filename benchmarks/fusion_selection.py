@@ -156,7 +156,13 @@ def main() -> None:
         for row in judge_rules(args, blend_noise, float(gain))
     ]
     record = {"settings": vars(args), "rows": rows}
-    write_report(args.out, "fusion_selection", record, report_body(args, rows))
+    write_report(
+        args.out,
+        "fusion_selection",
+        record,
+        report_body(args, rows),
+        title="How often a cross-validated hybrid loses to its better part",
+    )
 
 
 if __name__ == "__main__":

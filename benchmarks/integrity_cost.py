@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from report import cpu_description, cpu_name, machine, markdown_table, write_report
+from report import encoder_machine_record, markdown_table, write_report
 
 from retriever import BuildOptions, IndexSpec, ModelSpec, Searcher, SparseSpec, build_index
 from retriever.core.spec import DEFAULT_MODEL
@@ -36,16 +36,16 @@ def median_seconds(step: Callable[[], Any], repeats: int) -> float:
     return statistics.median(times)
 
 
-def dataset_row(args: argparse.Namespace, scratch: Path) -> dict[str, Any]:
+def dataset_row(args: argparse.Namespace, scratch: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     """An index of the dataset's first documents (dense, sparse, BM25), loaded with and
-    without its model, against its checks."""
+    without its model, against its checks; and the machine record of its encoder."""
     spec = IndexSpec(
         model=ModelSpec(name=args.model, dtype=args.dtype), sparse=SparseSpec(), bm25=True
     )
     index = build_index(args.dataset, scratch / "index", spec, BuildOptions(limit=args.limit))
     manifest = current_manifest(index)
     encoder = Searcher.load(index).encoder
-    return {
+    row = {
         "index": f"{args.limit} documents of {Path(args.dataset).name}, dense + sparse + BM25",
         "files": len(manifest.files),
         "bytes": sum(record["bytes"] for record in manifest.files.values()),
@@ -58,6 +58,7 @@ def dataset_row(args: argparse.Namespace, scratch: Path) -> dict[str, Any]:
         ),
         "check_all_s": median_seconds(lambda: check_index(manifest.folder, manifest), 3),
     }
+    return row, encoder_machine_record(encoder)
 
 
 class _Recorded:
@@ -121,7 +122,7 @@ def report_body(real: dict[str, Any], synthetic: dict[str, Any]) -> list[str]:
     ]
     header = ["index", "size", "load without the checks", "checks at load", "retriever check"]
     return [
-        f"Machine: {machine()}, {cpu_name()}. Medians of repeated runs, one after another.",
+        "Medians of repeated runs, one after another.",
         "",
         *markdown_table(header, rows),
     ]
@@ -139,15 +140,15 @@ def main() -> None:
     parser.add_argument("--out", required=True, help="results folder")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="integrity-cost-") as scratch:
-        real = dataset_row(args, Path(scratch))
+        real, machine = dataset_row(args, Path(scratch))
         synthetic = synthetic_row(args, Path(scratch))
-    record = {"machine": machine(), "cpu": cpu_description(), "rows": [real, synthetic]}
     write_report(
         args.out,
         "integrity_cost",
-        record,
+        {"rows": [real, synthetic]},
         report_body(real, synthetic),
         title="What the file checks cost",
+        machine=machine,
     )
 
 

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 from inputs import SCIFACT, dataset_path
-from report import cpu_name, machine, markdown_table, write_report
+from report import encoder_machine_record, markdown_table, write_report
 
 from retriever import EncoderConfig, Searcher, build_index
 from retriever.core.sizes import folder_bytes
@@ -68,7 +68,10 @@ def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.sum(a * b, 1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
 
 
-def measure(args: argparse.Namespace, scratch: Path) -> tuple[list[dict[str, Any]], dict]:
+def measure(
+    args: argparse.Namespace, scratch: Path
+) -> tuple[list[dict[str, Any]], dict[str, Any], dict[str, Any]]:
+    """The stores' rows, what they were measured on, and the encoder's machine record."""
     config = EncoderConfig(prompt="prompteol", pooling="mean", max_length=256)
     encoder = Encoder.load(args.model, config, dtype=args.dtype, batch_size=16)
     scan = scan_corpus(args.dataset, args.limit)
@@ -112,13 +115,13 @@ def measure(args: argparse.Namespace, scratch: Path) -> tuple[list[dict[str, Any
         )
     meta = {"documents": scan.count, "queries": len(queries), "model": args.model}
     meta["dtype"] = str(encoder.dtype).removeprefix("torch.")
-    return rows, meta
+    return rows, meta, encoder_machine_record(encoder)
 
 
 def report_body(rows: list[dict[str, Any]], record: dict[str, Any]) -> list[str]:
     old, new = rows[0], rows[-1]
     lines = [
-        f"Machine: {record['machine']}. Model {record['model']} ({record['dtype']}), "
+        f"Model {record['model']} ({record['dtype']}), "
         f"PromptEOL, mean pooling, EmbedFilter defaults, Flat; {record['documents']} "
         f"documents, {record['queries']} judged test queries.",
         "",
@@ -150,9 +153,16 @@ def main() -> None:
     args = parse_args()
     logging.basicConfig(level=logging.WARNING, format="[lean-store] %(message)s")
     with tempfile.TemporaryDirectory(prefix="lean-store-") as scratch:
-        rows, meta = measure(args, Path(scratch))
-    record = {"machine": f"{machine()}, {cpu_name()}", **meta, "rows": rows}
-    write_report(args.out, "lean_store", record, report_body(rows, record))
+        rows, meta, machine = measure(args, Path(scratch))
+    record = {**meta, "rows": rows}
+    write_report(
+        args.out,
+        "lean_store",
+        record,
+        report_body(rows, record),
+        title="The lean embedding store on SciFact",
+        machine=machine,
+    )
 
 
 if __name__ == "__main__":

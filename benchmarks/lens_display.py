@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 
 from inputs import SCIFACT, dataset_path
-from report import markdown_table, write_report
+from report import encoder_machine_record, markdown_table, write_report
 
 from retriever import Encoder, EncoderConfig
 from retriever.core.spec import DEFAULT_MODEL, FilterSpec
@@ -110,6 +110,7 @@ def main() -> None:
         {"rows": rows},
         report_body(args, len(texts), rows),
         title="What the token lens shows, space by space",
+        machine=encoder_machine_record(encoder),
     )
 
 

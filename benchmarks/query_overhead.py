@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from inputs import SCIFACT, dataset_path, save_tiny_model, test_queries
-from report import machine, markdown_table, write_report
+from report import machine_record, markdown_table, write_report
 from revisions import (
     Code,
     add_revision_options,
@@ -314,7 +314,7 @@ def report_body(results: dict) -> list[str]:
     return [
         f"{meta['dataset']}, {meta['documents']}, the first {meta['queries']} test queries, "
         f"k = {meta['k']}, {meta['repeats']} timed searches per query; before = "
-        f"{meta['before']}, after = {meta['after']}; {meta['machine']}, one thread "
+        f"{meta['before']}, after = {meta['after']}; one thread "
         "(OMP/MKL/OpenBLAS), each version in its own process, alternating per method, one "
         "index folder for both (built by the old code).",
         "",
@@ -359,7 +359,6 @@ def main() -> None:
         "repeats": args.repeats,
         "k": K,
         "build_flags": BUILD_FLAGS,
-        "machine": machine(),
         "python": platform.python_version(),
     }
     write_report(
@@ -368,6 +367,7 @@ def main() -> None:
         results,
         report_body(results),
         title="Per-query overhead of `Searcher.search`, before and after",
+        machine=machine_record(dtype="float32"),
     )
 
 

@@ -19,10 +19,11 @@ from pathlib import Path
 
 import torch
 from inputs import ROOT
-from report import cpu_description, cpu_name, machine, write_report
+from report import machine_record, write_report
 
 from retriever.core.spec import DEFAULT_MODEL
 from retriever.encode.models import pick_dtype, resolve_model
+from retriever.encode.weights import weights_origin
 
 SCRIPT = "scripts/quickstart.sh"
 
@@ -46,7 +47,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="runs from nothing (default 3)")
     parser.add_argument("--out", required=True, help="results folder")
     args = parser.parse_args()
-    resolve_model(DEFAULT_MODEL)  # the set-up's one-off conversion, not timed
+    resolved = resolve_model(DEFAULT_MODEL)  # the set-up's one-off conversion, not timed
     seconds, output = [], ""
     with tempfile.TemporaryDirectory() as scratch:
         for repeat in range(args.repeats):
@@ -54,8 +55,6 @@ def main() -> None:
             seconds.append(took)
     dtype = str(pick_dtype("auto", torch.device("cpu"))).removeprefix("torch.")
     record = {
-        "machine": machine(),
-        "cpu": cpu_description(),
         "dtype": dtype,
         "script": SCRIPT,
         "seconds": [round(s, 2) for s in seconds],
@@ -63,7 +62,7 @@ def main() -> None:
         "output": output,
     }
     body = [
-        f"Machine: {machine()}, {cpu_name()}; `--dtype auto` picked {dtype}.",
+        f"`--dtype auto` picked {dtype}.",
         "",
         f"`bash {SCRIPT}` from no index to hits, {args.repeats} runs one after another: "
         + ", ".join(f"{s:.1f} s" for s in seconds)
@@ -75,7 +74,8 @@ def main() -> None:
         output.rstrip(),
         "```",
     ]
-    write_report(args.out, "quickstart", record, body, title="Quickstart, timed")
+    machine = machine_record(dtype=dtype, weights=weights_origin(resolved))
+    write_report(args.out, "quickstart", record, body, title="Quickstart, timed", machine=machine)
 
 
 if __name__ == "__main__":

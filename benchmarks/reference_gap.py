@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 from inputs import SCIFACT, dataset_path
-from report import markdown_table, write_report
+from report import encoder_machine_record, markdown_table, write_report
 
 from retriever import EmbedFilter, Encoder, EncoderConfig, FilterSpec
 from retriever.core.config import PROMPTS
@@ -170,7 +170,8 @@ def load(args: argparse.Namespace) -> tuple[Encoder, Collection, list[str], list
     return encoder, collection, texts, list(queries.values())
 
 
-def measure(args: argparse.Namespace) -> dict[str, Any]:
+def measure(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The checks' results, and the encoder's machine record."""
     encoder, collection, texts, query_texts = load(args)
     spectrum = UnembeddingSpectrum(encoder.unembedding())
     keep = sub_collection(collection, args.sub_collection)
@@ -183,7 +184,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         sub.qrels,
     )
     gold = {d for judged in collection.qrels.values() for d in judged}
-    return {
+    record = {
         "settings": {
             "model": args.model,
             "dtype": args.dtype,
@@ -195,6 +196,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
         "normalisation": normalisation(collection, spectrum, [2, 4, 8]),
         "tokenization": tokenization(sub, joint, spectrum, [1, 2, 4, 8]),
     }
+    return record, encoder_machine_record(encoder)
 
 
 def report_body(record: dict[str, Any]) -> list[str]:
@@ -250,13 +252,14 @@ def main() -> None:
     )
     parser.add_argument("--out", default="benchmarks/results/reference-gap", help="results folder")
     args = parser.parse_args()
-    record = measure(args)
+    record, machine = measure(args)
     write_report(
         args.out,
         "reference_gap",
         record,
         report_body(record),
         title="Against the reference probe: normalisation, SVD precision, tokenization",
+        machine=machine,
     )
 
 

@@ -2,14 +2,12 @@
 starting from the command that produced them, and the Markdown echoed to the terminal.
 
 Every benchmark script writes its results through :func:`write_report`, so that every
-results folder says, in the same place, how to produce it again.
+results folder says, in the same place, how to produce it again and on what machine.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import platform
 import shlex
 import sys
 from collections.abc import Iterable, Sequence
@@ -28,32 +26,22 @@ def command_line(python: str = "python") -> str:
     return f"{python} " + shlex.join([str(script), *sys.argv[1:]])
 
 
-def machine() -> str:
-    """The machine in a few words, for the line under a results table."""
-    return f"{platform.machine()}, {os.cpu_count()} cores"
+# The retriever imports below happen when called: a script that runs itself as a worker
+# on an older checkout (--before) imports this module there, where they may not exist.
 
 
-ISA_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx_tile", "amx_bf16", "amx_int8")
+def machine_record(**details: Any) -> dict[str, Any]:
+    """:func:`retriever.evaluation.machine.machine_record`."""
+    from retriever.evaluation.machine import machine_record as record
+
+    return record(**details)
 
 
-def cpu_description() -> dict[str, Any]:
-    """The CPU's model name and which of ISA_FLAGS it has: the kernels torch, oneDNN and
-    ONNX Runtime pick, and so every timing, depend on them."""
-    try:
-        info = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return {"name": platform.processor() or "unknown CPU", "flags": {}}
-    lines = info.splitlines()
-    name = next((ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("model name")), "")
-    flags = set(next((ln.split(":", 1)[1].split() for ln in lines if ln.startswith("flags")), []))
-    return {"name": name or "unknown CPU", "flags": {flag: flag in flags for flag in ISA_FLAGS}}
+def encoder_machine_record(encoder: Any) -> dict[str, Any]:
+    """:func:`retriever.evaluation.machine.encoder_machine_record`."""
+    from retriever.evaluation.machine import encoder_machine_record as record
 
-
-def cpu_name() -> str:
-    """The CPU's model name and whether it has AVX-512 BF16 (what --dtype auto reads)."""
-    cpu = cpu_description()
-    bf16 = "with" if cpu["flags"].get("avx512_bf16") else "without"
-    return f"{cpu['name']}, {bf16} AVX-512 BF16"
+    return record(encoder)
 
 
 def markdown_table(header: Sequence[str], rows: Iterable[Sequence[str]]) -> list[str]:
@@ -71,20 +59,27 @@ def write_report(
     record: dict[str, Any],
     body: list[str],
     *,
-    title: str | None = None,
+    title: str,
+    machine: dict[str, Any] | None = None,
     command: str | None = None,
 ) -> Path:
-    """``out/NAME.json`` (``record`` under the command) and ``out/NAME.md`` (the title, the
-    command, then ``body``), then print the Markdown; returns ``out``.
+    """``out/NAME.json`` (the command, the machine, then ``record``) and ``out/NAME.md``
+    (the title, the machine in one line, the command, then ``body``), then print the
+    Markdown; returns ``out``.
 
-    ``command`` defaults to this process's own command line.
+    ``machine`` is :func:`machine_record` (or :func:`encoder_machine_record` for a
+    benchmark that runs a model), made here for one that runs none; ``command`` defaults
+    to this process's own command line.
     """
+    from retriever.evaluation.machine import machine_line
+
     command = command or command_line()
+    machine = machine or machine_record()
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    document = {"command": command, **record}
+    document = {"command": command, "machine": machine, **record}
     (out / f"{name}.json").write_text(json.dumps(document, indent=2, ensure_ascii=False) + "\n")
-    lines = [*([f"# {title}", ""] if title else []), f"`{command}`", "", *body]
+    lines = [f"# {title}", "", machine_line(machine), "", f"`{command}`", "", *body]
     (out / f"{name}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
     return out

@@ -32,8 +32,12 @@ from pathlib import Path
 from typing import Any
 
 from inputs import SCIFACT, dataset_path
-from report import cpu_name, machine, markdown_table, write_report
+from report import machine_record, markdown_table, write_report
 from revisions import WORKING_TREE, child_env, cli_argv, run_cli
+
+from retriever.core.spec import DEFAULT_MODEL
+from retriever.encode.models import resolve_model
+from retriever.encode.weights import weights_origin
 
 
 def corpus_flags(args: argparse.Namespace, chunk_size: int | None = None) -> list[str]:
@@ -192,7 +196,7 @@ def measure(args: argparse.Namespace) -> dict[str, Any]:
             "shard_seconds": round(reference_seconds / shards, 1),
             "killed_vs_reference": compare(reference, contents(scratch / "killed")),
             "sliced_vs_reference": sliced,
-            "meta": {"machine": f"{machine()}, {cpu_name()}", "dtype": key["dtype"]},
+            "meta": {"dtype": key["dtype"]},
         }
 
 
@@ -221,7 +225,7 @@ def report_body(args: argparse.Namespace, record: dict[str, Any]) -> list[str]:
     header = ["build", "seconds", "same keys", "same ids", "identical vectors", "largest gap"]
     return [
         f"{record['documents']:,} documents of {args.dataset.name} "
-        f"({record['meta']['dtype']}); {record['meta']['machine']}. Reference (unbroken) "
+        f"({record['meta']['dtype']}). Reference (unbroken) "
         f"build: {record['reference_seconds']:,.1f} s in {record['shards']} shards of "
         f"{record['chunk_size']:,} documents (sized by time), about "
         f"{record['shard_seconds']:,.1f} s a shard. Killed (SIGKILL) {kills}; then rerun to its "
@@ -248,7 +252,15 @@ def main() -> None:
     parser.add_argument("--out", default="benchmarks/results/resume-scifact", help="results folder")
     args = parser.parse_args()
     record = measure(args)
-    write_report(args.out, "resume", record, report_body(args, record), title="Resumable builds")
+    weights = weights_origin(resolve_model(args.model or DEFAULT_MODEL))
+    write_report(
+        args.out,
+        "resume",
+        record,
+        report_body(args, record),
+        title="Resumable builds",
+        machine=machine_record(dtype=record["meta"]["dtype"], weights=weights),
+    )
 
 
 if __name__ == "__main__":

@@ -66,6 +66,12 @@ BENCHMARKS = (
         BENCH_QUICK,
     ),
     Benchmark(
+        "scifact-smollm2-intervals",
+        "bench_intervals.py",
+        "--results benchmarks/results/scifact-smollm2 --dataset {scifact} --out {out}",
+        "",
+    ),
+    Benchmark(
         "scifact-smollm2-scaling",
         CLI,
         "bench {dataset} --scaling --prompt prompteol --pooling mean --dtype bfloat16 --out {out}",
@@ -167,7 +173,8 @@ BENCHMARKS = (
         "frontier",
         "frontier.py",
         "--out {out}",
-        "--dataset {dataset} --model {model} --dtype float32 --taus 1,2 --latency-queries 5",
+        "--dataset {dataset} --model {model} --dtype float32 --taus 1,2 --latency-queries 5 "
+        "--storages float32,float16,int8,binary,binary+rescore",
     ),
     Benchmark(
         "lean-store",

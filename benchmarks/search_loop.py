@@ -22,9 +22,10 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from inputs import ROOT, SCIFACT, dataset_path, query_texts
-from report import markdown_table, write_report
+from report import machine_record, markdown_table, write_report
 from revisions import (
     Code,
     add_revision_options,
@@ -71,6 +72,19 @@ def measure(args: argparse.Namespace, index: Path, queries: list[str]) -> tuple[
     return times, codes
 
 
+def index_machine(index: Path) -> dict[str, Any]:
+    """The machine record of searching ``index``: its model's weights, in the dtype the
+    index was built in (what `Searcher.load` runs)."""
+    from retriever.encode.models import resolve_model
+    from retriever.encode.weights import weights_origin
+    from retriever.index.manifest import current_manifest
+
+    manifest = current_manifest(index)
+    spec = manifest.spec.model
+    weights = weights_origin(resolve_model(spec.name, spec.revision))
+    return machine_record(dtype=manifest.model["dtype"], weights=weights)
+
+
 def report(args: argparse.Namespace, index: Path, queries: list[str]) -> None:
     times, codes = measure(args, index, queries)
     rows = [
@@ -101,7 +115,14 @@ def report(args: argparse.Namespace, index: Path, queries: list[str]) -> None:
         *table,
     ]
     record = {"before": codes[0].label, "after": codes[1].label, "rows": rows}
-    write_report(args.out, "search_loop", record, body)
+    write_report(
+        args.out,
+        "search_loop",
+        record,
+        body,
+        title="End-to-end search latency in a loop of queries, before and after",
+        machine=index_machine(index),
+    )
 
 
 def main() -> None:

@@ -42,7 +42,7 @@ from typing import Any
 
 import numpy as np
 from inputs import SCIFACT, dataset_path
-from report import cpu_name, machine, markdown_table, write_report
+from report import encoder_machine_record, markdown_table, write_report
 from revisions import WORKING_TREE, Code, child_env, cli_argv, code_at, git
 
 from retriever.index.manifest import current_manifest
@@ -382,7 +382,8 @@ def compare_answers(index: Path, encoder: Any, answers: list) -> dict[str, float
     return {"answers": len(answers), "same_ids": same_ids, "max_score_difference": worst}
 
 
-def measure(args: argparse.Namespace, scratch: Path) -> dict[str, Any]:
+def measure(args: argparse.Namespace, scratch: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Every run's results, and the machine record of the server's encoder."""
     index, encoder, queries = build(args, scratch)
     ceiling = forward_gain(encoder, queries, args.batch_queries, args.rounds)
     levels = [int(c) for c in args.clients.split(",")]
@@ -403,7 +404,6 @@ def measure(args: argparse.Namespace, scratch: Path) -> dict[str, Any]:
         row.pop("answers")
         row.pop("latencies", None)
     meta = {
-        "machine": f"{machine()}, {cpu_name()}",
         "model": args.model,
         "dtype": str(encoder.dtype).removeprefix("torch."),
         "documents": current_manifest(index).count,
@@ -412,7 +412,7 @@ def measure(args: argparse.Namespace, scratch: Path) -> dict[str, Any]:
         "batch_queries": args.batch_queries,
         "before": git("rev-parse", args.before) if args.before else None,
     }
-    return {
+    record = {
         "meta": meta,
         "ceiling": ceiling,
         "levels": rows,
@@ -422,6 +422,7 @@ def measure(args: argparse.Namespace, scratch: Path) -> dict[str, Any]:
         "answers": answers,
         "before": old,
     }
+    return record, encoder_machine_record(encoder)
 
 
 def old_revision(
@@ -551,7 +552,7 @@ def report_body(record: dict[str, Any]) -> list[str]:
         label = f"git {record['meta']['before'][:12]}"
         rows += [_row(f"{label}, {row['clients']}", row) for row in record["before"]]
     return [
-        f"Machine: {meta['machine']}. Model {meta['model']} ({meta['dtype']}), default index "
+        f"Model {meta['model']} ({meta['dtype']}), default index "
         f"(EmbedFilter defaults, Flat) of the first {meta['documents']:,} documents; the "
         f"{meta['queries']} judged test queries in turn, `GET /search` with k = {meta['k']} "
         "over loopback, one keep-alive connection per client. Server, load generator and "
@@ -595,9 +596,14 @@ def main() -> None:
         print(json.dumps(generate(json.loads(sys.stdin.read()))))
         return
     with tempfile.TemporaryDirectory(prefix="serve-load-") as scratch:
-        record = measure(args, Path(scratch))
+        record, machine = measure(args, Path(scratch))
     write_report(
-        args.out, "serve_load", record, report_body(record), title="retriever serve under load"
+        args.out,
+        "serve_load",
+        record,
+        report_body(record),
+        title="retriever serve under load",
+        machine=machine,
     )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from pathlib import Path
@@ -10,7 +11,8 @@ import pytest
 
 from retriever.cli import main
 from retriever.data.datasets import load_qrels
-from retriever.evaluation.metrics import evaluate_run, read_trec_run
+from retriever.evaluation.machine import machine_line
+from retriever.evaluation.metrics import evaluate_run, per_query_metrics, read_trec_run
 from retriever.evaluation.scaling import ivfpq_type
 from tests.conftest import SCIFACT, require_scifact
 
@@ -209,9 +211,38 @@ def test_run_files_reproduce_the_metrics(bench_out: Path) -> None:
         assert recomputed["ndcg_at_10"] == pytest.approx(row["ndcg_at_10"], abs=1e-5)
 
 
+def test_per_query_scores_checksums_and_ratio_intervals(bench_out: Path) -> None:
+    """per_query.jsonl holds each row's nDCG@10 per query (what the repository keeps of a
+    run), runs.sha256 names each run file's bytes, and each nDCG ratio has its interval."""
+    qrels = load_qrels(SCIFACT)
+    rows = json.loads((bench_out / "results.json").read_text())
+    head, *lines = (bench_out / "per_query.jsonl").read_text().splitlines()
+    query_ids = json.loads(head)["query_ids"]
+    per_query = {entry["run"]: entry["ndcg_at_10"] for entry in map(json.loads, lines)}
+    assert set(query_ids) == set(qrels) and set(per_query) == {r["run_file"] for r in rows}
+    for row in rows[:4]:
+        recomputed = per_query_metrics(qrels, read_trec_run(bench_out / row["run_file"]))
+        expected = [round(recomputed[q]["ndcg_at_10"], 6) for q in query_ids]
+        assert per_query[row["run_file"]] == expected
+        assert sum(expected) / len(expected) == pytest.approx(row["ndcg_at_10"], abs=1e-6)
+    checksums = dict(
+        reversed(line.split("  ")) for line in (bench_out / "runs.sha256").read_text().splitlines()
+    )
+    assert set(checksums) == {r["run_file"] for r in rows}
+    some = rows[0]["run_file"]
+    assert checksums[some] == hashlib.sha256((bench_out / some).read_bytes()).hexdigest()
+    for row in rows:
+        if row["ndcg_ratio"] is not None:
+            assert row["ndcg_ratio_low"] <= row["ndcg_ratio"] <= row["ndcg_ratio_high"]
+    base = next(r for r in rows if r["method"] == "unfiltered" and r["index_type"] == "Flat")
+    assert base["ndcg_ratio_low"] == base["ndcg_ratio_high"] == 1.0
+
+
 def test_table_and_plot(bench_out: Path) -> None:
     report = (bench_out / "results.md").read_text()
-    assert report.splitlines()[5].startswith("retriever bench ")
+    machine = json.loads((bench_out / "meta.json").read_text())["machine"]
+    assert report.splitlines()[2] == machine_line(machine)
+    assert report.splitlines()[7].startswith("retriever bench ")
     assert "## prompteol, mean pooling" in report and "## prompteol, last pooling" in report
     dense_rows = re.findall(
         r"^\| embedfilter \| edge \| \d \| \d+ \| (?:Flat|HNSW16) \|", report, re.M

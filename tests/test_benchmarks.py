@@ -7,6 +7,7 @@ from __future__ import annotations
 import ast
 import importlib
 import json
+import os
 import re
 import shlex
 import subprocess
@@ -16,6 +17,8 @@ from pathlib import Path
 from types import ModuleType
 
 import pytest
+
+from retriever.evaluation.machine import machine_line
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCHMARKS = ROOT / "benchmarks"
@@ -151,9 +154,14 @@ def test_the_report_helper_writes_json_markdown_and_the_command(
     report.write_report(tmp_path, "demo", {"rows": [{"n": 1, "ms": 0.5}]}, table, title="Demo")
     command = f"python benchmarks/demo.py --out {tmp_path}"
     record = json.loads((tmp_path / "demo.json").read_text())
+    machine = record.pop("machine")
     assert record == {"command": command, "rows": [{"n": 1, "ms": 0.5}]}
+    assert machine["cores"] == os.cpu_count() and machine["weights"] is None
+    assert set(machine["versions"]) == {"torch", "faiss", "transformers", "onnxruntime"}
     assert (tmp_path / "demo.md").read_text().splitlines() == [
         "# Demo",
+        "",
+        machine_line(machine),
         "",
         f"`{command}`",
         "",
@@ -192,3 +200,28 @@ def test_before_after_scripts_call_public_names_only(run_all: ModuleType) -> Non
         source = (BENCHMARKS / benchmark.program).read_text()
         if "code_trees(" in source:
             assert private_names(source) == [], benchmark.program
+
+
+# What one results folder may keep in the repository: each rerun of a benchmark adds what
+# changed in it to .git, forever.
+RESULTS_FOLDER_LIMIT = 2 * 2**20
+
+
+def repository_files(folder: Path) -> list[Path]:
+    """The files of ``folder`` that git keeps or would add (ignored ones left out)."""
+    listed = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z", str(folder)],
+        cwd=ROOT,
+        capture_output=True,
+        check=True,
+    ).stdout.decode()
+    return [ROOT / name for name in listed.split("\0") if name and (ROOT / name).is_file()]
+
+
+def test_results_folders_stay_small_and_run_files_stay_out_of_git() -> None:
+    assert "benchmarks/results/*/runs/" in (ROOT / ".gitignore").read_text().splitlines()
+    for folder in sorted(p for p in RESULTS.iterdir() if p.is_dir()):
+        files = repository_files(folder)
+        assert not [f for f in files if "runs" in f.relative_to(folder).parts], folder.name
+        size = sum(f.stat().st_size for f in files)
+        assert size <= RESULTS_FOLDER_LIMIT, f"{folder.name} keeps {size / 2**20:.1f} MiB"

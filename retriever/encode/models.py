@@ -53,6 +53,9 @@ class ResolvedModel:
     path: Path
     revision: str | None
     weights_sha256: str
+    # The GGUF file the folder was converted from, if it was: its quantization is what
+    # the weights really are (see retriever.encode.weights).
+    source: Path | None = None
 
     def identity(self) -> dict[str, Any]:
         """Which weights these are, in the one shape the index's manifest, the embedding
@@ -63,10 +66,12 @@ class ResolvedModel:
 def resolve_model(name: str, revision: str | None = None) -> ResolvedModel:
     """Turn a model name (bundled alias, local folder or hub id) into a local folder."""
     local = Path(name).expanduser()
+    source = None
     if name in BUNDLED_MODELS:
-        path, revision = _bundled_model_folder(name)
+        path, revision, source = _bundled_model_folder(name)
     elif local.is_file() and local.suffix == ".gguf":
-        path, revision = _gguf_model_folder(local.resolve())
+        source = local.resolve()
+        path, revision = _gguf_model_folder(source)
     elif local.is_dir():
         path = local.resolve()
         if not (path / "config.json").is_file():
@@ -78,11 +83,16 @@ def resolve_model(name: str, revision: str | None = None) -> ResolvedModel:
                     + ": give a transformers model folder (config, weights, tokenizer), a "
                     f".gguf file, a hub id, or {DEFAULT_MODEL!r}"
                 )
-            path, revision = _gguf_model_folder(ggufs[0])
+            source = ggufs[0]
+            path, revision = _gguf_model_folder(source)
     else:
         path, revision = _hub_snapshot(name, revision)
     return ResolvedModel(
-        name=name, path=path, revision=revision, weights_sha256=weights_sha256(path)
+        name=name,
+        path=path,
+        revision=revision,
+        weights_sha256=weights_sha256(path),
+        source=source,
     )
 
 
@@ -160,8 +170,9 @@ def _memoised_sha256(kind: str, files: list[Path], *, with_names: bool) -> str:
     return value
 
 
-def _bundled_model_folder(alias: str) -> tuple[Path, str]:
-    """The converted safetensors folder of a bundled model, converting on first use."""
+def _bundled_model_folder(alias: str) -> tuple[Path, str, Path]:
+    """The converted safetensors folder of a bundled model (converting on first use), its
+    revision and the GGUF file it comes from."""
     distribution, human_name = BUNDLED_MODELS[alias]
     try:
         version = importlib.metadata.version(distribution)
@@ -180,7 +191,7 @@ def _bundled_model_folder(alias: str) -> tuple[Path, str]:
     if not (target / "config.json").is_file():
         logger.info("converting %s (%s) to safetensors in %s, once", human_name, revision, target)
         _convert_gguf(gguf_path, target)
-    return target, revision
+    return target, revision, gguf_path
 
 
 def _gguf_model_folder(gguf_path: Path) -> tuple[Path, str]:

@@ -30,6 +30,10 @@ T = TypeVar("T")
 Run = dict[str, dict[str, float]]
 Qrels = Mapping[str, Mapping[str, int]]
 
+# A row's nDCG@10 of each judged query, in the queries' order: what a ratio's bootstrap
+# interval resamples (retriever.evaluation.intervals).
+PER_QUERY = "ndcg_at_10_per_query"
+
 # Our names -> pytrec_eval's measure names.
 METRICS = {
     "ndcg_at_10": "ndcg_cut_10",
@@ -39,8 +43,9 @@ METRICS = {
 }
 
 
-def evaluate_run(qrels: Qrels, run: Run | Results) -> dict[str, float]:
-    """Mean nDCG@10, nDCG@100, Recall@100 and MAP@100 over the judged queries."""
+def per_query_metrics(qrels: Qrels, run: Run | Results) -> dict[str, dict[str, float]]:
+    """Each judged query's nDCG@10, nDCG@100, Recall@100 and MAP@100 (our names, every
+    query of ``qrels``, in its order; a query the run lacks scores 0 on each)."""
     if isinstance(run, Results):
         run = run.to_beir()
     if not qrels:
@@ -48,10 +53,19 @@ def evaluate_run(qrels: Qrels, run: Run | Results) -> dict[str, float]:
     evaluator = pytrec_eval.RelevanceEvaluator(
         {q: dict(d) for q, d in qrels.items()}, {"ndcg_cut.10,100", "recall.100", "map_cut.100"}
     )
-    per_query = evaluator.evaluate({q: run[q] for q in qrels if q in run})
+    found = evaluator.evaluate({q: run[q] for q in qrels if q in run})
     return {
-        ours: float(sum(per_query.get(q, {}).get(theirs, 0.0) for q in qrels) / len(qrels))
-        for ours, theirs in METRICS.items()
+        q: {ours: float(found.get(q, {}).get(theirs, 0.0)) for ours, theirs in METRICS.items()}
+        for q in qrels
+    }
+
+
+def evaluate_run(qrels: Qrels, run: Run | Results) -> dict[str, float]:
+    """Mean nDCG@10, nDCG@100, Recall@100 and MAP@100 over the judged queries."""
+    per_query = per_query_metrics(qrels, run)
+    return {
+        ours: sum(scores[ours] for scores in per_query.values()) / len(per_query)
+        for ours in METRICS
     }
 
 

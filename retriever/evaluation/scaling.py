@@ -21,6 +21,7 @@ import numpy as np
 from retriever.core.sizes import folder_bytes
 from retriever.core.spec import DenseSpec, FilterSpec
 from retriever.encode.embedfilter import EmbedFilter, UnembeddingSpectrum
+from retriever.evaluation.machine import machine_line
 from retriever.evaluation.metrics import median_seconds, percentiles_ms, time_each
 from retriever.parts.dense.backends import FaissBackend, build_in_memory
 from retriever.parts.dense.gpu import GpuSetting
@@ -213,6 +214,8 @@ def write_scaling_report(rows: list[dict[str, Any]], out: Path, meta: dict[str, 
     (out / "scaling.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
     lines = [
         "# Search cost against collection size",
+        "",
+        machine_line(meta["machine"]),
         "",
         "Produced by:",
         "",

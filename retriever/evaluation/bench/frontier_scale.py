@@ -176,3 +176,37 @@ def scale_rows(
             )
         del backend
     return rows
+
+
+def kth_neighbour_similarity(
+    sample: np.ndarray, collection: np.ndarray, *, k: int = 10, inside: bool, block: int = 100
+) -> dict[str, float]:
+    """Quantiles (p10, p50, p90) over ``sample`` rows of the similarity of their ``k``-th
+    nearest ``collection`` row; ``inside``: the sample rows are in the collection, and
+    their own row does not count. How far apart a collection's neighbourhoods are: what
+    decides whether an approximate index's recall is easy or hard there."""
+    rank = k + 1 if inside else k
+    kth = []
+    for lo in range(0, len(sample), block):
+        scores = sample[lo : lo + block] @ collection.T
+        kth.append(np.partition(scores, -rank, axis=1)[:, -rank])
+    values = np.concatenate(kth)
+    return {f"p{q}": float(np.percentile(values, q)) for q in (10, 50, 90)}
+
+
+def neighbourhoods(
+    real: np.ndarray, synthetic: np.ndarray, queries: np.ndarray, *, seed: int, sample: int = 1000
+) -> dict[str, dict[str, float]]:
+    """The 10th-neighbour similarity of documents among their own collection and of the
+    queries, real collection against synthetic (all filtered the same way)."""
+    rng = np.random.default_rng(seed)
+    own_real = real[rng.choice(len(real), min(sample, len(real)), replace=False)]
+    own_synthetic = synthetic[
+        rng.choice(len(synthetic), min(sample, len(synthetic)), replace=False)
+    ]
+    return {
+        "documents_real": kth_neighbour_similarity(own_real, real, inside=True),
+        "documents_synthetic": kth_neighbour_similarity(own_synthetic, synthetic, inside=True),
+        "queries_real": kth_neighbour_similarity(queries, real, inside=False),
+        "queries_synthetic": kth_neighbour_similarity(queries, synthetic, inside=False),
+    }

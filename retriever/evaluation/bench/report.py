@@ -7,9 +7,28 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from retriever.evaluation.machine import machine_line
+
 
 def _ratio(value: float | None) -> str:
     return "" if value is None else f"{value:.2f}"
+
+
+def _ratio_interval(row: dict[str, Any], name: str) -> str:
+    """A ratio with its 95% interval, ``3.51 [3.02, 4.06]``, where the row has one."""
+    if row.get(name) is None:
+        return ""
+    if row.get(f"{name}_low") is None:
+        return _ratio(row[name])
+    return f"{row[name]:.2f} [{row[f'{name}_low']:.2f}, {row[f'{name}_high']:.2f}]"
+
+
+def _machine(meta: dict[str, Any]) -> str:
+    """The machine line; results from before the record existed hold a few words."""
+    machine = meta.get("machine")
+    if isinstance(machine, dict):
+        return machine_line(machine)
+    return f"Machine not recorded (the run noted: {machine})."
 
 
 def markdown_report(
@@ -18,6 +37,8 @@ def markdown_report(
     lines = [
         f"# Benchmark: {meta['model']} on {Path(meta['dataset']).name}",
         "",
+        _machine(meta),
+        "",
         "Produced by:",
         "",
         "```",
@@ -25,9 +46,10 @@ def markdown_report(
         "```",
         "",
         f"{meta['documents']} documents, {meta['queries']} judged queries ({meta['split']}), "
-        f"max length {meta['max_length']}, dtype {rows[0]['dtype'] if rows else '?'}; "
-        f"{meta['machine']}. Ratios are to the unfiltered row of the same setting and index "
-        "type, measured in the same run. Every row is an index folder built by the build "
+        f"max length {meta['max_length']}, dtype {rows[0]['dtype'] if rows else '?'}. "
+        "Ratios are to the unfiltered row of the same setting and index type, measured in "
+        "the same run; an nDCG ratio's brackets hold its 95% paired bootstrap interval over "
+        "the queries (1,000 resamples, seed 0). Every row is an index folder built by the build "
         "pipeline and searched through `Searcher`. Latency: one query at a time, search only "
         "(the filter, the index search and any fusion; median of up to 100 queries after "
         "warm-up); query encoding is listed per setting.",
@@ -70,7 +92,7 @@ def markdown_report(
             lines.append(
                 f"| {r['method']} | {r['band'] or ''} | {r['tau']:g} | {r['dim']} | "
                 f"{r['index_type']} | {r['ndcg_at_10']:.4f} | {r['ndcg_at_100']:.4f} | "
-                f"{r['recall_at_100']:.4f} | {_ratio(r['ndcg_ratio'])} | "
+                f"{r['recall_at_100']:.4f} | {_ratio_interval(r, 'ndcg_ratio')} | "
                 f"{r['search_ms_p50']:.3f} | {r['search_ms_p95']:.3f} | "
                 f"{_ratio(r['latency_ratio'])} | {r['index_bytes']:,} | "
                 f"{_ratio(r['storage_ratio'])} |"
@@ -103,7 +125,7 @@ def _other_rows_table(rows: list[dict[str, Any]]) -> list[str]:
         lines.append(
             f"| {r['method']} | {r['source'] or ''} | {r['band'] or ''} | {tau} | "
             f"{r['fusion'] or ''} | {r['ndcg_at_10']:.4f} | {r['recall_at_100']:.4f} | "
-            f"{_ratio(r.get('share_of_dense_ndcg'))} | {_ratio(r['ndcg_ratio'])} | "
+            f"{_ratio_interval(r, 'share_of_dense_ndcg')} | {_ratio_interval(r, 'ndcg_ratio')} | "
             f"{r['search_ms_p50']:.3f} | {r['batch_qps']:.0f} | {r['index_bytes']:,} | "
             f"{_ratio(r['storage_ratio'])} |"
         )

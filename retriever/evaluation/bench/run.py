@@ -3,9 +3,9 @@ and scored side by side, then the reports; and the scaling run."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
-import platform
 import shutil
 import tempfile
 from pathlib import Path
@@ -26,10 +26,14 @@ from retriever.evaluation.bench.variants import (
     ScalingSettings,
     build_variants,
 )
+from retriever.evaluation.intervals import interval_fields, paired_ratio_interval
+from retriever.evaluation.machine import encoder_machine_record
 from retriever.evaluation.metrics import (
+    PER_QUERY,
     EncodedQueries,
     encode_timed,
     judged_queries,
+    per_query_metrics,
     write_trec_run,
 )
 from retriever.index.manifest import library_versions
@@ -109,7 +113,7 @@ def run_bench(
                 )
                 alignment += [{"prompt": prompt, "pooling": pooling, **e} for e in entries]
     meta = _meta(command, dataset, store, queries, split, model.name, model.max_length, encoder)
-    write_reports(out, rows, meta, alignment)
+    write_reports(out, rows, meta, alignment, list(queries))
     return rows
 
 
@@ -151,23 +155,58 @@ def _meta(
         "model": model,
         "max_length": max_length,
         "weights_sha256": encoder.resolved.weights_sha256,
-        "machine": f"{platform.machine()}, {faiss.omp_get_max_threads()} threads",
+        "machine": encoder_machine_record(encoder),
+        "faiss_threads": faiss.omp_get_max_threads(),
         "versions": library_versions(),
     }
 
 
 def write_reports(
-    out: Path, rows: list[dict[str, Any]], meta: dict[str, Any], alignment: list[dict[str, Any]]
+    out: Path,
+    rows: list[dict[str, Any]],
+    meta: dict[str, Any],
+    alignment: list[dict[str, Any]],
+    query_ids: list[str],
 ) -> None:
-    """results.json, alignment.json, meta.json, results.md and plot.png in ``out``."""
+    """results.json, per_query.jsonl, runs.sha256, alignment.json, meta.json, results.md and
+    plot.png in ``out``.
+
+    The run files themselves are large and their scores' last digits move between reruns,
+    so a repository keeps per_query.jsonl (each row's nDCG@10 per query, which the ratio
+    intervals are computed from and which changes only when a ranking does) and the run
+    files' checksums, not the runs.
+    """
     out.mkdir(parents=True, exist_ok=True)
-    (out / "results.json").write_text(json.dumps(rows, indent=2) + "\n")
+    plain = [{k: v for k, v in row.items() if k != PER_QUERY} for row in rows]
+    (out / "results.json").write_text(json.dumps(plain, indent=2) + "\n")
+    write_per_query(out / "per_query.jsonl", rows, query_ids)
+    write_run_checksums(out, rows)
     if alignment:
         (out / "alignment.json").write_text(json.dumps(alignment, indent=2) + "\n")
     (out / "meta.json").write_text(json.dumps(meta, indent=2) + "\n")
     (out / "results.md").write_text(markdown_report(rows, meta, alignment))
     plot_results(rows, out / "plot.png")
     logger.info("benchmark written to %s", out)
+
+
+def write_per_query(path: Path, rows: list[dict[str, Any]], query_ids: list[str]) -> None:
+    """The query ids on the first line, then one line per row: its run file and its nDCG@10
+    per query in that order, rounded to 6 decimals (a rerun that moves no document writes
+    the same bytes)."""
+    lines = [json.dumps({"query_ids": query_ids})]
+    for row in rows:
+        values = [round(v, 6) for v in row[PER_QUERY]]
+        lines.append(json.dumps({"run": row["run_file"], "ndcg_at_10": values}))
+    path.write_text("\n".join(lines) + "\n")
+
+
+def write_run_checksums(out: Path, rows: list[dict[str, Any]]) -> None:
+    """runs.sha256, in the format ``sha256sum -c`` reads, from ``out``."""
+    lines = [
+        f"{hashlib.sha256((out / row['run_file']).read_bytes()).hexdigest()}  {row['run_file']}"
+        for row in sorted(rows, key=lambda r: r["run_file"])
+    ]
+    (out / "runs.sha256").write_text("\n".join(lines) + "\n")
 
 
 def _bench_setting(
@@ -201,6 +240,8 @@ def _bench_setting(
         name = _run_name(tag, row)
         write_trec_run(run, out / "runs" / f"{name}.trec.gz", tag=name)
         row["run_file"] = f"runs/{name}.trec.gz"
+        per_query = per_query_metrics(qrels, run)
+        row[PER_QUERY] = [per_query[q]["ndcg_at_10"] for q in queries.ids]
     rows = [row for row, _ in scored]
     add_ratios(rows, settings.index_types[0])
     _add_beir_check(rows, spectrum, documents, queries, store, qrels, settings)
@@ -236,13 +277,13 @@ def _run_name(tag: str, row: dict[str, Any]) -> str:
 
 
 def add_ratios(rows: list[dict[str, Any]], first_type: str) -> None:
-    """Each row's nDCG, latency and storage over the unfiltered dense row of its index type
-    (the first type for non-dense rows), and a non-dense row's share of the nDCG of the
-    dense index of the same vectors."""
+    """Each row's nDCG (with its paired bootstrap interval over queries), latency and
+    storage over the unfiltered dense row of its index type (the first type for non-dense
+    rows), and a non-dense row's share of the nDCG of the dense index of the same vectors."""
     for row in rows:
         own_type = row["index_type"] if row["family"] == "dense" else first_type
         base = next(r for r in rows if r["method"] == "unfiltered" and r["index_type"] == own_type)
-        row["ndcg_ratio"] = row["ndcg_at_10"] / base["ndcg_at_10"] if base["ndcg_at_10"] else None
+        row.update(_ndcg_ratio(row, base, "ndcg_ratio"))
         row["latency_ratio"] = row["search_ms_p50"] / base["search_ms_p50"]
         row["storage_ratio"] = row["index_bytes"] / base["index_bytes"]
         if row["family"] != "dense" and row["source"]:
@@ -253,9 +294,16 @@ def add_ratios(rows: list[dict[str, Any]], first_type: str) -> None:
                 and (r["method"], r["band"], r["tau"], r["index_type"])
                 == (row["source"], row["band"], row["tau"], first_type)
             )
-            row["share_of_dense_ndcg"] = (
-                row["ndcg_at_10"] / dense["ndcg_at_10"] if dense["ndcg_at_10"] else None
-            )
+            row.update(_ndcg_ratio(row, dense, "share_of_dense_ndcg"))
+
+
+def _ndcg_ratio(row: dict[str, Any], base: dict[str, Any], name: str) -> dict[str, Any]:
+    """``name`` = the row's nDCG@10 over ``base``'s, with ``name_low`` and ``name_high``:
+    its 95% paired bootstrap interval over the queries (None where ``base`` scores 0)."""
+    if not base["ndcg_at_10"]:
+        return {name: None, f"{name}_low": None, f"{name}_high": None}
+    interval = paired_ratio_interval(row[PER_QUERY], base[PER_QUERY])
+    return interval_fields(interval, name)
 
 
 def _add_beir_check(
@@ -339,8 +387,9 @@ def run_scaling_bench(
             f"{model.name}, {prompt} prompt, {pooling} pooling, EmbedFilter edge band; the "
             f"{len(documents)} {Path(dataset).name} document vectors tiled to N with "
             "Gaussian noise (std 0.1/sqrt(dim)) and renormalised; "
-            f"{faiss.omp_get_max_threads()} threads, {platform.machine()}."
+            f"{faiss.omp_get_max_threads()} FAISS threads."
         ),
+        "machine": encoder_machine_record(encoder),
         "queries": len(query_embeddings),
         "latency_queries": latency_queries,
         "versions": library_versions(),

@@ -1,0 +1,129 @@
+"""The machine a result was measured on: one record, written into every results file.
+
+Timings on two CPUs differ by 3x and more (AVX-512 BF16 against AVX2 alone), and a dtype
+or a quantized checkpoint moves quality. So every benchmark and ``retriever bench``
+stores :func:`machine_record` under ``"machine"`` and prints :func:`machine_line` under
+its title, and two figures are compared only when :func:`same_machine` holds for their
+records (``tests/test_docs.py`` checks the docs against this).
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+import platform
+from pathlib import Path
+from typing import Any
+
+# The instruction sets that decide which kernels torch, oneDNN, FAISS and ONNX Runtime pick.
+CPU_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx")
+# Libraries whose version changes a timing or a score: distribution names, first found.
+LIBRARIES = {
+    "torch": ("torch",),
+    "faiss": ("faiss-cpu", "faiss-gpu", "faiss-gpu-cu12", "faiss"),
+    "transformers": ("transformers",),
+    "onnxruntime": ("onnxruntime", "onnxruntime-gpu"),
+}
+# What makes two records one machine: the hardware, not the library versions.
+MACHINE_KEYS = ("cpu", "cpu_flags", "cores", "memory_gib", "gpu")
+
+
+def _cpuinfo() -> tuple[str, set[str]]:
+    try:
+        lines = Path("/proc/cpuinfo").read_text().splitlines()
+    except OSError:
+        return platform.processor() or platform.machine(), set()
+    name = next((ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("model name")), "")
+    flags = next((ln.split(":", 1)[1].split() for ln in lines if ln.startswith("flags")), [])
+    return name or platform.machine(), set(flags)
+
+
+def _memory_gib() -> float | None:
+    try:
+        pages, page_size = os.sysconf("SC_PHYS_PAGES"), os.sysconf("SC_PAGE_SIZE")
+    except (AttributeError, ValueError, OSError):
+        return None
+    return round(pages * page_size / 2**30, 1)
+
+
+def _gpu() -> str | None:
+    try:
+        import torch
+    except ImportError:
+        return None
+    if not torch.cuda.is_available():
+        return None
+    return torch.cuda.get_device_name(0)
+
+
+def library_versions() -> dict[str, str | None]:
+    """The installed version of each of :data:`LIBRARIES` (None when absent)."""
+    versions: dict[str, str | None] = {}
+    for library, distributions in LIBRARIES.items():
+        versions[library] = None
+        for distribution in distributions:
+            try:
+                versions[library] = importlib.metadata.version(distribution)
+                break
+            except importlib.metadata.PackageNotFoundError:
+                continue
+    return versions
+
+
+def machine_record(
+    *, dtype: str | None = None, weights: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """This machine, the libraries' versions, and what the measured model ran as: its
+    ``dtype`` and ``weights`` (:func:`retriever.encode.weights.weights_origin`; None
+    for a benchmark that runs no model)."""
+    name, flags = _cpuinfo()
+    return {
+        "cpu": name,
+        "cpu_flags": {
+            flag: any(f.startswith("amx") for f in flags) if flag == "amx" else flag in flags
+            for flag in CPU_FLAGS
+        },
+        "cores": os.cpu_count(),
+        "memory_gib": _memory_gib(),
+        "gpu": _gpu(),
+        "versions": library_versions(),
+        "dtype": dtype,
+        "weights": weights,
+    }
+
+
+def encoder_machine_record(encoder: Any) -> dict[str, Any]:
+    """:func:`machine_record` for a loaded :class:`~retriever.encode.encoder.Encoder`."""
+    from retriever.encode.weights import weights_origin
+
+    dtype = str(encoder.dtype).removeprefix("torch.")
+    return machine_record(dtype=dtype, weights=weights_origin(encoder.resolved))
+
+
+def same_machine(first: dict[str, Any], second: dict[str, Any]) -> bool:
+    """Whether two records name one machine (:data:`MACHINE_KEYS`): figures from them may
+    be compared."""
+    return all(first.get(key) == second.get(key) for key in MACHINE_KEYS)
+
+
+def machine_line(record: dict[str, Any]) -> str:
+    """The record in one line, for under a results page's title."""
+    flags = record.get("cpu_flags", {})
+    has = [flag for flag, present in flags.items() if present]
+    lacks = [flag for flag, present in flags.items() if not present]
+    cpu = f"{record['cpu']} ({', '.join(has) or 'none of ' + ', '.join(CPU_FLAGS)}"
+    cpu += f"; no {', '.join(lacks)})" if lacks and has else ")"
+    parts = [f"{cpu}, {record['cores']} cores, {record['memory_gib']} GiB"]
+    if record.get("gpu"):
+        parts.append(f"GPU {record['gpu']}")
+    versions = record.get("versions", {})
+    parts.append(", ".join(f"{name} {v}" for name, v in versions.items() if v))
+    if record.get("dtype"):
+        parts.append(f"run in {record['dtype']}")
+    weights = record.get("weights")
+    if weights:
+        parts.append(
+            f"weights {weights['file']} (quantization {weights['quantization']}; "
+            f"{weights['format']})"
+        )
+    return "Machine: " + "; ".join(parts) + "."
