@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import ast
+import json
 import operator
 import re
 from collections.abc import Iterable, Iterator
@@ -22,6 +23,8 @@ from functools import cache
 from pathlib import Path
 
 import pytest
+
+from retriever.evaluation.machine import MACHINE_KEYS
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -71,13 +74,16 @@ UNIT_SCALES: dict[str | None, tuple[float, ...]] = {
     "ms": (1, 1e3),
     "s": (1, 1e-3),
     "min": (1, 1 / 60),
+    "minutes": (1, 1 / 60),
     "h": (1, 1 / 3600),
+    "hours": (1, 1 / 3600),
     "KiB": (1, 2**-10),
     "MiB": (1, 2**-20),
     "GiB": (1, 2**-10, 2**-30),
     "KB": (1, 1e-3),
     "MB": (1, 1e-6, 1e-3),
     "GB": (1, 1e-9, 1e-3),
+    "GB/s": (1, 1e-9),
     "bytes": (1,),
     "QPS": (1,),
     "queries/s": (1,),
@@ -87,7 +93,8 @@ UNIT_SCALES: dict[str | None, tuple[float, ...]] = {
 UNIT = re.compile(
     r"(?P<attached>x|%)(?!\w)"
     r"|(?:[ \u00a0]|\n[ \t]*)?"
-    r"(?P<spaced>queries/s|documents/s|tokens/s|QPS|bytes|KiB|MiB|GiB|KB|MB|GB|min|ms|s|h)"
+    r"(?P<spaced>queries/s|documents/s|tokens/s|GB/s|QPS|bytes|KiB|MiB|GiB|KB|MB|GB"
+    r"|minutes|min|ms|s|hours|h)"
     r"(?![\w/])"
 )
 NUMBER = re.compile(r"(?<![\w.,@^\x00])(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:[eE][-+]?\d+)?")
@@ -442,6 +449,71 @@ def figure_problems(
     return problems
 
 
+# --- Comparisons: figures of one sentence come from one machine --------------------------
+
+SENTENCE_END = re.compile(r"(?<=[.!?])\s+(?=[A-Z`(*_\[])|\n(?=\s*(?:[-*+]|\d+\.|\|)\s)")
+
+
+def sentences(text: str) -> Iterator[tuple[int, str]]:
+    """(offset, sentence) of a block's sentences; a list item or a table row is one."""
+    start = 0
+    for match in SENTENCE_END.finditer(mask_code(text)):
+        yield start, text[start : match.start()]
+        start = match.end()
+    yield start, text[start:]
+
+
+def machine_of(record: object) -> dict | None:
+    """A results JSON's machine record: top-level, or under "meta"."""
+    if not isinstance(record, dict):
+        return None
+    machine = record.get("machine")
+    if isinstance(machine, dict):
+        return machine
+    return machine_of(record.get("meta")) if "meta" in record else None
+
+
+@cache
+def machine_key(folder: Path) -> str:
+    """The machine a results folder's figures were measured on, as a comparable key: its
+    machine record's hardware (retriever.evaluation.machine.MACHINE_KEYS), or, for a folder
+    without one ("machine not recorded"), the folder itself: its figures compare only with
+    one another."""
+    for path in sorted(folder.glob("*.json")):
+        try:
+            machine = machine_of(json.loads(path.read_text(encoding="utf-8")))
+        except ValueError:
+            continue
+        if machine is not None:
+            return json.dumps({k: machine.get(k) for k in MACHINE_KEYS}, sort_keys=True)
+    return f"machine not recorded: {folder.name}"
+
+
+def comparison_problems(markdown: str, page: Path, name: str, results: Path = RESULTS) -> list[str]:
+    """Sentences whose figures no one machine's cited results hold together, as
+    'page:line: figures: why'."""
+    problems = []
+    for section in sections(markdown):
+        quoted = NOT_MEASURED.get((name, section.heading), set())
+        cited = cited_results(page, section, results)
+        for block in section.blocks:
+            for offset, sentence in sentences(block.text):
+                line = block.line_of(offset)
+                found = [f for f in figures_in(sentence, line) if f.text not in quoted]
+                machines = [
+                    {machine_key(p.parent) for p in cited if not figure_problem(f, file_numbers(p))}
+                    for f in found
+                ]
+                if len(found) < 2 or not all(machines) or set.intersection(*machines):
+                    continue
+                where = "; ".join(
+                    f"{f.shown} from {' or '.join(sorted(m))}"
+                    for f, m in zip(found, machines, strict=True)
+                )
+                problems.append(f"{name}:{line}: figures of two machines in one sentence: {where}")
+    return problems
+
+
 # --- Tests ----------------------------------------------------------------------------------
 
 
@@ -468,6 +540,14 @@ def test_every_figure_comes_from_the_results_file_its_section_cites() -> None:
         name = str(page.relative_to(ROOT))
         problems += figure_problems(page.read_text(encoding="utf-8"), page, name)
     assert not problems, f"{len(problems)} figures without a source:\n" + "\n".join(problems)
+
+
+def test_figures_compared_in_one_sentence_come_from_one_machine() -> None:
+    problems = []
+    for page in documentation_pages():
+        name = str(page.relative_to(ROOT))
+        problems += comparison_problems(page.read_text(encoding="utf-8"), page, name)
+    assert not problems, f"{len(problems)} sentences mix machines:\n" + "\n".join(problems)
 
 
 def test_the_allow_list_names_sections_and_figures_that_exist() -> None:
@@ -570,6 +650,10 @@ def test_settings_counts_versions_and_estimates_are_not_figures() -> None:
     )
     assert figures_in(text) == []
     shown = [(f.text, f.unit) for f in figures_in("0.10 / 0.06 ms, 47-77% of folds, 2.8x, 343 s")]
+    assert [(f.text, f.unit) for f in figures_in("about 40 minutes, 2 hours")] == [
+        ("40", "minutes"),
+        ("2", "hours"),
+    ]
     assert shown == [
         ("0.10", "ms"),
         ("0.06", "ms"),
