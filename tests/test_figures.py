@@ -12,6 +12,7 @@ import pytest
 
 from retriever.encode.models import ResolvedModel, resolve_model
 from retriever.encode.weights import gguf_file_type, gguf_quantization, weights_origin
+from retriever.evaluation.bench.run import add_ratios
 from retriever.evaluation.intervals import (
     MET,
     MISSED,
@@ -20,6 +21,7 @@ from retriever.evaluation.intervals import (
     paired_ratio_interval,
 )
 from retriever.evaluation.machine import machine_line, machine_record, same_machine
+from retriever.evaluation.metrics import PER_QUERY
 
 
 def _gguf(path: Path, file_type: int | None) -> Path:
@@ -135,3 +137,36 @@ def test_ratios_refuse_mismatched_or_empty_inputs() -> None:
         paired_ratio_interval([0.1, 0.2], [0.1])
     with pytest.raises(ValueError, match="mean is 0"):
         paired_ratio_interval([0.1, 0.2], [0.0, 0.0])
+
+
+def test_bench_ratios_carry_the_interval_of_their_own_baseline() -> None:
+    rng = np.random.default_rng(4)
+    base = rng.random(300) * 0.2
+    row = {"family": "dense", "search_ms_p50": 1.0, "index_bytes": 10, "source": None}
+    rows = [
+        {
+            **row,
+            "method": "unfiltered",
+            "index_type": "Flat",
+            "ndcg_at_10": base.mean(),
+            PER_QUERY: list(base),
+        },
+        {
+            **row,
+            "method": "embedfilter",
+            "index_type": "Flat",
+            "ndcg_at_10": 2 * base.mean(),
+            PER_QUERY: list(2 * base),
+        },
+        {
+            **row,
+            "method": "unfiltered",
+            "index_type": "HNSW16",
+            "ndcg_at_10": 0.0,
+            PER_QUERY: [0.0] * 300,
+        },
+    ]
+    add_ratios(rows, "Flat")
+    assert (rows[0]["ndcg_ratio_low"], rows[0]["ndcg_ratio_high"]) == (1.0, 1.0)
+    assert rows[1]["ndcg_ratio_low"] == pytest.approx(2.0)
+    assert rows[2]["ndcg_ratio"] is None and rows[2]["ndcg_ratio_low"] is None
