@@ -53,9 +53,11 @@ def parse_args() -> argparse.Namespace:
         "--filters", default="embedfilter-nomean:2,embedfilter-nomean:8", help="NAME:TAU list"
     )
     parser.add_argument("--index-types", default="HNSW32,IVF1024")
-    parser.add_argument("--storages", default="float32,int8,binary,binary+rescore")
+    parser.add_argument(
+        "--storages", default="float32,int8,binary,binary+rescore,rabitq1,rabitq2,rabitq4"
+    )
     parser.add_argument("--nprobes", default="16,64")
-    parser.add_argument("--ef-searches", default="64,256")
+    parser.add_argument("--ef-searches", default="64,256,1024")
     parser.add_argument("--rescore", type=int, default=16)
     parser.add_argument("--latency-queries", type=int, default=100)
     parser.add_argument("--seed", type=int, default=0)

@@ -174,7 +174,7 @@ BENCHMARKS = (
         "frontier.py",
         "--out {out}",
         "--dataset {dataset} --model {model} --dtype float32 --taus 1,2 --latency-queries 5 "
-        "--storages float32,float16,int8,binary,binary+rescore",
+        "--storages float32,float16,int8,binary,binary+rescore,rabitq1,rabitq2+rescore",
     ),
     Benchmark(
         "lean-store",

@@ -1,5 +1,6 @@
 """Storage (float32, float16, int8, binary) x index (Flat, HNSW, IVF): every build, search,
-add and delete answers as brute force over the vectors the codes decode to."""
+add and delete answers as brute force over the vectors the codes decode to; RaBitQ codes
+estimate inner products, better with more bits, and rescore to the exact top k."""
 
 from __future__ import annotations
 
@@ -254,6 +255,10 @@ def test_rescore_vectors_that_miss_documents_are_refused(tiny_model: Path, tmp_p
         ({"storage": "int4"}, "unknown --storage"),
         ({"ef_construction": 80}, "--ef-construction does not apply to --index-type Flat"),
         ({"binary_centre": "median", "storage": "binary"}, "unknown --binary-centre"),
+        ({"bits": 2}, "--bits applies to --storage rabitq"),
+        ({"storage": "rabitq", "bits": 9}, "--bits must be at most 8"),
+        ({"storage": "rabitq", "bits": 0}, "--bits must be at least 1"),
+        ({"storage": "rabitq", "backend": "milvus"}, "--storage rabitq has no Milvus mapping"),
     ],
 )
 def test_storage_mistakes_are_refused_before_the_model_loads(
@@ -309,3 +314,102 @@ def test_eval_counts_the_rescore_vectors_in_the_dense_bytes(tiny_model: Path, tm
     ]
     assert sizes["dense"] == sum((index / name).stat().st_size for name in files)
     assert manifest["build"]["bytes"]["dense"] == sizes["dense"]
+
+
+def _ranked(index: Path, vectors: np.ndarray) -> tuple[list, np.ndarray]:
+    """The index's rankings of QUERIES and the exact scores of every query and document."""
+    searcher = Searcher.load(index)
+    raw = searcher.encode_queries(QUERIES)
+    exact = searcher.filter.transform(raw) @ vectors.T
+    rankings = searcher.rank(QUERIES, K, embeddings=raw).rankings
+    searcher.close()
+    return rankings, exact
+
+
+def _rabitq_quality(rankings: list, exact: np.ndarray, ids: list[str]) -> tuple[float, float]:
+    """(recall@K of the exact top K, the largest error of a returned score)."""
+    row_of = {doc_id: row for row, doc_id in enumerate(ids)}
+    recall, error = [], 0.0
+    for query, ranking in enumerate(rankings):
+        best = {ids[i] for i in np.argsort(-exact[query])[:K]}
+        recall.append(len(best & set(ranking.ids)) / K)
+        for doc_id, score in zip(ranking.ids, ranking.scores, strict=True):
+            error = max(error, abs(score - exact[query][row_of[doc_id]]))
+    return float(np.mean(recall)), error
+
+
+@pytest.mark.parametrize("index_type", list(INDEX_TYPES))
+def test_rabitq_codes_estimate_inner_products_and_more_bits_estimate_better(
+    tiny_model: Path, tmp_path: Path, index_type: str
+) -> None:
+    ids = [doc["_id"] for doc in FIRST]
+    found = {}
+    for bits in (1, 4):
+        index, vectors = _build(
+            tiny_model, tmp_path / f"index-{bits}", "rabitq", index_type, bits=bits
+        )
+        backend = json.loads((index / "manifest.json").read_text())["dense"]["backend"]
+        assert (backend["storage"], backend["bits"]) == ("rabitq", bits)
+        assert backend.get("metric") == ("l2" if index_type.startswith("HNSW") else None)
+        found[bits] = _rabitq_quality(*_ranked(index, vectors), ids)
+    # Scores are inner-product estimates (HNSW's L2 distances mapped back), not distances.
+    assert found[4][1] < 0.1 and found[1][1] < 0.5
+    assert found[4][0] >= 0.75 and found[4][0] >= found[1][0]
+    assert found[4][1] < found[1][1]
+
+
+@pytest.mark.parametrize("index_type", list(INDEX_TYPES))
+def test_rabitq_grows_shrinks_and_rescores_to_the_exact_top_k(
+    tiny_model: Path, tmp_path: Path, index_type: str
+) -> None:
+    # M x k = 8 x 8 = 64 >= every document: the second stage re-scores them all.
+    index, vectors = _build(
+        tiny_model,
+        tmp_path / "index",
+        "rabitq",
+        index_type,
+        bits=2,
+        rescore=8,
+        rescore_vectors="float32",
+    )
+    from retriever.encode.encoder import Encoder
+
+    encoder = Encoder.load(str(tiny_model), EncoderConfig(max_length=64), dtype="float32")
+    store = tmp_path / "more-store"
+    Indexer(encoder).add(
+        index, write_jsonl(tmp_path / "more.jsonl", SECOND), options=BuildOptions(store=store)
+    )
+    delete_documents(index, DELETED)
+    raw = np.concatenate([s.embeddings("mean") for s in EmbeddingStore.open(store).shards()])
+    searcher = Searcher.load(index)
+    every = np.concatenate([vectors, searcher.filter.transform(raw)])
+    searcher.close()
+    all_ids = [doc["_id"] for doc in FIRST + SECOND]
+    kept = [i for i, doc_id in enumerate(all_ids) if doc_id not in DELETED]
+    rankings, exact = _ranked(index, every[kept])
+    for query, ranking in enumerate(rankings):
+        order = np.argsort(-exact[query])[:K]
+        assert list(ranking.ids) == [all_ids[kept[i]] for i in order]
+        assert np.allclose(ranking.scores, exact[query][order], atol=1e-5)
+
+
+def test_rabitq_bits_the_manifest_misstates_are_refused(tiny_model: Path, tmp_path: Path) -> None:
+    index, _ = _build(tiny_model, tmp_path / "index", "rabitq", "Flat", bits=2)
+    _damage(index, lambda backend: backend.update(bits=4))
+    with pytest.raises(RetrieverError, match="says 4-bit RaBitQ codes, its index file holds 2-bit"):
+        Searcher.load(index)
+
+
+def test_rabitq_from_the_command_line(tiny_model: Path, tmp_path: Path, capsys) -> None:
+    corpus = write_jsonl(tmp_path / "docs.jsonl", FIRST)
+    out = tmp_path / "index"
+    argv = ["-q", "index", str(corpus), "--out", str(out), "--model", str(tiny_model)]
+    assert main([*argv, "--dtype", "float32", "--storage", "rabitq", "--bits", "3"]) == 0
+    capsys.readouterr()  # what the build printed
+    assert main(["-q", "info", str(out), "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["spec"]["dense"]["storage"] == "rabitq" and info["spec"]["dense"]["bits"] == 3
+    bad = tmp_path / "bad"
+    assert main(["-q", "index", str(corpus), "--out", str(bad), "--bits", "2"]) == 2
+    assert "--bits applies to --storage rabitq" in capsys.readouterr().err
+    assert not bad.exists()

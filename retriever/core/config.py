@@ -26,7 +26,10 @@ FUSIONS = ("rrf", "weighted")
 # Token-lens spaces: the raw embedding h, or the filtered vector F h the index stores.
 SPACES = ("raw", "filtered")
 # How a dense index stores each filtered vector (retriever.parts.dense.codes).
-STORAGES = ("float32", "float16", "int8", "binary")
+STORAGES = ("float32", "float16", "int8", "binary", "rabitq")
+# RaBitQ codes: bits per dimension (FAISS's nb_bits), and the default.
+RABITQ_BITS = (1, 8)
+DEFAULT_RABITQ_BITS = 1
 DEFAULT_STORAGE = "float32"
 # From the measured frontier (docs/frontier.md): int8 matches float32's nDCG@10 at tau 2-8
 # with a quarter of the bytes, but only float32 scores exactly.

@@ -32,11 +32,13 @@ from retriever.core.config import (
     BANDS,
     BINARY_CENTRES,
     DEFAULT_COLLECTION,
+    DEFAULT_RABITQ_BITS,
     DEFAULT_STORAGE,
     DEFAULT_STORAGE_REASON,
     DTYPES,
     POOLINGS,
     PROMPTS,
+    RABITQ_BITS,
     RESCORE_PRECISIONS,
     SPACES,
     STORAGES,
@@ -54,6 +56,7 @@ class Flag:
     help: str
     choices: tuple[str, ...] | None = None
     minimum: float | None = None
+    maximum: float | None = None
     metavar: str | None = None
     # The noun an unknown value is called in errors ("unknown pooling 'x'"); default: flag.
     noun: str | None = None
@@ -78,6 +81,9 @@ class Flag:
                 raise RetrieverError(f"{name} must be a number, got {value!r}")
             if not value >= self.minimum:  # NaN fails too
                 raise RetrieverError(f"{name} must be at least {self.minimum:g}, got {value}")
+        if self.maximum is not None and value > self.maximum:
+            name = name or self.flag
+            raise RetrieverError(f"{name} must be at most {self.maximum:g}, got {value}")
 
 
 def setting(default: Any, flag: str, help: str, **declared: Any) -> Any:
@@ -371,9 +377,21 @@ class DenseSpec(Spec):
         None,
         "--storage",
         "how each filtered vector is stored: float32, float16 (FAISS fp16), int8 (FAISS "
-        "SQ8: per-dimension ranges from up to 100,000 sampled documents) or binary (1 bit "
-        f"per dimension, Hamming search). Default: {DEFAULT_STORAGE}; {DEFAULT_STORAGE_REASON}",
+        "SQ8: per-dimension ranges from up to 100,000 sampled documents), binary (1 bit "
+        "per dimension, Hamming search) or rabitq (FAISS RaBitQ: --bits per dimension "
+        "plus two floats, inner products estimated against the float query; centred on "
+        "the sampled documents' mean, or each IVF list's centroid). Default: "
+        f"{DEFAULT_STORAGE}; {DEFAULT_STORAGE_REASON}",
         choices=STORAGES,
+    )
+    bits: int | None = setting(
+        None,
+        "--bits",
+        f"with --storage rabitq: bits per dimension, {RABITQ_BITS[0]} to {RABITQ_BITS[1]} "
+        f"(default {DEFAULT_RABITQ_BITS}); each code keeps d x bits / 8 bytes plus 8",
+        minimum=RABITQ_BITS[0],
+        maximum=RABITQ_BITS[1],
+        metavar="B",
     )
     binary_centre: str = setting(
         "documents",
@@ -415,6 +433,8 @@ class DenseSpec(Spec):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if self.bits is not None and self.storage != "rabitq":
+            raise RetrieverError("--bits applies to --storage rabitq")
         if self.backend == "milvus":
             if self.storage == "binary" and self.binary_centre != "zero":
                 raise RetrieverError(
@@ -428,6 +448,13 @@ class DenseSpec(Spec):
                 )
         elif self.milvus_uri is not None or self.collection != DEFAULT_COLLECTION:
             raise RetrieverError("--milvus-uri and --collection apply to --backend milvus")
+
+    @property
+    def rabitq_bits(self) -> int | None:
+        """Bits per dimension of RaBitQ codes (None: the storage is not rabitq)."""
+        if self.storage != "rabitq":
+            return None
+        return self.bits or DEFAULT_RABITQ_BITS
 
     @property
     def rescore_precision(self) -> str | None:

@@ -423,10 +423,13 @@ def estimated_index_bytes(spec: IndexSpec, encoder: Encoder, scan: CorpusScan) -
 
 
 def _dense_bytes(dense: DenseSpec, dims: int, count: int) -> float:
-    """Codes and ids, an HNSW graph's links or IVF's centroids, the binary centre and the
-    rescore vectors with their keys and ranges."""
+    """Codes and ids, an HNSW graph's links or IVF's centroids, the binary or RaBitQ
+    centre and the rescore vectors with their keys and ranges."""
     storage = dense.storage or DEFAULT_STORAGE
-    total = count * (dims * _VALUE_BYTES.get(storage, 4.0) + 16) + dims * 4
+    if dense.rabitq_bits:  # bits per value, and two floats per vector
+        total = count * (dims * dense.rabitq_bits / 8 + 8 + 16) + dims * 4
+    else:
+        total = count * (dims * _VALUE_BYTES.get(storage, 4.0) + 16) + dims * 4
     if links := re.search(r"HNSW(\d*)", dense.index_type):
         total += count * (8 * int(links[1] or 32) + 16)
     if lists := re.search(r"IVF(\d+)", dense.index_type):
@@ -477,7 +480,7 @@ def _parsed_index_type(dense: DenseSpec, dim: int | None) -> Any:
     """An empty FAISS index of the spec's type and storage, as the build makes it; None
     for a Milvus index name that FAISS does not know (:func:`check_dense_spec` checked it)."""
     from retriever.parts.dense.codes import binary_bits, layout_of
-    from retriever.parts.dense.faiss_index import is_binary_type
+    from retriever.parts.dense.faiss_index import factory_index
     from retriever.parts.dense.faiss_install import faiss
 
     if dense.backend != "faiss":
@@ -485,14 +488,12 @@ def _parsed_index_type(dense: DenseSpec, dim: int | None) -> Any:
             return faiss.index_factory(64, dense.index_type, faiss.METRIC_INNER_PRODUCT)
         except RuntimeError:
             return None
-    layout = layout_of(dense.index_type, dense.storage)
+    layout = layout_of(dense.index_type, dense.storage, dense.rabitq_bits)
     reason = ""
     for trial in _TRIAL_DIMS if dim is None else (dim,):
         width = binary_bits(trial) if layout.binary else trial
         try:
-            if is_binary_type(layout.factory):
-                return faiss.index_binary_factory(width, layout.factory)
-            return faiss.index_factory(width, layout.factory, faiss.METRIC_INNER_PRODUCT)
+            return factory_index(width, layout.factory)
         except RuntimeError as exc:
             reason = reason or _faiss_reason(exc)
     where = f" at dimension {dim}" if dim is not None else ""

@@ -40,7 +40,8 @@ from retriever.search.searcher import Searcher
 from retriever.store.embeddings import EmbeddingStore
 
 FILTERS = ("unfiltered", "embedfilter", "embedfilter-nomean")
-STORAGE_ROWS = ("float32", "float16", "int8", "binary", "binary+rescore", "pq")
+RABITQ_ROWS = tuple(f"rabitq{b}{r}" for b in (1, 2, 4) for r in ("", "+rescore"))
+STORAGE_ROWS = ("float32", "float16", "int8", "binary", "binary+rescore", "pq", *RABITQ_ROWS)
 # Product quantization (FAISS "PQm", the index type's own codes): d/6 bytes per vector.
 PQ_DIMS_PER_BYTE = 6
 
@@ -137,6 +138,15 @@ def exact_top(filtered_queries: np.ndarray, filtered_docs: np.ndarray, k: int) -
     return np.take_along_axis(top, np.argsort(-np.take_along_axis(scores, top, 1), 1), 1)
 
 
+def storage_setting(row_storage: str) -> tuple[str, int | None]:
+    """A row's storage as the spec's ``storage`` and ``bits``: ``rabitq2+rescore`` is
+    ``("rabitq", 2)``, ``binary+rescore`` is ``("binary", None)``."""
+    name = row_storage.removesuffix("+rescore")
+    if name.startswith("rabitq"):
+        return "rabitq", int(name.removeprefix("rabitq"))
+    return name, None
+
+
 def pq_bytes(dim: int) -> int:
     """Sub-quantizers (bytes) of a PQ code: the largest divisor of ``dim`` at most d/6."""
     return max(m for m in range(1, max(1, dim // PQ_DIMS_PER_BYTE) + 1) if dim % m == 0)
@@ -145,7 +155,7 @@ def pq_bytes(dim: int) -> int:
 def build_cell(cell: Cell, embed_filter: EmbedFilter, inputs: FrontierInputs, settings) -> Path:
     """The cell's index folder, built as ``retriever index --from STORE`` would."""
     folder = inputs.folders / cell.name
-    storage, index_type = cell.storage.removesuffix("+rescore"), cell.index_type
+    (storage, bits), index_type = storage_setting(cell.storage), cell.index_type
     ann = {"HNSW": (None, settings.ef_search), "IVF": (settings.nprobe, None)}
     nprobe, ef_search = ann.get(cell.index_type.rstrip("0123456789"), (None, None))
     if storage == "pq":
@@ -154,6 +164,7 @@ def build_cell(cell: Cell, embed_filter: EmbedFilter, inputs: FrontierInputs, se
     dense = DenseSpec(
         index_type=index_type,
         storage=storage,
+        bits=bits,
         binary_centre=cell.centre,
         search=SearchParams(nprobe, ef_search, cell.rescore),
     )

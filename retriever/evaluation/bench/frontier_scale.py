@@ -28,6 +28,7 @@ import numpy as np
 
 from retriever.core.spec import DenseSpec, SearchParams
 from retriever.encode.embedfilter import EmbedFilter
+from retriever.evaluation.bench.frontier import storage_setting
 from retriever.evaluation.metrics import median_seconds, percentiles_ms, time_each
 from retriever.parts.dense.backends import FaissBackend, backend_bytes, build_in_memory
 from retriever.parts.dense.codes import rescore_bytes
@@ -95,9 +96,11 @@ def open_like_a_searcher(
 ) -> tuple[FaissBackend, float, dict[str, Any]]:
     """Build ``row``'s backend over ``vectors``, save it, and open it from ``folder`` as a
     searcher would; returns it, the build seconds and its saved description."""
+    storage, bits = storage_setting(row.storage)
     spec = DenseSpec(
         index_type=row.index_type,
-        storage=row.storage.removesuffix("+rescore"),
+        storage=storage,
+        bits=bits,
         search=SearchParams(rescore=rescore if row.rescore else None),
     )
     started = time.perf_counter()

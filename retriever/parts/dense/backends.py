@@ -34,6 +34,7 @@ from retriever.parts.dense.codes import (
     binary_bits,
     codes_of,
     layout_of,
+    rabitq_bits_of,
 )
 from retriever.parts.dense.faiss_index import (
     INDEX_FILE,
@@ -47,6 +48,7 @@ from retriever.parts.dense.faiss_index import (
     set_search_parameters,
     training_sample_size,
 )
+from retriever.parts.dense.faiss_install import faiss
 from retriever.parts.dense.gpu import GpuSetting, Placed, check_gpu_limits, refuse_a_missing_gpu
 from retriever.parts.dense.milvus import (
     MILVUS_LITE_FILE,
@@ -73,11 +75,11 @@ def check_dense_spec(spec: DenseSpec) -> None:
         )
         check_collection_name(spec.collection)
         return
-    layout = layout_of(spec.index_type, spec.storage)
-    if spec.rescore_precision and layout.storage not in ("int8", "binary"):
+    layout = layout_of(spec.index_type, spec.storage, spec.rabitq_bits)
+    if spec.rescore_precision and layout.storage not in ("int8", "binary", "rabitq"):
         raise RetrieverError(
             f"--rescore re-scores compact codes; {layout.storage} codes are not "
-            "compact: use it with --storage int8 or binary"
+            "compact: use it with --storage int8, binary or rabitq"
         )
 
 
@@ -151,7 +153,7 @@ class FaissBackend(DenseBackend):
 
     @classmethod
     def new(cls, dim: int, spec: DenseSpec, use_gpu: GpuSetting = None) -> FaissBackend:
-        layout = layout_of(spec.index_type, spec.storage)
+        layout = layout_of(spec.index_type, spec.storage, spec.rabitq_bits)
         width = binary_bits(dim) if layout.binary else dim
         builder = DenseIndexBuilder(
             width, layout.factory, use_gpu=use_gpu, ef_construction=spec.ef_construction
@@ -163,6 +165,7 @@ class FaissBackend(DenseBackend):
             binary_centre=spec.binary_centre if layout.binary else None,
             wants_rescore=spec.rescore_precision,
             binary=zero if layout.binary else None,
+            l2=layout.l2,
         )
         return cls(dim, builder=builder, use_gpu=use_gpu, storage=storage)
 
@@ -268,7 +271,8 @@ class FaissBackend(DenseBackend):
 
 class Storage:
     """What a FAISS backend keeps beside its index for its codes: the binary centre and
-    the rescore vectors (either may be absent), fitted on the training sample."""
+    the rescore vectors (either may be absent), fitted on the training sample; and
+    whether the index scores by L2 distance (mapped back to inner products)."""
 
     def __init__(
         self,
@@ -278,8 +282,12 @@ class Storage:
         wants_rescore: str | None = None,
         binary: BinaryCodes | None = None,
         rescore: RescoreVectors | None = None,
+        l2: bool = False,
+        bits: int | None = None,
     ) -> None:
         self.codes = codes
+        self.l2 = l2
+        self.bits = bits  # of RaBitQ codes, as the manifest says (checked against the file)
         self.binary_centre = binary_centre
         self.wants_rescore = wants_rescore or (rescore.precision if rescore else None)
         self.binary = binary
@@ -303,7 +311,11 @@ class Storage:
         return self.binary.encode(vectors) if self.binary is not None else vectors
 
     def similarity(self, scores: np.ndarray) -> np.ndarray:
-        return self.binary.similarity(scores) if self.binary is not None else scores
+        """Scores as similarities: Hamming distances of binary codes mapped to cosines,
+        squared L2 distances of unit vectors to inner products (``1 - d / 2``)."""
+        if self.binary is not None:
+            return self.binary.similarity(scores)
+        return 1.0 - scores / 2.0 if self.l2 else scores
 
     def add(self, keys: np.ndarray, vectors: np.ndarray) -> None:
         if self.rescore is not None:
@@ -324,6 +336,10 @@ class Storage:
     def save(self, folder: Path, index: Any) -> dict[str, Any]:
         """Write the centre and the rescore vectors; the manifest's description of them."""
         described: dict[str, Any] = {"storage": codes_of(index), "rescore": False}
+        if described["storage"] == "rabitq":
+            described["bits"] = rabitq_bits_of(index)
+        if self.l2:
+            described["metric"] = "l2"
         if self.binary is not None:
             self.binary.save(folder)
             described["binary_centre"] = self.binary.centre_from
@@ -342,7 +358,8 @@ class Storage:
         if codes == "binary":
             binary = BinaryCodes.load(folder, description.get("binary_centre", "documents"), dim)
         rescore = RescoreVectors.load(folder, dim) if description.get("rescore") else None
-        return cls(codes, binary=binary, rescore=rescore)
+        l2 = description.get("metric") == "l2"
+        return cls(codes, binary=binary, rescore=rescore, l2=l2, bits=description.get("bits"))
 
     def check(self, index: Any, folder: Path) -> None:
         """The index file must hold the codes the manifest names, the rescore vectors one
@@ -352,6 +369,18 @@ class Storage:
             raise RetrieverError(
                 f"{folder} is inconsistent: its manifest says {self.codes} storage, its "
                 f"index file holds {held} codes; rebuild the index"
+            )
+        bits = rabitq_bits_of(index)
+        if self.codes == "rabitq" and bits != self.bits:
+            raise RetrieverError(
+                f"{folder} is inconsistent: its manifest says {self.bits}-bit RaBitQ codes, "
+                f"its index file holds {bits}-bit ones; rebuild the index"
+            )
+        l2 = not isinstance(index, faiss.IndexBinary) and index.metric_type == faiss.METRIC_L2
+        if l2 != self.l2:
+            raise RetrieverError(
+                f"{folder} is inconsistent: its manifest and its index file disagree on the "
+                "metric (L2 or inner product); rebuild the index"
             )
         if self.rescore is not None and self.rescore.count != index.ntotal:
             raise RetrieverError(
@@ -416,7 +445,7 @@ def training_size(spec: DenseSpec, dim: int, count: int) -> int:
     from the documents or the rescore vectors' ranges."""
     if spec.backend != "faiss":
         return 0
-    layout = layout_of(spec.index_type, spec.storage)
+    layout = layout_of(spec.index_type, spec.storage, spec.rabitq_bits)
     width = binary_bits(dim) if layout.binary else dim
     size = training_sample_size(layout.factory, width, count)
     if spec.rescore_precision or (layout.binary and spec.binary_centre == "documents"):

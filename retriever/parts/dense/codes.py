@@ -10,6 +10,15 @@ Storage is a build choice, orthogonal to the index structure:
   FAISS's binary indexes. The centre is the mean of the training sample (``documents``) or
   zero (``zero``: the sign of each coordinate, which needs no data; the default filter
   already removes the model's mean unembedding direction, the largest shared component).
+- ``rabitq``: FAISS's RaBitQ (Gao and Long, 2024; multi-bit, 2025): each vector's offset
+  from a centre in ``bits`` per dimension plus two floats, the inner product with the
+  float query estimated without bias from them. The centre is the training sample's mean
+  (Flat, HNSW) or each IVF list's centroid (IVF). No random rotation is applied: FAISS
+  leaves it to the caller, and the rotation's d x d floats would cost more per document
+  than the codes on a collection of SciFact's size (a factory string such as
+  ``RR,IVF64,RaBitQ`` as the index type adds one, as its own codes). FAISS's HNSW over
+  RaBitQ codes takes only the L2 metric: on unit vectors ``|q - x|^2 = 2 - 2 q.x`` ranks
+  alike, and scores are mapped back to inner products.
 
 The structure (``Flat``, ``HNSWm``, ``IVFn``) and the storage compose into one FAISS
 factory string (:func:`layout_of`). An index type that names its own codes (``IVF1024,PQ64``,
@@ -31,7 +40,7 @@ from pathlib import Path
 
 import numpy as np
 
-from retriever.core.config import BINARY_CENTRES, DEFAULT_STORAGE, STORAGES
+from retriever.core.config import BINARY_CENTRES, DEFAULT_RABITQ_BITS, DEFAULT_STORAGE, STORAGES
 from retriever.core.errors import RetrieverError
 from retriever.parts.dense.faiss_install import faiss
 
@@ -58,10 +67,21 @@ class Layout:
     storage: str  # one of STORAGES, or "factory" when the index type names its codes
     binary: bool
 
+    @property
+    def l2(self) -> bool:
+        """Whether FAISS builds this index with the L2 metric (HNSW over RaBitQ codes)."""
+        return l2_only(self.factory)
 
-def layout_of(index_type: str, storage: str | None) -> Layout:
+
+def l2_only(factory: str) -> bool:
+    """Whether a factory string names an index FAISS builds only with the L2 metric."""
+    return factory.startswith("HNSW") and ",RaBitQ" in factory
+
+
+def layout_of(index_type: str, storage: str | None, bits: int | None = None) -> Layout:
     """The factory string of ``index_type`` (``Flat``, ``HNSWm``, ``IVFn`` or any FAISS
-    factory string) holding ``storage`` codes (None: the default, or the type's own)."""
+    factory string) holding ``storage`` codes (None: the default, or the type's own);
+    ``bits`` per dimension for RaBitQ codes (None: the default)."""
     if storage is not None and storage not in STORAGES:
         raise RetrieverError(f"unknown --storage {storage!r}; choose {', '.join(STORAGES)}")
     match = _STRUCTURE.fullmatch(index_type)
@@ -78,7 +98,7 @@ def layout_of(index_type: str, storage: str | None) -> Layout:
         return Layout(f"IVF{size},Flat" if kind == "IVF" else index_type, storage, False)
     if storage == "binary":
         return Layout(f"B{kind}{size}", storage, True)
-    codes = _CODES[storage]
+    codes = _CODES.get(storage) or f"RaBitQ{bits or DEFAULT_RABITQ_BITS}"
     if kind == "Flat":
         return Layout(codes, storage, False)
     return Layout(f"{kind}{size},{codes}", storage, False)
@@ -109,7 +129,29 @@ def codes_of(index: faiss.Index | faiss.IndexBinary) -> str:
         }.get(quantizer, "other")
     if isinstance(index, (faiss.IndexPQ, faiss.IndexIVFPQ)):
         return "pq"
+    if isinstance(index, _RABITQ_TYPES):
+        return "rabitq"
     return "other"
+
+
+_RABITQ_TYPES = (
+    faiss.IndexRaBitQ,
+    faiss.IndexIVFRaBitQ,
+    faiss.IndexRaBitQFastScan,
+    faiss.IndexIVFRaBitQFastScan,
+)
+
+
+def rabitq_bits_of(index: faiss.Index) -> int | None:
+    """Bits per dimension of the RaBitQ codes an index holds (None: it holds none)."""
+    if isinstance(index, faiss.IndexBinary):
+        return None
+    index = faiss.downcast_index(index)
+    if isinstance(index, faiss.IndexIDMap):
+        index = faiss.downcast_index(index.index)
+    if isinstance(index, faiss.IndexHNSW):
+        index = faiss.downcast_index(index.storage)
+    return int(index.rabitq.nb_bits) if isinstance(index, _RABITQ_TYPES) else None
 
 
 def binary_bits(dim: int) -> int:

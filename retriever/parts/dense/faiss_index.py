@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 
 from retriever.core.errors import RetrieverError
+from retriever.parts.dense.codes import l2_only
 from retriever.parts.dense.faiss_install import faiss
 from retriever.parts.dense.gpu import GpuSetting, Placed, place, to_cpu
 
@@ -35,11 +36,18 @@ def is_binary_type(index_type: str) -> bool:
     return index_type.startswith(("BFlat", "BHNSW", "BIVF"))
 
 
+def factory_index(dim: int, index_type: str) -> Any:
+    """An empty FAISS index of a factory string: binary, or float with inner product (L2
+    for the types FAISS builds only so: their scores are mapped back by the caller)."""
+    if is_binary_type(index_type):
+        return faiss.index_binary_factory(dim, index_type)
+    metric = faiss.METRIC_L2 if l2_only(index_type) else faiss.METRIC_INNER_PRODUCT
+    return faiss.index_factory(dim, index_type, metric)
+
+
 def _factory_index(dim: int, index_type: str) -> Any:
     try:
-        if is_binary_type(index_type):
-            return faiss.index_binary_factory(dim, index_type)
-        return faiss.index_factory(dim, index_type, faiss.METRIC_INNER_PRODUCT)
+        return factory_index(dim, index_type)
     except RuntimeError as exc:
         raise RetrieverError(
             f"invalid --index-type {index_type!r} for dimension {dim}: "
@@ -171,6 +179,8 @@ def wrap_with_keys(inner: Any, keys: np.ndarray) -> Any:
     else:
         mapped = faiss.IndexIDMap2(faiss.IndexFlatIP(inner.d))
     mapped.index = inner
+    if not isinstance(inner, faiss.IndexBinary):
+        mapped.metric_type = inner.metric_type  # L2 for HNSW over RaBitQ codes
     mapped.ntotal = inner.ntotal
     mapped.is_trained = inner.is_trained
     mapped.own_fields = True

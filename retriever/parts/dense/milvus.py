@@ -103,6 +103,11 @@ def _milvus_codes(
         raise RetrieverError(f"unknown --storage {storage!r}; choose {', '.join(STORAGES)}")
     if storage in (None, "float32"):
         return _float_index(index_type, lite=lite)
+    if storage == "rabitq":
+        raise RetrieverError(
+            "--storage rabitq has no Milvus mapping here (Milvus Lite has no RaBitQ index; "
+            "IVF_RABITQ of Milvus 2.6 servers is not wired): use --backend faiss"
+        )
     match = _STRUCTURE.fullmatch(index_type)
     if match is None or (match["kind"] == "IVF" and not match["size"]):
         raise RetrieverError(
