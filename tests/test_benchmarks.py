@@ -225,3 +225,52 @@ def test_results_folders_stay_small_and_run_files_stay_out_of_git() -> None:
         assert not [f for f in files if "runs" in f.relative_to(folder).parts], folder.name
         size = sum(f.stat().st_size for f in files)
         assert size <= RESULTS_FOLDER_LIMIT, f"{folder.name} keeps {size / 2**20:.1f} MiB"
+
+
+# Results written before the machine record existed. Regenerating one writes its record,
+# and this test then asks for its name to be taken off this list.
+MACHINE_NOT_RECORDED = {
+    "blas-threshold",
+    "bm25-memory",
+    "build-scaling",
+    "cpu-runtime",
+    "encoder-throughput",
+    "frontier",
+    "frontier-scale",
+    "fusion-selection",
+    "integrity-cost",
+    "lean-store",
+    "lens-display",
+    "query-overhead",
+    "quickstart",
+    "resume-scifact",
+    "scifact-build",
+    "scifact-milvus",
+    "scifact-smollm2",
+    "scifact-smollm2-scaling",
+    "search-loop",
+    "serve-load",
+}
+
+
+def machine_record_of(folder: Path) -> dict | None:
+    """The machine record a results folder's JSON holds (top level, or under "meta")."""
+    for path in sorted(folder.glob("*.json")):
+        record = json.loads(path.read_text())
+        if isinstance(record, dict):
+            machine = record.get("machine") or (record.get("meta") or {}).get("machine")
+            if isinstance(machine, dict):
+                return machine
+    return None
+
+
+def test_every_results_folder_names_its_machine_or_is_listed_as_not_recorded() -> None:
+    for folder in sorted(p for p in RESULTS.iterdir() if p.is_dir()):
+        machine = machine_record_of(folder)
+        if folder.name in MACHINE_NOT_RECORDED:
+            assert machine is None, f"{folder.name} now has a record: take it off the list"
+        else:
+            assert machine is not None, f"{folder.name} has no machine record"
+            assert {"cpu", "cpu_flags", "cores", "memory_gib", "versions", "dtype"} <= set(
+                machine
+            ), folder.name
