@@ -189,3 +189,22 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+def write_gguf(path: Path, architecture: str = "llama", *, file_type: int | None = None) -> Path:
+    """A minimal GGUF file: one tensor, a token list before the file type (a header reader
+    must skip it), and ``general.file_type`` when given."""
+    import numpy as np
+    from gguf import GGUFWriter
+
+    writer = GGUFWriter(str(path), architecture)
+    writer.add_block_count(1)
+    writer.add_token_list(["a", "bb", "ccc"])
+    if file_type is not None:
+        writer.add_file_type(file_type)
+    writer.add_tensor("token_embd.weight", np.zeros((4, 8), dtype=np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path

@@ -22,29 +22,14 @@ from retriever.evaluation.intervals import (
 )
 from retriever.evaluation.machine import machine_line, machine_record, same_machine
 from retriever.evaluation.metrics import PER_QUERY
-
-
-def _gguf(path: Path, file_type: int | None) -> Path:
-    from gguf import GGUFWriter
-
-    writer = GGUFWriter(str(path), "llama")
-    # A string array before the file type: the header reader has to skip it.
-    writer.add_token_list(["a", "bb", "ccc"])
-    if file_type is not None:
-        writer.add_file_type(file_type)
-    writer.add_tensor("token_embd.weight", np.zeros((4, 8), dtype=np.float32))
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    return path
+from tests.conftest import write_gguf
 
 
 def test_a_gguf_header_names_its_quantization(tmp_path: Path) -> None:
-    assert gguf_file_type(_gguf(tmp_path / "q.gguf", 3)) == 3
+    assert gguf_file_type(write_gguf(tmp_path / "q.gguf", file_type=3)) == 3
     assert gguf_quantization(tmp_path / "q.gguf") == "Q4_1"
-    assert gguf_quantization(_gguf(tmp_path / "f.gguf", 1)) == "F16"
-    assert gguf_quantization(_gguf(tmp_path / "none.gguf", None)) == "not declared"
+    assert gguf_quantization(write_gguf(tmp_path / "f.gguf", file_type=1)) == "F16"
+    assert gguf_quantization(write_gguf(tmp_path / "none.gguf", file_type=None)) == "not declared"
     (tmp_path / "junk.gguf").write_bytes(b"not a gguf file")
     assert gguf_quantization(tmp_path / "junk.gguf").startswith("unreadable")
 
@@ -65,7 +50,7 @@ def test_weights_origin_of_a_folder_says_what_its_config_declares(tiny_model: Pa
 
 
 def test_weights_origin_of_a_converted_gguf_names_the_file(tmp_path: Path) -> None:
-    source = _gguf(tmp_path / "model.Q4_1.gguf", 3)
+    source = write_gguf(tmp_path / "model.Q4_1.gguf", file_type=3)
     folder = tmp_path / "converted"
     folder.mkdir()
     (folder / "model.safetensors").write_bytes(b"")

@@ -7,31 +7,18 @@ import importlib.metadata
 import os
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from retriever import RetrieverError
 from retriever.cli import main
 from retriever.encode.models import resolve_model
-
-
-def _write_gguf(path: Path, architecture: str) -> Path:
-    from gguf import GGUFWriter
-
-    writer = GGUFWriter(str(path), architecture)
-    writer.add_block_count(1)
-    writer.add_tensor("token_embd.weight", np.zeros((4, 8), dtype=np.float32))
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    return path
+from tests.conftest import write_gguf
 
 
 def test_a_gguf_of_an_architecture_transformers_cannot_read_is_one_line(
     tmp_path: Path, toy_corpus: Path, capsys: pytest.CaptureFixture
 ) -> None:
-    model = _write_gguf(tmp_path / "odd.gguf", "notallama")
+    model = write_gguf(tmp_path / "odd.gguf", "notallama")
     with pytest.raises(RetrieverError, match=r"cannot convert .*odd\.gguf: .*notallama"):
         resolve_model(str(model))
     out = tmp_path / "index"
@@ -42,8 +29,8 @@ def test_a_gguf_of_an_architecture_transformers_cannot_read_is_one_line(
 
 
 def test_a_folder_with_no_config_and_two_ggufs_says_which_to_name(tmp_path: Path) -> None:
-    _write_gguf(tmp_path / "a.gguf", "llama")
-    _write_gguf(tmp_path / "b.gguf", "llama")
+    write_gguf(tmp_path / "a.gguf", "llama")
+    write_gguf(tmp_path / "b.gguf", "llama")
     with pytest.raises(RetrieverError, match="no config.json and 2 .gguf files"):
         resolve_model(str(tmp_path))
 

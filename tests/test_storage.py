@@ -111,6 +111,28 @@ def _assert_matches(
             assert expected[query][by_id[doc_id]] == pytest.approx(score, abs=2e-3)
 
 
+def _grow_and_shrink(
+    model: Path, index: Path, vectors: np.ndarray, tmp_path: Path
+) -> tuple[list[str], list[int], np.ndarray]:
+    """Add SECOND and delete DELETED: every id (FIRST then SECOND), the rows kept, and the
+    filtered vectors of those rows."""
+    from retriever.encode.encoder import Encoder
+
+    encoder = Encoder.load(str(model), EncoderConfig(max_length=64), dtype="float32")
+    store = tmp_path / "more-store"
+    Indexer(encoder).add(
+        index, write_jsonl(tmp_path / "more.jsonl", SECOND), options=BuildOptions(store=store)
+    )
+    delete_documents(index, DELETED)
+    raw = np.concatenate([s.embeddings("mean") for s in EmbeddingStore.open(store).shards()])
+    searcher = Searcher.load(index)
+    every = np.concatenate([vectors, searcher.filter.transform(raw)])
+    searcher.close()
+    all_ids = [doc["_id"] for doc in FIRST + SECOND]
+    kept = [i for i, doc_id in enumerate(all_ids) if doc_id not in DELETED]
+    return all_ids, kept, every[kept]
+
+
 @pytest.mark.parametrize("index_type", list(INDEX_TYPES))
 @pytest.mark.parametrize("storage", STORAGES)
 def test_storage_and_index_answer_as_brute_force_through_add_and_delete(
@@ -122,21 +144,7 @@ def test_storage_and_index_answer_as_brute_force_through_add_and_delete(
     manifest = json.loads((index / "manifest.json").read_text())
     assert manifest["dense"]["backend"]["storage"] == storage
 
-    from retriever.encode.encoder import Encoder
-
-    encoder = Encoder.load(str(tiny_model), EncoderConfig(max_length=64), dtype="float32")
-    store = tmp_path / "more-store"
-    Indexer(encoder).add(
-        index, write_jsonl(tmp_path / "more.jsonl", SECOND), options=BuildOptions(store=store)
-    )
-    delete_documents(index, DELETED)
-    raw = np.concatenate([s.embeddings("mean") for s in EmbeddingStore.open(store).shards()])
-    searcher = Searcher.load(index)
-    new = searcher.filter.transform(raw)
-    searcher.close()
-    all_ids = ids + [doc["_id"] for doc in SECOND]
-    kept = [i for i, doc_id in enumerate(all_ids) if doc_id not in DELETED]
-    every = np.concatenate([vectors, new])[kept]
+    all_ids, kept, every = _grow_and_shrink(tiny_model, index, vectors, tmp_path)
     _assert_matches(index, [all_ids[i] for i in kept], kept, every, storage, vectors)
 
 
@@ -372,21 +380,8 @@ def test_rabitq_grows_shrinks_and_rescores_to_the_exact_top_k(
         rescore=8,
         rescore_vectors="float32",
     )
-    from retriever.encode.encoder import Encoder
-
-    encoder = Encoder.load(str(tiny_model), EncoderConfig(max_length=64), dtype="float32")
-    store = tmp_path / "more-store"
-    Indexer(encoder).add(
-        index, write_jsonl(tmp_path / "more.jsonl", SECOND), options=BuildOptions(store=store)
-    )
-    delete_documents(index, DELETED)
-    raw = np.concatenate([s.embeddings("mean") for s in EmbeddingStore.open(store).shards()])
-    searcher = Searcher.load(index)
-    every = np.concatenate([vectors, searcher.filter.transform(raw)])
-    searcher.close()
-    all_ids = [doc["_id"] for doc in FIRST + SECOND]
-    kept = [i for i, doc_id in enumerate(all_ids) if doc_id not in DELETED]
-    rankings, exact = _ranked(index, every[kept])
+    all_ids, kept, every = _grow_and_shrink(tiny_model, index, vectors, tmp_path)
+    rankings, exact = _ranked(index, every)
     for query, ranking in enumerate(rankings):
         order = np.argsort(-exact[query])[:K]
         assert list(ranking.ids) == [all_ids[kept[i]] for i in order]
