@@ -65,6 +65,7 @@ def test_index_folder_is_self_describing(tiny_index: Path, tiny_model: Path) -> 
         "backend": "faiss",
         "index_type": "Flat",
         "storage": None,
+        "bits": None,
         "binary_centre": "documents",
         "rescore_vectors": "int8",
         "ef_construction": None,
