@@ -53,7 +53,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
         "build, search and score every variant side by side: the unfiltered index, "
         "EmbedFilter for every band and tau, the mean-direction refinement, and the PCA, "
         "whitening, all-but-the-top and random-projection baselines. Writes results.json "
-        "(each nDCG ratio with its 95% paired bootstrap interval over the queries), "
+        "(each nDCG ratio with its paired bootstrap interval over the queries), "
         "per_query.jsonl, meta.json (with the machine record), results.md, plot.png, and "
         "gzipped TREC runs in runs/ with their checksums in runs.sha256, to --out. "
         "(`retriever scaling` measures latency and bytes against collection size.)",

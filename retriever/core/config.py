@@ -31,12 +31,14 @@ STORAGES = ("float32", "float16", "int8", "binary", "rabitq")
 RABITQ_BITS = (1, 8)
 DEFAULT_RABITQ_BITS = 1
 DEFAULT_STORAGE = "float32"
-# From the measured frontier (docs/frontier.md): int8 matches float32's nDCG@10 at tau 2-8
-# with a quarter of the bytes, but only float32 scores exactly.
+# From the measured frontier (docs/frontier.md): int8 scored close to float32's nDCG@10 at
+# tau 2-8 with a quarter of the bytes (one run, no interval yet), but only float32 scores
+# exactly.
 DEFAULT_STORAGE_REASON = (
-    "on SciFact int8 kept float32's nDCG@10 at tau 2-8 with a quarter of the bytes "
-    "(use it when size matters), but float32 is the one storage whose scores are exact, "
-    "so an index grown by add answers like a fresh build (docs/frontier.md)"
+    "on SciFact int8 scored close to float32's nDCG@10 at tau 2-8 with a quarter of the "
+    "bytes, in one run without intervals (use it when size matters), but float32 is the "
+    "one storage whose scores are exact, so an index grown by add answers like a fresh "
+    "build (docs/frontier.md)"
 )
 BINARY_CENTRES = ("documents", "zero")
 # Where the dense vectors live (retriever.parts.dense.backends), the precision of the
