@@ -78,6 +78,73 @@ def ratio_rows(rows: list[dict[str, Any]], scores: dict[str, list[float]]) -> li
     return found
 
 
+# The default filter: EmbedFilter's edge band with the mean direction removed.
+DEFAULT_FILTER = ("embedfilter-nomean", "edge")
+
+
+def default_against_others(
+    rows: list[dict[str, Any]], scores: dict[str, list[float]]
+) -> list[dict[str, Any]]:
+    """The default filter's nDCG@10 over each other dense row of the same setting, tau
+    and index type, with the interval: whether its lead (or deficit) is beyond noise."""
+    dense = [r for r in rows if r["family"] == "dense"]
+    found = []
+    for row in dense:
+        if (row["method"], row["band"]) != DEFAULT_FILTER:
+            continue
+        for other in dense:
+            same = ("prompt", "pooling", "tau", "index_type")
+            if (
+                other is row
+                or any(other[k] != row[k] for k in same)
+                or other["method"] == ("unfiltered")
+            ):
+                continue
+            interval = paired_ratio_interval(scores[row["run_file"]], scores[other["run_file"]])
+            found.append(
+                {
+                    **{key: row[key] for key in same},
+                    "other": f"{other['method']} {other['band'] or ''}".strip(),
+                    **interval.as_dict(),
+                    "verdict": _order(interval),
+                }
+            )
+    return found
+
+
+def _order(interval: RatioInterval) -> str:
+    if interval.low > 1:
+        return "default higher"
+    if interval.high < 1:
+        return "default lower"
+    return "within noise"
+
+
+def versus_body(versus: list[dict[str, Any]]) -> list[str]:
+    lines = [
+        "",
+        "## The default filter against the other filters",
+        "",
+        "The default (EmbedFilter's edge band, mean direction removed) over each other "
+        "dense row of the same setting, tau and index type: its nDCG@10 ratio with the "
+        "same kind of interval.",
+        "",
+    ]
+    header = ["setting", "tau", "index", "against", "ratio", "verdict"]
+    cells = [
+        [
+            f"{v['prompt']}, {v['pooling']}",
+            f"{v['tau']:g}",
+            v["index_type"],
+            v["other"],
+            RatioInterval(v["ratio"], v["low"], v["high"]).shown(2),
+            v["verdict"],
+        ]
+        for v in versus
+    ]
+    return lines + markdown_table(header, cells)
+
+
 def report_body(found: list[dict[str, Any]], source: str, queries: int) -> list[str]:
     lines = [
         f"The stored run in `{source}` ({queries} judged queries): its run files scored per "
@@ -109,12 +176,13 @@ def main() -> None:
     rows = json.loads((args.results / "results.json").read_text())
     query_ids, scores = per_query_scores(args.results, rows, args)
     found = ratio_rows(rows, scores)
+    versus = default_against_others(rows, scores)
     source = args.results.resolve().relative_to(Path(__file__).resolve().parents[1])
     write_report(
         args.out,
         "intervals",
-        {"source": str(source), "queries": len(query_ids), "rows": found},
-        report_body(found, str(source), len(query_ids)),
+        {"source": str(source), "queries": len(query_ids), "rows": found, "versus": versus},
+        report_body(found, str(source), len(query_ids)) + versus_body(versus),
         title=f"nDCG@10 ratios with their intervals: {source.name}",
     )
 
