@@ -18,7 +18,7 @@ from types import ModuleType
 
 import pytest
 
-from retriever.evaluation.machine import machine_line
+from retriever.evaluation.machine import folder_machine_record, machine_line
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCHMARKS = ROOT / "benchmarks"
@@ -253,20 +253,9 @@ MACHINE_NOT_RECORDED = {
 }
 
 
-def machine_record_of(folder: Path) -> dict | None:
-    """The machine record a results folder's JSON holds (top level, or under "meta")."""
-    for path in sorted(folder.glob("*.json")):
-        record = json.loads(path.read_text())
-        if isinstance(record, dict):
-            machine = record.get("machine") or (record.get("meta") or {}).get("machine")
-            if isinstance(machine, dict):
-                return machine
-    return None
-
-
 def test_every_results_folder_names_its_machine_or_is_listed_as_not_recorded() -> None:
     for folder in sorted(p for p in RESULTS.iterdir() if p.is_dir()):
-        machine = machine_record_of(folder)
+        machine = folder_machine_record(folder)
         if folder.name in MACHINE_NOT_RECORDED:
             assert machine is None, f"{folder.name} now has a record: take it off the list"
         else:

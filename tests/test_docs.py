@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from retriever.evaluation.machine import MACHINE_KEYS
+from retriever.evaluation.machine import MACHINE_KEYS, folder_machine_record
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
@@ -463,29 +463,15 @@ def sentences(text: str) -> Iterator[tuple[int, str]]:
     yield start, text[start:]
 
 
-def machine_of(record: object) -> dict | None:
-    """A results JSON's machine record: top-level, or under "meta"."""
-    if not isinstance(record, dict):
-        return None
-    machine = record.get("machine")
-    if isinstance(machine, dict):
-        return machine
-    return machine_of(record.get("meta")) if "meta" in record else None
-
-
 @cache
 def machine_key(folder: Path) -> str:
     """The machine a results folder's figures were measured on, as a comparable key: its
     machine record's hardware (retriever.evaluation.machine.MACHINE_KEYS), or, for a folder
     without one ("machine not recorded"), the folder itself: its figures compare only with
     one another."""
-    for path in sorted(folder.glob("*.json")):
-        try:
-            machine = machine_of(json.loads(path.read_text(encoding="utf-8")))
-        except ValueError:
-            continue
-        if machine is not None:
-            return json.dumps({k: machine.get(k) for k in MACHINE_KEYS}, sort_keys=True)
+    machine = folder_machine_record(folder)
+    if machine is not None:
+        return json.dumps({k: machine.get(k) for k in MACHINE_KEYS}, sort_keys=True)
     return f"machine not recorded: {folder.name}"
 
 

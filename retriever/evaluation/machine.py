@@ -10,6 +10,7 @@ records (``tests/test_docs.py`` checks the docs against this).
 from __future__ import annotations
 
 import importlib.metadata
+import json
 import os
 import platform
 from pathlib import Path
@@ -98,6 +99,24 @@ def encoder_machine_record(encoder: Any) -> dict[str, Any]:
 
     dtype = str(encoder.dtype).removeprefix("torch.")
     return machine_record(dtype=dtype, weights=weights_origin(encoder.resolved))
+
+
+def folder_machine_record(folder: Path) -> dict[str, Any] | None:
+    """The machine record a results folder holds: the first of its JSON files with one,
+    top-level or under ``"meta"`` (None for a folder written before records existed)."""
+    for path in sorted(folder.glob("*.json")):
+        try:
+            record = json.loads(path.read_text(encoding="utf-8"))
+        except ValueError:
+            continue
+        if isinstance(record, dict):
+            meta = record.get("meta")
+            machine = record.get("machine")
+            if not isinstance(machine, dict) and isinstance(meta, dict):
+                machine = meta.get("machine")
+            if isinstance(machine, dict):
+                return machine
+    return None
 
 
 def same_machine(first: dict[str, Any], second: dict[str, Any]) -> bool:
