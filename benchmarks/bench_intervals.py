@@ -23,9 +23,9 @@ from inputs import SCIFACT, dataset_path
 from report import markdown_table, write_report
 
 from retriever.data.datasets import load_qrels
-from retriever.evaluation.bench.run import write_per_query, write_run_checksums
+from retriever.evaluation.bench.run import write_run_checksums
 from retriever.evaluation.intervals import RatioInterval, paired_ratio_interval
-from retriever.evaluation.metrics import per_query_metrics, read_trec_run
+from retriever.evaluation.metrics import per_query_metrics, read_trec_run, write_per_query
 
 
 def parse_args() -> argparse.Namespace:
@@ -46,7 +46,9 @@ def per_query_scores(results: Path, rows: list[dict[str, Any]], args: argparse.N
         for row in rows:
             scored = per_query_metrics(qrels, read_trec_run(results / row["run_file"]))
             row["ndcg_at_10_per_query"] = [scored[q]["ndcg_at_10"] for q in qrels]
-        write_per_query(stored, rows, list(qrels))
+        write_per_query(
+            stored, list(qrels), (({"run": r["run_file"]}, r["ndcg_at_10_per_query"]) for r in rows)
+        )
         write_run_checksums(results, rows)
     head, *lines = stored.read_text().splitlines()
     scores = {entry["run"]: entry["ndcg_at_10"] for entry in map(json.loads, lines)}

@@ -15,7 +15,6 @@ row on these queries.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import tempfile
 from pathlib import Path
@@ -45,7 +44,12 @@ from retriever.evaluation.intervals import (
     interval_fields,
     paired_ratio_interval,
 )
-from retriever.evaluation.metrics import PER_QUERY, encode_timed, judged_queries
+from retriever.evaluation.metrics import (
+    PER_QUERY,
+    encode_timed,
+    judged_queries,
+    write_per_query,
+)
 from retriever.store.encoding import encode_corpus
 
 BYTES_GOAL = 72  # 1/32 of unfiltered float32 at d = 576
@@ -190,16 +194,6 @@ def goals(rows: list[dict[str, Any]]) -> dict[str, Any]:
     return met
 
 
-def write_per_query(path: Path, rows: list[dict[str, Any]], query_ids: list[str]) -> None:
-    """Each row's nDCG@10 per query, one line per row (rounded to 6 decimals: a rerun that
-    moves no document writes the same line), and takes them out of the rows."""
-    lines = [json.dumps({"query_ids": query_ids})]
-    for row in rows:
-        values = [round(v, 6) for v in row.pop(PER_QUERY)]
-        lines.append(json.dumps({"row": _name(row), "ndcg_at_10": values}))
-    path.write_text("\n".join(lines) + "\n")
-
-
 def storage_label(row: dict[str, Any]) -> str:
     """``binary+rescore M=4 (documents)``: the storage with its rescore M and centre."""
     label = row["storage"] + (f" M={row['rescore']}" if row["rescore"] else "")
@@ -334,7 +328,9 @@ def main() -> None:
     }
     args.out.mkdir(parents=True, exist_ok=True)
     plot(rows, args.out / "frontier.png")
-    write_per_query(args.out / "frontier-per-query.jsonl", rows, list(inputs.qrels))
+    # The per-query scores go to their own file, not into frontier.json's rows.
+    per_query = [({"row": _name(row)}, row.pop(PER_QUERY)) for row in rows]
+    write_per_query(args.out / "frontier-per-query.jsonl", list(inputs.qrels), per_query)
     write_report(
         args.out,
         "frontier",

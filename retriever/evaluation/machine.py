@@ -9,12 +9,13 @@ records (``tests/test_docs.py`` checks the docs against this).
 
 from __future__ import annotations
 
-import importlib.metadata
 import json
 import os
 import platform
 from pathlib import Path
 from typing import Any
+
+from retriever.core.versions import installed_version
 
 # The instruction sets that decide which kernels torch, oneDNN, FAISS and ONNX Runtime pick.
 CPU_FLAGS = ("avx2", "avx512f", "avx512_vnni", "avx512_bf16", "amx")
@@ -57,18 +58,8 @@ def _gpu() -> str | None:
     return torch.cuda.get_device_name(0)
 
 
-def library_versions() -> dict[str, str | None]:
-    """The installed version of each of :data:`LIBRARIES` (None when absent)."""
-    versions: dict[str, str | None] = {}
-    for library, distributions in LIBRARIES.items():
-        versions[library] = None
-        for distribution in distributions:
-            try:
-                versions[library] = importlib.metadata.version(distribution)
-                break
-            except importlib.metadata.PackageNotFoundError:
-                continue
-    return versions
+def _library_versions() -> dict[str, str | None]:
+    return {library: installed_version(*names) for library, names in LIBRARIES.items()}
 
 
 def machine_record(
@@ -87,7 +78,7 @@ def machine_record(
         "cores": os.cpu_count(),
         "memory_gib": _memory_gib(),
         "gpu": _gpu(),
-        "versions": library_versions(),
+        "versions": _library_versions(),
         "dtype": dtype,
         "weights": weights,
     }

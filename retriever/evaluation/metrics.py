@@ -7,8 +7,9 @@ as 0 (pytrec_eval alone would silently skip it).
 from __future__ import annotations
 
 import gzip
+import json
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -33,6 +34,19 @@ Qrels = Mapping[str, Mapping[str, int]]
 # A row's nDCG@10 of each judged query, in the queries' order: what a ratio's bootstrap
 # interval resamples (retriever.evaluation.intervals).
 PER_QUERY = "ndcg_at_10_per_query"
+
+
+def write_per_query(
+    path: Path, query_ids: list[str], scores: Iterable[tuple[dict[str, Any], Sequence[float]]]
+) -> None:
+    """The query ids on the first line, then one line per scored row: its label (``{"run":
+    ...}`` or ``{"row": ...}``) and its nDCG@10 per query in that order, rounded to 6
+    decimals, so a rerun that moves no document writes the same bytes."""
+    lines = [json.dumps({"query_ids": query_ids})]
+    for label, values in scores:
+        lines.append(json.dumps({**label, "ndcg_at_10": [round(v, 6) for v in values]}))
+    path.write_text("\n".join(lines) + "\n")
+
 
 # Our names -> pytrec_eval's measure names.
 METRICS = {

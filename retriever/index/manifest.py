@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import platform
 from dataclasses import dataclass, field
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
@@ -34,11 +33,24 @@ from retriever.core.spec import (
     SearchParams,
     SparseSpec,
 )
+from retriever.core.versions import installed_version
 
 MANIFEST_FILE = "manifest.json"
 MANIFEST_FORMAT = "retriever-index"
 MANIFEST_VERSION = 3
 READABLE_VERSIONS = (2, 3)
+# Packages whose versions a manifest records: what built the index, for a reader to compare.
+MANIFEST_PACKAGES = (
+    "retriever",
+    "torch",
+    "transformers",
+    "faiss-cpu",
+    "faiss-gpu",
+    "numpy",
+    "lmdb",
+    "scipy",
+    "bm25s",
+)
 
 # key path -> the types it may hold, in a version 3 manifest.
 _SCHEMA: dict[str, tuple[type, ...]] = {
@@ -196,23 +208,9 @@ class Manifest:
 
 
 def library_versions() -> dict[str, str | None]:
-    versions: dict[str, str | None] = {"python": platform.python_version()}
-    for package in (
-        "retriever",
-        "torch",
-        "transformers",
-        "faiss-cpu",
-        "faiss-gpu",
-        "numpy",
-        "lmdb",
-        "scipy",
-        "bm25s",
-    ):
-        try:
-            versions[package] = version(package)
-        except PackageNotFoundError:
-            versions[package] = None
-    return versions
+    """Python's version and each of :data:`MANIFEST_PACKAGES`' (None when absent)."""
+    versions = {package: installed_version(package) for package in MANIFEST_PACKAGES}
+    return {"python": platform.python_version(), **versions}
 
 
 def read_manifest(folder: Path) -> Manifest:

@@ -34,6 +34,7 @@ from retriever.evaluation.metrics import (
     encode_timed,
     judged_queries,
     per_query_metrics,
+    write_per_query,
     write_trec_run,
 )
 from retriever.index.manifest import library_versions
@@ -179,7 +180,9 @@ def write_reports(
     out.mkdir(parents=True, exist_ok=True)
     plain = [{k: v for k, v in row.items() if k != PER_QUERY} for row in rows]
     (out / "results.json").write_text(json.dumps(plain, indent=2) + "\n")
-    write_per_query(out / "per_query.jsonl", rows, query_ids)
+    write_per_query(
+        out / "per_query.jsonl", query_ids, (({"run": r["run_file"]}, r[PER_QUERY]) for r in rows)
+    )
     write_run_checksums(out, rows)
     if alignment:
         (out / "alignment.json").write_text(json.dumps(alignment, indent=2) + "\n")
@@ -187,17 +190,6 @@ def write_reports(
     (out / "results.md").write_text(markdown_report(rows, meta, alignment))
     plot_results(rows, out / "plot.png")
     logger.info("benchmark written to %s", out)
-
-
-def write_per_query(path: Path, rows: list[dict[str, Any]], query_ids: list[str]) -> None:
-    """The query ids on the first line, then one line per row: its run file and its nDCG@10
-    per query in that order, rounded to 6 decimals (a rerun that moves no document writes
-    the same bytes)."""
-    lines = [json.dumps({"query_ids": query_ids})]
-    for row in rows:
-        values = [round(v, 6) for v in row[PER_QUERY]]
-        lines.append(json.dumps({"run": row["run_file"], "ndcg_at_10": values}))
-    path.write_text("\n".join(lines) + "\n")
 
 
 def write_run_checksums(out: Path, rows: list[dict[str, Any]]) -> None:
