@@ -4,10 +4,14 @@ Every row is a real index folder built from the SciFact embedding store by the b
 pipeline and searched through `retriever.Searcher` (retriever.evaluation.bench.frontier). The grid:
 the unfiltered vectors (tau 1), the paper's EmbedFilter (edge band, tau 2-16) and the
 default (mean direction removed, tau 1-16), each stored as float32, float16, int8, binary,
-binary + int8 rescoring (M = 4 and 16) and product quantization (FAISS PQ, d/6 bytes), in
-Flat, HNSW32 (efSearch 64) and IVF64 (nprobe 8); binary Flat rows with both centres
-(documents' mean, zero). Search settings are fixed for the whole grid, never tuned per
-row on these queries.
+binary + int8 rescoring (M = 4 and 16), product quantization (FAISS PQ, d/6 bytes) and
+RaBitQ codes of 1, 2 and 4 bits (alone and with rescoring, M = 4 and 16), in Flat, HNSW32
+(efSearch 64) and IVF64 (nprobe 8); binary Flat rows with both centres (documents' mean,
+zero). Search settings are fixed for the whole grid, never tuned per row on these queries.
+
+The grid is hundreds of index builds (hours on two cores). Each measured row is kept in
+OUT/frontier-rows.partial.jsonl, so a run that stops resumes where it stopped when run
+again on the same machine with the same settings; the report counts its sittings.
 
     python benchmarks/frontier.py --out benchmarks/results/frontier
 """
@@ -33,6 +37,7 @@ from retriever.evaluation.bench.frontier import (
     STORAGE_ROWS,
     FrontierInputs,
     FrontierSettings,
+    MeasuredRows,
     frontier_rows,
 )
 from retriever.evaluation.bench.run import BENCH_STORE
@@ -53,6 +58,8 @@ from retriever.evaluation.metrics import (
 from retriever.store.encoding import encode_corpus
 
 BYTES_GOAL = 72  # 1/32 of unfiltered float32 at d = 576
+# Rows measured so far: a stopped run resumes from them (frontier.MeasuredRows).
+PARTIAL_ROWS = "frontier-rows.partial.jsonl"
 
 
 def parse_args() -> argparse.Namespace:
@@ -213,6 +220,16 @@ def report_body(rows: list[dict[str, Any]], record: dict[str, Any]) -> list[str]
         "paired bootstrap interval over the queries (1,000 resamples, seed 0); a goal is met "
         "when the whole interval clears it, missed when none of it does, else within noise.",
         "",
+        *(
+            [
+                f"Measured in {record['sittings']} sittings on this machine: the run stopped "
+                "and resumed from the rows it had measured. A row's query encoding figure is "
+                "its sitting's; below is the first row's.",
+                "",
+            ]
+            if record["sittings"] > 1
+            else []
+        ),
         f"Query encoding (the LLM forward, the same for every row): p50 "
         f"{first['encode_ms_p50']:.1f} ms, p95 {first['encode_ms_p95']:.1f} ms per query.",
         "",
@@ -316,12 +333,22 @@ def main() -> None:
     )
     with tempfile.TemporaryDirectory(prefix="frontier-") as scratch:
         inputs, spectrum = inputs_for(args, Path(scratch))
-        rows = frontier_rows(spectrum, inputs, settings)
+        machine = encoder_machine_record(inputs.encoder)
+        header = {
+            "settings": vars(settings),
+            "machine": machine,
+            "store": inputs.store.digest,
+            "queries": inputs.queries.ids,
+        }
+        measured = MeasuredRows(args.out / PARTIAL_ROWS, header)
+        rows = frontier_rows(spectrum, inputs, settings, measured)
     with_ratios(rows)
     record = {
         "model": args.model,
         "documents": len(inputs.doc_ids),
         "queries": len(inputs.queries.ids),
+        # Sittings of one machine: a stopped run resumes from its measured rows.
+        "sittings": measured.sittings,
         "settings": {k: v for k, v in vars(settings).items()},
         "goals": goals(rows),
         "rows": rows,
@@ -337,8 +364,9 @@ def main() -> None:
         record,
         report_body(rows, record),
         title="Compression frontier",
-        machine=encoder_machine_record(inputs.encoder),
+        machine=machine,
     )
+    measured.path.unlink()
 
 
 if __name__ == "__main__":

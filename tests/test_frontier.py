@@ -4,6 +4,7 @@ grid and Pareto front are what they say, and its synthetic collections are disti
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -12,12 +13,15 @@ from retriever.core.spec import EncoderConfig
 from retriever.data.datasets import scan_corpus
 from retriever.encode.embedfilter import UnembeddingSpectrum
 from retriever.encode.encoder import Encoder
+from retriever.evaluation.bench import frontier
 from retriever.evaluation.bench.frontier import (
     Cell,
     FrontierInputs,
     FrontierSettings,
+    MeasuredRows,
     build_cell,
     exact_top,
+    frontier_rows,
     grid,
     measure_cell,
     pareto_front,
@@ -138,3 +142,49 @@ def test_synthetic_vectors_are_distinct_and_calibrated(inputs: FrontierInputs) -
     assert [row["params"]["nprobe"] for row in ivf] == [1, 16]
     assert ivf[0]["recall_at_10_vs_exact"] <= ivf[1]["recall_at_10_vs_exact"]
     assert ivf[0]["mapped_bytes"] >= 500 * embed_filter.dim  # the int8 rescore vectors
+
+
+def test_measured_rows_resume_only_under_the_same_header(tmp_path: Path) -> None:
+    path = tmp_path / "rows.partial.jsonl"
+    cell = Cell("embedfilter-nomean", 2, "int8", "Flat")
+    first = MeasuredRows(path, {"settings": {"taus": (2,)}})
+    first.add(cell, {"ndcg_at_10": 0.5})
+
+    again = MeasuredRows(path, {"settings": {"taus": (2,)}})
+    assert (again.rows, again.sittings) == ({cell.name: {"ndcg_at_10": 0.5}}, 2)
+    elsewhere = MeasuredRows(path, {"settings": {"taus": (2, 4)}})
+    assert (elsewhere.rows, elsewhere.sittings) == ({}, 1)
+
+
+def test_a_resumed_grid_builds_only_the_rows_it_lacks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    settings = FrontierSettings(
+        filters=("embedfilter-nomean",),
+        taus=(2,),
+        storages=("int8", "float16"),
+        index_types=("Flat",),
+    )
+    kept = {"ndcg_at_10": 0.3, "bytes_per_doc": 296.0, "ram_bytes_per_doc": 296.0}
+    measured = MeasuredRows(tmp_path / "rows.partial.jsonl", {})
+    measured.add(Cell("embedfilter-nomean", 2, "int8", "Flat"), kept)
+    built = []
+
+    def measure(cell, filtered, inputs, settings):
+        built.append(cell.storage)
+        return {"ndcg_at_10": 0.31, "bytes_per_doc": 584.0, "ram_bytes_per_doc": 584.0}
+
+    monkeypatch.setattr(frontier, "_measured_cell", measure)
+    monkeypatch.setattr(frontier, "exact_top", lambda queries, docs, k: None)
+    spectrum = UnembeddingSpectrum(np.random.default_rng(0).standard_normal((40, 8)))
+    inputs = SimpleNamespace(
+        documents=np.ones((3, 8)), queries=SimpleNamespace(embeddings=np.ones((2, 8)))
+    )
+    rows = frontier_rows(spectrum, inputs, settings, measured)
+
+    assert built == ["float16"]
+    assert [r["ndcg_at_10"] for r in rows] == [0.3, 0.31]
+    assert MeasuredRows(measured.path, {}).rows.keys() == {
+        "embedfilter-nomean-tau2-int8-documents-Flat",
+        "embedfilter-nomean-tau2-float16-documents-Flat",
+    }

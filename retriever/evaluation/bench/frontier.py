@@ -13,10 +13,13 @@ nDCG@10 and bytes per document (all bytes, and RAM bytes).
 
 from __future__ import annotations
 
+import json
+import logging
 import shutil
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +41,8 @@ from retriever.parts.dense.backends import backend_bytes
 from retriever.parts.dense.codes import rescore_bytes
 from retriever.search.searcher import Searcher
 from retriever.store.embeddings import EmbeddingStore
+
+logger = logging.getLogger(__name__)
 
 FILTERS = ("unfiltered", "embedfilter", "embedfilter-nomean")
 RABITQ_ROWS = tuple(f"rabitq{b}{r}" for b in (1, 2, 4) for r in ("", "+rescore"))
@@ -159,7 +164,9 @@ def build_cell(cell: Cell, embed_filter: EmbedFilter, inputs: FrontierInputs, se
     ann = {"HNSW": (None, settings.ef_search), "IVF": (settings.nprobe, None)}
     nprobe, ef_search = ann.get(cell.index_type.rstrip("0123456789"), (None, None))
     if storage == "pq":
-        codes = f"PQ{pq_bytes(embed_filter.dim)}"
+        # "np": no polysemous training, which only reorders the codebook for Hamming
+        # pre-filtering that ADC search never uses, at 15x the training time.
+        codes = f"PQ{pq_bytes(embed_filter.dim)}np"
         storage, index_type = None, codes if index_type == "Flat" else f"{index_type},{codes}"
     dense = DenseSpec(
         index_type=index_type,
@@ -235,31 +242,88 @@ def _single_query_ms(
     return percentiles_ms(search[settings.warmup :]), percentiles_ms(fetch[settings.warmup :])
 
 
+class MeasuredRows:
+    """The rows measured so far, one JSON line each in ``path`` after a header naming what
+    they were measured with, and a line per sitting.
+
+    The whole grid is hundreds of index builds, hours on two cores: a run that stops keeps
+    its rows, and a rerun whose header is the same (settings, machine, model, store)
+    measures only the rest. A different header starts the file afresh.
+    """
+
+    def __init__(self, path: Path, header: dict[str, Any]) -> None:
+        header = json.loads(json.dumps(header))  # as it reads back: tuples are lists
+        self.path = path
+        self.rows: dict[str, dict[str, Any]] = {}
+        self.sittings = 1
+        lines = path.read_text().splitlines() if path.exists() else []
+        if lines and json.loads(lines[0]) == {"header": header}:
+            entries = [json.loads(line) for line in lines[1:]]
+            self.rows = {e["cell"]: e["row"] for e in entries if "cell" in e}
+            self.sittings += sum("sitting" in e for e in entries)
+            logger.info("resuming: %d rows already measured in %s", len(self.rows), path)
+        else:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps({"header": header}) + "\n")
+        self._append({"sitting": datetime.now(timezone.utc).isoformat(timespec="seconds")})
+
+    def add(self, cell: Cell, row: dict[str, Any]) -> None:
+        self.rows[cell.name] = row
+        self._append({"cell": cell.name, "row": row})
+
+    def _append(self, entry: dict[str, Any]) -> None:
+        with self.path.open("a") as file:
+            file.write(json.dumps(entry) + "\n")
+
+
 def frontier_rows(
-    spectrum: UnembeddingSpectrum, inputs: FrontierInputs, settings: FrontierSettings
+    spectrum: UnembeddingSpectrum,
+    inputs: FrontierInputs,
+    settings: FrontierSettings,
+    measured: MeasuredRows | None = None,
 ) -> list[dict[str, Any]]:
-    """Every cell's row, in grid order; each folder is removed once measured."""
-    rows: list[dict[str, Any]] = []
+    """Every cell's row, in grid order, taken from ``measured`` where it holds one (and
+    added to it otherwise); each folder is removed once measured."""
     filtered: dict[tuple[str, float], tuple[EmbedFilter, np.ndarray]] = {}
-    for cell in grid(settings):
+    cells = grid(settings)
+    rows: list[dict[str, Any]] = []
+    for number, cell in enumerate(cells, 1):
+        if measured is not None and cell.name in measured.rows:
+            rows.append(measured.rows[cell.name])
+            continue
         key = (cell.filter, cell.tau)
         if key not in filtered:
             embed_filter = projection(spectrum, cell.filter, cell.tau)
             docs = embed_filter.transform(inputs.documents)
             exact = exact_top(embed_filter.transform(inputs.queries.embeddings), docs, settings.k)
             filtered[key] = (embed_filter, exact)
-        embed_filter, exact = filtered[key]
-        folder = build_cell(cell, embed_filter, inputs, settings)
-        searcher = Searcher.load(folder, encoder=inputs.encoder)
-        try:
-            row = measure_cell(searcher, exact, inputs, settings)
-        finally:
-            searcher.close()
-            shutil.rmtree(generations_folder(folder), ignore_errors=True)
-            folder.unlink(missing_ok=True)
-        rows.append({**_labels(cell, embed_filter), **row})
+        row = {
+            **_labels(cell, filtered[key][0]),
+            **_measured_cell(cell, filtered[key], inputs, settings),
+        }
+        rows.append(row)
+        if measured is not None:
+            measured.add(cell, row)
+        logger.info("row %d of %d: %s", number, len(cells), cell.name)
     mark_pareto(rows)
     return rows
+
+
+def _measured_cell(
+    cell: Cell,
+    filtered: tuple[EmbedFilter, np.ndarray],
+    inputs: FrontierInputs,
+    settings: FrontierSettings,
+) -> dict[str, Any]:
+    embed_filter, exact = filtered
+    folder = build_cell(cell, embed_filter, inputs, settings)
+    searcher = Searcher.load(folder, encoder=inputs.encoder)
+    try:
+        return measure_cell(searcher, exact, inputs, settings)
+    finally:
+        searcher.close()
+        shutil.rmtree(generations_folder(folder), ignore_errors=True)
+        folder.unlink(missing_ok=True)
 
 
 def _labels(cell: Cell, embed_filter: EmbedFilter) -> dict[str, Any]:
