@@ -1,6 +1,6 @@
 """The frontier's approximate indexes at 10^5 and 10^6 vectors generated from SciFact.
 
-Raw SciFact document embeddings (SmolLM2-135M, PromptEOL, mean pooling, bfloat16) seed a
+Raw SciFact document embeddings (SmolLM2-135M, PromptEOL, mean pooling) seed a
 smoothed bootstrap: each synthetic embedding is a real one plus Gaussian noise shaped by
 the real embeddings' covariance, its scale calibrated so that synthetic vectors lie as
 close to their nearest real document as real documents lie to theirs
@@ -8,6 +8,8 @@ close to their nearest real document as real documents lie to theirs
 queries search them through the same filter. Per size and filter: exact Flat float32 (the
 reference for recall and for the speed-up), then each index type x storage, built once,
 saved and opened as a Searcher opens it, and measured at each search setting of its span.
+Each measured index's rows are kept in OUT/frontier-scale-rows.partial.jsonl, so a run
+that stops resumes where it stopped, on the same machine with the same settings.
 
     python benchmarks/frontier_scale.py --out benchmarks/results/frontier-scale
 """
@@ -28,7 +30,7 @@ from retriever.core.threads import numpy_blas_on_one_thread
 from retriever.data.datasets import load_qrels, load_queries, scan_corpus
 from retriever.encode.embedfilter import UnembeddingSpectrum
 from retriever.encode.encoder import Encoder
-from retriever.evaluation.bench.frontier import exact_top, projection
+from retriever.evaluation.bench.frontier import MeasuredRows, exact_top, projection
 from retriever.evaluation.bench.frontier_scale import (
     ScaleRow,
     calibrate_spread,
@@ -41,6 +43,11 @@ from retriever.evaluation.metrics import judged_queries
 from retriever.store.encoding import cached_embeddings, encode_corpus
 
 SPANS = {"Flat": [{}], "HNSW": "efSearch", "IVF": "nprobe"}
+# Rows measured so far: a stopped run resumes from them (frontier.MeasuredRows).
+PARTIAL_ROWS = "frontier-scale-rows.partial.jsonl"
+# The RaBitQ goal at 10^6: recall@10 at least this, RAM at most int8's divided by
+# RAM_SHARE, batched QPS at least int8's divided by QPS_SHARE.
+RECALL_GOAL, RAM_SHARE, QPS_SHARE = 0.95, 3, 2
 
 
 def parse_args() -> argparse.Namespace:
@@ -54,10 +61,11 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument("--index-types", default="HNSW32,IVF1024")
     parser.add_argument(
-        "--storages", default="float32,int8,binary,binary+rescore,rabitq1,rabitq2,rabitq4"
+        "--storages",
+        default="float32,int8,binary,binary+rescore,rabitq1,rabitq2,rabitq4,rabitq1+rescore,rabitq2+rescore",
     )
-    parser.add_argument("--nprobes", default="16,64")
-    parser.add_argument("--ef-searches", default="64,256,1024")
+    parser.add_argument("--nprobes", default="16,64,128")
+    parser.add_argument("--ef-searches", default="64,256,1024,4096")
     parser.add_argument("--rescore", type=int, default=16)
     parser.add_argument("--latency-queries", type=int, default=100)
     parser.add_argument("--seed", type=int, default=0)
@@ -102,6 +110,7 @@ def size_rows(
     spectrum: Any,
     args: argparse.Namespace,
     generation: dict[str, Any],
+    measured: MeasuredRows,
 ) -> list[dict[str, Any]]:
     """Every row of one collection size; ``generation`` gains how the vectors were made
     (calibrated once) and how their neighbourhoods compare with the real collection's."""
@@ -118,42 +127,49 @@ def size_rows(
             embed_filter.transform(real), vectors, filtered_queries, seed=args.seed
         )
         labels = {"size": n, "filter": name, "tau": float(tau), "dim": embed_filter.dim}
-        rows += filter_rows(vectors, filtered_queries, labels, args)
+        rows += filter_rows(vectors, filtered_queries, labels, args, measured)
         del vectors
     return rows
 
 
 def filter_rows(
-    vectors: np.ndarray, queries: np.ndarray, labels: dict[str, Any], args: argparse.Namespace
+    vectors: np.ndarray,
+    queries: np.ndarray,
+    labels: dict[str, Any],
+    args: argparse.Namespace,
+    measured: MeasuredRows,
 ) -> list[dict[str, Any]]:
     """Exact Flat float32 first (with the rate it scans the vectors at), then every index
     type x storage, each with its speed-up over that Flat: one query at a time (p50) and
-    batched (QPS), both from this run."""
+    batched (QPS), both from this run. Rows already in ``measured`` are not measured again."""
     exact = exact_top(queries, vectors, 10)
-    flat = scale_rows(
-        vectors,
-        queries,
-        exact,
-        ScaleRow("Flat", "float32"),
-        [{}],
-        latency_queries=args.latency_queries,
-    )[0]
+
+    def rows_of(row: ScaleRow, spans: list[dict[str, int]]) -> list[dict[str, Any]]:
+        name = (
+            f"{labels['size']}-{labels['filter']}-{labels['tau']:g}-{row.index_type}-{row.storage}"
+        )
+        if name not in measured.rows:
+            found = scale_rows(
+                vectors,
+                queries,
+                exact,
+                row,
+                spans,
+                rescore=args.rescore,
+                latency_queries=args.latency_queries,
+            )
+            measured.add(name, {"rows": found})
+            logging.info("%s measured", name)
+        return measured.rows[name]["rows"]
+
+    flat = rows_of(ScaleRow("Flat", "float32"), [{}])[0]
     scanned = vectors.nbytes / 1e9
     flat["scan_gb_s_single"] = scanned / (flat["search_ms_p50"] / 1e3)
     flat["scan_gb_s_batched"] = scanned * flat["batch_qps"]
     rows = [{**labels, **flat, "speedup_vs_flat": 1.0, "batch_speedup_vs_flat": 1.0}]
     for index_type in args.index_types.split(","):
         for storage in args.storages.split(","):
-            measured = scale_rows(
-                vectors,
-                queries,
-                exact,
-                ScaleRow(index_type, storage),
-                spans_of(index_type, args),
-                rescore=args.rescore,
-                latency_queries=args.latency_queries,
-            )
-            for row in measured:
+            for row in rows_of(ScaleRow(index_type, storage), spans_of(index_type, args)):
                 rows.append(
                     {
                         **labels,
@@ -162,7 +178,6 @@ def filter_rows(
                         "batch_speedup_vs_flat": row["batch_qps"] / flat["batch_qps"],
                     }
                 )
-            logging.info("%s: %s %s done", labels, index_type, storage)
     return rows
 
 
@@ -180,6 +195,20 @@ def report_body(rows: list[dict[str, Any]], record: dict[str, Any]) -> list[str]
         "",
         f"Goal at 10^6: {record['goal']}",
         "",
+        f"RaBitQ goal at 10^6 (recall@10 at least {RECALL_GOAL}, at most 1/{RAM_SHARE} of "
+        f"int8's RAM, at least 1/{QPS_SHARE} of its batched QPS):",
+        "",
+        *(
+            f"- {key}: **{value['verdict']}**. int8: {value['int8']}. RaBitQ: {value['rabitq']}."
+            for key, value in record["rabitq_goal"].items()
+        ),
+        *([] if record["rabitq_goal"] else ["- no RaBitQ and int8 rows at 10^6 measured"]),
+        "",
+        *(
+            [f"Measured in {record['sittings']} sittings on this machine (the run resumed).", ""]
+            if record["sittings"] > 1
+            else []
+        ),
         "Neighbourhoods: the similarity of the 10th nearest vector (p10 / p50 / p90), for up to "
         "1,000 documents among their own collection and for the queries.",
         "",
@@ -279,21 +308,74 @@ def goal_at_a_million(rows: list[dict[str, Any]]) -> str:
     )
 
 
+def _described(row: dict[str, Any]) -> str:
+    params = ", ".join(f"{k} {v}" for k, v in row["params"].items())
+    return (
+        f"{row['index_type']} {row['storage']} ({params}): recall "
+        f"{row['recall_at_10_vs_exact']:.3f}, {row['ram_bytes'] / 2**20:.1f} MiB RAM, "
+        f"{row['batch_qps']:.0f} QPS batched"
+    )
+
+
+def rabitq_goal(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per filter at 10^6: does a RaBitQ row reach recall@10 0.95 with at most a third of
+    int8's RAM and at least half its batched QPS? int8's row is its fastest batched one
+    that reaches 0.95 (its most recalling one if none does); RAM is what the index file
+    holds, rescore vectors memory-mapped apart."""
+    judged: dict[str, Any] = {}
+    large = [r for r in rows if r["size"] >= 1_000_000]
+    for name, tau in sorted({(r["filter"], r["tau"]) for r in large}):
+        same = [r for r in large if (r["filter"], r["tau"]) == (name, tau)]
+        int8 = [r for r in same if r["storage"] == "int8"]
+        rabitq = [r for r in same if r["storage"].startswith("rabitq")]
+        if not int8 or not rabitq:
+            continue
+        reached = [r for r in int8 if r["recall_at_10_vs_exact"] >= RECALL_GOAL]
+        if reached:
+            reference = max(reached, key=lambda r: r["batch_qps"])
+        else:
+            reference = max(int8, key=lambda r: r["recall_at_10_vs_exact"])
+        small = [r for r in rabitq if r["ram_bytes"] * RAM_SHARE <= reference["ram_bytes"]]
+        meeting = [
+            r
+            for r in small
+            if r["recall_at_10_vs_exact"] >= RECALL_GOAL
+            and r["batch_qps"] * QPS_SHARE >= reference["batch_qps"]
+        ]
+        best = max(meeting, key=lambda r: r["batch_qps"]) if meeting else None
+        if best is None and small:
+            best = max(small, key=lambda r: r["recall_at_10_vs_exact"])
+        judged[f"{name} tau {tau:g}"] = {
+            "verdict": "met" if meeting else "missed",
+            "int8": _described(reference),
+            "rabitq": _described(best) if best else "no RaBitQ row within a third of its RAM",
+            "ram_share": best["ram_bytes"] / reference["ram_bytes"] if best else None,
+            "qps_share": best["batch_qps"] / reference["batch_qps"] if best else None,
+        }
+    return judged
+
+
 @numpy_blas_on_one_thread()
 def main() -> None:
     args = parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     real, queries, spectrum, machine = real_inputs(args)
+    settings = {k: v for k, v in vars(args).items() if k != "out"}
+    header = {"settings": {**settings, "dataset": str(args.dataset)}, "machine": machine}
+    measured = MeasuredRows(args.out / PARTIAL_ROWS, header)
     rows: list[dict[str, Any]] = []
     generation: dict[str, Any] = {"neighbourhoods": {}}
     for n in (int(size) for size in args.sizes.split(",")):
-        rows += size_rows(n, real, queries, spectrum, args, generation)
+        rows += size_rows(n, real, queries, spectrum, args, generation, measured)
     record = {
         "model": args.model,
         "real": len(real),
         "queries": len(queries),
+        # Sittings of one machine: a stopped run resumes from its measured rows.
+        "sittings": measured.sittings,
         "generation": generation,
         "goal": goal_at_a_million(rows),
+        "rabitq_goal": rabitq_goal(rows),
         "rows": rows,
     }
     write_report(
@@ -304,6 +386,7 @@ def main() -> None:
         title="Compression frontier at scale",
         machine=machine,
     )
+    measured.path.unlink()
 
 
 if __name__ == "__main__":

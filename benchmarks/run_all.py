@@ -196,6 +196,13 @@ BENCHMARKS = (
         "--filters embedfilter-nomean:2 --latency-queries 5",
     ),
     Benchmark(
+        "rabitq-fastscan",
+        "rabitq_fastscan.py",
+        "--out {out}",
+        "--dataset {dataset} --model {model} --dtype float32 --size 3000 --nlist 16 "
+        "--nprobes 4 --bits 1,2 --latency-queries 5",
+    ),
+    Benchmark(
         "reference-gap",
         "reference_gap.py",
         "--out {out}",

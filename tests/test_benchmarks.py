@@ -15,6 +15,7 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import pytest
 
@@ -263,3 +264,29 @@ def test_every_results_folder_names_its_machine_or_is_listed_as_not_recorded() -
             assert {"cpu", "cpu_flags", "cores", "memory_gib", "versions", "dtype"} <= set(
                 machine
             ), folder.name
+
+
+def test_the_rabitq_goal_holds_rabitq_to_int8s_fastest_row_at_the_recall(
+    run_all: ModuleType,
+) -> None:
+    scale = importlib.import_module("frontier_scale")  # beside run_all, on its path
+
+    def row(storage: str, recall: float, ram: int, qps: float) -> dict[str, Any]:
+        return {
+            **{"size": 1_000_000, "filter": "embedfilter-nomean", "tau": 2.0},
+            **{"index_type": "IVF1024", "storage": storage, "params": {"nprobe": 64}},
+            **{"recall_at_10_vs_exact": recall, "ram_bytes": ram, "batch_qps": qps},
+        }
+
+    rows = [
+        row("int8", 0.96, 300, 700),
+        row("int8", 0.90, 300, 2000),  # faster, but short of the recall
+        row("rabitq2+rescore", 0.95, 90, 400),
+        row("rabitq4", 0.99, 160, 900),  # more than a third of int8's RAM
+    ]
+    judged = scale.rabitq_goal(rows)["embedfilter-nomean tau 2"]
+    assert judged["verdict"] == "met" and "rabitq2+rescore" in judged["rabitq"]
+    assert judged["qps_share"] == pytest.approx(400 / 700)
+
+    rows[2]["batch_qps"] = 300  # under half of int8's 700 QPS
+    assert scale.rabitq_goal(rows)["embedfilter-nomean tau 2"]["verdict"] == "missed"

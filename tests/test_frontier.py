@@ -148,7 +148,7 @@ def test_measured_rows_resume_only_under_the_same_header(tmp_path: Path) -> None
     path = tmp_path / "rows.partial.jsonl"
     cell = Cell("embedfilter-nomean", 2, "int8", "Flat")
     first = MeasuredRows(path, {"settings": {"taus": (2,)}})
-    first.add(cell, {"ndcg_at_10": 0.5})
+    first.add(cell.name, {"ndcg_at_10": 0.5})
 
     again = MeasuredRows(path, {"settings": {"taus": (2,)}})
     assert (again.rows, again.sittings) == ({cell.name: {"ndcg_at_10": 0.5}}, 2)
@@ -167,7 +167,7 @@ def test_a_resumed_grid_builds_only_the_rows_it_lacks(
     )
     kept = {"ndcg_at_10": 0.3, "bytes_per_doc": 296.0, "ram_bytes_per_doc": 296.0}
     measured = MeasuredRows(tmp_path / "rows.partial.jsonl", {})
-    measured.add(Cell("embedfilter-nomean", 2, "int8", "Flat"), kept)
+    measured.add(Cell("embedfilter-nomean", 2, "int8", "Flat").name, kept)
     built = []
 
     def measure(cell, filtered, inputs, settings):

@@ -267,9 +267,10 @@ class MeasuredRows:
             path.write_text(json.dumps({"header": header}) + "\n")
         self._append({"sitting": datetime.now(timezone.utc).isoformat(timespec="seconds")})
 
-    def add(self, cell: Cell, row: dict[str, Any]) -> None:
-        self.rows[cell.name] = row
-        self._append({"cell": cell.name, "row": row})
+    def add(self, name: str, row: dict[str, Any]) -> None:
+        """Keep ``row``, measured under ``name`` (a cell's name)."""
+        self.rows[name] = row
+        self._append({"cell": name, "row": row})
 
     def _append(self, entry: dict[str, Any]) -> None:
         with self.path.open("a") as file:
@@ -303,7 +304,7 @@ def frontier_rows(
         }
         rows.append(row)
         if measured is not None:
-            measured.add(cell, row)
+            measured.add(cell.name, row)
         logger.info("row %d of %d: %s", number, len(cells), cell.name)
     mark_pareto(rows)
     return rows
