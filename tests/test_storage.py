@@ -359,6 +359,9 @@ def test_rabitq_codes_estimate_inner_products_and_more_bits_estimate_better(
         backend = json.loads((index / "manifest.json").read_text())["dense"]["backend"]
         assert (backend["storage"], backend["bits"]) == ("rabitq", bits)
         assert backend.get("metric") == ("l2" if index_type.startswith("HNSW") else None)
+        held = faiss.downcast_index(faiss.read_index(str(index / backend["file"])))
+        if index_type.startswith("IVF"):  # FastScan: as good, and faster (rabitq-fastscan)
+            assert isinstance(held, faiss.IndexIVFRaBitQFastScan)
         found[bits] = _rabitq_quality(*_ranked(index, vectors), ids)
     # Scores are inner-product estimates (HNSW's L2 distances mapped back), not distances.
     assert found[4][1] < 0.1 and found[1][1] < 0.5
