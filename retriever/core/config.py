@@ -35,10 +35,11 @@ DEFAULT_STORAGE = "float32"
 # tau 2-8 with a quarter of the bytes (one run, no interval yet), but only float32 scores
 # exactly.
 DEFAULT_STORAGE_REASON = (
-    "on SciFact int8 scored close to float32's nDCG@10 at tau 2-8 with a quarter of the "
-    "bytes, in one run without intervals (use it when size matters), but float32 is the "
-    "one storage whose scores are exact, so an index grown by add answers like a fresh "
-    "build (docs/frontier.md)"
+    "float32 is the one storage whose scores are exact, so an index grown by add answers "
+    "like a fresh build, and its batched Flat search is the fastest; on SciFact float16 and "
+    "int8 kept its nDCG@10 within their intervals at tau 2-8 with half and a quarter of the "
+    "bytes (use int8 when size matters, rabitq with --rescore when RAM does; "
+    "docs/frontier.md)"
 )
 BINARY_CENTRES = ("documents", "zero")
 # Where the dense vectors live (retriever.parts.dense.backends), the precision of the
