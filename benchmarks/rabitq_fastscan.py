@@ -27,8 +27,11 @@ from report import markdown_table, write_report
 from retriever.core.spec import DEFAULT_MODEL
 from retriever.core.threads import numpy_blas_on_one_thread
 from retriever.evaluation.bench.frontier import exact_top, projection
-from retriever.evaluation.bench.frontier_scale import calibrate_spread, synthetic_embeddings
-from retriever.evaluation.metrics import median_seconds, percentiles_ms, time_each
+from retriever.evaluation.bench.frontier_scale import (
+    calibrate_spread,
+    measure_row,
+    synthetic_embeddings,
+)
 
 LAYOUTS = {"plain": "RaBitQ{bits}", "fastscan": "RaBitQfs{bits}"}
 
@@ -47,21 +50,6 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, required=True)
     return parser.parse_args()
-
-
-def measure(index: faiss.Index, queries: np.ndarray, exact: np.ndarray, latency: int) -> dict:
-    """Single-query latency after 5 untimed queries, batched QPS, and recall@10."""
-    single = percentiles_ms(
-        time_each([lambda q=q: index.search(q[None], 10) for q in queries[:latency]], 5)
-    )
-    (_, found), seconds = median_seconds(lambda: index.search(queries, 10))
-    recall = np.mean([len(set(f) & set(e[:10])) / 10 for f, e in zip(found, exact, strict=True)])
-    return {
-        "search_ms_p50": single["p50"],
-        "search_ms_p95": single["p95"],
-        "batch_qps": len(queries) / seconds,
-        "recall_at_10_vs_exact": float(recall),
-    }
 
 
 def layout_rows(
@@ -88,7 +76,14 @@ def layout_rows(
                         "nprobe": nprobe,
                         "build_seconds": build,
                         "bytes_per_vector": size / len(vectors),
-                        **measure(index, queries, exact, args.latency_queries),
+                        **measure_row(
+                            index,
+                            queries,
+                            exact,
+                            k=10,
+                            latency_queries=args.latency_queries,
+                            warmup=5,
+                        ),
                     }
                 )
             del index

@@ -32,6 +32,7 @@ from retriever.evaluation.bench.frontier import storage_setting
 from retriever.evaluation.metrics import median_seconds, percentiles_ms, time_each
 from retriever.parts.dense.backends import FaissBackend, backend_bytes, build_in_memory
 from retriever.parts.dense.codes import rescore_bytes
+from retriever.parts.dense.faiss_install import faiss
 
 SPREADS = (0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 1.0, 1.5, 2.0)
 
@@ -115,7 +116,7 @@ def open_like_a_searcher(
 
 
 def measure_row(
-    backend: FaissBackend,
+    backend: FaissBackend | faiss.Index,
     queries: np.ndarray,
     exact: np.ndarray,
     *,
@@ -123,7 +124,8 @@ def measure_row(
     latency_queries: int,
     warmup: int,
 ) -> dict[str, Any]:
-    """Single-query latency, batched QPS and recall@k against exact search."""
+    """Single-query latency, batched QPS and recall@k against exact search, of a backend
+    or a bare FAISS index (both search as ``(scores, ids)``)."""
     single = percentiles_ms(
         time_each(
             [lambda q=q: backend.search(q[None], k) for q in queries[:latency_queries]], warmup
