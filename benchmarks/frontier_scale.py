@@ -57,7 +57,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--dtype", default="auto")
     parser.add_argument("--sizes", default="100000,1000000")
     parser.add_argument(
-        "--filters", default="embedfilter-nomean:2,embedfilter-nomean:8", help="NAME:TAU list"
+        "--filters", default="embedfilter-nomean:2", help="NAME:TAU list"
     )
     parser.add_argument("--index-types", default="HNSW32,IVF1024")
     parser.add_argument(
