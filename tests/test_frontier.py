@@ -152,6 +152,12 @@ def test_measured_rows_resume_only_under_the_same_header(tmp_path: Path) -> None
 
     again = MeasuredRows(path, {"settings": {"taus": (2,)}})
     assert (again.rows, again.sittings) == ({cell.name: {"ndcg_at_10": 0.5}}, 2)
+    with path.open("a") as file:  # a run killed in the middle of a line
+        file.write('{"cell": "embedfilter-nomean-tau2-float16-documents-Flat", "ro')
+    torn = MeasuredRows(path, {"settings": {"taus": (2,)}})
+    assert (torn.rows.keys(), torn.sittings) == ({cell.name}, 3)
+    torn.add("another", {"ndcg_at_10": 0.25})
+    assert MeasuredRows(path, {"settings": {"taus": (2,)}}).rows.keys() == {cell.name, "another"}
     elsewhere = MeasuredRows(path, {"settings": {"taus": (2, 4)}})
     assert (elsewhere.rows, elsewhere.sittings) == ({}, 1)
 

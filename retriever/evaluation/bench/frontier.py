@@ -256,15 +256,16 @@ class MeasuredRows:
         self.path = path
         self.rows: dict[str, dict[str, Any]] = {}
         self.sittings = 1
-        lines = path.read_text().splitlines() if path.exists() else []
-        if lines and json.loads(lines[0]) == {"header": header}:
-            entries = [json.loads(line) for line in lines[1:]]
+        entries = _entries(path)
+        if entries[:1] == [{"header": header}]:
             self.rows = {e["cell"]: e["row"] for e in entries if "cell" in e}
             self.sittings += sum("sitting" in e for e in entries)
             logger.info("resuming: %d rows already measured in %s", len(self.rows), path)
         else:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(json.dumps({"header": header}) + "\n")
+            entries = [{"header": header}]
+        # Written afresh: a line torn by a killed run is not carried on.
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text("".join(json.dumps(entry) + "\n" for entry in entries))
         self._append({"sitting": datetime.now(timezone.utc).isoformat(timespec="seconds")})
 
     def add(self, name: str, row: dict[str, Any]) -> None:
@@ -275,6 +276,18 @@ class MeasuredRows:
     def _append(self, entry: dict[str, Any]) -> None:
         with self.path.open("a") as file:
             file.write(json.dumps(entry) + "\n")
+
+
+def _entries(path: Path) -> list[dict[str, Any]]:
+    """The JSON lines of ``path`` up to the first that does not parse (a run killed while
+    writing one leaves it torn)."""
+    entries = []
+    for line in path.read_text().splitlines() if path.exists() else []:
+        try:
+            entries.append(json.loads(line))
+        except json.JSONDecodeError:
+            break
+    return entries
 
 
 def frontier_rows(
