@@ -31,9 +31,7 @@ STORAGES = ("float32", "float16", "int8", "binary", "rabitq")
 RABITQ_BITS = (1, 8)
 DEFAULT_RABITQ_BITS = 1
 DEFAULT_STORAGE = "float32"
-# From the measured frontier (docs/frontier.md): int8 scored close to float32's nDCG@10 at
-# tau 2-8 with a quarter of the bytes (one run, no interval yet), but only float32 scores
-# exactly.
+# Why, from the measured frontier (docs/frontier.md); --help shows it.
 DEFAULT_STORAGE_REASON = (
     "float32 is the one storage whose scores are exact, so an index grown by add answers "
     "like a fresh build, and its batched Flat search is the fastest; on SciFact float16 and "
