@@ -25,7 +25,12 @@ from report import markdown_table, write_report
 from retriever.data.datasets import load_qrels
 from retriever.evaluation.bench.run import write_run_checksums
 from retriever.evaluation.intervals import RatioInterval, paired_ratio_interval
-from retriever.evaluation.metrics import per_query_metrics, read_trec_run, write_per_query
+from retriever.evaluation.metrics import (
+    PER_QUERY,
+    per_query_metrics,
+    read_trec_run,
+    write_per_query,
+)
 
 
 def parse_args() -> argparse.Namespace:
@@ -45,10 +50,8 @@ def per_query_scores(results: Path, rows: list[dict[str, Any]], args: argparse.N
         qrels = load_qrels(args.dataset, args.split)
         for row in rows:
             scored = per_query_metrics(qrels, read_trec_run(results / row["run_file"]))
-            row["ndcg_at_10_per_query"] = [scored[q]["ndcg_at_10"] for q in qrels]
-        write_per_query(
-            stored, list(qrels), (({"run": r["run_file"]}, r["ndcg_at_10_per_query"]) for r in rows)
-        )
+            row[PER_QUERY] = [scored[q]["ndcg_at_10"] for q in qrels]
+        write_per_query(stored, list(qrels), (({"run": r["run_file"]}, r[PER_QUERY]) for r in rows))
         write_run_checksums(results, rows)
     head, *lines = stored.read_text().splitlines()
     scores = {entry["run"]: entry["ndcg_at_10"] for entry in map(json.loads, lines)}

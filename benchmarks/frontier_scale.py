@@ -56,9 +56,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--model", default=DEFAULT_MODEL)
     parser.add_argument("--dtype", default="auto")
     parser.add_argument("--sizes", default="100000,1000000")
-    parser.add_argument(
-        "--filters", default="embedfilter-nomean:2", help="NAME:TAU list"
-    )
+    parser.add_argument("--filters", default="embedfilter-nomean:2", help="NAME:TAU list")
     parser.add_argument("--index-types", default="HNSW32,IVF1024")
     parser.add_argument(
         "--storages",
