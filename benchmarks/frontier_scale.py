@@ -39,6 +39,7 @@ from retriever.evaluation.bench.frontier_scale import (
     synthetic_embeddings,
 )
 from retriever.evaluation.bench.run import BENCH_STORE
+from retriever.evaluation.intervals import MET, MISSED, WITHIN_NOISE, RatioInterval
 from retriever.evaluation.metrics import judged_queries
 from retriever.store.encoding import cached_embeddings, encode_corpus
 
@@ -64,7 +65,11 @@ def parse_args() -> argparse.Namespace:
     )
     parser.add_argument("--nprobes", default="16,64,128")
     parser.add_argument("--ef-searches", default="64,256,1024,4096")
-    parser.add_argument("--rescore", type=int, default=16)
+    parser.add_argument(
+        "--rescore",
+        default="16",
+        help="rescore depths (list): a search setting, measured on the same index",
+    )
     parser.add_argument("--latency-queries", type=int, default=100)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, required=True)
@@ -153,7 +158,7 @@ def filter_rows(
                 exact,
                 row,
                 spans,
-                rescore=args.rescore,
+                rescores=[int(depth) for depth in args.rescore.split(",")],
                 latency_queries=args.latency_queries,
             )
             measured.add(name, {"rows": found})
@@ -271,7 +276,7 @@ def _row_cells(r: dict[str, Any]) -> list[str]:
         r["index_type"],
         r["storage"],
         ", ".join(f"{k} {v}" for k, v in r["params"].items()) or "-",
-        f"{r['recall_at_10_vs_exact']:.3f}",
+        _recall(r).shown() if "recall_at_10_low" in r else f"{r['recall_at_10_vs_exact']:.3f}",
         f"{r['search_ms_p50']:.2f}",
         f"{r['search_ms_p95']:.2f}",
         f"{r['batch_qps']:.0f}",
@@ -306,20 +311,28 @@ def goal_at_a_million(rows: list[dict[str, Any]]) -> str:
     )
 
 
+def _recall(row: dict[str, Any]) -> RatioInterval:
+    """A row's recall@10 with its interval (a row measured before intervals were kept
+    has its point estimate alone)."""
+    point = row["recall_at_10_vs_exact"]
+    low, high = row.get("recall_at_10_low", point), row.get("recall_at_10_high", point)
+    return RatioInterval(point, low, high)
+
+
 def _described(row: dict[str, Any]) -> str:
     params = ", ".join(f"{k} {v}" for k, v in row["params"].items())
     return (
         f"{row['index_type']} {row['storage']} ({params}): recall "
-        f"{row['recall_at_10_vs_exact']:.3f}, {row['ram_bytes'] / 2**20:.1f} MiB RAM, "
+        f"{_recall(row).shown()}, {row['ram_bytes'] / 2**20:.1f} MiB RAM, "
         f"{row['batch_qps']:.0f} QPS batched"
     )
 
 
 def rabitq_goal(rows: list[dict[str, Any]]) -> dict[str, Any]:
-    """Per filter at 10^6: does a RaBitQ row reach recall@10 0.95 with at most a third of
-    int8's RAM and at least half its batched QPS? int8's row is its fastest batched one
-    that reaches 0.95 (its most recalling one if none does); RAM is what the index file
-    holds, rescore vectors memory-mapped apart."""
+    """Per filter at 10^6: does a RaBitQ row reach recall@10 0.95 (its whole interval)
+    with at most a third of int8's RAM and at least half its batched QPS? int8's row is
+    its fastest batched one that reaches 0.95 (its most recalling one if none does); RAM
+    is what the index file holds, rescore vectors memory-mapped apart."""
     judged: dict[str, Any] = {}
     large = [r for r in rows if r["size"] >= 1_000_000]
     for name, tau in sorted({(r["filter"], r["tau"]) for r in large}):
@@ -334,17 +347,17 @@ def rabitq_goal(rows: list[dict[str, Any]]) -> dict[str, Any]:
         else:
             reference = max(int8, key=lambda r: r["recall_at_10_vs_exact"])
         small = [r for r in rabitq if r["ram_bytes"] * RAM_SHARE <= reference["ram_bytes"]]
-        meeting = [
-            r
-            for r in small
-            if r["recall_at_10_vs_exact"] >= RECALL_GOAL
-            and r["batch_qps"] * QPS_SHARE >= reference["batch_qps"]
-        ]
-        best = max(meeting, key=lambda r: r["batch_qps"]) if meeting else None
-        if best is None and small:
-            best = max(small, key=lambda r: r["recall_at_10_vs_exact"])
+        fast = [r for r in small if r["batch_qps"] * QPS_SHARE >= reference["batch_qps"]]
+        # Met when a row's whole recall interval clears the goal; within noise when the
+        # best a row does is span it.
+        verdict, best = MISSED, max(small, key=lambda r: r["recall_at_10_vs_exact"], default=None)
+        for wanted in (MET, WITHIN_NOISE):
+            meeting = [r for r in fast if _recall(r).verdict(RECALL_GOAL) == wanted]
+            if meeting:
+                verdict, best = wanted, max(meeting, key=lambda r: r["batch_qps"])
+                break
         judged[f"{name} tau {tau:g}"] = {
-            "verdict": "met" if meeting else "missed",
+            "verdict": verdict,
             "int8": _described(reference),
             "rabitq": _described(best) if best else "no RaBitQ row within a third of its RAM",
             "ram_share": best["ram_bytes"] / reference["ram_bytes"] if best else None,

@@ -238,7 +238,6 @@ MACHINE_NOT_RECORDED = {
     "build-scaling",
     "cpu-runtime",
     "encoder-throughput",
-    "frontier-scale",
     "fusion-selection",
     "integrity-cost",
     "lean-store",
@@ -288,6 +287,13 @@ def test_the_rabitq_goal_holds_rabitq_to_int8s_fastest_row_at_the_recall(
     judged = scale.rabitq_goal(rows)["embedfilter-nomean tau 2"]
     assert judged["verdict"] == "met" and "rabitq2+rescore" in judged["rabitq"]
     assert judged["qps_share"] == pytest.approx(400 / 700)
+
+    # The same row, its recall interval spanning the goal: not met yet.
+    rows[2] |= {"recall_at_10_vs_exact": 0.96, "recall_at_10_low": 0.94, "recall_at_10_high": 0.98}
+    judged = scale.rabitq_goal(rows)["embedfilter-nomean tau 2"]
+    assert judged["verdict"] == "within noise" and "0.960 [0.940, 0.980]" in judged["rabitq"]
+    rows[2] |= {"recall_at_10_high": 0.949}
+    assert scale.rabitq_goal(rows)["embedfilter-nomean tau 2"]["verdict"] == "missed"
 
     rows[2]["batch_qps"] = 300  # under half of int8's 700 QPS
     assert scale.rabitq_goal(rows)["embedfilter-nomean tau 2"]["verdict"] == "missed"

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +29,7 @@ import numpy as np
 from retriever.core.spec import DenseSpec, SearchParams
 from retriever.encode.embedfilter import EmbedFilter
 from retriever.evaluation.bench.frontier import storage_setting
+from retriever.evaluation.intervals import paired_ratio_interval
 from retriever.evaluation.metrics import median_seconds, percentiles_ms, time_each
 from retriever.parts.dense.backends import FaissBackend, backend_bytes, build_in_memory
 from retriever.parts.dense.codes import rescore_bytes
@@ -132,12 +133,17 @@ def measure_row(
         )
     )
     (_, keys), seconds = median_seconds(lambda: backend.search(queries, k))
-    recall = np.mean([len(set(a) & set(e[:k])) / k for a, e in zip(keys, exact, strict=True)])
+    found = [len(set(a) & set(e[:k])) / k for a, e in zip(keys, exact, strict=True)]
+    # Exact search finds all k for every query: the ratio to it is the mean recall, and
+    # its bootstrap interval says how much the query sample moves it.
+    recall = paired_ratio_interval(found, np.ones(len(found)))
     return {
         "search_ms_p50": single["p50"],
         "search_ms_p95": single["p95"],
         "batch_qps": len(queries) / seconds,
-        "recall_at_10_vs_exact": float(recall),
+        "recall_at_10_vs_exact": recall.ratio,
+        "recall_at_10_low": recall.low,
+        "recall_at_10_high": recall.high,
     }
 
 
@@ -148,17 +154,22 @@ def scale_rows(
     row: ScaleRow,
     spans: list[dict[str, int]],
     *,
-    rescore: int = 4,
+    rescores: Sequence[int] = (4,),
     k: int = 10,
     latency_queries: int = 100,
     warmup: int = 5,
 ) -> list[dict[str, Any]]:
     """One index built, opened as a searcher, and measured at each search setting of
-    ``spans``; RAM is the index file (what FAISS holds in memory), the rescore vectors are
+    ``spans`` (a rescoring row at each of ``rescores`` too: the rescore depth is a search
+    setting); RAM is the index file (what FAISS holds in memory), the rescore vectors are
     memory-mapped and counted apart."""
+    if row.rescore:
+        spans = [{**params, "rescore": depth} for params in spans for depth in rescores]
     with tempfile.TemporaryDirectory(prefix="frontier-scale-") as scratch:
         folder = Path(scratch)
-        backend, build_seconds, description = open_like_a_searcher(vectors, row, folder, rescore)
+        backend, build_seconds, description = open_like_a_searcher(
+            vectors, row, folder, rescores[0]
+        )
         mapped = rescore_bytes(folder)
         total = backend_bytes(folder, description) or 0
         rows = []
@@ -171,7 +182,7 @@ def scale_rows(
                 {
                     "index_type": row.index_type,
                     "storage": row.storage,
-                    "params": {**params, **({"rescore": rescore} if row.rescore else {})},
+                    "params": params,
                     "build_seconds": build_seconds,
                     **measured,
                     "ram_bytes": total - mapped,
