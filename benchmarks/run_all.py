@@ -196,6 +196,14 @@ BENCHMARKS = (
         "--filters embedfilter-nomean:2 --latency-queries 5",
     ),
     Benchmark(
+        "rabitq-rescore",
+        "frontier_scale.py",
+        "--sizes 1000000 --index-types IVF1024 --storages int8,rabitq1+rescore,rabitq2+rescore "
+        "--rescore 16,64,128 --nprobes 64,128,256 --out {out}",
+        "--dataset {dataset} --model {model} --dtype float32 --sizes 2000 --nprobes 4 "
+        "--index-types IVF16 --latency-queries 5",
+    ),
+    Benchmark(
         "rabitq-fastscan",
         "rabitq_fastscan.py",
         "--out {out}",
