@@ -236,7 +236,6 @@ MACHINE_NOT_RECORDED = {
     "build-scaling",
     "cpu-runtime",
     "encoder-throughput",
-    "lean-store",
     "lens-display",
     "query-overhead",
     "resume-scifact",
