@@ -456,7 +456,7 @@ def add_runtime_option(parser: argparse.ArgumentParser) -> None:
         choices=("torch", "onnx"),
         default="torch",
         help="run the transformer in torch, or in ONNX Runtime (float32 on the CPU; "
-        "pip install 'retriever[onnx]'; exported once per model into the cache). ONNX "
-        "Runtime was faster than torch float32 where measured (docs/builds.md); where the "
-        "CPU has bfloat16, torch in bfloat16 is faster still (default: %(default)s)",
+        "pip install 'retriever[onnx]'; exported once per model into the cache). Whether "
+        "it beats torch float32 depends on the CPU: on an AVX2-only one it did not "
+        "(docs/builds.md), so time both on yours (default: %(default)s)",
     )
