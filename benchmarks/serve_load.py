@@ -397,7 +397,7 @@ def measure(args: argparse.Namespace, scratch: Path) -> tuple[dict[str, Any], di
         unbatched = rounds_of(port, pid, queries, [1, 16], args)
     with running_server(index, args.dtype, *batching, "--max-queue", "8") as (port, pid):
         overload = load_level(port, pid, queries, 64, 4 * 64)
-    old = old_revision(args, index, queries, scratch) if args.before else None
+    old = old_revision(args, queries, scratch) if args.before else None
     at_16 = next((row for row in rows if row["clients"] == 16), rows[-1])
     answers = compare_answers(index, encoder, at_16["answers"])
     for row in [*rows, mixed, *unbatched, overload, *(old or [])]:
@@ -426,10 +426,21 @@ def measure(args: argparse.Namespace, scratch: Path) -> tuple[dict[str, Any], di
 
 
 def old_revision(
-    args: argparse.Namespace, index: Path, queries: list[str], scratch: Path
+    args: argparse.Namespace, queries: list[str], scratch: Path
 ) -> list[dict[str, Any]]:
-    """The --before revision's server (one lock, a forward per request) at 1 and 16 clients."""
+    """The --before revision's server (one lock, a forward per request) at 1 and 16 clients,
+    over the same documents indexed by its own code: the index format has moved since."""
     code = code_at("before", args.before, scratch)
+    index = scratch / "index-before"
+    limit = ["--limit", str(args.limit)] if args.limit else []
+    argv = ["-q", "index", str(args.dataset), "--out", str(index), "--model", args.model]
+    built = subprocess.run(
+        cli_argv(code, [*argv, "--dtype", args.dtype, *limit]), env=child_env(code)
+    )
+    if built.returncode != 0:
+        raise SystemExit(
+            f"the --before revision could not build its index (exit {built.returncode})"
+        )
     with running_server(index, args.dtype, code=code) as (port, pid):
         load_level(port, pid, queries, 1, 8)
         return rounds_of(port, pid, queries, [1, 16], args)

@@ -242,7 +242,6 @@ MACHINE_NOT_RECORDED = {
     "scifact-smollm2",
     "scifact-smollm2-scaling",
     "search-loop",
-    "serve-load",
 }
 
 
