@@ -43,7 +43,7 @@ from typing import Any
 import numpy as np
 from inputs import SCIFACT, dataset_path
 from report import encoder_machine_record, markdown_table, write_report
-from revisions import WORKING_TREE, Code, child_env, cli_argv, code_at, git
+from revisions import WORKING_TREE, Code, child_env, cli_argv, code_at, git, run_cli
 
 from retriever.index.manifest import current_manifest
 
@@ -434,13 +434,7 @@ def old_revision(
     index = scratch / "index-before"
     limit = ["--limit", str(args.limit)] if args.limit else []
     argv = ["-q", "index", str(args.dataset), "--out", str(index), "--model", args.model]
-    built = subprocess.run(
-        cli_argv(code, [*argv, "--dtype", args.dtype, *limit]), env=child_env(code)
-    )
-    if built.returncode != 0:
-        raise SystemExit(
-            f"the --before revision could not build its index (exit {built.returncode})"
-        )
+    run_cli(code, [*argv, "--dtype", args.dtype, *limit], cwd=scratch)
     with running_server(index, args.dtype, code=code) as (port, pid):
         load_level(port, pid, queries, 1, 8)
         return rounds_of(port, pid, queries, [1, 16], args)
