@@ -239,7 +239,6 @@ MACHINE_NOT_RECORDED = {
     "query-overhead",
     "resume-scifact",
     "scifact-build",
-    "scifact-smollm2",
     "scifact-smollm2-scaling",
     "search-loop",
 }
