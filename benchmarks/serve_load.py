@@ -308,10 +308,14 @@ def build(args: argparse.Namespace, folder: Path) -> tuple[Path, Any, list[str]]
 def forward_gain(encoder: Any, queries: list[str], size: int, rounds: int) -> dict[str, Any]:
     """Milliseconds per query encoded one at a time and in batches of ``size``, in
     alternating rounds (this machine's speed drifts): the most batching can gain here."""
+    if not queries:
+        raise SystemExit("the dataset has no judged test queries to send")
     encoder.encode_queries(queries[:size])  # warm-up
     alone, batched = [], []
     for turn in range(rounds):
-        texts = queries[turn * 2 * size : (turn + 1) * 2 * size]
+        # Round after round over the queries again where a small dataset runs out of them.
+        turn_range = range(turn * 2 * size, (turn + 1) * 2 * size)
+        texts = [queries[i % len(queries)] for i in turn_range]
         started = time.perf_counter()
         for text in texts:
             encoder.encode_queries([text])

@@ -236,7 +236,6 @@ MACHINE_NOT_RECORDED = {
     "build-scaling",
     "encoder-throughput",
     "lens-display",
-    "query-overhead",
     "resume-scifact",
     "scifact-build",
     "scifact-smollm2-scaling",
@@ -287,3 +286,49 @@ def test_the_rabitq_goal_holds_rabitq_to_int8s_fastest_row_at_the_recall(
 
     rows[2]["batch_qps"] = 300  # under half of int8's 700 QPS
     assert scale.rabitq_goal(rows)["embedfilter-nomean tau 2"]["verdict"] == "missed"
+
+
+def test_the_query_overhead_worker_finds_the_fusion_depth_where_its_own_searcher_lives(
+    run_all: ModuleType,
+) -> None:
+    from retriever import Searcher
+    from retriever.search.searcher import FUSION_DEPTH
+
+    overhead = importlib.import_module("query_overhead")  # beside run_all, on its path
+    assert overhead.fusion_depth(Searcher) == FUSION_DEPTH
+    source = (BENCHMARKS / "query_overhead.py").read_text()
+    assert "from retriever.search" not in source, "a path the before revision may not have"
+
+
+class CountingEncoder:
+    def __init__(self) -> None:
+        self.texts: list[str] = []
+
+    def encode_queries(self, texts: list[str]) -> None:
+        self.texts.extend(texts)
+
+
+def test_serve_loads_batching_ceiling_goes_round_a_small_query_set_again(
+    run_all: ModuleType,
+) -> None:
+    serve_load = importlib.import_module("serve_load")  # beside run_all, on its path
+    encoder = CountingEncoder()
+    gain = serve_load.forward_gain(encoder, ["a", "b", "c"], size=2, rounds=3)
+    assert gain["queries"] == 12 and len(gain["round_gains"]) == 3
+    assert encoder.texts[2:] == (
+        ["a", "b", "c", "a"] * 2 + ["b", "c", "a", "b"] * 2 + ["c", "a", "b", "c"] * 2
+    )
+    with pytest.raises(SystemExit, match="no judged test queries"):
+        serve_load.forward_gain(encoder, [], size=2, rounds=1)
+
+
+def test_query_overhead_counts_the_queries_both_versions_answered_alike(
+    run_all: ModuleType,
+) -> None:
+    overhead = importlib.import_module("query_overhead")  # beside run_all, on its path
+    before = [[["a", 0.9], ["b", 0.8]], [["c", 0.5], ["d", 0.4]]]
+    after = [[["a", 0.9001], ["b", 0.8]], [["d", 0.41], ["c", 0.40]]]  # a near-tie swapped
+    found = overhead.compare(before, after)
+    assert found["same_ids_queries"] == 1 and found["queries"] == 2
+    assert found["max_score_difference"] == pytest.approx(1e-4)
+    assert overhead.compare(before[1:], after[1:])["max_score_difference"] is None
