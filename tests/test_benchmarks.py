@@ -234,7 +234,6 @@ def test_results_folders_stay_small_and_run_files_stay_out_of_git() -> None:
 # and this test then asks for its name to be taken off this list.
 MACHINE_NOT_RECORDED = {
     "build-scaling",
-    "encoder-throughput",
     "resume-scifact",
     "scifact-build",
     "scifact-smollm2-scaling",
