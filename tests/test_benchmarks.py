@@ -235,7 +235,6 @@ def test_results_folders_stay_small_and_run_files_stay_out_of_git() -> None:
 MACHINE_NOT_RECORDED = {
     "build-scaling",
     "resume-scifact",
-    "scifact-build",
     "scifact-smollm2-scaling",
     "search-loop",
 }
