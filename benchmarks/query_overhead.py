@@ -246,8 +246,8 @@ def build(args: argparse.Namespace, code: Code, model: Path, scratch: Path) -> P
     limit = ["--limit", str(args.limit)] if args.limit else []
     argv = ["-q", "index", str(args.dataset), "--out", str(folder), "--model", str(model)]
     cache = {"RETRIEVER_CACHE": str(scratch / f"cache-{code.side}")}
-    seconds = run_cli(code, [*argv, *BUILD_FLAGS, *limit], cwd=scratch, **THREADS_ENV, **cache)
-    print(f"{code.side} index built in {seconds.seconds:.0f} s", flush=True)
+    built = run_cli(code, [*argv, *BUILD_FLAGS, *limit], cwd=scratch, **THREADS_ENV, **cache)
+    print(f"{code.side} index built in {built.seconds:.0f} s", flush=True)
     return folder
 
 
