@@ -23,23 +23,24 @@ from inputs import save_tiny_model, write_synthetic_corpus
 from report import machine_record, markdown_table, write_report
 from revisions import Code, add_revision_options, code_trees, run_cli
 
-from retriever.index.manifest import current_manifest
-
+FAISS_FILE = "index.faiss"  # the dense part, in every revision's folder
 BUILD_FLAGS = ["--tau", "2", "--dtype", "float32", "--max-length", "64", "--batch-size", "64"]
 
 
-def build(code: Code, corpus: Path, model: Path, out: Path, cache: Path) -> dict[str, Any]:
-    """One `retriever index` of ``code`` in a child process: wall seconds and peak RSS."""
+def build(
+    code: Code, corpus: Path, count: int, model: Path, out: Path, cache: Path
+) -> dict[str, Any]:
+    """One `retriever index` of ``code`` over ``count`` documents in a child process: wall
+    seconds, peak RSS and the FAISS file's bytes. The file is measured on disk, since this
+    code no longer reads the manifests that older revisions wrote."""
     argv = ["index", str(corpus), "--out", str(out), "--model", str(model), *BUILD_FLAGS]
     measured = run_cli(code, argv, cwd=cache, RETRIEVER_CACHE=str(cache))
-    # This code's reader reads the manifest either code wrote (version 2 or 3).
-    manifest = current_manifest(out)
     return {
         "seconds": round(measured.seconds, 2),
-        "docs_per_second": round(manifest.count / measured.seconds, 1),
+        "docs_per_second": round(count / measured.seconds, 1),
         "peak_rss_mib": round(measured.peak_rss_mib, 1),
-        "index_bytes": manifest.part_bytes["dense"],
-        "count": manifest.count,
+        "index_bytes": (out.resolve() / FAISS_FILE).stat().st_size,
+        "count": count,
     }
 
 
@@ -53,7 +54,7 @@ def measure(args: argparse.Namespace, scratch: Path) -> tuple[list[dict], list[C
         for code in codes:
             cache = scratch / f"cache-{code.side}-{n}"
             cache.mkdir()
-            result = build(code, corpus, model, scratch / f"{code.side}-{n}", cache)
+            result = build(code, corpus, n, model, scratch / f"{code.side}-{n}", cache)
             rows.append({"n": n, "version": code.side, **result})
             print(json.dumps(rows[-1]), flush=True)
     return rows, codes
