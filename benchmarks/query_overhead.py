@@ -261,9 +261,14 @@ def measure_methods(args: argparse.Namespace, scratch: Path) -> tuple[dict, list
     for method in args.methods.split(","):
         found = {}
         for code in codes:
-            job = {"index": str(folders[code.side]), "method": method, "queries": queries}
+            job = {
+                "index": str(folders[code.side]),
+                "method": method,
+                "queries": queries,
+                "repeats": args.repeats,
+            }
             env = {**THREADS_ENV, "RETRIEVER_CACHE": str(scratch / f"cache-{code.side}")}
-            result = run_worker(__file__, code, {**job, "repeats": args.repeats}, scratch, **env)
+            result = run_worker(__file__, code, job, scratch, **env)
             found[code.side] = result["hits"]
             methods.setdefault(method, {})[code.side] = {
                 **summary(result),
@@ -274,7 +279,7 @@ def measure_methods(args: argparse.Namespace, scratch: Path) -> tuple[dict, list
     return {"methods": methods, "queries": len(queries)}, codes
 
 
-def same_ids_gap(gap: float | None) -> str:
+def score_gap(gap: float | None) -> str:
     return "" if gap is None else f"{gap:.1e}"
 
 
@@ -295,7 +300,7 @@ def method_rows(methods: dict) -> list[list[str]]:
                     f"{r['encoder_direct_ms_p50']:.3f}",
                     direct,
                     f"{versions['same_ids_queries']} of {versions['queries']}",
-                    same_ids_gap(versions["max_score_difference"]),
+                    score_gap(versions["max_score_difference"]),
                 ]
             )
     return rows

@@ -154,14 +154,15 @@ def run_cli(code: Code, argv: list[str], *, cwd: Path, **env: str) -> Measured:
     )
 
 
-def cli_accepts(code: Code, command: str, flag: str) -> bool:
-    """Whether ``retriever COMMAND`` of ``code`` has ``flag`` (its ``--help`` names it)."""
+def cli_words(code: Code, command: str) -> frozenset[str]:
+    """The words of ``retriever COMMAND --help`` of ``code``: a flag it has is among them
+    (one process per call, so ask once for every flag of a command)."""
     result = subprocess.run(
         cli_argv(code, [command, "--help"]), env=child_env(code), capture_output=True, text=True
     )
     if result.returncode != 0:
         raise SystemExit(f"`retriever {command} --help` ({code.label}) failed: {result.stderr}")
-    return flag in result.stdout.split()
+    return frozenset(result.stdout.split())
 
 
 def run_worker(script: str, code: Code, job: dict[str, Any], scratch: Path, **env: str) -> Any:

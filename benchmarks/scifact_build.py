@@ -20,12 +20,13 @@ from typing import Any
 
 from inputs import SCIFACT, dataset_path
 from report import machine_record, markdown_table, write_report
-from revisions import Code, add_revision_options, cli_accepts, code_trees, run_cli
+from revisions import Code, add_revision_options, cli_words, code_trees, run_cli
 
 from retriever.core.spec import DEFAULT_MODEL
 from retriever.encode.models import resolve_model
 from retriever.encode.weights import weights_origin
 from retriever.index.manifest import current_manifest
+from retriever.parts.dense.faiss_index import INDEX_FILE
 
 
 def index_vectors(path: Path) -> Any:
@@ -33,7 +34,7 @@ def index_vectors(path: Path) -> Any:
     import faiss
     import numpy as np
 
-    loaded = faiss.read_index(str(path / "index.faiss"))  # owns what downcast views
+    loaded = faiss.read_index(str(path / INDEX_FILE))  # owns what downcast views
     index = faiss.downcast_index(loaded)
     if isinstance(index, faiss.IndexIDMap2):
         keys = faiss.vector_to_array(index.id_map)
@@ -51,10 +52,11 @@ def build_and_evaluate(
 ) -> dict[str, Any]:
     """``code``'s own `retriever index`, timed, then its own `retriever eval` of the result."""
     argv = ["index", str(args.dataset), "--out", str(folder), *model_flags(args)]
-    if cli_accepts(code, "index", "--no-remove-mean-direction"):
+    accepted = cli_words(code, "index")
+    if "--no-remove-mean-direction" in accepted:
         # The paper's edge band, the older code's default, so that both build one filter.
         argv.append("--no-remove-mean-direction")
-    if cli_accepts(code, "index", "--restart"):
+    if "--restart" in accepted:
         # Encoded afresh into the default store (which later `retriever index` and
         # `retriever bench` runs of SciFact then reuse), not read back from it.
         argv.append("--restart")
