@@ -154,7 +154,7 @@ BENCHMARKS = (
         "search-loop",
         "search_loop.py",
         "--before 3b8d687 --out {out}",
-        "--index {index} --dataset {dataset} --queries 5 --rounds 1 --methods dense,bm25",
+        "--dataset {dataset} --model {model} --queries 5 --rounds 1 --methods dense,bm25",
     ),
     Benchmark("quickstart", "quickstart.py", "--out {out}", "--repeats 1"),
     Benchmark(

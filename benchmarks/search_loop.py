@@ -1,14 +1,18 @@
 """End-to-end search latency in a loop of queries, as an application runs it, before and after.
 
-`Searcher.search(query, k=10)` for each of the first N SciFact queries, one after
-another, with the index's own model on a built SciFact index, per method. The code of
-git revision --before and of --after (default: this working tree) each run in their own
-process, through the public `retriever.Searcher` only, alternating per method, over
---rounds rounds; reported is the median per query over all rounds. Unlike `retriever
-bench`, nothing here limits numpy's threads: this is what a user's process sees.
+`Searcher.search(query, k=10)` for each of the first N SciFact test queries, one after
+another, with the index's own model, per method. The code of git revision --before and
+of --after (default: this working tree) each run in their own process, through the
+public `retriever.Searcher` only, alternating per method, over --rounds rounds; reported
+is the median per query over all rounds. Unlike `retriever bench`, nothing here limits
+numpy's threads: this is what a user's process sees.
 
-The index is the one the README's main command builds (`indexes/scifact-smollm2`, with
-the sparse and BM25 parts).
+Each code searches the index that its own `retriever index DATASET --sparse --bm25` built
+(the README's main command, with the default model and dtype): the index format has
+changed since older revisions, and neither side is asked to read the other's. The before
+side keeps its own cache (converted model, embedding store) in a temporary folder, so it
+encodes the corpus itself; the after side uses the user's cache, and reuses a store that
+an earlier run wrote.
 
     python benchmarks/search_loop.py --before 3b8d687 --out benchmarks/results/search-loop
 """
@@ -18,18 +22,18 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from inputs import ROOT, SCIFACT, dataset_path, query_texts
+from inputs import SCIFACT, dataset_path, test_queries
 from report import machine_record, markdown_table, write_report
 from revisions import (
     Code,
     add_revision_options,
     code_trees,
+    run_cli,
     run_worker,
     worker_job,
     worker_reply,
@@ -56,20 +60,45 @@ def worker(job_file: Path) -> None:
     worker_reply(job, milliseconds)
 
 
-def measure(args: argparse.Namespace, index: Path, queries: list[str]) -> tuple[dict, list[Code]]:
-    """Milliseconds per query, by side and method, over every round."""
+def index_argv(args: argparse.Namespace, folder: Path) -> list[str]:
+    """`retriever index` into ``folder`` with the parts the measured methods search."""
+    argv = ["-q", "index", str(args.dataset), "--out", str(folder)]
+    parts = {part for method in args.methods.split(",") for part in method.split("+")}
+    argv += ["--sparse"] * ("sparse" in parts) + ["--bm25"] * ("bm25" in parts)
+    return argv + (["--model", args.model] if args.model else [])
+
+
+def build(args: argparse.Namespace, code: Code, scratch: Path) -> Path:
+    """The index of ``code``, built by its own `retriever index` under ``scratch``."""
+    folder = scratch / f"index-{code.side}"
+    built = run_cli(code, index_argv(args, folder), cwd=scratch, **side_cache(code, scratch))
+    print(f"{code.side} index built in {built.seconds:.0f} s", flush=True)
+    return folder
+
+
+def side_cache(code: Code, scratch: Path) -> dict[str, str]:
+    """The before side's own cache folder; the after side keeps the user's."""
+    return {"RETRIEVER_CACHE": str(scratch / "cache-before")} if code.side == "before" else {}
+
+
+def measure(
+    args: argparse.Namespace, queries: list[str], scratch: Path
+) -> tuple[dict, list[Code], dict[str, Path]]:
+    """Milliseconds per query, by side and method, over every round; the codes and the
+    index folders they built."""
     methods = args.methods.split(",")
     times: dict[str, dict[str, list[float]]] = {"before": {}, "after": {}}
-    with tempfile.TemporaryDirectory(prefix="search-loop-") as scratch:
-        codes = code_trees(args.before, args.after, Path(scratch))
-        for _ in range(args.rounds):
-            for method in methods:
-                for code in codes:
-                    job = {"index": str(index), "method": method, "queries": queries}
-                    ms = run_worker(__file__, code, job, Path(scratch))
-                    times[code.side].setdefault(method, []).extend(ms)
-                    print(code.side, method, f"{statistics.median(ms):.1f} ms", flush=True)
-    return times, codes
+    codes = code_trees(args.before, args.after, scratch)
+    folders = {code.side: build(args, code, scratch) for code in codes}
+    for _ in range(args.rounds):
+        for method in methods:
+            for code in codes:
+                job = {"index": str(folders[code.side]), "method": method, "queries": queries}
+                env = side_cache(code, scratch)
+                ms = run_worker(__file__, code, job, scratch, **env)
+                times[code.side].setdefault(method, []).extend(ms)
+                print(code.side, method, f"{statistics.median(ms):.1f} ms", flush=True)
+    return times, codes, folders
 
 
 def index_machine(index: Path) -> dict[str, Any]:
@@ -85,8 +114,10 @@ def index_machine(index: Path) -> dict[str, Any]:
     return machine_record(dtype=manifest.model["dtype"], weights=weights)
 
 
-def report(args: argparse.Namespace, index: Path, queries: list[str]) -> None:
-    times, codes = measure(args, index, queries)
+def report(args: argparse.Namespace, queries: list[str]) -> None:
+    with tempfile.TemporaryDirectory(prefix="search-loop-") as scratch:
+        times, codes, folders = measure(args, queries, Path(scratch))
+        machine = index_machine(folders["after"])
     rows = [
         {
             "method": method,
@@ -108,9 +139,10 @@ def report(args: argparse.Namespace, index: Path, queries: list[str]) -> None:
         ),
     )
     body = [
-        f"Median end-to-end `Searcher.search` per query over the first {len(queries)} SciFact "
-        f"queries, {args.rounds} rounds, the index's model, {args.index} (generation "
-        f"{index.name}); before = {codes[0].label}, after = {codes[1].label}.",
+        f"Median end-to-end `Searcher.search` per query over the first {len(queries)} "
+        f"test queries of {args.dataset.name}, {args.rounds} rounds, the index's model; "
+        f"each side searches the index its own `retriever index` built from the same "
+        f"documents; before = {codes[0].label}, after = {codes[1].label}.",
         "",
         *table,
     ]
@@ -121,7 +153,7 @@ def report(args: argparse.Namespace, index: Path, queries: list[str]) -> None:
         record,
         body,
         title="End-to-end search latency in a loop of queries, before and after",
-        machine=index_machine(index),
+        machine=machine,
     )
 
 
@@ -133,23 +165,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     add_revision_options(parser)
     parser.add_argument(
-        "--index",
-        default=str(ROOT / "indexes" / "scifact-smollm2"),
-        help="built index to search, with its sparse and BM25 parts (default: %(default)s)",
+        "--dataset", type=dataset_path, default=SCIFACT, help="BEIR folder both sides index"
     )
-    parser.add_argument(
-        "--dataset", type=dataset_path, default=SCIFACT, help="BEIR folder of the queries"
-    )
-    parser.add_argument("--queries", type=int, default=60, help="first N queries of the file")
+    parser.add_argument("--model", default=None, help="model of both indexes (default: the CLI's)")
+    parser.add_argument("--queries", type=int, default=60, help="first N test queries")
     parser.add_argument("--rounds", type=int, default=2, help="times each side runs each method")
     parser.add_argument("--methods", default=METHODS, help="comma list (default: %(default)s)")
     parser.add_argument("--out", default="benchmarks/results/search-loop", help="results folder")
     args = parser.parse_args()
-    index = Path(args.index).resolve()  # a generation folder, fixed for the whole run
-    if not (index / "manifest.json").exists():
-        sys.exit(f"{index} is not a built index: run the README's main command first")
-    queries = list(query_texts(args.dataset).values())[: args.queries]
-    report(args, index, queries)
+    report(args, test_queries(args.dataset, args.queries))
 
 
 if __name__ == "__main__":

@@ -235,7 +235,6 @@ def test_results_folders_stay_small_and_run_files_stay_out_of_git() -> None:
 MACHINE_NOT_RECORDED = {
     "resume-scifact",
     "scifact-smollm2-scaling",
-    "search-loop",
 }
 
 
@@ -328,3 +327,19 @@ def test_query_overhead_counts_the_queries_both_versions_answered_alike(
     assert found["same_ids_queries"] == 1 and found["queries"] == 2
     assert found["max_score_difference"] == pytest.approx(1e-4)
     assert overhead.compare(before[1:], after[1:])["max_score_difference"] is None
+
+
+def test_search_loop_builds_each_side_the_parts_its_methods_search(run_all: ModuleType) -> None:
+    import argparse
+
+    loop = importlib.import_module("search_loop")  # beside run_all, on its path
+    args = argparse.Namespace(dataset=Path("scifact"), methods="dense,bm25", model=None)
+    argv = loop.index_argv(args, Path("out"))
+    assert argv[:5] == ["-q", "index", "scifact", "--out", "out"]
+    assert "--bm25" in argv and "--sparse" not in argv and "--model" not in argv
+    args.methods, args.model = "dense+sparse", "tiny"
+    argv = loop.index_argv(args, Path("out"))
+    assert "--sparse" in argv and "--bm25" not in argv and argv[-2:] == ["--model", "tiny"]
+    before, after = (argparse.Namespace(side=side) for side in ("before", "after"))
+    assert loop.side_cache(before, Path("s")) == {"RETRIEVER_CACHE": str(Path("s/cache-before"))}
+    assert loop.side_cache(after, Path("s")) == {}
