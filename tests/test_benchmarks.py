@@ -230,24 +230,13 @@ def test_results_folders_stay_small_and_run_files_stay_out_of_git() -> None:
         assert size <= RESULTS_FOLDER_LIMIT, f"{folder.name} keeps {size / 2**20:.1f} MiB"
 
 
-# Results written before the machine record existed. Regenerating one writes its record,
-# and this test then asks for its name to be taken off this list.
-MACHINE_NOT_RECORDED = {
-    "resume-scifact",
-    "scifact-smollm2-scaling",
-}
-
-
-def test_every_results_folder_names_its_machine_or_is_listed_as_not_recorded() -> None:
+def test_every_results_folder_names_its_machine() -> None:
     for folder in sorted(p for p in RESULTS.iterdir() if p.is_dir()):
         machine = folder_machine_record(folder)
-        if folder.name in MACHINE_NOT_RECORDED:
-            assert machine is None, f"{folder.name} now has a record: take it off the list"
-        else:
-            assert machine is not None, f"{folder.name} has no machine record"
-            assert {"cpu", "cpu_flags", "cores", "memory_gib", "versions", "dtype"} <= set(
-                machine
-            ), folder.name
+        assert machine is not None, f"{folder.name} has no machine record"
+        assert {"cpu", "cpu_flags", "cores", "memory_gib", "versions", "dtype"} <= set(machine), (
+            folder.name
+        )
 
 
 def test_the_rabitq_goal_holds_rabitq_to_int8s_fastest_row_at_the_recall(
