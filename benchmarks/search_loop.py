@@ -4,7 +4,9 @@
 another, with the index's own model, per method. The code of git revision --before and
 of --after (default: this working tree) each run in their own process, through the
 public `retriever.Searcher` only, alternating per method, over --rounds rounds; reported
-is the median per query over all rounds. Unlike `retriever bench`, nothing here limits
+is the median per query over all rounds, and the spread of after / before over the
+rounds (each round runs both sides of a method back to back, so a ratio within one round
+is paired against the machine's drift). Unlike `retriever bench`, nothing here limits
 numpy's threads: this is what a user's process sees.
 
 Each code searches the index that its own `retriever index DATASET --sparse --bm25` built
@@ -87,7 +89,7 @@ def measure(
     """Milliseconds per query, by side and method, over every round; the codes and the
     index folders they built."""
     methods = args.methods.split(",")
-    times: dict[str, dict[str, list[float]]] = {"before": {}, "after": {}}
+    times: dict[str, dict[str, list[list[float]]]] = {"before": {}, "after": {}}
     codes = code_trees(args.before, args.after, scratch)
     folders = {code.side: build(args, code, scratch) for code in codes}
     for _ in range(args.rounds):
@@ -96,7 +98,7 @@ def measure(
                 job = {"index": str(folders[code.side]), "method": method, "queries": queries}
                 env = side_cache(code, scratch)
                 ms = run_worker(__file__, code, job, scratch, **env)
-                times[code.side].setdefault(method, []).extend(ms)
+                times[code.side].setdefault(method, []).append(ms)
                 print(code.side, method, f"{statistics.median(ms):.1f} ms", flush=True)
     return times, codes, folders
 
@@ -114,26 +116,37 @@ def index_machine(index: Path) -> dict[str, Any]:
     return machine_record(dtype=manifest.model["dtype"], weights=weights)
 
 
+def method_row(method: str, times: dict[str, dict[str, list[list[float]]]]) -> dict[str, Any]:
+    """One method's medians over every query of every round, and each round's after /
+    before ratio of medians."""
+    before, after = times["before"][method], times["after"][method]
+    return {
+        "method": method,
+        "before_ms_p50": statistics.median(ms for round_ms in before for ms in round_ms),
+        "after_ms_p50": statistics.median(ms for round_ms in after for ms in round_ms),
+        "before_round_ms_p50": [statistics.median(ms) for ms in before],
+        "after_round_ms_p50": [statistics.median(ms) for ms in after],
+        "round_ratios": [
+            statistics.median(new) / statistics.median(old)
+            for old, new in zip(before, after, strict=True)
+        ],
+    }
+
+
 def report(args: argparse.Namespace, queries: list[str]) -> None:
     with tempfile.TemporaryDirectory(prefix="search-loop-") as scratch:
         times, codes, folders = measure(args, queries, Path(scratch))
         machine = index_machine(folders["after"])
-    rows = [
-        {
-            "method": method,
-            "before_ms_p50": statistics.median(times["before"][method]),
-            "after_ms_p50": statistics.median(times["after"][method]),
-        }
-        for method in args.methods.split(",")
-    ]
+    rows = [method_row(method, times) for method in args.methods.split(",")]
     table = markdown_table(
-        ["method", "before ms", "after ms", "after / before"],
+        ["method", "before ms", "after ms", "after / before", "over the rounds"],
         (
             [
                 row["method"],
                 f"{row['before_ms_p50']:.1f}",
                 f"{row['after_ms_p50']:.1f}",
                 f"{row['after_ms_p50'] / row['before_ms_p50']:.2f}",
+                f"{min(row['round_ratios']):.2f}-{max(row['round_ratios']):.2f}",
             ]
             for row in rows
         ),
@@ -142,7 +155,8 @@ def report(args: argparse.Namespace, queries: list[str]) -> None:
         f"Median end-to-end `Searcher.search` per query over the first {len(queries)} "
         f"test queries of {args.dataset.name}, {args.rounds} rounds, the index's model; "
         f"each side searches the index its own `retriever index` built from the same "
-        f"documents; before = {codes[0].label}, after = {codes[1].label}.",
+        f"documents; before = {codes[0].label}, after = {codes[1].label}. The last column "
+        f"is the lowest and highest after / before of one round's medians.",
         "",
         *table,
     ]
@@ -169,7 +183,9 @@ def main() -> None:
     )
     parser.add_argument("--model", default=None, help="model of both indexes (default: the CLI's)")
     parser.add_argument("--queries", type=int, default=60, help="first N test queries")
-    parser.add_argument("--rounds", type=int, default=2, help="times each side runs each method")
+    parser.add_argument(
+        "--rounds", type=int, default=5, help="times each side runs each method (default: 5)"
+    )
     parser.add_argument("--methods", default=METHODS, help="comma list (default: %(default)s)")
     parser.add_argument("--out", default="benchmarks/results/search-loop", help="results folder")
     args = parser.parse_args()

@@ -332,3 +332,16 @@ def test_search_loop_builds_each_side_the_parts_its_methods_search(run_all: Modu
     before, after = (argparse.Namespace(side=side) for side in ("before", "after"))
     assert loop.side_cache(before, Path("s")) == {"RETRIEVER_CACHE": str(Path("s/cache-before"))}
     assert loop.side_cache(after, Path("s")) == {}
+
+
+def test_search_loop_pairs_each_rounds_after_with_its_before(run_all: ModuleType) -> None:
+    loop = importlib.import_module("search_loop")  # beside run_all, on its path
+    times = {
+        "before": {"dense": [[10.0, 12.0, 11.0], [20.0, 22.0, 21.0]]},
+        "after": {"dense": [[5.0, 6.0, 7.0], [18.0, 19.0, 17.0]]},  # round 2 ran slower
+    }
+    row = loop.method_row("dense", times)
+    assert row["before_round_ms_p50"] == [11.0, 21.0]
+    assert row["after_round_ms_p50"] == [6.0, 18.0]
+    assert row["round_ratios"] == pytest.approx([6 / 11, 18 / 21])
+    assert row["before_ms_p50"] == 16.0 and row["after_ms_p50"] == 12.0  # all six times
