@@ -36,6 +36,7 @@ from revisions import (
     Code,
     add_revision_options,
     code_trees,
+    own_cache,
     run_cli,
     run_worker,
     worker_job,
@@ -245,7 +246,7 @@ def build(args: argparse.Namespace, code: Code, model: Path, scratch: Path) -> P
     folder = scratch / f"index-{code.side}"
     limit = ["--limit", str(args.limit)] if args.limit else []
     argv = ["-q", "index", str(args.dataset), "--out", str(folder), "--model", str(model)]
-    cache = {"RETRIEVER_CACHE": str(scratch / f"cache-{code.side}")}
+    cache = own_cache(code, scratch)
     built = run_cli(code, [*argv, *BUILD_FLAGS, *limit], cwd=scratch, **THREADS_ENV, **cache)
     print(f"{code.side} index built in {built.seconds:.0f} s", flush=True)
     return folder
@@ -267,7 +268,7 @@ def measure_methods(args: argparse.Namespace, scratch: Path) -> tuple[dict, list
                 "queries": queries,
                 "repeats": args.repeats,
             }
-            env = {**THREADS_ENV, "RETRIEVER_CACHE": str(scratch / f"cache-{code.side}")}
+            env = {**THREADS_ENV, **own_cache(code, scratch)}
             result = run_worker(__file__, code, job, scratch, **env)
             found[code.side] = result["hits"]
             methods.setdefault(method, {})[code.side] = {

@@ -144,6 +144,13 @@ def run_measured(argv: list[str], *, env: dict[str, str], cwd: Path, what: str) 
     return Measured(seconds, usage.ru_maxrss / 1024)
 
 
+def own_cache(code: Code, scratch: Path) -> dict[str, str]:
+    """The environment that gives ``code``'s side a cache of its own under ``scratch``
+    (converted models, embedding stores): the index it builds and the searches of that
+    index then read the same one."""
+    return {"RETRIEVER_CACHE": str(scratch / f"cache-{code.side}")}
+
+
 def run_cli(code: Code, argv: list[str], *, cwd: Path, **env: str) -> Measured:
     """``retriever ARGV`` with the code of ``code``, measured."""
     return run_measured(

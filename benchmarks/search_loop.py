@@ -35,6 +35,7 @@ from revisions import (
     Code,
     add_revision_options,
     code_trees,
+    own_cache,
     run_cli,
     run_worker,
     worker_job,
@@ -80,7 +81,7 @@ def build(args: argparse.Namespace, code: Code, scratch: Path) -> Path:
 
 def side_cache(code: Code, scratch: Path) -> dict[str, str]:
     """The before side's own cache folder; the after side keeps the user's."""
-    return {"RETRIEVER_CACHE": str(scratch / "cache-before")} if code.side == "before" else {}
+    return own_cache(code, scratch) if code.side == "before" else {}
 
 
 def measure(
@@ -120,16 +121,15 @@ def method_row(method: str, times: dict[str, dict[str, list[list[float]]]]) -> d
     """One method's medians over every query of every round, and each round's after /
     before ratio of medians."""
     before, after = times["before"][method], times["after"][method]
+    before_rounds = [statistics.median(ms) for ms in before]
+    after_rounds = [statistics.median(ms) for ms in after]
     return {
         "method": method,
         "before_ms_p50": statistics.median(ms for round_ms in before for ms in round_ms),
         "after_ms_p50": statistics.median(ms for round_ms in after for ms in round_ms),
-        "before_round_ms_p50": [statistics.median(ms) for ms in before],
-        "after_round_ms_p50": [statistics.median(ms) for ms in after],
-        "round_ratios": [
-            statistics.median(new) / statistics.median(old)
-            for old, new in zip(before, after, strict=True)
-        ],
+        "before_round_ms_p50": before_rounds,
+        "after_round_ms_p50": after_rounds,
+        "round_ratios": [new / old for old, new in zip(before_rounds, after_rounds, strict=True)],
     }
 
 
